@@ -1,0 +1,36 @@
+//! Run-time settings of the data plane, written by the controller into `IMFW_CONFIG[0]`.
+
+/// Pass packets the program cannot parse (the default).
+pub const ACTION_PASS: u32 = 0;
+/// Drop them (counted under their drop reason).
+pub const ACTION_DROP: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Payload packets inspected per direction before a flow is given up as unclassified.
+    pub inspect_packets: u32,
+    /// `ACTION_PASS` or `ACTION_DROP` for truncated or malformed packets.
+    pub unparsed_action: u32,
+    /// `ACTION_PASS` or `ACTION_DROP` for IPv4 non-first fragments.
+    pub fragment_action: u32,
+    /// Number of valid entries in `IMFW_SIG_CLASSES`.
+    pub sig_classes: u32,
+    /// Non-zero once the controller has written the policy; until then every packet passes
+    /// uninspected, so a half-loaded policy never decides a flow.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config {
+        inspect_packets: 4,
+        unparsed_action: ACTION_PASS,
+        fragment_action: ACTION_PASS,
+        sig_classes: 0,
+        ready: 0,
+        _pad: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 24);

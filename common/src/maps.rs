@@ -1,0 +1,33 @@
+//! Map names and capacities. Userspace opens maps by these constants, never by literal.
+
+pub const CONFIG: &str = "IMFW_CONFIG";
+pub const FLOWS: &str = "IMFW_FLOWS";
+pub const SIG_CLASSES: &str = "IMFW_SIGCLASS";
+pub const SIGS: &str = "IMFW_SIGS";
+pub const NAMES: &str = "IMFW_NAMES";
+pub const ADDR4: &str = "IMFW_ADDR4";
+pub const ADDR6: &str = "IMFW_ADDR6";
+pub const SRC4: &str = "IMFW_SRC4";
+pub const SRC6: &str = "IMFW_SRC6";
+pub const POLICY: &str = "IMFW_POLICY";
+pub const REDIRECT: &str = "IMFW_REDIRECT";
+pub const COUNTERS: &str = "IMFW_COUNTERS";
+pub const DROPS: &str = "IMFW_DROPS";
+pub const STATS: &str = "IMFW_STATS";
+pub const EVENTS: &str = "IMFW_EVENTS";
+pub const SCRATCH: &str = "IMFW_SCRATCH";
+
+/// The XDP program's name in the object file.
+pub const PROGRAM: &str = "imfw_xdp";
+
+/// Default flow-table capacity (LRU: the least recently used flow is evicted when full).
+pub const FLOWS_DEFAULT: u32 = 262_144;
+pub const SIGS_MAX: u32 = 4096;
+pub const NAMES_MAX: u32 = 262_144;
+pub const ADDR_MAX: u32 = 262_144;
+pub const SRC_MAX: u32 = 4096;
+/// Source-network classes; class 0 is "no rule network matched".
+pub const SRC_CLASSES: u32 = 64;
+pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;
+pub const REDIRECT_SLOTS: u32 = 16;
+pub const EVENTS_BYTES: u32 = 1 << 20;

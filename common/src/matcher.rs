@@ -1,0 +1,396 @@
+//! Matchers shared by the XDP program and userspace.
+//!
+//! The kernel copies the first bytes of a payload into a per-CPU scratch buffer and runs these
+//! functions on it; userspace compiles the policy with the same hashing and runs the same
+//! parsers in unit tests. Every index is masked with `SCRATCH_MASK` so the verifier sees a
+//! bounded access and the compiler drops the bounds checks: logical limits are enforced
+//! separately against the payload length.
+
+/// Bytes of a payload the kernel copies for inspection. A power of two.
+pub const SCRATCH_LEN: usize = 2048;
+pub const SCRATCH_MASK: usize = SCRATCH_LEN - 1;
+
+/// Longest byte signature, and the width of its mask.
+pub const SIG_LEN: usize = 16;
+/// Signature shapes (offset and mask) evaluated per inspected payload: one hash lookup each.
+pub const MAX_SIG_CLASSES: u32 = 16;
+/// Highest offset a signature may start at.
+pub const SIG_OFFSET_MAX: u16 = 256;
+
+/// Longest DNS name (RFC 1035 §2.3.4 allows 253 characters in text form).
+pub const NAME_MAX: usize = 255;
+/// Labels looked up per name, from the right (`com`, `whatsapp.com`, ...), plus the full name.
+pub const NAME_LOOKUPS_MAX: u32 = 12;
+
+/// A signature shape: where it starts and which bits count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SigClass {
+    pub offset: u16,
+    /// Significant bytes (the mask is zero past them).
+    pub len: u16,
+    pub _pad: u32,
+    pub mask: [u8; SIG_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<SigClass>() == 24);
+
+/// Key of `IMFW_SIGS`: the masked bytes of one class in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SigKey {
+    pub class: u16,
+    /// `DIR_CLIENT` or `DIR_SERVER`.
+    pub dir: u8,
+    pub _pad: u8,
+    pub bytes: [u8; SIG_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<SigKey>() == 20);
+
+/// The client's payload must be the first payload of the flow (the server has not spoken).
+/// Tells IRC's `USER` from FTP's and POP3's, whose servers greet first.
+pub const SIG_CLIENT_FIRST: u16 = 1;
+/// The length check accepts a payload longer than the length field says (several messages).
+pub const SIG_LEN_ATLEAST: u16 = 2;
+
+pub const LEN_NONE: u8 = 0;
+pub const LEN_U8: u8 = 1;
+pub const LEN_U16BE: u8 = 2;
+pub const LEN_U16LE: u8 = 3;
+pub const LEN_U32BE: u8 = 4;
+pub const LEN_U32LE: u8 = 5;
+
+/// Value of `IMFW_SIGS`: the app, and a structural check run after the byte match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SigValue {
+    pub app: u16,
+    /// `SIG_*` flags.
+    pub flags: u16,
+    /// The payload must be at least this long.
+    pub min_len: u16,
+    /// Offset of a length field (`len_kind` != `LEN_NONE`).
+    pub len_off: u16,
+    /// `LEN_*`: width and byte order of the length field.
+    pub len_kind: u8,
+    /// The payload length must equal `field * len_mul + len_add` (`len_mul` 0 means 1).
+    pub len_mul: u8,
+    pub len_add: i16,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SigValue>() == 16);
+
+/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NameKey {
+    pub hash: u64,
+}
+
+/// Value of `IMFW_NAMES` and of the address tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AppMatch {
+    pub app: u16,
+    pub _pad: u16,
+}
+
+/// Value of the source-network tries: the class whose policy row applies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcClass {
+    pub class: u32,
+}
+
+/// Value of `IMFW_POLICY[class * MAX_APPS + app]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyAction {
+    /// A `Verdict` number.
+    pub verdict: u8,
+    pub redirect_slot: u8,
+    pub _pad: u16,
+}
+
+/// The per-CPU buffer the kernel copies payloads into.
+#[repr(C)]
+pub struct Scratch {
+    pub buf: [u8; SCRATCH_LEN],
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Start value of a name hash.
+pub const NAME_HASH_INIT: u64 = FNV_OFFSET;
+
+/// One step of the name hash: FNV-1a over the ASCII-lowercased byte. Names are hashed from
+/// their last byte to their first, so each suffix at a dot has a hash on the way.
+#[inline(always)]
+pub const fn name_hash_step(h: u64, byte: u8) -> u64 {
+    let b = if byte >= b'A' && byte <= b'Z' { byte + 32 } else { byte };
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Hash of a domain as userspace stores it in `IMFW_NAMES` (a trailing dot is ignored).
+pub fn domain_hash(domain: &str) -> u64 {
+    let d = domain.strip_suffix('.').unwrap_or(domain);
+    let mut h = NAME_HASH_INIT;
+    for &b in d.as_bytes().iter().rev() {
+        h = name_hash_step(h, b);
+    }
+    h
+}
+
+#[inline(always)]
+fn at(buf: &[u8; SCRATCH_LEN], i: usize) -> u8 {
+    buf[i & SCRATCH_MASK]
+}
+
+#[inline(always)]
+fn be16(buf: &[u8; SCRATCH_LEN], i: usize) -> usize {
+    ((at(buf, i) as usize) << 8) | at(buf, i + 1) as usize
+}
+
+/// Looks up `name` (bytes `off..off + len` of `buf`) and each of its parent domains with
+/// `lookup`, and returns the match of the longest one. The number of lookups is bounded by the
+/// number of labels, never by the number of domains in the set.
+#[inline(always)]
+pub fn match_name<T, F: FnMut(u64) -> Option<T>>(
+    buf: &[u8; SCRATCH_LEN],
+    off: usize,
+    len: usize,
+    mut lookup: F,
+) -> Option<T> {
+    let mut best = None;
+    if len == 0 || len > NAME_MAX {
+        return None;
+    }
+    let mut h = NAME_HASH_INIT;
+    let mut lookups = 0u32;
+    let last = off + len - 1;
+    let mut i = 0usize;
+    while i < NAME_MAX {
+        if i >= len {
+            break;
+        }
+        let b = at(buf, last - i);
+        if b == b'.' && i > 0 && lookups < NAME_LOOKUPS_MAX {
+            lookups += 1;
+            if let Some(v) = lookup(h) {
+                best = Some(v);
+            }
+        }
+        h = name_hash_step(h, b);
+        i += 1;
+    }
+    if let Some(v) = lookup(h) {
+        best = Some(v);
+    }
+    best
+}
+
+/// Finds the server name in a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3) that starts at
+/// `buf[0]` with `len` bytes present. Returns the name's offset and length.
+///
+/// Only the first record is read; a ClientHello split over segments is found here only when
+/// the server name extension lies in the part present.
+#[inline(always)]
+pub fn tls_sni(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
+    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+    // Record: handshake(22), legacy version 3.x; handshake type client_hello(1).
+    if len < 47 || at(buf, 0) != 0x16 || at(buf, 1) != 3 || at(buf, 2) > 4 || at(buf, 5) != 1 {
+        return None;
+    }
+    let sid_len = at(buf, 43) as usize;
+    if sid_len > 32 {
+        return None;
+    }
+    let mut p = 44 + sid_len;
+    if p + 2 > len {
+        return None;
+    }
+    p += 2 + be16(buf, p);
+    if p + 1 > len {
+        return None;
+    }
+    p += 1 + at(buf, p) as usize;
+    if p + 2 > len {
+        return None;
+    }
+    let ext_end_declared = p + 2 + be16(buf, p);
+    let ext_end = if ext_end_declared < len { ext_end_declared } else { len };
+    p += 2;
+    let mut n = 0;
+    while n < 64 {
+        if p + 4 > ext_end {
+            return None;
+        }
+        let ty = be16(buf, p);
+        let elen = be16(buf, p + 2);
+        if ty == 0 {
+            // server_name: list length, then (type host_name(0), length, name).
+            if elen < 5 || p + 9 > len || at(buf, p + 6) != 0 {
+                return None;
+            }
+            let nlen = be16(buf, p + 7);
+            let start = p + 9;
+            if nlen == 0 || nlen > NAME_MAX || start + nlen > len || nlen + 5 > elen {
+                return None;
+            }
+            return Some(trim_dot(buf, start, nlen));
+        }
+        p += 4 + elen;
+        n += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn trim_dot(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> (usize, usize) {
+    if len > 1 && at(buf, start + len - 1) == b'.' {
+        (start, len - 1)
+    } else {
+        (start, len)
+    }
+}
+
+#[inline(always)]
+fn lower(b: u8) -> u8 {
+    if b.is_ascii_uppercase() { b + 32 } else { b }
+}
+
+/// How far into a request `http_host` looks for the Host header.
+pub const HTTP_SCAN_MAX: usize = 1024;
+
+/// The host a plain HTTP request is for: the target of `CONNECT host:port` (RFC 9110 §9.3.6)
+/// or the Host header of any other method (RFC 9110 §7.2). Returns offset, length and whether
+/// it was a CONNECT.
+#[inline(always)]
+pub fn http_host(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize, bool)> {
+    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+    if len < 16 {
+        return None;
+    }
+    let w = u32::from_be_bytes([at(buf, 0), at(buf, 1), at(buf, 2), at(buf, 3)]);
+    let method_len = match w {
+        0x4745_5420 => 4,                               // "GET "
+        0x504f_5354 if at(buf, 4) == b' ' => 5,         // "POST "
+        0x5055_5420 => 4,                               // "PUT "
+        0x4845_4144 if at(buf, 4) == b' ' => 5,         // "HEAD "
+        0x4f50_5449 => 8,                               // "OPTIONS "
+        0x4445_4c45 => 7,                               // "DELETE "
+        0x5041_5443 => 6,                               // "PATCH "
+        0x434f_4e4e => 8,                               // "CONNECT "
+        _ => return None,
+    };
+    if at(buf, method_len - 1) != b' ' {
+        return None;
+    }
+    if w == 0x434f_4e4e {
+        if at(buf, 4) != b'E' || at(buf, 5) != b'C' || at(buf, 6) != b'T' {
+            return None;
+        }
+        return host_token(buf, 8, len).map(|(o, l)| (o, l, true));
+    }
+    // The header "\r\nHost:", case-insensitive.
+    let end = if len < HTTP_SCAN_MAX { len } else { HTTP_SCAN_MAX };
+    let mut i = method_len;
+    while i < HTTP_SCAN_MAX {
+        if i + 6 >= end {
+            return None;
+        }
+        if at(buf, i) == b'\n'
+            && lower(at(buf, i + 1)) == b'h'
+            && lower(at(buf, i + 2)) == b'o'
+            && lower(at(buf, i + 3)) == b's'
+            && lower(at(buf, i + 4)) == b't'
+            && at(buf, i + 5) == b':'
+        {
+            let mut s = i + 6;
+            if s < len && (at(buf, s) == b' ' || at(buf, s) == b'\t') {
+                s += 1;
+            }
+            return host_token(buf, s, len).map(|(o, l)| (o, l, false));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// A host name starting at `start`: up to a port colon, whitespace or line end.
+#[inline(always)]
+fn host_token(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> Option<(usize, usize)> {
+    let mut n = 0usize;
+    while n < NAME_MAX {
+        if start + n >= len {
+            return None;
+        }
+        let b = at(buf, start + n);
+        if b == b':' || b == b' ' || b == b'\r' || b == b'\n' || b == b'/' || b == b'\t' {
+            break;
+        }
+        n += 1;
+    }
+    if n == 0 || n >= NAME_MAX {
+        return None;
+    }
+    Some(trim_dot(buf, start, n))
+}
+
+/// The key to look up for signature class `class` (shape `shape`) on a payload of `len` bytes,
+/// or `None` when the payload is too short for it.
+#[inline(always)]
+pub fn sig_key(buf: &[u8; SCRATCH_LEN], len: usize, shape: &SigClass, class: u16, dir: u8) -> Option<SigKey> {
+    let off = shape.offset as usize;
+    if shape.len == 0 || off + shape.len as usize > len {
+        return None;
+    }
+    let mut key = SigKey { class, dir, _pad: 0, bytes: [0; SIG_LEN] };
+    let mut j = 0;
+    while j < SIG_LEN {
+        key.bytes[j] = at(buf, off + j) & shape.mask[j];
+        j += 1;
+    }
+    Some(key)
+}
+
+/// The structural checks of a signature that matched by bytes.
+#[inline(always)]
+pub fn sig_checks(v: &SigValue, buf: &[u8; SCRATCH_LEN], len: usize, client_first: bool) -> bool {
+    if v.flags & SIG_CLIENT_FIRST != 0 && !client_first {
+        return false;
+    }
+    if len < v.min_len as usize {
+        return false;
+    }
+    if v.len_kind == LEN_NONE {
+        return true;
+    }
+    let o = v.len_off as usize;
+    let field = match v.len_kind {
+        LEN_U8 => at(buf, o) as i64,
+        LEN_U16BE => be16(buf, o) as i64,
+        LEN_U16LE => ((at(buf, o + 1) as i64) << 8) | at(buf, o) as i64,
+        LEN_U32BE => i64::from(u32::from_be_bytes([at(buf, o), at(buf, o + 1), at(buf, o + 2), at(buf, o + 3)])),
+        LEN_U32LE => i64::from(u32::from_le_bytes([at(buf, o), at(buf, o + 1), at(buf, o + 2), at(buf, o + 3)])),
+        _ => return false,
+    };
+    let width = match v.len_kind {
+        LEN_U8 => 1,
+        LEN_U16BE | LEN_U16LE => 2,
+        _ => 4,
+    };
+    if o + width > len {
+        return false;
+    }
+    let mul = if v.len_mul == 0 { 1 } else { v.len_mul as i64 };
+    let want = field * mul + v.len_add as i64;
+    if v.flags & SIG_LEN_ATLEAST != 0 {
+        len as i64 >= want
+    } else {
+        len as i64 == want
+    }
+}

@@ -1,0 +1,24 @@
+//! `aya::Pod` for the types userspace reads and writes in maps.
+
+use crate::{
+    config::Config,
+    event::FlowEvent,
+    flow::{FlowEntry, FlowKey},
+    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
+    verdict::Counter,
+};
+
+// SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and arrays of
+// integers, and have no implicit padding (each has a size assertion next to it).
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for FlowEntry {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for AppMatch {}
+unsafe impl aya::Pod for NameKey {}
+unsafe impl aya::Pod for PolicyAction {}
+unsafe impl aya::Pod for SigClass {}
+unsafe impl aya::Pod for SigKey {}
+unsafe impl aya::Pod for SigValue {}
+unsafe impl aya::Pod for SrcClass {}
+unsafe impl aya::Pod for Counter {}

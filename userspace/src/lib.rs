@@ -1,0 +1,9 @@
+//! The imfw controller: policy compilation, the data plane loader, offline classification and
+//! the control socket. The `imfw` binary (main.rs) is a thin CLI over this library.
+
+pub mod capture;
+pub mod catalogue;
+pub mod classify;
+pub mod control;
+pub mod dataplane;
+pub mod policy;
