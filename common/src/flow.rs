@@ -61,3 +61,43 @@ const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 /// Direction of a packet relative to the flow's client.
 pub const DIR_CLIENT: u8 = 1;
 pub const DIR_SERVER: u8 = 2;
+
+impl FlowKey {
+    /// The canonical key of a packet from `src:sport` to `dst:dport`, and whether the sender is
+    /// endpoint `a`. The order is any total order both sides compute the same way: addresses
+    /// word by word as loaded, then ports.
+    #[inline(always)]
+    pub fn canonical(src: [u32; 4], sport: u16, dst: [u32; 4], dport: u16, proto: u8, family: u8) -> (FlowKey, bool) {
+        let src_first = endpoint_le(&src, sport, &dst, dport);
+        let key = if src_first {
+            FlowKey { addr_a: src, addr_b: dst, port_a: sport, port_b: dport, proto, family, _pad: [0; 2] }
+        } else {
+            FlowKey { addr_a: dst, addr_b: src, port_a: dport, port_b: sport, proto, family, _pad: [0; 2] }
+        };
+        (key, src_first)
+    }
+
+    /// Address and port of the flow's client.
+    #[inline(always)]
+    pub fn client(&self, client_is_a: bool) -> ([u32; 4], u16) {
+        if client_is_a { (self.addr_a, self.port_a) } else { (self.addr_b, self.port_b) }
+    }
+
+    /// Address and port of the flow's server.
+    #[inline(always)]
+    pub fn server(&self, client_is_a: bool) -> ([u32; 4], u16) {
+        if client_is_a { (self.addr_b, self.port_b) } else { (self.addr_a, self.port_a) }
+    }
+}
+
+#[inline(always)]
+fn endpoint_le(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
+    let mut i = 0;
+    while i < 4 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+        i += 1;
+    }
+    ap <= bp
+}

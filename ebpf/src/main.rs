@@ -1,1 +1,98 @@
+//! imfw's XDP program: parse -> flow state -> match -> verdict.
+//!
+//! Every packet of a flow costs one flow-table lookup; only the first payload packets of each
+//! direction go through the matchers, whose cost is bounded by the number of signature shapes
+//! and domain labels, never by the number of apps or domains in the policy.
 #![no_std]
+#![no_main]
+
+mod flow;
+mod maps;
+mod matching;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use imfw_common::{
+    config::ACTION_DROP,
+    verdict::{DropReason, Stat, Verdict},
+};
+
+use crate::{
+    maps::{count_drop, count_stat},
+    parse::{Parsed, parse},
+};
+
+#[xdp]
+pub fn imfw_xdp(ctx: XdpContext) -> u32 {
+    count_stat(Stat::Packets);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let cfg = match maps::config() {
+        Some(c) => c,
+        None => return xdp_action::XDP_PASS,
+    };
+    match parse(&ctx) {
+        Parsed::Flow(pkt) => {
+            if cfg.ready == 0 {
+                return xdp_action::XDP_PASS;
+            }
+            flow::handle(&ctx, cfg, &pkt, len)
+        }
+        Parsed::NonIp => {
+            count_stat(Stat::NonIp);
+            xdp_action::XDP_PASS
+        }
+        Parsed::OtherL4 => {
+            count_stat(Stat::OtherL4);
+            xdp_action::XDP_PASS
+        }
+        Parsed::Fragment => {
+            count_stat(Stat::Fragments);
+            explicit(cfg.fragment_action, DropReason::Fragment, len)
+        }
+        Parsed::Malformed => {
+            count_stat(Stat::Unparsed);
+            explicit(cfg.unparsed_action, DropReason::Unparsed, len)
+        }
+    }
+}
+
+/// The policy's explicit choice for packets that cannot be classified.
+#[inline(always)]
+fn explicit(action: u32, reason: DropReason, len: u64) -> u32 {
+    if action == ACTION_DROP {
+        count_drop(reason, len);
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Applies a flow's verdict; the one exit of the flow path, so every packet is counted.
+#[inline(always)]
+pub(crate) fn enforce(verdict: u8, redirect_slot: u8, len: u64) -> u32 {
+    match Verdict::from_u8(verdict) {
+        Verdict::Drop => {
+            count_drop(DropReason::Policy, len);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Redirect => match maps::IMFW_REDIRECT.redirect(redirect_slot as u32, 0) {
+            Ok(action) => action,
+            Err(_) => {
+                // Fail closed: a redirect target that vanished must not let the flow through.
+                count_drop(DropReason::RedirectFailed, len);
+                xdp_action::XDP_DROP
+            }
+        },
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,1 +1,362 @@
-//! TODO
+//! Loads the XDP program, writes a compiled policy into its maps, attaches it to interfaces and
+//! reads its state back. The same loaded program serves the live gateway (`imfw run`) and
+//! offline analysis (`imfw classify`, through BPF_PROG_TEST_RUN), so the two cannot disagree.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    util::nr_cpus,
+};
+use imfw_common::{
+    config::Config,
+    event::FlowEvent,
+    flow::{FlowEntry, FlowKey},
+    maps as m,
+    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
+    verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
+};
+
+use crate::policy::Compiled;
+
+/// The XDP object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imfw"));
+
+/// How an interface got the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    /// Generic (skb) mode: slower, and only used when the driver refuses native mode.
+    Generic,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
+pub struct Attached {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    link: XdpLinkId,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// (app, verdict) -> counter, non-zero cells only.
+    pub counters: BTreeMap<(u16, u8), Counter>,
+    pub drops: Vec<(DropReason, Counter)>,
+    pub stats: Vec<(Stat, u64)>,
+}
+
+impl Snapshot {
+    pub fn stat(&self, s: Stat) -> u64 {
+        self.stats.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v)
+    }
+
+    pub fn drop_reason(&self, r: DropReason) -> Counter {
+        self.drops.iter().find(|(k, _)| *k == r).map_or(Counter::default(), |(_, v)| *v)
+    }
+
+    pub fn to_json(&self, compiled: &Compiled) -> serde_json::Value {
+        let counters: Vec<_> = self
+            .counters
+            .iter()
+            .map(|((app, verdict), c)| {
+                serde_json::json!({
+                    "app": if *app == 0 { None } else { Some(compiled.app_name(*app).map_or_else(|| format!("app#{app}"), str::to_owned)) },
+                    "verdict": Verdict::from_u8(*verdict).name(),
+                    "packets": c.packets,
+                    "bytes": c.bytes,
+                })
+            })
+            .collect();
+        let drops: serde_json::Map<_, _> = self
+            .drops
+            .iter()
+            .map(|(r, c)| (r.name().to_owned(), serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+            .collect();
+        let stats: serde_json::Map<_, _> =
+            self.stats.iter().map(|(s, v)| (s.name().to_owned(), serde_json::json!(v))).collect();
+        serde_json::json!({"counters": counters, "drops": drops, "stats": stats})
+    }
+}
+
+fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> anyhow::Error + '_ {
+    move |e| anyhow!("map {name}: {e}")
+}
+
+impl Dataplane {
+    /// Loads the program and creates its maps. Needs CAP_BPF (root).
+    pub fn load(flow_capacity: u32) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this imfw was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild it without that variable");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(m::FLOWS, flow_capacity)
+            .load(OBJECT)
+            .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(m::PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing from the object", m::PROGRAM))?
+            .try_into()?;
+        prog.load().map_err(|e| privilege_hint(verifier_error(e))).context("loading the XDP program into the kernel")?;
+        let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
+        let events = RingBuf::try_from(events)?;
+        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events) })
+    }
+
+    fn program(&self) -> Result<&Xdp> {
+        Ok(self.ebpf.program(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+    }
+
+    /// Writes a compiled policy into the maps. The configuration goes last, and only it sets
+    /// `ready`, so packets never see a half-written policy on first load.
+    pub fn apply(&mut self, c: &Compiled) -> Result<()> {
+        let redirect: Vec<u32> = c
+            .redirect_ifaces
+            .iter()
+            .map(|name| ifindex(name).with_context(|| format!("redirect interface {name}")))
+            .collect::<Result<_>>()?;
+        {
+            let mut a: Array<_, SigClass> = Array::try_from(self.map_mut(m::SIG_CLASSES)?)?;
+            for (i, s) in c.sig_classes.iter().enumerate() {
+                a.set(i as u32, s, 0).map_err(map_err(m::SIG_CLASSES))?;
+            }
+        }
+        {
+            let mut h: HashMap<_, SigKey, SigValue> = HashMap::try_from(self.map_mut(m::SIGS)?)?;
+            for (k, v) in &c.sigs {
+                h.insert(k, v, 0).map_err(map_err(m::SIGS))?;
+            }
+        }
+        {
+            let mut h: HashMap<_, NameKey, AppMatch> = HashMap::try_from(self.map_mut(m::NAMES)?)?;
+            for (k, v) in &c.names {
+                h.insert(k, v, 0).map_err(map_err(m::NAMES))?;
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
+            for (len, addr, v) in &c.addr4 {
+                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::ADDR4))?;
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
+            for (len, addr, v) in &c.addr6 {
+                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::ADDR6))?;
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 4], SrcClass> = LpmTrie::try_from(self.map_mut(m::SRC4)?)?;
+            for (len, addr, v) in &c.src4 {
+                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::SRC4))?;
+            }
+        }
+        {
+            let mut t: LpmTrie<_, [u8; 16], SrcClass> = LpmTrie::try_from(self.map_mut(m::SRC6)?)?;
+            for (len, addr, v) in &c.src6 {
+                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::SRC6))?;
+            }
+        }
+        {
+            let mut a: Array<_, PolicyAction> = Array::try_from(self.map_mut(m::POLICY)?)?;
+            for (i, p) in c.policy.iter().enumerate() {
+                a.set(i as u32, p, 0).map_err(map_err(m::POLICY))?;
+            }
+        }
+        {
+            let mut d: DevMap<_> = DevMap::try_from(self.map_mut(m::REDIRECT)?)?;
+            for (slot, idx) in redirect.iter().enumerate() {
+                d.set(slot as u32, *idx, None, 0).map_err(|e| anyhow!("map {}: {e}", m::REDIRECT))?;
+            }
+        }
+        let mut cfg: Array<_, Config> = Array::try_from(self.map_mut(m::CONFIG)?)?;
+        cfg.set(0, c.config, 0).map_err(map_err(m::CONFIG))?;
+        Ok(())
+    }
+
+    /// Attaches to `iface` in native mode, or in generic mode when the driver has no native
+    /// XDP (logged loudly by the caller through the returned mode).
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
+        let idx = ifindex(iface)?;
+        let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
+        let (link, mode) = match prog.attach_to_if_index(idx, XdpMode::Driver) {
+            Ok(l) => (l, AttachMode::Native),
+            Err(native) => match prog.attach_to_if_index(idx, XdpMode::Skb) {
+                Ok(l) => {
+                    log::warn!(
+                        "interface {iface}: native XDP refused ({native}); attached in GENERIC mode, which is much slower"
+                    );
+                    (l, AttachMode::Generic)
+                }
+                Err(e) => return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface} (native: {native})")),
+            },
+        };
+        self.attached.push(Attached { iface: iface.to_owned(), ifindex: idx, mode, link });
+        Ok(mode)
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// Detaches from every interface.
+    pub fn detach_all(&mut self) -> Result<()> {
+        let links: Vec<_> = self.attached.drain(..).collect();
+        let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
+        let mut first_err = None;
+        for a in links {
+            if let Err(e) = prog.detach(a.link) {
+                log::error!("detaching from {}: {e}", a.iface);
+                first_err.get_or_insert(anyhow!("detaching from {}: {e}", a.iface));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Runs one frame through the program with BPF_PROG_TEST_RUN and returns the XDP action.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32> {
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        let r = self.program()?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok(r.return_value)
+    }
+
+    /// Runs one frame `repeat` times and returns the kernel's mean time per run in nanoseconds.
+    pub fn test_run_timed(&self, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() };
+        let r = self.program()?.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration.as_nanos() as f64))
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>> {
+        let h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map(m::FLOWS)?)?;
+        match h.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(anyhow!("map {}: {e}", m::FLOWS)),
+        }
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        let h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map(m::FLOWS)?)?;
+        h.iter().map(|r| r.map_err(|e| anyhow!("map {}: {e}", m::FLOWS))).collect()
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut s = Snapshot::default();
+        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map(m::COUNTERS)?)?;
+        for (i, cell) in counters.iter().enumerate() {
+            let cell = cell.map_err(map_err(m::COUNTERS))?;
+            let sum = cell.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+            if sum.packets > 0 {
+                let i = i as u32;
+                s.counters.insert(((i / VERDICTS) as u16, (i % VERDICTS) as u8), sum);
+            }
+        }
+        let drops: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map(m::DROPS)?)?;
+        for r in DropReason::ALL {
+            let cell = drops.get(&(r as u32), 0).map_err(map_err(m::DROPS))?;
+            let sum = cell.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+            s.drops.push((r, sum));
+        }
+        debug_assert_eq!(DROP_REASONS as usize, DropReason::ALL.len());
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(m::STATS)?)?;
+        for st in Stat::ALL {
+            let cell = stats.get(&(st as u32), 0).map_err(map_err(m::STATS))?;
+            s.stats.push((st, cell.iter().sum()));
+        }
+        debug_assert_eq!(STATS as usize, Stat::ALL.len());
+        Ok(s)
+    }
+
+    /// The classification event ring, for the caller to poll. Taken once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Drains pending events without blocking (offline mode).
+    pub fn drain_events(&mut self) -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                if let Some(ev) = parse_event(&item) {
+                    out.push(ev);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn cpus() -> usize {
+        nr_cpus().map_or(1, |n| n)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        let _ = self.detach_all();
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn parse_event(bytes: &[u8]) -> Option<FlowEvent> {
+    if bytes.len() < size_of::<FlowEvent>() {
+        return None;
+    }
+    // SAFETY: FlowEvent is Pod (integers only) and the length was checked; the ring buffer
+    // gives no alignment guarantee, hence the unaligned read.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
+}
+
+/// The index of a network interface, with an error that names it.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("interface name {name:?} contains a NUL byte"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name} does not exist (in this network namespace)");
+    }
+    Ok(idx)
+}
+
+fn privilege_hint(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") || text.contains("os error 1)") {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        return e.context(format!(
+            "missing privileges: loading XDP needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (running as uid {euid})"
+        ));
+    }
+    e
+}
+
+fn verifier_error(e: ProgramError) -> anyhow::Error {
+    anyhow!(e)
+}

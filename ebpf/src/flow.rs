@@ -1,0 +1,169 @@
+//! Flow state: find or create the flow's entry, spend its inspection budget, decide once.
+
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
+use imfw_common::{
+    app::APP_NONE,
+    config::Config,
+    event::{EVENT_CLASSIFIED, FlowEvent},
+    flow::{DIR_CLIENT, DIR_SERVER, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    verdict::{Method, Stat, Verdict},
+};
+
+use crate::{
+    enforce,
+    maps::{IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_SRC4, IMFW_SRC6, count_stat, count_verdict, policy},
+    matching,
+    parse::{Pkt, TCP_ACK, TCP_SYN},
+};
+
+/// A one-way flow (the other side never sends payload) is given up after this many of its
+/// packets per unit of budget, so `unclassified: drop` applies to it too.
+const ONE_WAY_FACTOR: u64 = 8;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
+    let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
+        Some(e) => e,
+        None => match create(ctx, cfg, pkt) {
+            Some(e) => e,
+            None => {
+                // The table refused the entry (counted): the packet passes undecided.
+                count_verdict(APP_NONE, Verdict::Pending as u8, len);
+                return xdp_action::XDP_PASS;
+            }
+        },
+    };
+    // SAFETY: a pointer into the flow table's value, valid for this program run. Concurrent
+    // updates from another CPU may race on the counters; they are statistics.
+    let e = unsafe { &mut *e };
+    e.packets += 1;
+    e.bytes += len;
+    if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
+        inspect(ctx, cfg, pkt, e);
+    }
+    count_verdict(e.app, e.verdict, len);
+    enforce(e.verdict, e.redirect_slot, len)
+}
+
+#[inline(always)]
+fn create(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+    // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
+    let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
+    let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
+    let budget = if cfg.inspect_packets > 255 { 255 } else { cfg.inspect_packets as u8 };
+    let (client, _) = pkt.key.client(client_is_a);
+    let (server, _) = pkt.key.server(client_is_a);
+    let mut e = FlowEntry {
+        client_is_a: client_is_a as u8,
+        budget_client: budget,
+        budget_server: budget,
+        src_class: src_class(pkt.key.family, &client),
+        ..FlowEntry::default()
+    };
+    if let Some(app) = server_app(pkt.key.family, &server) {
+        decide(ctx, &pkt.key, &mut e, app, Method::Address);
+    }
+    count_stat(Stat::FlowsCreated);
+    if IMFW_FLOWS.insert(&pkt.key, &e, 0).is_err() {
+        count_stat(Stat::FlowInsertFailed);
+        return None;
+    }
+    IMFW_FLOWS.get_ptr_mut(&pkt.key)
+}
+
+#[inline(always)]
+fn v6_bytes(a: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = a[i].to_ne_bytes();
+        out[i * 4] = w[0];
+        out[i * 4 + 1] = w[1];
+        out[i * 4 + 2] = w[2];
+        out[i * 4 + 3] = w[3];
+        i += 1;
+    }
+    out
+}
+
+#[inline(always)]
+fn src_class(family: u8, addr: &[u32; 4]) -> u16 {
+    let class = if family == 4 {
+        IMFW_SRC4.get(Key::new(32, addr[0].to_ne_bytes())).map(|c| c.class)
+    } else {
+        IMFW_SRC6.get(Key::new(128, v6_bytes(addr))).map(|c| c.class)
+    };
+    class.unwrap_or(0) as u16
+}
+
+#[inline(always)]
+fn server_app(family: u8, addr: &[u32; 4]) -> Option<u16> {
+    if family == 4 {
+        IMFW_ADDR4.get(Key::new(32, addr[0].to_ne_bytes())).map(|m| m.app)
+    } else {
+        IMFW_ADDR6.get(Key::new(128, v6_bytes(addr))).map(|m| m.app)
+    }
+}
+
+#[inline(always)]
+fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) {
+    let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
+    let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
+    if left == 0 {
+        if e.packets > ONE_WAY_FACTOR * cfg.inspect_packets as u64 {
+            count_stat(Stat::Unclassified);
+            decide(ctx, &pkt.key, e, APP_NONE, Method::None);
+        }
+        return;
+    }
+    if dir == DIR_CLIENT {
+        e.budget_client = left - 1;
+    } else {
+        e.budget_server = left - 1;
+    }
+    let first_payload = e.flags & FLAG_PAYLOAD_SEEN == 0;
+    if first_payload && dir == DIR_SERVER {
+        e.flags |= FLAG_SERVER_SPOKE_FIRST;
+    }
+    e.flags |= FLAG_PAYLOAD_SEEN;
+    count_stat(Stat::Inspected);
+    if let Some((app, method)) = matching::inspect(ctx, cfg, pkt, dir, first_payload && dir == DIR_CLIENT) {
+        count_stat(Stat::Classified);
+        decide(ctx, &pkt.key, e, app, method);
+    } else if e.budget_client == 0 && e.budget_server == 0 {
+        count_stat(Stat::Unclassified);
+        decide(ctx, &pkt.key, e, APP_NONE, Method::None);
+    }
+}
+
+/// Sets the app and the verdict the policy gives it for the client's network, and reports the
+/// classification. The verdict stays until the controller rewrites the entry.
+#[inline(always)]
+fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
+    let action = policy(e.src_class, app);
+    e.app = app;
+    e.method = method as u8;
+    e.verdict = action.verdict;
+    e.redirect_slot = action.redirect_slot;
+    e.state = STATE_DECIDED;
+    if app == APP_NONE {
+        return;
+    }
+    match IMFW_EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut slot) => {
+            slot.write(FlowEvent {
+                kind: EVENT_CLASSIFIED,
+                ifindex: ctx.ingress_ifindex() as u32,
+                key: *key,
+                app,
+                method: method as u8,
+                verdict: action.verdict,
+                client_is_a: e.client_is_a,
+                redirect_slot: action.redirect_slot,
+                src_class: e.src_class,
+            });
+            slot.submit(0);
+        }
+        None => count_stat(Stat::EventsLost),
+    }
+}

@@ -1,0 +1,92 @@
+//! The program's maps. Names match `imfw_common::maps`; the controller fills them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use imfw_common::{
+    app::MAX_APPS,
+    config::Config,
+    flow::{FlowEntry, FlowKey},
+    maps as m,
+    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, PolicyAction, Scratch, SigClass, SigKey, SigValue, SrcClass},
+    verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
+};
+
+#[map]
+pub static IMFW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+pub static IMFW_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(m::FLOWS_DEFAULT, 0);
+#[map]
+pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES, 0);
+#[map]
+pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX, 0);
+#[map]
+pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX, 0);
+#[map]
+pub static IMFW_ADDR4: LpmTrie<[u8; 4], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+#[map]
+pub static IMFW_ADDR6: LpmTrie<[u8; 16], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+#[map]
+pub static IMFW_SRC4: LpmTrie<[u8; 4], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+#[map]
+pub static IMFW_SRC6: LpmTrie<[u8; 16], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+#[map]
+pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_ENTRIES, 0);
+#[map]
+pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS, 0);
+#[map]
+pub static IMFW_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(MAX_APPS as u32 * VERDICTS, 0);
+#[map]
+pub static IMFW_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+#[map]
+pub static IMFW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS, 0);
+#[map]
+pub static IMFW_EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
+#[map]
+pub static IMFW_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    IMFW_CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn count_stat(s: Stat) {
+    if let Some(p) = IMFW_STATS.get_ptr_mut(s as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(r: DropReason, len: u64) {
+    if let Some(p) = IMFW_DROPS.get_ptr_mut(r as u32) {
+        // SAFETY: as above.
+        unsafe {
+            (*p).packets += 1;
+            (*p).bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_verdict(app: u16, verdict: u8, len: u64) {
+    if let Some(p) = IMFW_COUNTERS.get_ptr_mut(counter_index(app, verdict)) {
+        // SAFETY: as above.
+        unsafe {
+            (*p).packets += 1;
+            (*p).bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn policy(class: u16, app: u16) -> PolicyAction {
+    let idx = (class as u32 % m::SRC_CLASSES) * MAX_APPS as u32 + (app as u32 % MAX_APPS as u32);
+    match IMFW_POLICY.get(idx) {
+        Some(a) => *a,
+        None => PolicyAction::default(),
+    }
+}

@@ -1,0 +1,246 @@
+//! Header parsing: Ethernet (up to two VLAN tags), IPv4 with options, IPv6 with a bounded
+//! extension-header chain, TCP and UDP. Every read is bounds-checked against `data_end`.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use imfw_common::flow::FlowKey;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// IPv6 extension headers walked before giving up (RFC 8200 §4.1 recommends an order in which
+/// each appears at most once or twice; six covers hop-by-hop, destination (twice), routing,
+/// fragment and AH).
+const IPV6_EXT_MAX: usize = 6;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP or UDP packet's place in its flow.
+pub struct Pkt {
+    pub key: FlowKey,
+    /// The sender is endpoint `a` of the canonical key.
+    pub src_is_a: bool,
+    pub payload_off: usize,
+    pub payload_len: usize,
+    pub tcp_flags: u8,
+}
+
+pub enum Parsed {
+    Flow(Pkt),
+    NonIp,
+    OtherL4,
+    Fragment,
+    Malformed,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn u8_at(ctx: &XdpContext, off: usize) -> Option<u8> {
+    // SAFETY: ptr_at checked the byte is inside the packet.
+    ptr_at::<u8>(ctx, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
+    // SAFETY: ptr_at checked both bytes are inside the packet.
+    ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn words_at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u32; N]> {
+    let mut out = [0u32; N];
+    let base = ptr_at::<[u32; N]>(ctx, off)?;
+    // SAFETY: ptr_at checked the N words are inside the packet; unaligned read because IP
+    // headers after an odd number of VLAN tags or options need not be aligned.
+    let words = unsafe { core::ptr::read_unaligned(base) };
+    let mut i = 0;
+    while i < N {
+        out[i] = words[i];
+        i += 1;
+    }
+    Some(out)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    match try_parse(ctx) {
+        Ok(p) => p,
+        Err(()) => Parsed::Malformed,
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
+    let mut off = 12usize;
+    let mut proto = be16_at(ctx, off).ok_or(())?;
+    off += 2;
+    // Up to two tags: 802.1ad outer + 802.1Q inner, or one of them.
+    let mut tags = 0;
+    while tags < 2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        proto = be16_at(ctx, off + 2).ok_or(())?;
+        off += 4;
+        tags += 1;
+    }
+    match proto {
+        ETH_P_IP => ipv4(ctx, off),
+        ETH_P_IPV6 => ipv6(ctx, off),
+        // A third tag is more than we parse: say so rather than misread it.
+        ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        _ => Ok(Parsed::NonIp),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
+    let vihl = u8_at(ctx, l3).ok_or(())?;
+    if vihl >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let total = be16_at(ctx, l3 + 2).ok_or(())? as usize;
+    if total < ihl {
+        return Err(());
+    }
+    let frag = be16_at(ctx, l3 + 6).ok_or(())?;
+    let proto = u8_at(ctx, l3 + 9).ok_or(())?;
+    // The option bytes must be present too.
+    u8_at(ctx, l3 + ihl - 1).ok_or(())?;
+    if frag & 0x1fff != 0 {
+        // A non-first fragment carries no L4 header: reading one would misread payload.
+        return Ok(Parsed::Fragment);
+    }
+    let addrs = words_at::<2>(ctx, l3 + 12).ok_or(())?;
+    let src = [addrs[0], 0, 0, 0];
+    let dst = [addrs[1], 0, 0, 0];
+    l4(ctx, l3 + ihl, total - ihl, proto, src, dst, 4)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
+    let v = u8_at(ctx, l3).ok_or(())?;
+    if v >> 4 != 6 {
+        return Err(());
+    }
+    let plen = be16_at(ctx, l3 + 4).ok_or(())? as usize;
+    let mut next = u8_at(ctx, l3 + 6).ok_or(())?;
+    let src = words_at::<4>(ctx, l3 + 8).ok_or(())?;
+    let dst = words_at::<4>(ctx, l3 + 24).ok_or(())?;
+    let mut off = l3 + 40;
+    let mut ext_len = 0usize;
+    let mut i = 0;
+    while i < IPV6_EXT_MAX {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units beyond the first.
+            0 | 43 | 60 => {
+                let n = u8_at(ctx, off).ok_or(())?;
+                let hl = (u8_at(ctx, off + 1).ok_or(())? as usize + 1) * 8;
+                next = n;
+                off += hl;
+                ext_len += hl;
+            }
+            // Fragment header (RFC 8200 §4.5): a non-first fragment has no L4 header.
+            44 => {
+                let n = u8_at(ctx, off).ok_or(())?;
+                let fo = be16_at(ctx, off + 2).ok_or(())?;
+                if fo & 0xfff8 != 0 {
+                    return Ok(Parsed::Fragment);
+                }
+                next = n;
+                off += 8;
+                ext_len += 8;
+            }
+            // AH (RFC 4302 §2.2): length in 4-octet units, minus 2.
+            51 => {
+                let n = u8_at(ctx, off).ok_or(())?;
+                let hl = (u8_at(ctx, off + 1).ok_or(())? as usize + 2) * 4;
+                next = n;
+                off += hl;
+                ext_len += hl;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    match next {
+        0 | 43 | 60 | 44 | 51 => Err(()),
+        _ => {
+            if plen < ext_len {
+                return Err(());
+            }
+            l4(ctx, off, plen - ext_len, next, src, dst, 6)
+        }
+    }
+}
+
+/// `ip_payload` is the L4 length the IP header declares: frames may carry Ethernet padding past
+/// it, which is not payload.
+#[inline(always)]
+fn l4(
+    ctx: &XdpContext,
+    off: usize,
+    ip_payload: usize,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    family: u8,
+) -> Result<Parsed, ()> {
+    // Bound the offset for the verifier; real headers end far below this.
+    if off > 1024 {
+        return Err(());
+    }
+    let (sport, dport, hdr, flags) = match proto {
+        IPPROTO_TCP => {
+            let ports = ptr_at::<[u8; 14]>(ctx, off).ok_or(())?;
+            // SAFETY: 14 bytes checked by ptr_at.
+            let h = unsafe { *ports };
+            // The payload starts at data offset * 4, not after the fixed 20 bytes (options).
+            let doff = ((h[12] >> 4) as usize) * 4;
+            if doff < 20 {
+                return Err(());
+            }
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]), doff, h[13])
+        }
+        IPPROTO_UDP => {
+            let h = ptr_at::<[u8; 8]>(ctx, off).ok_or(())?;
+            // SAFETY: 8 bytes checked by ptr_at.
+            let h = unsafe { *h };
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]), 8, 0)
+        }
+        _ => return Ok(Parsed::OtherL4),
+    };
+    if ip_payload < hdr {
+        return Err(());
+    }
+    let frame = ctx.data_end() - ctx.data();
+    let payload_off = off + hdr;
+    if payload_off > frame {
+        return Err(());
+    }
+    // Truncated captures or snapped frames: inspect what is there.
+    let mut payload_len = ip_payload - hdr;
+    if payload_off + payload_len > frame {
+        payload_len = frame - payload_off;
+    }
+    let (key, src_is_a) = FlowKey::canonical(src, sport, dst, dport, proto, family);
+    Ok(Parsed::Flow(Pkt { key, src_is_a, payload_off, payload_len, tcp_flags: flags }))
+}
