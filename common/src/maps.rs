@@ -16,6 +16,11 @@ pub const DROPS: &str = "IMFW_DROPS";
 pub const STATS: &str = "IMFW_STATS";
 pub const EVENTS: &str = "IMFW_EVENTS";
 pub const SCRATCH: &str = "IMFW_SCRATCH";
+/// Program array holding the payload inspector, tail-called by the main program.
+pub const JUMP: &str = "IMFW_JUMP";
+/// The inspector's slot in `IMFW_JUMP`, and its name in the object.
+pub const JUMP_INSPECT: u32 = 0;
+pub const INSPECT_PROGRAM: &str = "imfw_inspect";
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "imfw_xdp";

@@ -19,8 +19,11 @@ pub const SIG_OFFSET_MAX: u16 = 256;
 
 /// Longest DNS name (RFC 1035 §2.3.4 allows 253 characters in text form).
 pub const NAME_MAX: usize = 255;
-/// Labels looked up per name, from the right (`com`, `whatsapp.com`, ...), plus the full name.
-pub const NAME_LOOKUPS_MAX: u32 = 12;
+/// Parent domains looked up per name, from the right (`com`, `whatsapp.com`, ...); the full
+/// name is looked up as well.
+pub const NAME_LOOKUPS_MAX: usize = 16;
+/// Slots for suffix hashes: `NAME_LOOKUPS_MAX` kept, the rest a landing slot (see `match_name`).
+pub const NAME_SLOTS: usize = 32;
 
 /// A signature shape: where it starts and which bits count.
 #[repr(C)]
@@ -114,24 +117,19 @@ pub struct PolicyAction {
     pub _pad: u16,
 }
 
-/// The per-CPU buffer the kernel copies payloads into.
-#[repr(C)]
-pub struct Scratch {
-    pub buf: [u8; SCRATCH_LEN],
-}
-
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// Start value of a name hash.
 pub const NAME_HASH_INIT: u64 = FNV_OFFSET;
 
-/// One step of the name hash: FNV-1a over the ASCII-lowercased byte. Names are hashed from
-/// their last byte to their first, so each suffix at a dot has a hash on the way.
+/// One step of the name hash: FNV-1a over the byte with bit 0x20 set, which lowercases ASCII
+/// letters and leaves digits, `-` and `.` alone without a branch (the verifier explores every
+/// branch of every iteration). Names are hashed from their last byte to their first, so each
+/// suffix at a dot has a hash on the way.
 #[inline(always)]
 pub const fn name_hash_step(h: u64, byte: u8) -> u64 {
-    let b = if byte >= b'A' && byte <= b'Z' { byte + 32 } else { byte };
-    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+    (h ^ (byte | 0x20) as u64).wrapping_mul(FNV_PRIME)
 }
 
 /// Hash of a domain as userspace stores it in `IMFW_NAMES` (a trailing dot is ignored).
@@ -155,21 +153,33 @@ fn be16(buf: &[u8; SCRATCH_LEN], i: usize) -> usize {
 }
 
 /// Looks up `name` (bytes `off..off + len` of `buf`) and each of its parent domains with
-/// `lookup`, and returns the match of the longest one. The number of lookups is bounded by the
-/// number of labels, never by the number of domains in the set.
+/// `lookup`, and returns the app of the longest one that matches (0 for none). The number of
+/// lookups is bounded by the number of labels, never by the number of domains in the set.
 #[inline(always)]
-pub fn match_name<T, F: FnMut(u64) -> Option<T>>(
+pub fn match_name<F: FnMut(u64) -> Option<u16>>(
     buf: &[u8; SCRATCH_LEN],
     off: usize,
     len: usize,
-    mut lookup: F,
-) -> Option<T> {
-    let mut best = None;
+    slots: &mut [u64; NAME_SLOTS],
+    lookup: F,
+) -> u16 {
+    let (h, count) = suffix_hashes(buf, off, len, slots);
+    lookup_suffixes(slots, count, h, lookup)
+}
+
+/// First half of [`match_name`]: the full name's hash, with the hashes of up to
+/// `NAME_LOOKUPS_MAX` parent domains (shortest first) in `slots[..count]`.
+///
+/// Written for the verifier: the byte loop has no data-dependent branch (it stores the running
+/// hash in `slots[count]` on every byte and advances `count` only at a dot, saturating so later
+/// labels land in a slot that is never read), so the states of its iterations merge.
+#[inline(always)]
+pub fn suffix_hashes(buf: &[u8; SCRATCH_LEN], off: usize, len: usize, slots: &mut [u64; NAME_SLOTS]) -> (u64, usize) {
     if len == 0 || len > NAME_MAX {
-        return None;
+        return (NAME_HASH_INIT, 0);
     }
     let mut h = NAME_HASH_INIT;
-    let mut lookups = 0u32;
+    let mut count = 0usize;
     let last = off + len - 1;
     let mut i = 0usize;
     while i < NAME_MAX {
@@ -177,17 +187,33 @@ pub fn match_name<T, F: FnMut(u64) -> Option<T>>(
             break;
         }
         let b = at(buf, last - i);
-        if b == b'.' && i > 0 && lookups < NAME_LOOKUPS_MAX {
-            lookups += 1;
-            if let Some(v) = lookup(h) {
-                best = Some(v);
-            }
-        }
+        slots[count & (NAME_SLOTS - 1)] = h;
+        // 1 when b is a dot and fewer than NAME_LOOKUPS_MAX suffixes were kept, else 0.
+        let is_dot = (((b ^ b'.') as u32).wrapping_sub(1) >> 31) as usize;
+        let room = ((count as u32).wrapping_sub(NAME_LOOKUPS_MAX as u32) >> 31) as usize;
+        count += is_dot & room;
         h = name_hash_step(h, b);
         i += 1;
     }
-    if let Some(v) = lookup(h) {
-        best = Some(v);
+    (h, count)
+}
+
+/// Second half of [`match_name`]: at most `NAME_LOOKUPS_MAX + 1` lookups; the longest match wins.
+#[inline(always)]
+pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], count: usize, h: u64, mut lookup: F) -> u16 {
+    let mut best = 0u16;
+    let mut k = 0usize;
+    while k < NAME_LOOKUPS_MAX {
+        if k >= count {
+            break;
+        }
+        if let Some(app) = lookup(slots[k & (NAME_SLOTS - 1)]) {
+            best = app;
+        }
+        k += 1;
+    }
+    if let Some(app) = lookup(h) {
+        best = app;
     }
     best
 }
@@ -270,6 +296,13 @@ pub const HTTP_SCAN_MAX: usize = 1024;
 /// it was a CONNECT.
 #[inline(always)]
 pub fn http_host(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize, bool)> {
+    let (start, connect) = http_host_start(buf, len)?;
+    host_token(buf, start, len).map(|(o, l)| (o, l, connect))
+}
+
+/// First half of [`http_host`]: where the host name starts, and whether it is a CONNECT target.
+#[inline(always)]
+pub fn http_host_start(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, bool)> {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
     if len < 16 {
         return None;
@@ -293,11 +326,12 @@ pub fn http_host(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize, b
         if at(buf, 4) != b'E' || at(buf, 5) != b'C' || at(buf, 6) != b'T' {
             return None;
         }
-        return host_token(buf, 8, len).map(|(o, l)| (o, l, true));
+        return Some((8, true));
     }
-    // The header "\r\nHost:", case-insensitive.
+    // The header "\r\nHost:", case-insensitive. The request line is at least "GET / HTTP/1.0"
+    // long, so the scan starts after it: one start for every method, one verifier state.
     let end = if len < HTTP_SCAN_MAX { len } else { HTTP_SCAN_MAX };
-    let mut i = method_len;
+    let mut i = if method_len > 14 { method_len } else { 14 };
     while i < HTTP_SCAN_MAX {
         if i + 6 >= end {
             return None;
@@ -313,16 +347,17 @@ pub fn http_host(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize, b
             if s < len && (at(buf, s) == b' ' || at(buf, s) == b'\t') {
                 s += 1;
             }
-            return host_token(buf, s, len).map(|(o, l)| (o, l, false));
+            return Some((s, false));
         }
         i += 1;
     }
     None
 }
 
-/// A host name starting at `start`: up to a port colon, whitespace or line end.
+/// Second half of [`http_host`]: the host name starting at `start`, up to a port colon,
+/// whitespace or line end.
 #[inline(always)]
-fn host_token(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> Option<(usize, usize)> {
+pub fn host_token(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> Option<(usize, usize)> {
     let mut n = 0usize;
     while n < NAME_MAX {
         if start + n >= len {

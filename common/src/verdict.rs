@@ -144,9 +144,12 @@ pub enum Stat {
     EventsLost = 9,
     /// Flows classified (an app was found).
     Classified = 10,
+    /// The tail call into the payload inspector failed (not loaded): the packet passed
+    /// uninspected.
+    InspectorMissing = 11,
 }
 
-pub const STATS: u32 = 11;
+pub const STATS: u32 = 12;
 
 impl Stat {
     pub const ALL: [Stat; STATS as usize] = [
@@ -161,6 +164,7 @@ impl Stat {
         Stat::Unclassified,
         Stat::EventsLost,
         Stat::Classified,
+        Stat::InspectorMissing,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -176,6 +180,7 @@ impl Stat {
             Stat::Unclassified => "unclassified",
             Stat::EventsLost => "events_lost",
             Stat::Classified => "classified",
+            Stat::InspectorMissing => "inspector_missing",
         }
     }
 }

@@ -9,10 +9,14 @@ use imfw_common::{
     verdict::{Method, Stat, Verdict},
 };
 
+use imfw_common::maps::JUMP_INSPECT;
+
 use crate::{
     enforce,
-    maps::{IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_SRC4, IMFW_SRC6, count_stat, count_verdict, policy},
-    matching,
+    maps::{
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_stat,
+        count_verdict, policy,
+    },
     parse::{Pkt, TCP_ACK, TCP_SYN},
 };
 
@@ -39,7 +43,29 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     e.packets += 1;
     e.bytes += len;
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
-        inspect(ctx, cfg, pkt, e);
+        if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
+            if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
+                let job = Job {
+                    key: pkt.key,
+                    payload_off: pkt.payload_off as u32,
+                    payload_len: pkt.payload_len as u32,
+                    frame_len: len as u32,
+                    dir,
+                    client_first: client_first as u8,
+                    _pad: [0; 2],
+                };
+                // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
+                unsafe {
+                    (*s).job = job;
+                    // The matchers run in their own program, verified on their own: inlined
+                    // here, the many parse paths would each walk their loops and exhaust the
+                    // verifier. On success this does not return; the inspector counts and
+                    // enforces this packet.
+                    IMFW_JUMP.tail_call(ctx, JUMP_INSPECT);
+                }
+            }
+            count_stat(Stat::InspectorMissing);
+        }
     }
     count_verdict(e.app, e.verdict, len);
     enforce(e.verdict, e.redirect_slot, len)
@@ -105,8 +131,11 @@ fn server_app(family: u8, addr: &[u32; 4]) -> Option<u16> {
     }
 }
 
+/// Spends one unit of the inspection budget of the packet's direction. Returns the direction
+/// and whether this is the flow's first payload, from the client, when the packet is to be
+/// inspected.
 #[inline(always)]
-fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) {
+fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) -> Option<(u8, bool)> {
     let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
     let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
     if left == 0 {
@@ -114,7 +143,7 @@ fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) {
             count_stat(Stat::Unclassified);
             decide(ctx, &pkt.key, e, APP_NONE, Method::None);
         }
-        return;
+        return None;
     }
     if dir == DIR_CLIENT {
         e.budget_client = left - 1;
@@ -127,19 +156,13 @@ fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) {
     }
     e.flags |= FLAG_PAYLOAD_SEEN;
     count_stat(Stat::Inspected);
-    if let Some((app, method)) = matching::inspect(ctx, cfg, pkt, dir, first_payload && dir == DIR_CLIENT) {
-        count_stat(Stat::Classified);
-        decide(ctx, &pkt.key, e, app, method);
-    } else if e.budget_client == 0 && e.budget_server == 0 {
-        count_stat(Stat::Unclassified);
-        decide(ctx, &pkt.key, e, APP_NONE, Method::None);
-    }
+    Some((dir, first_payload && dir == DIR_CLIENT))
 }
 
 /// Sets the app and the verdict the policy gives it for the client's network, and reports the
 /// classification. The verdict stays until the controller rewrites the entry.
 #[inline(always)]
-fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
+pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
     let action = policy(e.src_class, app);
     e.app = app;
     e.method = method as u8;

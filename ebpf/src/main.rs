@@ -7,6 +7,7 @@
 #![no_main]
 
 mod flow;
+mod inspect;
 mod maps;
 mod matching;
 mod parse;

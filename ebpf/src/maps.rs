@@ -2,14 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use imfw_common::{
     app::MAX_APPS,
     config::Config,
     flow::{FlowEntry, FlowKey},
     maps as m,
-    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, PolicyAction, Scratch, SigClass, SigKey, SigValue, SrcClass},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
 };
 
@@ -46,6 +46,34 @@ pub static IMFW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS, 0
 pub static IMFW_EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
 #[map]
 pub static IMFW_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static IMFW_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What the main program hands the inspector across the tail call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Job {
+    pub key: FlowKey,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub frame_len: u32,
+    pub dir: u8,
+    pub client_first: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU working memory of the inspector.
+#[repr(C)]
+pub struct Scratch {
+    pub job: Job,
+    /// The payload's first bytes.
+    pub buf: [u8; SCRATCH_LEN],
+    /// Suffix hashes of a server name.
+    pub hashes: [u64; NAME_SLOTS],
+    /// Loop results pass through here (volatile store and load) so that the verifier sees
+    /// them as unknown values and merges the states of a loop's many exits.
+    pub spill: [u64; 4],
+}
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

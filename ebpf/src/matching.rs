@@ -6,25 +6,28 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, http_host, match_name, sig_checks, sig_key, tls_sni},
+    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, lookup_suffixes, sig_checks, sig_key, suffix_hashes, tls_sni},
     verdict::Method,
 };
 
-use crate::{
-    maps::{IMFW_NAMES, IMFW_SCRATCH, IMFW_SIGCLASS, IMFW_SIGS},
-    parse::Pkt,
-};
+use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, Job, Scratch};
 
+/// Runs the matchers on the payload `job` describes. Returns the app and how it was found.
 #[inline(always)]
-pub fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, dir: u8, client_first: bool) -> Option<(u16, Method)> {
-    let scratch = IMFW_SCRATCH.get_ptr_mut(0)?;
+pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Option<(u16, Method)> {
+    let dir = job.dir;
+    let client_first = job.client_first != 0;
+    let payload_len = job.payload_len as usize & 0xffff;
+    if payload_len == 0 {
+        return None;
+    }
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
-    let want = if pkt.payload_len > SCRATCH_LEN { SCRATCH_LEN } else { pkt.payload_len };
+    let want = if payload_len > SCRATCH_LEN { SCRATCH_LEN } else { payload_len };
     // In [1, SCRATCH_LEN] for the verifier (payload_len > 0 here).
     let n = ((want.wrapping_sub(1)) & SCRATCH_MASK) + 1;
     // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, pkt.payload_off as u32, buf.as_mut_ptr().cast(), n as u32) };
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
     if rc != 0 {
         return None;
     }
@@ -39,7 +42,7 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, dir: u8, client_first:
                 if let Some(v) = IMFW_SIGS.get_ptr(&key) {
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
-                    if sig_checks(v, buf, pkt.payload_len, client_first) {
+                    if sig_checks(v, buf, payload_len, client_first) {
                         return Some((v.app, Method::Signature));
                     }
                 }
@@ -51,12 +54,41 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, dir: u8, client_first:
     if dir != DIR_CLIENT {
         return None;
     }
-    let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
-    if buf[0] == 0x16 {
+    // SAFETY: as above; the slots and spill follow the buffer in the same per-CPU value.
+    let (slots, spill) = unsafe { (&mut (*scratch).hashes, &mut (*scratch).spill) };
+    // Each path out of the signature loop has narrowed `n` differently; laundered, they enter
+    // the name parsers' loops as one verifier state.
+    let n = ((launder(&mut spill[0], n as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
+    // One call site for the name matcher, whichever protocol carried the name.
+    let (off, len, method) = if buf[0] == 0x16 {
         let (off, len) = tls_sni(buf, n)?;
-        return match_name(buf, off, len, lookup).map(|app| (app, Method::TlsSni));
+        (off, len, Method::TlsSni)
+    } else {
+        let (start, connect) = http_host_start(buf, n)?;
+        let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
+        let (off, len) = host_token(buf, start, n)?;
+        (off, len, if connect { Method::HttpConnect } else { Method::HttpHost })
+    };
+    // Every exit of the parsers' loops reaches here with different exact values; laundered,
+    // they merge into one verifier state instead of each exploring the name loops again.
+    let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
+    let len = launder(&mut spill[1], len as u64) as usize & 0xff;
+    let (h, count) = suffix_hashes(buf, off, len, slots);
+    let count = launder(&mut spill[2], count as u64) as usize;
+    // SAFETY: pointer into the map value, valid for this run.
+    let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
+    match lookup_suffixes(slots, count, h, lookup) {
+        0 => None,
+        app => Some((app, method)),
     }
-    let (off, len, connect) = http_host(buf, n)?;
-    let method = if connect { Method::HttpConnect } else { Method::HttpHost };
-    match_name(buf, off, len, lookup).map(|app| (app, method))
+}
+
+/// Stores and reloads a value through map memory, which the verifier does not track.
+#[inline(always)]
+fn launder(slot: &mut u64, v: u64) -> u64 {
+    // SAFETY: slot is a valid, aligned u64 in the per-CPU scratch value.
+    unsafe {
+        core::ptr::write_volatile(slot, v);
+        core::ptr::read_volatile(slot)
+    }
 }

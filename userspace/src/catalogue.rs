@@ -1,1 +1,348 @@
-//! TODO
+//! Detection data: byte signatures, domains and server addresses per app.
+//!
+//! The built-in catalogue is `catalogue/builtin.yaml`, embedded in the binary. A policy's
+//! `catalogue:` section has the same format: its entries for built-in apps add to the built-in
+//! data, and its other entries define new apps.
+
+use std::sync::OnceLock;
+
+use imfw_common::{
+    app::builtin_id,
+    matcher::{SCRATCH_LEN, SIG_LEN, SIG_OFFSET_MAX},
+};
+use serde::Deserialize;
+
+use crate::policy::{
+    locate::{index, join},
+    model::{nullable, Cidr, Hex, OrderedMap},
+    PolicyErrors, Source,
+};
+
+/// The name built-in catalogue errors are reported against.
+pub const BUILTIN_FILE: &str = "builtin.yaml";
+
+/// The embedded built-in catalogue.
+pub fn builtin_text() -> &'static str {
+    include_str!("../catalogue/builtin.yaml")
+}
+
+/// Which payloads a signature applies to, relative to the flow's client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Client,
+    Server,
+    /// Both directions.
+    #[default]
+    Any,
+}
+
+/// Width and byte order of a length field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum LenSize {
+    #[serde(rename = "u8")]
+    U8,
+    #[serde(rename = "u16be")]
+    U16Be,
+    #[serde(rename = "u16le")]
+    U16Le,
+    #[serde(rename = "u32be")]
+    U32Be,
+    #[serde(rename = "u32le")]
+    U32Le,
+}
+
+impl LenSize {
+    pub fn width(self) -> usize {
+        match self {
+            LenSize::U8 => 1,
+            LenSize::U16Be | LenSize::U16Le => 2,
+            LenSize::U32Be | LenSize::U32Le => 4,
+        }
+    }
+
+    /// The data plane's `LEN_*` number.
+    pub fn kind(self) -> u8 {
+        use imfw_common::matcher::{LEN_U16BE, LEN_U16LE, LEN_U32BE, LEN_U32LE, LEN_U8};
+        match self {
+            LenSize::U8 => LEN_U8,
+            LenSize::U16Be => LEN_U16BE,
+            LenSize::U16Le => LEN_U16LE,
+            LenSize::U32Be => LEN_U32BE,
+            LenSize::U32Le => LEN_U32LE,
+        }
+    }
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// A length field the payload length must agree with: `len == field * mul + add`
+/// (or `>=` with `at_least`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a length field {offset: N, size: u8|u16be|u16le|u32be|u32le}")]
+pub struct LengthField {
+    pub offset: i64,
+    pub size: LenSize,
+    #[serde(default = "one")]
+    pub mul: i64,
+    #[serde(default)]
+    pub add: i64,
+    #[serde(default)]
+    pub at_least: bool,
+}
+
+/// A byte signature on the first payloads of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a signature: a mapping with name, bytes and optionally direction, offset, mask, ...")]
+pub struct Signature {
+    pub name: String,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default)]
+    pub offset: i64,
+    pub bytes: Hex,
+    #[serde(default)]
+    pub mask: Option<Hex>,
+    #[serde(default)]
+    pub client_first: bool,
+    #[serde(default)]
+    pub min_len: u16,
+    #[serde(default)]
+    pub length: Option<LengthField>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+impl Signature {
+    /// The mask, padded with zeros to `SIG_LEN` (all `ff` over the bytes when none is given).
+    pub fn mask16(&self) -> [u8; SIG_LEN] {
+        let mut m = [0u8; SIG_LEN];
+        match &self.mask {
+            Some(mask) => {
+                for (d, s) in m.iter_mut().zip(&mask.0) {
+                    *d = *s;
+                }
+            }
+            None => {
+                for d in m.iter_mut().take(self.bytes.0.len()) {
+                    *d = 0xff;
+                }
+            }
+        }
+        m
+    }
+
+    /// The bytes under the mask, padded with zeros to `SIG_LEN`.
+    pub fn masked16(&self) -> [u8; SIG_LEN] {
+        let mask = self.mask16();
+        let mut b = [0u8; SIG_LEN];
+        for (i, (d, s)) in b.iter_mut().zip(&self.bytes.0).enumerate() {
+            *d = *s & mask[i];
+        }
+        b
+    }
+}
+
+/// One app's detection data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an app's detection data: a mapping with signatures, domains, addresses")]
+pub struct CatalogueEntry {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub signatures: Vec<Signature>,
+    /// Suffix matches: the domain and all its subdomains.
+    #[serde(default, deserialize_with = "nullable")]
+    pub domains: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub addresses: Vec<Cidr>,
+}
+
+/// A parsed and checked catalogue file.
+#[derive(Clone, Debug)]
+pub struct Catalogue {
+    pub entries: Vec<(String, CatalogueEntry)>,
+    pub(crate) source: Source,
+}
+
+impl Catalogue {
+    pub fn file(&self) -> &str {
+        &self.source.file
+    }
+}
+
+/// Parses a built-in catalogue file: a mapping of built-in app names to their detection data.
+pub fn parse_builtin(text: &str, file: &str) -> Result<Catalogue, PolicyErrors> {
+    let (source, map): (Source, OrderedMap<CatalogueEntry>) =
+        Source::parse(text, file, "expected a mapping of built-in app names to detection data")?;
+    let mut errs = PolicyErrors::default();
+    validate(&map.0, &source, "", true, &mut errs);
+    errs.into_result()?;
+    Ok(Catalogue { entries: map.0, source })
+}
+
+/// The embedded built-in catalogue, parsed once.
+pub fn builtin() -> Result<&'static Catalogue, PolicyErrors> {
+    static BUILTIN: OnceLock<Result<Catalogue, PolicyErrors>> = OnceLock::new();
+    BUILTIN.get_or_init(|| parse_builtin(builtin_text(), BUILTIN_FILE)).as_ref().map_err(Clone::clone)
+}
+
+/// Whether `name` is a valid app name: lowercase `[a-z0-9_-]+`.
+pub fn valid_app_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A domain as stored: lowercase, without a trailing dot, checked for DNS syntax.
+pub fn normalize_domain(domain: &str) -> Result<String, String> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if let Some(rest) = d.strip_prefix("*.") {
+        return Err(format!(
+            "domain `{domain}`: write `{rest}` without `*.`; a domain already matches all its subdomains"
+        ));
+    }
+    if d.is_empty() || d.len() > 253 {
+        return Err(format!("domain `{domain}` must be 1 to 253 characters"));
+    }
+    let mut labels = 0;
+    for label in d.split('.') {
+        labels += 1;
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "domain `{domain}` is not a DNS name: labels are 1 to 63 letters, digits, `-` or `_`, separated by dots"
+            ));
+        }
+    }
+    if labels < 2 {
+        return Err(format!(
+            "domain `{domain}` is a top-level domain; it would match every name under it (expected e.g. example.com)"
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks each entry on its own; conflicts between entries are found when the policy compiles.
+/// `prefix` is the path of the mapping the entries are in (`""` or `catalogue`).
+pub(crate) fn validate(
+    entries: &[(String, CatalogueEntry)],
+    src: &Source,
+    prefix: &str,
+    builtin_only: bool,
+    errs: &mut PolicyErrors,
+) {
+    for (name, entry) in entries {
+        let path = join(prefix, name);
+        if !valid_app_name(name) {
+            errs.0.push(src.err_key(&path, format!("invalid app name `{name}`: expected lowercase letters, digits, `_` or `-`")));
+        } else if name == "all" {
+            errs.0.push(src.err_key(&path, "`all` is reserved: in rules it means every app; choose another app name"));
+        } else if builtin_only && builtin_id(name).is_none() {
+            errs.0.push(src.err_key(
+                &path,
+                format!("`{name}` is not a built-in app; this file may describe only the apps in imfw_common::app::BUILTIN_APPS"),
+            ));
+        }
+        let sigs = join(&path, "signatures");
+        for (i, sig) in entry.signatures.iter().enumerate() {
+            let sp = index(&sigs, i);
+            validate_signature(sig, src, &sp, errs);
+            if entry.signatures[..i].iter().any(|s| s.name == sig.name) {
+                errs.0.push(src.err(&join(&sp, "name"), format!("duplicate signature name `{}` in app `{name}`", sig.name)));
+            }
+        }
+        let domains = join(&path, "domains");
+        for (i, d) in entry.domains.iter().enumerate() {
+            if let Err(m) = normalize_domain(d) {
+                errs.0.push(src.err(&index(&domains, i), m));
+            }
+        }
+    }
+}
+
+fn validate_signature(sig: &Signature, src: &Source, sp: &str, errs: &mut PolicyErrors) {
+    if sig.name.trim().is_empty() {
+        errs.0.push(src.err(&join(sp, "name"), "a signature needs a non-empty name"));
+    }
+    if !(0..=i64::from(SIG_OFFSET_MAX)).contains(&sig.offset) {
+        errs.0.push(src.err(
+            &join(sp, "offset"),
+            format!("offset {} is out of range; expected 0 to {SIG_OFFSET_MAX}", sig.offset),
+        ));
+    }
+    if let Some(mask) = &sig.mask {
+        if mask.0.len() == sig.bytes.0.len() {
+            if mask.0.iter().all(|b| *b == 0) {
+                errs.0.push(src.err(&join(sp, "mask"), "the mask is all zero, so the signature would match anything"));
+            }
+        } else {
+            errs.0.push(src.err(
+                &join(sp, "mask"),
+                format!(
+                    "mask has {} bytes but bytes has {}; expected a mask of the same length",
+                    mask.0.len(),
+                    sig.bytes.0.len()
+                ),
+            ));
+        }
+    }
+    if let Some(len) = &sig.length {
+        let lp = join(sp, "length");
+        let max = i64::try_from(SCRATCH_LEN - len.size.width()).unwrap_or(0);
+        if !(0..=max).contains(&len.offset) {
+            errs.0.push(src.err(
+                &join(&lp, "offset"),
+                format!("length field offset {} is out of range; expected 0 to {max}", len.offset),
+            ));
+        }
+        if !(1..=i64::from(u8::MAX)).contains(&len.mul) {
+            errs.0.push(src.err(&join(&lp, "mul"), format!("mul {} is out of range; expected 1 to 255", len.mul)));
+        }
+        if i16::try_from(len.add).is_err() {
+            errs.0.push(src.err(
+                &join(&lp, "add"),
+                format!("add {} is out of range; expected {} to {}", len.add, i16::MIN, i16::MAX),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_catalogue_parses_and_names_only_builtin_apps() {
+        let cat = builtin().unwrap_or_else(|e| panic!("builtin.yaml:\n{e}"));
+        assert!(!cat.entries.is_empty());
+        for (name, _) in &cat.entries {
+            assert!(builtin_id(name).is_some(), "{name} is not in BUILTIN_APPS");
+        }
+    }
+
+    #[test]
+    fn non_builtin_app_is_rejected() {
+        let e = parse_builtin("xmpp:\n  domains: [jabber.org]\nmychat:\n  domains: [a.example]\n", "b.yaml")
+            .unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!((e.0[0].line, e.0[0].column), (3, 1));
+        assert!(e.0[0].message.contains("not a built-in app"), "{e}");
+    }
+
+    #[test]
+    fn domains_are_normalized() {
+        assert_eq!(normalize_domain("Chat.Example.COM.").as_deref(), Ok("chat.example.com"));
+        assert!(normalize_domain("*.example.com").is_err());
+        assert!(normalize_domain("com").is_err());
+        assert!(normalize_domain("a..b").is_err());
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, DevMap, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
     util::nr_cpus,
 };
@@ -53,6 +53,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     events: Option<RingBuf<MapData>>,
+    /// Held open: the kernel empties a program array when its last user reference closes,
+    /// which would silently cut the inspector off.
+    _jump: ProgramArray<MapData>,
 }
 
 /// Counters summed over CPUs.
@@ -108,17 +111,26 @@ impl Dataplane {
             bail!("this imfw was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild it without that variable");
         }
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries(m::FLOWS, flow_capacity)
+            .map_max_entries(m::FLOWS, flow_capacity)
             .load(OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(m::PROGRAM)
-            .ok_or_else(|| anyhow!("program {} missing from the object", m::PROGRAM))?
-            .try_into()?;
-        prog.load().map_err(|e| privilege_hint(verifier_error(e))).context("loading the XDP program into the kernel")?;
+        for name in [m::PROGRAM, m::INSPECT_PROGRAM] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| privilege_hint(verifier_error(e)))
+                .with_context(|| format!("loading the XDP program {name} into the kernel"))?;
+        }
+        let mut jump = ProgramArray::try_from(ebpf.take_map(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?)?;
+        {
+            let inspect: &Xdp = ebpf.program(m::INSPECT_PROGRAM).ok_or_else(|| anyhow!("inspector missing"))?.try_into()?;
+            jump.set(m::JUMP_INSPECT, inspect.fd()?, 0).map_err(map_err(m::JUMP))?;
+        }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events) })
+        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), _jump: jump })
     }
 
     fn program(&self) -> Result<&Xdp> {
@@ -141,6 +153,16 @@ impl Dataplane {
             .iter()
             .map(|name| ifindex(name).with_context(|| format!("redirect interface {name}")))
             .collect::<Result<_>>()?;
+        self.write_maps(c, &redirect)
+    }
+
+    /// As `apply`, for offline analysis: redirect targets need not exist on this machine, so
+    /// the devmap stays empty (redirected flows keep their verdict in the flow table).
+    pub fn apply_offline(&mut self, c: &Compiled) -> Result<()> {
+        self.write_maps(c, &[])
+    }
+
+    fn write_maps(&mut self, c: &Compiled, redirect: &[u32]) -> Result<()> {
         {
             let mut a: Array<_, SigClass> = Array::try_from(self.map_mut(m::SIG_CLASSES)?)?;
             for (i, s) in c.sig_classes.iter().enumerate() {

@@ -6,4 +6,6 @@ pub mod catalogue;
 pub mod classify;
 pub mod control;
 pub mod dataplane;
+pub mod events;
+pub mod packet;
 pub mod policy;

@@ -14,8 +14,16 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     prereq::ensure()?;
     println!("xtask: building imfw and the demo");
-    run_checked(cargo().args(["build", "--release", "-p", "imfw", "-p", "imfw-tests", "--bins"]))
-        .context("release build")?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "imfw",
+        "-p",
+        "imfw-tests",
+        "--bins",
+    ]))
+    .context("release build")?;
     let release = target_dir().join("release");
     let policy = workspace_root().join(&opts.policy);
     run_checked(

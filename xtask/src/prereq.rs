@@ -37,7 +37,9 @@ pub fn ensure() -> Result<()> {
 
 fn ensure_root() -> Result<()> {
     // /proc/self is owned by the process's effective uid.
-    let euid = std::fs::metadata("/proc/self").context("reading /proc/self")?.uid();
+    let euid = std::fs::metadata("/proc/self")
+        .context("reading /proc/self")?
+        .uid();
     if euid != 0 {
         bail!(
             "must run as root (effective uid is {euid}): the tests create network namespaces \
@@ -54,14 +56,18 @@ fn debian_installed(pkg: &str) -> Result<bool> {
         .stderr(Stdio::null())
         .output()
         .context("running dpkg-query (is this Debian?)")?;
-    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
 fn ensure_debian_packages() -> Result<()> {
     let mut missing = Vec::new();
     for pkg in DEBIAN_PACKAGES {
         let ok = debian_installed(pkg)?;
-        println!("prereq: debian package {pkg}: {}", if ok { "installed" } else { "missing" });
+        println!(
+            "prereq: debian package {pkg}: {}",
+            if ok { "installed" } else { "missing" }
+        );
         if !ok {
             missing.push(*pkg);
         }
@@ -70,8 +76,12 @@ fn ensure_debian_packages() -> Result<()> {
         return Ok(());
     }
     println!("prereq: installing {}", missing.join(" "));
-    run_checked(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))
-        .context("apt-get update")?;
+    run_checked(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update")?;
     run_checked(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
@@ -85,7 +95,8 @@ fn ensure_debian_packages() -> Result<()> {
 fn on_path(program: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path).map(|d| d.join(program)).find(|p| {
-        p.metadata().is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
     })
 }
 
@@ -97,12 +108,21 @@ fn ensure_bpf_linker() -> Result<()> {
     println!("prereq: bpf-linker: missing, installing with cargo install (LLVM 22)");
     run_checked(
         Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", LLVM_PREFIX),
     )
     .context("cargo install bpf-linker")?;
     if on_path("bpf-linker").is_none() {
-        bail!("bpf-linker was installed but is not on PATH ({:?})", env::var_os("PATH"));
+        bail!(
+            "bpf-linker was installed but is not on PATH ({:?})",
+            env::var_os("PATH")
+        );
     }
     Ok(())
 }
@@ -132,6 +152,12 @@ fn ensure_rust_src() -> Result<()> {
         return Ok(());
     }
     println!("prereq: nightly rust-src: missing, installing");
-    run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("rustup component add rust-src")
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("rustup component add rust-src")
 }

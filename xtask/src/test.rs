@@ -26,7 +26,14 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("xtask: running the tests (root tests share kernel state: one thread)");
     run_checked(
         cargo()
-            .args(["test", "--workspace", "--exclude", "imfw-ebpf", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "imfw-ebpf",
+                "--",
+                "--test-threads=1",
+            ])
             .args(&opts.test_args)
             .env("IMFW_BIN", &imfw),
     )
@@ -71,7 +78,11 @@ fn accuracy(imfw: &str) -> Result<()> {
     if let Some(line) = stdout.lines().find(|l| l.starts_with("ERROR")) {
         bail!("accuracy.py reported an error: {line}");
     }
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     if !last.starts_with("SCORE") {
         bail!("accuracy.py's last line is not a SCORE line: {last:?}");
     }

@@ -23,7 +23,7 @@ impl PolicyError {
         PolicyError::new(file, pos.line, pos.column, message)
     }
 
-    /// Converts a serde_yaml error, moving its position out of the message.
+    /// Converts a `serde_yaml` error, moving its position out of the message.
     pub(crate) fn from_yaml(file: &str, err: &serde_yaml::Error) -> PolicyError {
         let text = err.to_string();
         match err.location() {

@@ -198,6 +198,18 @@ impl Builder {
             return;
         };
         let full = join(path, name);
+        if seen.is_empty() {
+            // yaml_rust2 marks a block mapping where its first `:` is; point at the first key
+            // instead, as libyaml does (a flow mapping's `{` comes first and stays).
+            let at = path.clone();
+            for list in [self.locs.values.get_mut(&at), self.locs.keys.get_mut(&at)].into_iter().flatten() {
+                if let Some(last) = list.last_mut() {
+                    if (pos.line, pos.column) < (last.line, last.column) {
+                        *last = pos;
+                    }
+                }
+            }
+        }
         if let Some(first) = seen.get(name) {
             self.locs.duplicates.push(DuplicateKey {
                 path: full.clone(),

@@ -259,7 +259,7 @@ impl<'de> Deserialize<'de> for ActionName {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping {action: ACTION, to: IFACE}")]
 struct ActionLong {
     action: ActionName,
     #[serde(default)]
@@ -386,7 +386,7 @@ impl PassDrop {
 
 /// One entry of `rules:`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a rule: a mapping with name, from, apps and action")]
 pub struct Rule {
     pub name: String,
     pub from: Vec<Cidr>,
@@ -396,7 +396,7 @@ pub struct Rule {
 
 /// `defaults:` as written; absent keys are `None`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping of default settings")]
 pub(crate) struct DefaultsSection {
     pub action: Option<Action>,
     pub unclassified: Option<Unclassified>,
@@ -408,7 +408,7 @@ pub(crate) struct DefaultsSection {
 
 /// The whole policy file as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a policy: a mapping starting with `version: 1`")]
 pub(crate) struct PolicyFile {
     pub version: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]

@@ -1,0 +1,24 @@
+//! The imfw test lab.
+//!
+//! - [`netns`]: network namespaces owned by guards, and running code inside one.
+//! - [`lab`]: the client / gateway / server / recorder topology on veth pairs.
+//! - [`imfw_proc`]: the real `imfw` binary on the gateway, its control socket and stats.
+//! - [`packets`]: raw frame builders (Ethernet, VLAN, IPv4, IPv6 extension headers, TCP, UDP).
+//! - [`protocols`]: IM and web protocol openers as their clients send them.
+//! - [`servers`]: small TCP/UDP servers and clients that record what crossed the gateway.
+//! - [`scenario`]: many exchanges at once, judged as delivered or blocked.
+//! - [`capture`]: an `AF_PACKET` recorder for frames redirected to an interface.
+//!
+//! Everything that touches the kernel needs root. Every loop is bounded in count and time,
+//! and every namespace, temporary directory and child process is owned by a guard that
+//! removes it on drop, also when a test panics.
+
+pub mod capture;
+pub mod imfw_proc;
+pub mod lab;
+pub mod netns;
+pub mod packets;
+pub mod protocols;
+pub mod scenario;
+pub mod servers;
+pub mod util;
