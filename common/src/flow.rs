@@ -101,3 +101,24 @@ fn endpoint_le(a: &[u32; 4], ap: u16, b: &[u32; 4], bp: u16) -> bool {
     }
     ap <= bp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_share_one_key() {
+        let a = [0x0102_0304, 0, 0, 0];
+        let b = [0x0a0b_0c0d, 0, 0, 0];
+        let (k1, s1) = FlowKey::canonical(a, 1000, b, 80, 6, 4);
+        let (k2, s2) = FlowKey::canonical(b, 80, a, 1000, 6, 4);
+        assert_eq!(k1, k2);
+        assert_ne!(s1, s2);
+        // Same address, ports decide.
+        let (k3, _) = FlowKey::canonical(a, 5, a, 9, 17, 4);
+        let (k4, _) = FlowKey::canonical(a, 9, a, 5, 17, 4);
+        assert_eq!(k3, k4);
+        assert_eq!(k1.client(s1), (a, 1000));
+        assert_eq!(k1.server(s1), (b, 80));
+    }
+}

@@ -343,9 +343,15 @@ pub fn http_host_start(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, bo
             && lower(at(buf, i + 4)) == b't'
             && at(buf, i + 5) == b':'
         {
+            // Optional whitespace before the value (RFC 9110 §5.6.3), a few bytes at most.
             let mut s = i + 6;
-            if s < len && (at(buf, s) == b' ' || at(buf, s) == b'\t') {
+            let mut k = 0;
+            while k < 8 {
+                if s >= len || (at(buf, s) != b' ' && at(buf, s) != b'\t') {
+                    break;
+                }
                 s += 1;
+                k += 1;
             }
             return Some((s, false));
         }
@@ -427,5 +433,142 @@ pub fn sig_checks(v: &SigValue, buf: &[u8; SCRATCH_LEN], len: usize, client_firs
         len as i64 >= want
     } else {
         len as i64 == want
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+
+    fn buf(bytes: &[u8]) -> [u8; SCRATCH_LEN] {
+        let mut b = [0u8; SCRATCH_LEN];
+        b[..bytes.len()].copy_from_slice(bytes);
+        b
+    }
+
+    /// A minimal ClientHello: no cipher-suite or extension padding beyond what is asked.
+    fn client_hello(exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]);
+        body.extend_from_slice(&[1, 0]);
+        let mut e = Vec::new();
+        for (ty, data) in exts {
+            e.extend_from_slice(&ty.to_be_bytes());
+            e.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            e.extend_from_slice(data);
+        }
+        body.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        body.extend_from_slice(&e);
+        let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    fn sni_ext(name: &str) -> (u16, Vec<u8>) {
+        let n = name.as_bytes();
+        let mut d = Vec::new();
+        d.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+        d.push(0);
+        d.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        d.extend_from_slice(n);
+        (0, d)
+    }
+
+    fn sni_of(rec: &[u8]) -> Option<std::string::String> {
+        let b = buf(rec);
+        tls_sni(&b, rec.len()).map(|(o, l)| std::string::String::from_utf8_lossy(&b[o..o + l]).into_owned())
+    }
+
+    #[test]
+    fn sni_is_found_after_other_extensions() {
+        let rec = client_hello(&[(0x0a0a, vec![]), (43, vec![2, 3, 4]), sni_ext("chat.signal.org"), (16, vec![0; 9])]);
+        assert_eq!(sni_of(&rec).as_deref(), Some("chat.signal.org"));
+        let rec = client_hello(&[sni_ext("example.com.")]);
+        assert_eq!(sni_of(&rec).as_deref(), Some("example.com"), "trailing dot dropped");
+    }
+
+    #[test]
+    fn sni_parser_refuses_what_is_not_a_client_hello() {
+        let rec = client_hello(&[sni_ext("a.example")]);
+        let mut server_hello = rec.clone();
+        server_hello[5] = 2;
+        assert_eq!(sni_of(&server_hello), None);
+        let mut app_data = rec.clone();
+        app_data[0] = 0x17;
+        assert_eq!(sni_of(&app_data), None);
+        assert_eq!(sni_of(&client_hello(&[(16, vec![0; 4])])), None, "no SNI extension");
+        // Every truncation parses to nothing or to a name inside the buffer, never panics.
+        for cut in 0..rec.len() {
+            if let Some(name) = sni_of(&rec[..cut]) {
+                assert_eq!(name, "a.example");
+            }
+        }
+        // Lengths that lie point outside the record: refused.
+        let mut lying = rec.clone();
+        let n = lying.len();
+        lying[n - 11] = 0xff;
+        assert_eq!(sni_of(&lying), None);
+    }
+
+    #[test]
+    fn http_host_and_connect() {
+        let get = b"GET /x HTTP/1.1\r\nAccept: */*\r\nHost:  web.whatsapp.com:80\r\n\r\n";
+        let b = buf(get);
+        let (o, l, c) = http_host(&b, get.len()).unwrap();
+        assert_eq!((&b[o..o + l], c), (&b"web.whatsapp.com"[..], false));
+        let con = b"CONNECT web.telegram.org:443 HTTP/1.1\r\n\r\n";
+        let b = buf(con);
+        let (o, l, c) = http_host(&b, con.len()).unwrap();
+        assert_eq!((&b[o..o + l], c), (&b"web.telegram.org"[..], true));
+        let b = buf(b"SSH-2.0-OpenSSH_9.6\r\n");
+        assert_eq!(http_host(&b, 21), None);
+        let no_host = b"GET / HTTP/1.0\r\nAccept: x\r\n\r\n";
+        assert_eq!(http_host(&buf(no_host), no_host.len()), None);
+    }
+
+    #[test]
+    fn names_match_the_longest_listed_suffix() {
+        let set = [(domain_hash("whatsapp.net"), 1u16), (domain_hash("cdn.whatsapp.net"), 2), (domain_hash("T.ME"), 3)];
+        let find = |name: &str| {
+            let b = buf(name.as_bytes());
+            let mut slots = [0u64; NAME_SLOTS];
+            match_name(&b, 0, name.len(), &mut slots, |h| set.iter().find(|(k, _)| *k == h).map(|(_, a)| *a))
+        };
+        assert_eq!(find("whatsapp.net"), 1);
+        assert_eq!(find("mmg.whatsapp.net"), 1);
+        assert_eq!(find("x.cdn.whatsapp.net"), 2, "longest suffix wins");
+        assert_eq!(find("t.me"), 3, "case-insensitive");
+        assert_eq!(find("nott.me"), 0, "label boundary");
+        assert_eq!(find("whatsapp.net.example"), 0);
+        assert_eq!(find(""), 0);
+    }
+
+    #[test]
+    fn length_checks() {
+        let v = SigValue { app: 1, len_kind: LEN_U8, len_off: 1, len_mul: 4, len_add: 2, ..SigValue::default() };
+        let mut p = vec![0xef, 3];
+        p.extend_from_slice(&[0; 12]);
+        assert!(sig_checks(&v, &buf(&p), p.len(), true));
+        assert!(!sig_checks(&v, &buf(&p), p.len() + 1, true));
+        let at_least = SigValue { flags: SIG_LEN_ATLEAST, ..v };
+        assert!(sig_checks(&at_least, &buf(&p), p.len() + 5, true));
+        let first = SigValue { flags: SIG_CLIENT_FIRST, len_kind: LEN_NONE, ..v };
+        assert!(!sig_checks(&first, &buf(&p), p.len(), false));
+    }
+
+    #[test]
+    fn signature_keys_mask_the_payload() {
+        let shape = SigClass { offset: 1, len: 3, _pad: 0, mask: [0xff, 0xf0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        let b = buf(&[9, 0xab, 0xcd, 0xef, 0x11]);
+        let k = sig_key(&b, 5, &shape, 3, 1).unwrap();
+        assert_eq!(&k.bytes[..4], &[0xab, 0xc0, 0xef, 0]);
+        assert!(sig_key(&b, 3, &shape, 3, 1).is_none(), "payload too short for the shape");
     }
 }

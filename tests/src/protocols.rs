@@ -590,6 +590,30 @@ pub fn im_openers(rng: &mut Rng) -> Vec<Opener> {
     ]
 }
 
+/// A `ClientHello` whose server name only arrives in the second TCP segment: an
+/// X25519MLKEM768 key share (as Chrome and Firefox send since 2024) ahead of `server_name`,
+/// which Chrome's extension shuffling produces for a large share of connections. Blocking it
+/// takes inspection past the first segment.
+pub fn late_sni_opener(sni: &'static str, app: &'static str) -> Opener {
+    let mut ch = ClientHello::new(sni);
+    ch.post_quantum = true;
+    ch.order = ExtOrder::SniLast;
+    ch.seed = 8;
+    let mut o = Opener::new(
+        app,
+        format!("tls {sni} +mlkem, SNI in 2nd segment"),
+        443,
+        vec![ch.build()],
+    );
+    // The first segment (at most one MSS) carries no name and may pass; the rest must not.
+    o.preamble_len = LAB_MSS;
+    o
+}
+
+/// The largest TCP payload per segment in the lab: 1500-byte MTU less IPv4, TCP and the
+/// timestamp option (IPv6 segments are smaller).
+pub const LAB_MSS: usize = 1500 - 20 - 20 - 12;
+
 #[cfg(test)]
 mod tests {
     use imfw_common::matcher::{http_host, tls_sni, SCRATCH_LEN};
@@ -659,6 +683,15 @@ mod tests {
             None,
             "SNI only in the second segment"
         );
+    }
+
+    #[test]
+    fn late_sni_opener_puts_the_name_past_the_first_segment() {
+        let o = late_sni_opener("chat.signal.org", "signal");
+        let rec = o.bytes();
+        assert_eq!(sni_of(&rec).as_deref(), Some("chat.signal.org"));
+        assert_eq!(sni_of(&rec[..LAB_MSS]), None);
+        assert!(rec.len() > LAB_MSS);
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub fn run_cases(
         .into_iter()
         .map(|(case, r)| match r {
             Ok(x) => Observed {
-                server_got: server.received_from(x.local).map(|c| c.total),
+                server_got: server.received(&x).map(|c| c.total),
                 local: Some(x.local),
                 reply_len: x.reply.len(),
                 error: None,

@@ -58,7 +58,12 @@ pub struct ConnRecord {
     pub replied: usize,
 }
 
-type Log = Arc<Mutex<HashMap<SocketAddr, ConnRecord>>>;
+/// A connection's key: the client's address and the server port it connected to. Linux
+/// reuses an ephemeral port for connections to different destinations, so the client's
+/// address alone is not unique.
+pub type ConnKey = (SocketAddr, u16);
+
+type Log = Arc<Mutex<HashMap<ConnKey, ConnRecord>>>;
 
 /// The key of a peer: IPv4-mapped IPv6 addresses (dual-stack sockets) as plain IPv4.
 pub fn canonical(a: SocketAddr) -> SocketAddr {
@@ -127,14 +132,23 @@ impl TcpServer {
         &self.ports
     }
 
-    /// What the connection from `peer` (the client's local address) delivered; `None` when
-    /// the server never accepted it.
-    pub fn received_from(&self, peer: SocketAddr) -> Option<ConnRecord> {
-        self.log.lock().ok()?.get(&canonical(peer)).cloned()
+    /// What the connection from `client` (the client's local address) to `server_port`
+    /// delivered; `None` when the server never accepted it.
+    pub fn received_from(&self, client: SocketAddr, server_port: u16) -> Option<ConnRecord> {
+        self.log
+            .lock()
+            .ok()?
+            .get(&(canonical(client), server_port))
+            .cloned()
+    }
+
+    /// What the connection of exchange `x` delivered.
+    pub fn received(&self, x: &Exchange) -> Option<ConnRecord> {
+        self.received_from(x.local, x.remote.port())
     }
 
     /// Every connection seen.
-    pub fn connections(&self) -> HashMap<SocketAddr, ConnRecord> {
+    pub fn connections(&self) -> HashMap<ConnKey, ConnRecord> {
         self.log.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
@@ -168,9 +182,10 @@ fn accept_loop(
             Ok((s, peer)) => {
                 accepted += 1;
                 let port = l.local_addr().map_or(0, |a| a.port());
+                let key = (canonical(peer), port);
                 if let Ok(mut m) = log.lock() {
                     m.insert(
-                        canonical(peer),
+                        key,
                         ConnRecord {
                             local_port: port,
                             ..ConnRecord::default()
@@ -178,7 +193,7 @@ fn accept_loop(
                     );
                 }
                 let (stop, log) = (Arc::clone(stop), Arc::clone(log));
-                let h = thread::spawn(move || serve(s, canonical(peer), &stop, &log));
+                let h = thread::spawn(move || serve(s, key, &stop, &log));
                 if let Ok(mut v) = conns.lock() {
                     v.push(h);
                 }
@@ -267,12 +282,12 @@ fn mqtt_connect_level(buf: &[u8]) -> Option<u8> {
     (v.len() >= 7 && &v[..6] == b"\x00\x04MQTT").then(|| v[6])
 }
 
-fn serve(mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool, log: &Log) {
+fn serve(mut s: TcpStream, key: ConnKey, stop: &AtomicBool, log: &Log) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
     let _ = s.set_nodelay(true);
     let deadline = Instant::now() + CONN_LIMIT;
-    let mut rng = Rng::new(u64::from(peer.port()));
+    let mut rng = Rng::new(u64::from(key.0.port()));
     let mut first: Vec<u8> = Vec::new();
     let mut answered = false;
     let mut buf = vec![0u8; 65_536];
@@ -292,7 +307,7 @@ fn serve(mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool, log: &Log) {
         };
         let data = &buf[..n];
         if let Ok(mut m) = log.lock() {
-            let r = m.entry(peer).or_default();
+            let r = m.entry(key).or_default();
             r.total += n;
             let keep = (KEEP_BYTES - r.head.len().min(KEEP_BYTES)).min(n);
             r.head.extend_from_slice(&data[..keep]);
@@ -313,7 +328,7 @@ fn serve(mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool, log: &Log) {
             break;
         }
         if let Ok(mut m) = log.lock() {
-            m.entry(peer).or_default().replied += out.len();
+            m.entry(key).or_default().replied += out.len();
         }
         if close {
             // Then drain until the client closes, bounded by the connection's deadline.
@@ -325,8 +340,10 @@ fn serve(mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool, log: &Log) {
 /// What a client saw of one exchange.
 #[derive(Clone, Debug)]
 pub struct Exchange {
-    /// The client's address: the server's key for this connection.
+    /// The client's address.
     pub local: SocketAddr,
+    /// The server's address.
+    pub remote: SocketAddr,
     pub sent: usize,
     pub reply: Vec<u8>,
 }
@@ -353,6 +370,7 @@ pub fn exchange(
 /// [`exchange`] on a connected stream.
 pub fn exchange_on(mut s: TcpStream, segments: &[Vec<u8>], wait: Duration) -> Result<Exchange> {
     let local = canonical(s.local_addr()?);
+    let remote = canonical(s.peer_addr()?);
     s.set_nodelay(true)?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut sent = 0;
@@ -364,7 +382,12 @@ pub fn exchange_on(mut s: TcpStream, segments: &[Vec<u8>], wait: Duration) -> Re
         sent += seg.len();
     }
     let reply = read_some(&mut s, wait);
-    Ok(Exchange { local, sent, reply })
+    Ok(Exchange {
+        local,
+        remote,
+        sent,
+        reply,
+    })
 }
 
 /// Reads until some bytes arrive (and then briefly more), the peer closes, or `wait` passes.

@@ -254,47 +254,22 @@ fn a_source_network_rule_allows_whatsapp_for_the_client_network() {
     );
 }
 
-#[test]
-fn a_redirected_flow_reaches_the_recorder_and_not_the_server() {
-    let high = high_port();
-    let apps =
-        format!("irc: redirect, mqtt: {{action: redirect, to: {GW_REC_IF}}}, whatsapp: drop");
-    let (mut lab, server) = lab_with(&policy(&apps, ""), high);
-    let cap = Capture::start(&lab.rec, lab::HOST_IF).expect("capture");
-    let irc = protocols::irc_registration("redirected7");
-    let mqtt = protocols::mqtt_connect(4, "redirected-sensor");
-    let cases = vec![
-        Case {
-            app: Some("irc"),
-            label: "irc registration".into(),
-            dst: SocketAddr::new(Lab::server_ip(false), 6667),
-            segments: vec![irc.clone()],
-            preamble_len: 0,
-        },
-        Case {
-            app: Some("mqtt"),
-            label: "mqtt connect".into(),
-            dst: SocketAddr::new(Lab::server_ip(false), high),
-            segments: vec![mqtt.clone()],
-            preamble_len: 0,
-        },
-    ];
-    let obs = run_cases(&lab.client, &server, cases, WAIT);
-    let mut problems = must_block(&obs);
-    let web = run_cases(
-        &lab.client,
-        &server,
-        vec![Case::other(
-            "tls www.example.com",
-            tls("www.example.com", 3),
-            443,
-            false,
-        )],
-        WAIT,
-    );
-    problems.extend(must_pass(&web));
-    let frames = cap.finish();
-    for (name, payload) in [("irc", &irc), ("mqtt", &mqtt)] {
+/// A case from raw bytes to the lab server over IPv4.
+fn case4(app: &'static str, label: &str, port: u16, bytes: &[u8]) -> Case {
+    Case {
+        app: Some(app),
+        label: label.into(),
+        dst: SocketAddr::new(Lab::server_ip(false), port),
+        segments: vec![bytes.to_vec()],
+        preamble_len: 0,
+    }
+}
+
+/// Problems unless each payload is in some captured frame, and every such frame is the
+/// client's own (client and server addresses intact).
+fn capture_problems(frames: &[Vec<u8>], payloads: &[(&str, &[u8])]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, payload) in payloads {
         let hits: Vec<&Vec<u8>> = frames
             .iter()
             .filter(|f| capture::contains(f, payload))
@@ -305,7 +280,6 @@ fn a_redirected_flow_reaches_the_recorder_and_not_the_server() {
                 frames.len()
             ));
         }
-        // The frame is the client's own: sent to the server, from the client.
         for f in hits {
             if !capture::contains(f, &lab::CLIENT4.octets())
                 || !capture::contains(f, &lab::SERVER4.octets())
@@ -316,6 +290,35 @@ fn a_redirected_flow_reaches_the_recorder_and_not_the_server() {
             }
         }
     }
+    problems
+}
+
+#[test]
+fn a_redirected_flow_reaches_the_recorder_and_not_the_server() {
+    let high = high_port();
+    let apps =
+        format!("irc: redirect, mqtt: {{action: redirect, to: {GW_REC_IF}}}, whatsapp: drop");
+    let (mut lab, server) = lab_with(&policy(&apps, ""), high);
+    let cap = Capture::start(&lab.rec, lab::HOST_IF).expect("capture");
+    let irc = protocols::irc_registration("redirected7");
+    let mqtt = protocols::mqtt_connect(4, "redirected-sensor");
+    let cases = vec![
+        case4("irc", "irc registration", 6667, &irc),
+        case4("mqtt", "mqtt connect", high, &mqtt),
+    ];
+    let obs = run_cases(&lab.client, &server, cases, WAIT);
+    let mut problems = must_block(&obs);
+    let web = vec![Case::other(
+        "tls www.example.com",
+        tls("www.example.com", 3),
+        443,
+        false,
+    )];
+    problems.extend(must_pass(&run_cases(&lab.client, &server, web, WAIT)));
+    problems.extend(capture_problems(
+        &cap.finish(),
+        &[("irc", &irc), ("mqtt", &mqtt)],
+    ));
     report(&lab, "redirect", &problems);
 
     let s = stats(&lab);
@@ -344,13 +347,7 @@ fn a_redirected_flow_reaches_the_recorder_and_not_the_server() {
     let after = run_cases(
         &lab.client,
         &server,
-        vec![Case {
-            app: Some("irc"),
-            label: "irc after exit".into(),
-            dst: SocketAddr::new(Lab::server_ip(false), 6667),
-            segments: vec![irc],
-            preamble_len: 0,
-        }],
+        vec![case4("irc", "irc after exit", 6667, &irc)],
         WAIT,
     );
     assert!(after[0].delivered(), "after imfw exited: {:?}", after[0]);
@@ -361,16 +358,9 @@ fn udp_frame_len(payload: usize, v6: bool) -> u64 {
     (14 + if v6 { 40 } else { 20 } + 8 + payload) as u64
 }
 
-#[test]
-fn counters_match_the_traffic_sent() {
-    let high = high_port();
-    // A custom app recognised by its first bytes, so UDP flows are decided on their first
-    // datagram and every datagram is counted exactly.
-    let catalogue = "catalogue:\n  labchat:\n    description: \"lab test app\"\n    signatures:\n      - name: labchat-hello\n        direction: client\n        offset: 0\n        bytes: \"4c 41 42 43 48 41 54 31\"\n";
-    let (lab, server) = lab_with(&policy("labchat: drop, whatsapp: drop", catalogue), high);
-    let sink = UdpSink::start(&lab.server, 4000).expect("udp sink");
-
-    let before = stats(&lab);
+/// Sends the custom app's datagrams (20 over IPv4, 7 over IPv6, one flow each) to the UDP
+/// sink on port 4000. Returns the counter they must add and the flows' client addresses.
+fn send_labchat_udp(lab: &Lab) -> (Counter, Vec<SocketAddr>) {
     let mut expected = Counter::default();
     let mut locals = Vec::new();
     for (v6, n, size) in [(false, 20usize, 100usize), (true, 7, 300)] {
@@ -381,26 +371,17 @@ fn counters_match_the_traffic_sent() {
                 p
             })
             .collect();
-        let local = servers::udp_send(
-            &lab.client,
-            SocketAddr::new(Lab::server_ip(v6), 4000),
-            &payloads,
-        )
-        .unwrap();
-        locals.push(local);
+        let dst = SocketAddr::new(Lab::server_ip(v6), 4000);
+        locals.push(servers::udp_send(&lab.client, dst, &payloads).unwrap());
         expected.packets += n as u64;
         expected.bytes += n as u64 * udp_frame_len(size, v6);
     }
-    // A UDP flow of another app-less kind passes and is counted as unclassified.
-    let other_local = servers::udp_send(
-        &lab.client,
-        SocketAddr::new(Lab::server_ip(false), 4000),
-        &vec![b"hello, plain UDP".to_vec(); 5],
-    )
-    .unwrap();
+    (expected, locals)
+}
 
-    // N WhatsApp TCP flows: each dropped at its first payload packet (and its retransmits).
-    let wa: Vec<Case> = (0..5)
+/// `n` whatsapp web handshakes (prologue 6.3) to port 5222, each its own flow.
+fn whatsapp_flows(n: u64) -> Vec<Case> {
+    (0..n)
         .map(|i| {
             let o = protocols::Opener {
                 app: "whatsapp",
@@ -415,7 +396,40 @@ fn counters_match_the_traffic_sent() {
             };
             Case::from_opener(&o, 5222, false)
         })
-        .collect();
+        .collect()
+}
+
+/// Unclassified traffic, allowed or still being inspected.
+fn unclassified(s: &Stats) -> Counter {
+    let a = s.counter(None, "allow");
+    let p = s.counter(None, "pending");
+    Counter {
+        packets: a.packets + p.packets,
+        bytes: a.bytes + p.bytes,
+    }
+}
+
+#[test]
+fn counters_match_the_traffic_sent() {
+    let high = high_port();
+    // A custom app recognised by its first bytes, so UDP flows are decided on their first
+    // datagram and every datagram is counted exactly.
+    let catalogue = "catalogue:\n  labchat:\n    description: \"lab test app\"\n    signatures:\n      - name: labchat-hello\n        direction: client\n        offset: 0\n        bytes: \"4c 41 42 43 48 41 54 31\"\n";
+    let (lab, server) = lab_with(&policy("labchat: drop, whatsapp: drop", catalogue), high);
+    let sink = UdpSink::start(&lab.server, 4000).expect("udp sink");
+
+    let before = stats(&lab);
+    let (expected, locals) = send_labchat_udp(&lab);
+    // A UDP flow of another app-less kind passes and is counted as unclassified.
+    let other_local = servers::udp_send(
+        &lab.client,
+        SocketAddr::new(Lab::server_ip(false), 4000),
+        &vec![b"hello, plain UDP".to_vec(); 5],
+    )
+    .unwrap();
+
+    // N WhatsApp TCP flows: each dropped at its first payload packet (and its retransmits).
+    let wa = whatsapp_flows(5);
     let obs = run_cases(&lab.client, &server, wa, WAIT);
     let mut problems = must_block(&obs);
     problems.extend(download_problems(&lab, &[80]));
@@ -466,15 +480,7 @@ fn counters_match_the_traffic_sent() {
         after.0
     );
     // Web traffic is unclassified and allowed: the 1 MiB body crossed the WAN side.
-    let web = |s: &Stats| {
-        let a = s.counter(None, "allow");
-        let p = s.counter(None, "pending");
-        Counter {
-            packets: a.packets + p.packets,
-            bytes: a.bytes + p.bytes,
-        }
-    };
-    let web_delta = delta(web(&before), web(&after));
+    let web_delta = delta(unclassified(&before), unclassified(&after));
     assert!(
         web_delta.bytes >= servers::HTTP_BODY_LEN as u64,
         "unclassified allow+pending bytes {web_delta:?}\n{}",

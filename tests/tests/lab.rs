@@ -92,7 +92,7 @@ fn traffic_crosses_the_gateway_without_imfw() {
             "v6={v6}: {:?}",
             String::from_utf8_lossy(&x.reply)
         );
-        let rec = server.received_from(x.local).expect("server accepted");
+        let rec = server.received(&x).expect("server accepted");
         assert_eq!(rec.total, hello.len());
         assert_eq!(rec.head, hello);
         assert_eq!(rec.local_port, 5222);
@@ -142,7 +142,7 @@ fn traffic_crosses_the_gateway_without_imfw() {
     )
     .unwrap();
     assert_eq!(x.reply.first(), Some(&0x16), "ServerHello");
-    assert_eq!(server.received_from(x.local).unwrap().head, rec);
+    assert_eq!(server.received(&x).unwrap().head, rec);
 }
 
 /// Without a firewall every opener gets its server's answer: the baseline that makes
@@ -184,7 +184,7 @@ fn every_opener_is_answered_without_imfw() {
     )
     .unwrap();
     assert!(x.reply.is_empty());
-    assert_eq!(server.received_from(x.local).map(|r| r.total), Some(4));
+    assert_eq!(server.received(&x).map(|r| r.total), Some(4));
 }
 
 #[test]

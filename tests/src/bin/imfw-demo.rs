@@ -104,32 +104,7 @@ fn run() -> Result<()> {
     lab.start_imfw_with(&args.imfw, &policy)?;
 
     checkpoint(start, "sending traffic")?;
-    // Every row: IPv4 on 80, 443, the app's own port and a random high port, IPv6 on its own.
-    let openers = protocols::im_openers(&mut Rng::from_time());
-    let mut cases = Vec::new();
-    let mut rows = Vec::new();
-    for o in &openers {
-        rows.push((o.app, o.label.clone(), o.own_port, cases.len()));
-        cases.extend(
-            [80, 443, o.own_port, high]
-                .iter()
-                .map(|&p| Case::from_opener(o, p, false)),
-        );
-        cases.push(Case::from_opener(o, o.own_port, true));
-    }
-    for (i, sni) in ["www.example.com", "docs.rs"].into_iter().enumerate() {
-        let mut ch = ClientHello::new(sni);
-        ch.seed = 100 + i as u64;
-        let bytes = ch.build();
-        let label = format!("tls {sni}");
-        rows.push(("(web)", label.clone(), 443, cases.len()));
-        cases.extend(
-            [80, 443, 443, high]
-                .iter()
-                .map(|&p| Case::other(&label, bytes.clone(), p, false)),
-        );
-        cases.push(Case::other(&label, bytes, 443, true));
-    }
+    let (rows, cases) = plan(high);
     println!("sending {} connections through the gateway...", cases.len());
     let obs = run_cases(&lab.client, &server, cases, WAIT);
     checkpoint(start, "downloading")?;
@@ -194,7 +169,41 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn print_matrix(rows: &[(&str, String, u16, usize)], obs: &[Observed], high: u16) {
+/// A table row: app, what the client sends, its own port, index of its first case.
+type Row = (&'static str, String, u16, usize);
+
+/// Every row's cases: IPv4 on 80, 443, the app's own port and `high`, IPv6 on its own port.
+fn plan(high: u16) -> (Vec<Row>, Vec<Case>) {
+    let mut openers = protocols::im_openers(&mut Rng::from_time());
+    openers.push(protocols::late_sni_opener("chat.signal.org", "signal"));
+    let mut cases = Vec::new();
+    let mut rows = Vec::new();
+    for o in &openers {
+        rows.push((o.app, o.label.clone(), o.own_port, cases.len()));
+        cases.extend(
+            [80, 443, o.own_port, high]
+                .iter()
+                .map(|&p| Case::from_opener(o, p, false)),
+        );
+        cases.push(Case::from_opener(o, o.own_port, true));
+    }
+    for (i, sni) in ["www.example.com", "docs.rs"].into_iter().enumerate() {
+        let mut ch = ClientHello::new(sni);
+        ch.seed = 100 + i as u64;
+        let bytes = ch.build();
+        let label = format!("tls {sni}");
+        rows.push(("(web)", label.clone(), 443, cases.len()));
+        cases.extend(
+            [80, 443, 443, high]
+                .iter()
+                .map(|&p| Case::other(&label, bytes.clone(), p, false)),
+        );
+        cases.push(Case::other(&label, bytes, 443, true));
+    }
+    (rows, cases)
+}
+
+fn print_matrix(rows: &[Row], obs: &[Observed], high: u16) {
     println!();
     println!(
         "{:<10} {:<32} {:<10} {:<10} {:<16} {:<16} {:<16}",

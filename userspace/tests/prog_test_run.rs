@@ -1,0 +1,596 @@
+//! The real XDP program on crafted packets, through BPF_PROG_TEST_RUN: verdicts (the XDP action
+//! returned), flow-table entries (app, method, verdict) and counters. Needs root.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use imfw::{
+    dataplane::Dataplane,
+    packet,
+    policy::{self, Compiled},
+};
+use imfw_common::{
+    flow::FlowEntry,
+    verdict::{DropReason, Method, Stat, Verdict},
+};
+use imfw_tests::{
+    packets::{self, Ethernet, Ext6, Ipv4, Ipv6, Tcp, Udp, tcp_flags},
+    protocols::{self, ClientHello, ExtOrder, MtprotoTransport, WaPrologue, WaStart},
+    util::Rng,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const SERVER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 10);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 20);
+
+const BLOCK_ALL: &str = "
+version: 1
+defaults: {action: allow, unclassified: allow}
+apps: {whatsapp: drop, telegram: drop, signal: drop, discord: drop, slack: drop, teams: drop,
+       zoom: drop, xmpp: drop, irc: drop, mqtt: drop}
+";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "BPF_PROG_TEST_RUN tests need root (CAP_BPF)");
+}
+
+struct Rig {
+    dp: Dataplane,
+    c: Compiled,
+}
+
+fn rig(yaml: &str) -> Rig {
+    require_root();
+    let c = policy::parse(yaml, "test.yaml").and_then(|p| p.compile()).unwrap_or_else(|e| panic!("policy: {e}"));
+    let mut dp = Dataplane::load(4096).expect("load the XDP program");
+    dp.apply(&c).expect("write the policy");
+    Rig { dp, c }
+}
+
+impl Rig {
+    fn run(&self, frame: &[u8]) -> u32 {
+        self.dp.test_run(frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    fn entry(&self, frame: &[u8]) -> Option<FlowEntry> {
+        let t = packet::tuple(frame).expect("a TCP/UDP frame");
+        self.dp.flow(&t.key()).expect("read the flow table")
+    }
+
+    fn id(&self, app: &str) -> u16 {
+        self.c.app_id(app).unwrap_or_else(|| panic!("no app {app}"))
+    }
+
+    fn stat(&self, s: Stat) -> u64 {
+        self.dp.snapshot().expect("snapshot").stat(s)
+    }
+}
+
+/// A TCP conversation between `c` and `s`: handshake, then payloads as the client sends them.
+struct Conn {
+    c: IpAddr,
+    s: IpAddr,
+    cport: u16,
+    sport: u16,
+    vlans: Vec<packets::Vlan>,
+}
+
+impl Conn {
+    fn v4(cport: u16, sport: u16) -> Self {
+        Conn { c: CLIENT4.into(), s: SERVER4.into(), cport, sport, vlans: Vec::new() }
+    }
+
+    fn v6(cport: u16, sport: u16) -> Self {
+        Conn { c: CLIENT6.into(), s: SERVER6.into(), cport, sport, vlans: Vec::new() }
+    }
+
+    fn frame(&self, from_client: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (src, dst, sp, dp) =
+            if from_client { (self.c, self.s, self.cport, self.sport) } else { (self.s, self.c, self.sport, self.cport) };
+        let seg = Tcp::new(sp, dp, flags).encode(src, dst, payload);
+        let eth = Ethernet { vlans: self.vlans.clone(), ..Ethernet::default() };
+        match (src, dst) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => eth.encode(0x0800, &Ipv4::new(a, b, 6).encode(&seg)),
+            (IpAddr::V6(a), IpAddr::V6(b)) => eth.encode(0x86dd, &Ipv6::new(a, b, 6).encode(&seg)),
+            _ => unreachable!("mixed families"),
+        }
+    }
+
+    fn syn(&self) -> Vec<u8> {
+        self.frame(true, tcp_flags::SYN, &[])
+    }
+
+    fn synack(&self) -> Vec<u8> {
+        self.frame(false, tcp_flags::SYN | tcp_flags::ACK, &[])
+    }
+
+    fn client(&self, payload: &[u8]) -> Vec<u8> {
+        self.frame(true, tcp_flags::ACK | tcp_flags::PSH, payload)
+    }
+
+    fn server(&self, payload: &[u8]) -> Vec<u8> {
+        self.frame(false, tcp_flags::ACK | tcp_flags::PSH, payload)
+    }
+}
+
+/// Handshake, then the client's segments; returns the action on the last one.
+fn open(r: &Rig, conn: &Conn, segments: &[Vec<u8>]) -> u32 {
+    assert_eq!(r.run(&conn.syn()), XDP_PASS, "a SYN carries nothing to classify and passes");
+    assert_eq!(r.run(&conn.synack()), XDP_PASS);
+    let mut last = XDP_PASS;
+    for s in segments {
+        last = r.run(&conn.client(s));
+    }
+    last
+}
+
+fn assert_decided(r: &Rig, conn: &Conn, app: &str, method: Method, verdict: Verdict) {
+    let e = r.entry(&conn.syn()).expect("flow entry");
+    assert_eq!(e.app, r.id(app), "app of {app} flow");
+    assert_eq!(Method::from_u8(e.method), method, "method of {app} flow");
+    assert_eq!(Verdict::from_u8(e.verdict), verdict, "verdict of {app} flow");
+}
+
+/// Every starter app's real opener, on its own port and on ports other services own, over
+/// IPv4, IPv6, 802.1Q and Q-in-Q: dropped at the first segment that identifies it, and every
+/// later packet of the flow in both directions too.
+#[test]
+fn starter_apps_are_dropped_on_any_port_and_encapsulation() {
+    let r = rig(BLOCK_ALL);
+    let mut rng = Rng::new(42);
+    let openers = protocols::im_openers(&mut rng);
+    assert!(openers.len() >= 12, "the lab's opener list shrank");
+    let mut cport = 20000;
+    for o in &openers {
+        let method = if o.label.starts_with("tls") {
+            Method::TlsSni
+        } else if o.label.starts_with("http") {
+            Method::HttpConnect
+        } else {
+            Method::Signature
+        };
+        for &port in &[o.own_port, 80, 443, 31337] {
+            for variant in 0..4 {
+                cport += 1;
+                let mut conn = if variant == 1 { Conn::v6(cport, port) } else { Conn::v4(cport, port) };
+                match variant {
+                    2 => conn.vlans = vec![packets::Vlan::dot1q(100)],
+                    3 => conn.vlans = vec![packets::Vlan::dot1ad(200), packets::Vlan::dot1q(100)],
+                    _ => {}
+                }
+                let what = format!("{} on port {port} (variant {variant})", o.label);
+                let last = open(&r, &conn, &o.segments);
+                assert_eq!(last, XDP_DROP, "{what}: last client segment");
+                assert_decided(&r, &conn, o.app, method, Verdict::Drop);
+                assert_eq!(r.run(&conn.server(b"reply")), XDP_DROP, "{what}: server side after the verdict");
+                assert_eq!(r.run(&conn.client(b"more")), XDP_DROP, "{what}: client side after the verdict");
+            }
+        }
+    }
+}
+
+#[test]
+fn web_traffic_passes_and_is_left_unclassified() {
+    let r = rig(BLOCK_ALL);
+    let conn = Conn::v4(30001, 80);
+    assert_eq!(open(&r, &conn, &[protocols::http_get("www.example.com", "/index.html")]), XDP_PASS);
+    assert_eq!(r.run(&conn.server(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")), XDP_PASS);
+    let tls = Conn::v4(30002, 443);
+    assert_eq!(open(&r, &tls, &[ClientHello::new("www.example.com").build()]), XDP_PASS);
+    let e = r.entry(&tls.syn()).expect("entry");
+    assert_eq!(e.app, 0);
+    // Lookalikes must not match a domain by substring: only the name or its subdomains.
+    for sni in ["notwhatsapp.com", "whatsapp.com.example.net", "signal.org.example", "xdiscord.gg"] {
+        let c = Conn::v4(30100 + sni.len() as u16, 443);
+        assert_eq!(open(&r, &c, &[ClientHello::new(sni).build()]), XDP_PASS, "{sni}");
+        assert_eq!(r.entry(&c.syn()).unwrap().app, 0, "{sni} matched an IM domain");
+    }
+}
+
+#[test]
+fn server_names_match_case_insensitively_and_by_suffix() {
+    let r = rig(BLOCK_ALL);
+    for (i, sni) in ["WEB.WhatsApp.COM", "whatsapp.com", "mmg.whatsapp.net", "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.whatsapp.net", "whatsapp.com."]
+        .iter()
+        .enumerate()
+    {
+        let c = Conn::v4(31000 + i as u16, 8443);
+        assert_eq!(open(&r, &c, &[ClientHello::new(sni).build()]), XDP_DROP, "{sni}");
+        assert_decided(&r, &c, "whatsapp", Method::TlsSni, Verdict::Drop);
+    }
+}
+
+#[test]
+fn client_hello_with_shuffled_extensions_and_post_quantum_share() {
+    let r = rig(BLOCK_ALL);
+    for seed in 0..6u64 {
+        let mut ch = ClientHello::new("gateway.discord.gg");
+        ch.order = ExtOrder::Shuffled(seed);
+        ch.post_quantum = seed % 2 == 0;
+        ch.seed = seed;
+        let c = Conn::v6(32000 + seed as u16, 443);
+        assert_eq!(open(&r, &c, &[ch.build()]), XDP_DROP, "seed {seed}");
+        assert_decided(&r, &c, "discord", Method::TlsSni, Verdict::Drop);
+    }
+}
+
+#[test]
+fn http_host_and_connect_through_a_proxy() {
+    let r = rig(BLOCK_ALL);
+    let c = Conn::v4(33001, 8080);
+    assert_eq!(open(&r, &c, &[protocols::http_connect("web.whatsapp.com", 443)]), XDP_DROP);
+    assert_decided(&r, &c, "whatsapp", Method::HttpConnect, Verdict::Drop);
+    let c = Conn::v4(33002, 80);
+    assert_eq!(open(&r, &c, &[protocols::http_get("web.telegram.org", "/k/")]), XDP_DROP);
+    assert_decided(&r, &c, "telegram", Method::HttpHost, Verdict::Drop);
+    // Header names are case-insensitive (RFC 9110 §5.1), and Host need not come first.
+    let req = b"POST /api HTTP/1.1\r\nUser-Agent: x\r\nhOsT:   slack.com:8080\r\n\r\n".to_vec();
+    let c = Conn::v4(33003, 3128);
+    assert_eq!(open(&r, &c, &[req]), XDP_DROP);
+    assert_decided(&r, &c, "slack", Method::HttpHost, Verdict::Drop);
+}
+
+#[test]
+fn address_sets_decide_at_the_first_packet() {
+    let r = rig(BLOCK_ALL);
+    // Telegram's published ranges: the SYN itself is dropped.
+    let tg4 = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(34001, 443) };
+    assert_eq!(r.run(&tg4.syn()), XDP_DROP);
+    assert_decided(&r, &tg4, "telegram", Method::Address, Verdict::Drop);
+    let tg6 = Conn { s: "2001:67c:4e8:f004::a".parse::<Ipv6Addr>().unwrap().into(), ..Conn::v6(34002, 80) };
+    assert_eq!(r.run(&tg6.syn()), XDP_DROP);
+    assert_decided(&r, &tg6, "telegram", Method::Address, Verdict::Drop);
+    // Next door is not Telegram.
+    let other = Conn { s: Ipv4Addr::new(149, 154, 176, 1).into(), ..Conn::v4(34003, 443) };
+    assert_eq!(r.run(&other.syn()), XDP_PASS);
+}
+
+#[test]
+fn policy_extensions_add_signatures_domains_and_ranges() {
+    let r = rig(
+        "
+version: 1
+defaults: {action: allow}
+apps: {corpchat: drop, whatsapp: drop}
+catalogue:
+  corpchat:
+    signatures:
+      - name: corpchat-hello
+        direction: client
+        offset: 2
+        bytes: \"43 48 ff 01\"
+        mask: \"ff ff f0 ff\"
+        length: {offset: 0, size: u16be, add: 2}
+    domains: [chat.corp.example]
+    addresses: [203.0.113.0/24]
+  whatsapp:
+    domains: [wa.example.net]
+",
+    );
+    // Masked byte (0xf? matches 0xf7) and a length field that covers the rest of the payload.
+    let mut hello = vec![0, 8, b'C', b'H', 0xf7, 0x01];
+    hello.extend_from_slice(&[0; 4]);
+    let c = Conn::v4(35001, 9999);
+    assert_eq!(open(&r, &c, &[hello.clone()]), XDP_DROP);
+    assert_decided(&r, &c, "corpchat", Method::Signature, Verdict::Drop);
+    // Same bytes, wrong length field: not corpchat.
+    let mut bad = hello.clone();
+    bad[1] = 9;
+    let c = Conn::v4(35002, 9999);
+    assert_eq!(open(&r, &c, &[bad]), XDP_PASS);
+    // Same bytes from the server side: the signature is for the client only.
+    let c = Conn::v4(35003, 9999);
+    open(&r, &c, &[]);
+    assert_eq!(r.run(&c.server(&hello)), XDP_PASS);
+    let c = Conn::v4(35004, 443);
+    assert_eq!(open(&r, &c, &[ClientHello::new("eu.chat.corp.example").build()]), XDP_DROP);
+    assert_decided(&r, &c, "corpchat", Method::TlsSni, Verdict::Drop);
+    let c = Conn::v4(35005, 443);
+    assert_eq!(open(&r, &c, &[ClientHello::new("edge.wa.example.net").build()]), XDP_DROP);
+    assert_decided(&r, &c, "whatsapp", Method::TlsSni, Verdict::Drop);
+    let c = Conn { s: Ipv4Addr::new(203, 0, 113, 9).into(), ..Conn::v4(35006, 5000) };
+    assert_eq!(r.run(&c.syn()), XDP_DROP);
+}
+
+#[test]
+fn rules_by_source_network_win_over_app_actions() {
+    let r = rig(
+        "
+version: 1
+defaults: {action: allow}
+apps: {whatsapp: drop, telegram: allow}
+rules:
+  - name: sales-may-whatsapp
+    from: [192.0.2.0/25, 2001:db8:1::/64]
+    apps: [whatsapp]
+    action: allow
+  - name: lab-no-im
+    from: [192.0.2.128/25]
+    apps: all
+    action: drop
+",
+    );
+    let ch = ClientHello::new("web.whatsapp.com").build();
+    let sales = Conn::v4(36001, 443);
+    assert_eq!(open(&r, &sales, &[ch.clone()]), XDP_PASS);
+    assert_decided(&r, &sales, "whatsapp", Method::TlsSni, Verdict::Allow);
+    let sales6 = Conn::v6(36002, 443);
+    assert_eq!(open(&r, &sales6, &[ch.clone()]), XDP_PASS);
+    let lab = Conn { c: Ipv4Addr::new(192, 0, 2, 200).into(), ..Conn::v4(36003, 443) };
+    assert_eq!(open(&r, &lab, &[ClientHello::new("web.telegram.org").build()]), XDP_DROP, "lab may use no IM");
+    let elsewhere = Conn { c: Ipv4Addr::new(198, 51, 100, 7).into(), s: SERVER4.into(), ..Conn::v4(36004, 443) };
+    assert_eq!(open(&r, &elsewhere, &[ch]), XDP_DROP, "per-app action outside the rule networks");
+}
+
+#[test]
+fn redirect_and_monitor_verdicts() {
+    let r = rig(
+        "
+version: 1
+defaults: {action: allow, redirect_to: lo}
+apps: {irc: redirect, xmpp: monitor}
+",
+    );
+    let irc = Conn::v4(37001, 6697);
+    assert_eq!(open(&r, &irc, &[protocols::irc_registration("bob")]), XDP_REDIRECT);
+    assert_decided(&r, &irc, "irc", Method::Signature, Verdict::Redirect);
+    assert_eq!(r.run(&irc.server(b":srv 001 bob :hi\r\n")), XDP_REDIRECT);
+    let xmpp = Conn::v6(37002, 443);
+    assert_eq!(open(&r, &xmpp, &[protocols::xmpp_stream_header("example.net")]), XDP_PASS);
+    assert_decided(&r, &xmpp, "xmpp", Method::Signature, Verdict::Monitor);
+}
+
+#[test]
+fn classifications_are_reported_once_per_flow() {
+    let mut r = rig(BLOCK_ALL);
+    let _ = r.dp.drain_events();
+    let c = Conn::v4(38001, 1883);
+    open(&r, &c, &[protocols::mqtt_connect(4, "sensor")]);
+    for _ in 0..5 {
+        r.run(&c.client(b"\x30\x05\x00\x01tx"));
+    }
+    let events = r.dp.drain_events();
+    assert_eq!(events.len(), 1, "one event per classification");
+    assert_eq!(events[0].app, r.id("mqtt"));
+    assert_eq!(Verdict::from_u8(events[0].verdict), Verdict::Drop);
+    let t = packet::tuple(&c.syn()).unwrap();
+    assert_eq!(events[0].key, t.key());
+}
+
+#[test]
+fn counters_match_the_packets_sent() {
+    let r = rig(BLOCK_ALL);
+    let mut rng = Rng::new(7);
+    let c = Conn::v4(39001, 443);
+    let first = protocols::telegram_start(MtprotoTransport::Intermediate, &mut rng);
+    open(&r, &c, &[first.clone()]);
+    let extra = 25u64;
+    let mut dropped_bytes = c.client(&first).len() as u64;
+    for i in 0..extra {
+        let f = if i % 2 == 0 { c.client(&[i as u8; 40]) } else { c.server(&[i as u8; 60]) };
+        dropped_bytes += f.len() as u64;
+        assert_eq!(r.run(&f), XDP_DROP);
+    }
+    let snap = r.dp.snapshot().unwrap();
+    let tg = snap.counters.get(&(r.id("telegram"), Verdict::Drop as u8)).copied().unwrap_or_default();
+    assert_eq!(tg.packets, extra + 1);
+    assert_eq!(tg.bytes, dropped_bytes);
+    assert_eq!(snap.drop_reason(DropReason::Policy).packets, extra + 1);
+    // The handshake passed while undecided.
+    let pending = snap.counters.get(&(0, Verdict::Pending as u8)).copied().unwrap_or_default();
+    assert_eq!(pending.packets, 2);
+    assert_eq!(snap.stat(Stat::FlowsCreated), 1);
+    assert_eq!(snap.stat(Stat::Classified), 1);
+    assert_eq!(snap.stat(Stat::Packets), extra + 3);
+}
+
+#[test]
+fn irc_user_after_a_server_greeting_is_not_irc() {
+    let r = rig(BLOCK_ALL);
+    // FTP: the server greets first, then the client says USER.
+    let ftp = Conn::v4(40001, 21);
+    open(&r, &ftp, &[]);
+    assert_eq!(r.run(&ftp.server(b"220 FTP server ready\r\n")), XDP_PASS);
+    assert_eq!(r.run(&ftp.client(b"USER anonymous\r\n")), XDP_PASS);
+    assert_eq!(r.entry(&ftp.syn()).unwrap().app, 0);
+    // IRC: the client speaks first.
+    let irc = Conn::v4(40002, 21);
+    assert_eq!(open(&r, &irc, &[b"USER alice 0 * :Alice\r\n".to_vec()]), XDP_DROP);
+}
+
+#[test]
+fn inspection_budget_ends_and_unclassified_policy_applies() {
+    let r = rig("
+version: 1
+defaults: {action: allow, unclassified: drop, inspect_packets: 2}
+apps: {irc: drop}
+");
+    let c = Conn::v4(41001, 7000);
+    open(&r, &c, &[]);
+    assert_eq!(r.run(&c.client(b"hello there")), XDP_PASS, "still inspecting");
+    assert_eq!(r.run(&c.server(b"general kenobi")), XDP_PASS);
+    assert_eq!(r.run(&c.client(b"more data")), XDP_PASS, "client budget spent");
+    // Server's second payload spends the last budget: unclassified, and `unclassified: drop`.
+    assert_eq!(r.run(&c.server(b"and more")), XDP_DROP);
+    let e = r.entry(&c.syn()).unwrap();
+    assert_eq!((e.app, Verdict::from_u8(e.verdict)), (0, Verdict::Drop));
+    // An IRC opener after the budget is no longer inspected.
+    assert_eq!(r.run(&c.client(b"NICK late\r\n")), XDP_DROP);
+    assert_eq!(r.entry(&c.syn()).unwrap().app, 0);
+    assert_eq!(r.stat(Stat::Unclassified), 1);
+}
+
+#[test]
+fn one_way_flows_are_given_up_too() {
+    let r = rig("
+version: 1
+defaults: {action: allow, unclassified: drop, inspect_packets: 1}
+");
+    let mut last = XDP_PASS;
+    for i in 0..20u16 {
+        let f = packets::udp4(CLIENT4, 5000, SERVER4, 6000, &[i as u8; 30]);
+        last = r.run(&f);
+    }
+    assert_eq!(last, XDP_DROP, "a one-way UDP flow ends unclassified");
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let r = rig(BLOCK_ALL);
+    let seg = Tcp::new(42001, 443, tcp_flags::ACK).encode(CLIENT6.into(), SERVER6.into(), &ClientHello::new("t.me").build());
+    let mut ip = Ipv6::new(CLIENT6, SERVER6, 6);
+    ip.ext = vec![
+        Ext6::HopByHop(vec![]),
+        Ext6::DestOpts(vec![]),
+        Ext6::Routing { routing_type: 0, segments_left: 0, data: vec![0; 4] },
+        Ext6::Fragment { offset: 0, more: false, id: 7 },
+    ];
+    let f = Ethernet::default().encode(0x86dd, &ip.encode(&seg));
+    assert_eq!(r.run(&f), XDP_DROP);
+    // A non-first IPv6 fragment has no TCP header: counted and passed by default.
+    let mut frag = Ipv6::new(CLIENT6, SERVER6, 6);
+    frag.ext = vec![Ext6::Fragment { offset: 100, more: false, id: 7 }];
+    let f = Ethernet::default().encode(0x86dd, &frag.encode(b"NICK not-a-header\r\n"));
+    assert_eq!(r.run(&f), XDP_PASS);
+    assert_eq!(r.stat(Stat::Fragments), 1);
+}
+
+#[test]
+fn ipv4_options_and_ethernet_padding() {
+    let r = rig(BLOCK_ALL);
+    let seg = Tcp::new(43001, 80, tcp_flags::ACK).encode(CLIENT4.into(), SERVER4.into(), b"NICK alice\r\n");
+    let mut ip = Ipv4::new(CLIENT4, SERVER4, 6);
+    ip.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let f = Ethernet::default().encode(0x0800, &ip.encode(&seg));
+    assert_eq!(r.run(&f), XDP_DROP, "IRC behind IPv4 options");
+    // A short UDP datagram padded to the Ethernet minimum: the padding is not payload, so the
+    // length check of the abridged MTProto signature still sees the true length.
+    let mut rng = Rng::new(3);
+    let mut payload = protocols::telegram_start(MtprotoTransport::Abridged, &mut rng);
+    payload.truncate(2 + 4 * 2);
+    payload[1] = 2;
+    let mut f = packets::tcp4(CLIENT4, 43002, SERVER4, 5222, tcp_flags::ACK, &payload);
+    f.extend_from_slice(&[0xee; 20]);
+    assert_eq!(r.run(&f), XDP_DROP);
+    // TCP options: the payload starts at doff*4, not after 20 bytes.
+    let mut t = Tcp::new(43003, 6667, tcp_flags::ACK);
+    t.options = Tcp::syn_options();
+    let seg = t.encode(CLIENT4.into(), SERVER4.into(), b"CAP LS 302\r\n");
+    let f = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&seg));
+    assert_eq!(r.run(&f), XDP_DROP);
+}
+
+#[test]
+fn malformed_and_unparsable_packets_follow_the_explicit_choice() {
+    let frames: Vec<(&str, Vec<u8>)> = {
+        let good = packets::tcp4(CLIENT4, 44001, SERVER4, 6667, tcp_flags::ACK, b"NICK x\r\n");
+        let mut bad_ihl = good.clone();
+        bad_ihl[14] = 0x43;
+        let mut bad_doff = good.clone();
+        bad_doff[14 + 20 + 12] = 0x30;
+        let mut bad_total = good.clone();
+        bad_total[16] = 0;
+        bad_total[17] = 10;
+        let three_tags = packets::with_vlan(&packets::with_qinq(&good, 1, 2), 3);
+        vec![
+            ("truncated IPv4 header", good[..14 + 12].to_vec()),
+            ("truncated TCP header", good[..14 + 20 + 8].to_vec()),
+            ("IHL below 5", bad_ihl),
+            ("TCP data offset below 5", bad_doff),
+            ("IP total length below the header", bad_total),
+            ("three VLAN tags", three_tags),
+            ("bare Ethernet header", good[..14].to_vec()),
+        ]
+    };
+    let pass = rig(BLOCK_ALL);
+    for (what, f) in &frames {
+        assert_eq!(pass.run(f), XDP_PASS, "{what}: passed by default");
+    }
+    assert_eq!(pass.stat(Stat::Unparsed), frames.len() as u64);
+    let drop = rig("
+version: 1
+defaults: {unparsed: drop, fragments: drop}
+");
+    for (what, f) in &frames {
+        assert_eq!(drop.run(f), XDP_DROP, "{what}: `unparsed: drop`");
+    }
+    let snap = drop.dp.snapshot().unwrap();
+    assert_eq!(snap.drop_reason(DropReason::Unparsed).packets, frames.len() as u64);
+    let mut frag = Ipv4::new(CLIENT4, SERVER4, 6);
+    frag.frag_offset = 185;
+    let f = Ethernet::default().encode(0x0800, &frag.encode(b"NICK x\r\n"));
+    assert_eq!(drop.run(&f), XDP_DROP, "non-first fragment with `fragments: drop`");
+    assert_eq!(pass.run(&f), XDP_PASS, "non-first fragment passes by default");
+    assert_eq!(drop.dp.snapshot().unwrap().drop_reason(DropReason::Fragment).packets, 1);
+}
+
+#[test]
+fn other_protocols_pass_untouched() {
+    let r = rig("
+version: 1
+defaults: {unparsed: drop, unclassified: drop}
+");
+    let arp = Ethernet::default().encode(0x0806, &[0u8; 28]);
+    assert_eq!(r.run(&arp), XDP_PASS);
+    let icmp = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 1).encode(&[8, 0, 0, 0, 0, 1, 0, 1]));
+    assert_eq!(r.run(&icmp), XDP_PASS);
+    assert_eq!(r.stat(Stat::NonIp), 1);
+    assert_eq!(r.stat(Stat::OtherL4), 1);
+}
+
+#[test]
+fn a_flow_first_seen_at_its_syn_ack_knows_its_client() {
+    let r = rig(BLOCK_ALL);
+    let c = Conn::v4(45001, 6667);
+    // Capture started after the SYN: the SYN-ACK's receiver is the client.
+    assert_eq!(r.run(&c.synack()), XDP_PASS);
+    assert_eq!(r.run(&c.client(b"NICK alice\r\nUSER alice 0 * :A\r\n")), XDP_DROP);
+    let e = r.entry(&c.syn()).unwrap();
+    let t = packet::tuple(&c.syn()).unwrap();
+    let (client, port) = t.key().client(e.client_is_a != 0);
+    assert_eq!((packet::addr(client, 4), port), (IpAddr::from(CLIENT4), 45001));
+}
+
+#[test]
+fn udp_signatures_work_too() {
+    let r = rig(
+        "
+version: 1
+apps: {udpchat: drop}
+catalogue:
+  udpchat:
+    signatures:
+      - {name: udpchat-hello, direction: any, offset: 0, bytes: \"ca fe 00 01\"}
+",
+    );
+    let f = Udp { sport: 46001, dport: 53 }.encode(CLIENT6.into(), SERVER6.into(), &[0xca, 0xfe, 0, 1, 9, 9]);
+    let f = Ethernet::default().encode(0x86dd, &Ipv6::new(CLIENT6, SERVER6, 17).encode(&f));
+    assert_eq!(r.run(&f), XDP_DROP);
+}
+
+#[test]
+fn whatsapp_prologue_variants() {
+    let r = rig(BLOCK_ALL);
+    let mut rng = Rng::new(9);
+    for (i, (p, s)) in [
+        (WaPrologue::V5_2, WaStart::Plain),
+        (WaPrologue::V5_2, WaStart::EdgeRouting),
+        (WaPrologue::V6_3, WaStart::EdgeRoutingSplit),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = Conn::v4(47001 + i as u16, 443);
+        let segs = protocols::whatsapp_handshake(p, s, &mut rng);
+        let first = r.run(&{
+            open(&r, &c, &[]);
+            c.client(&segs[0])
+        });
+        assert_eq!(first, XDP_DROP, "{p:?} {s:?}: the first segment identifies WhatsApp");
+    }
+}
