@@ -297,7 +297,7 @@ pub const HTTP_SCAN_MAX: usize = 1024;
 #[inline(always)]
 pub fn http_host(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize, bool)> {
     let (start, connect) = http_host_start(buf, len)?;
-    host_token(buf, start, len).map(|(o, l)| (o, l, connect))
+    host_token(buf, skip_ows(buf, start, len), len).map(|(o, l)| (o, l, connect))
 }
 
 /// First half of [`http_host`]: where the host name starts, and whether it is a CONNECT target.
@@ -343,17 +343,7 @@ pub fn http_host_start(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, bo
             && lower(at(buf, i + 4)) == b't'
             && at(buf, i + 5) == b':'
         {
-            // Optional whitespace before the value (RFC 9110 §5.6.3), a few bytes at most.
-            let mut s = i + 6;
-            let mut k = 0;
-            while k < 8 {
-                if s >= len || (at(buf, s) != b' ' && at(buf, s) != b'\t') {
-                    break;
-                }
-                s += 1;
-                k += 1;
-            }
-            return Some((s, false));
+            return Some((i + 6, false));
         }
         i += 1;
     }
@@ -379,6 +369,21 @@ pub fn host_token(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> Option<(
         return None;
     }
     Some(trim_dot(buf, start, n))
+}
+
+/// Skips the optional whitespace before a header value (RFC 9110 §5.6.3), eight bytes at most.
+#[inline(always)]
+pub fn skip_ows(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> usize {
+    let mut s = start;
+    let mut k = 0;
+    while k < 8 {
+        if s >= len || (at(buf, s) != b' ' && at(buf, s) != b'\t') {
+            break;
+        }
+        s += 1;
+        k += 1;
+    }
+    s
 }
 
 /// The key to look up for signature class `class` (shape `shape`) on a payload of `len` bytes,

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, lookup_suffixes, sig_checks, sig_key, suffix_hashes, tls_sni},
+    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, lookup_suffixes, skip_ows, sig_checks, sig_key, suffix_hashes, tls_sni},
     verdict::Method,
 };
 
@@ -65,6 +65,8 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
         (off, len, Method::TlsSni)
     } else {
         let (start, connect) = http_host_start(buf, n)?;
+        let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
+        let start = skip_ows(buf, start, n);
         let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
         let (off, len) = host_token(buf, start, n)?;
         (off, len, if connect { Method::HttpConnect } else { Method::HttpHost })

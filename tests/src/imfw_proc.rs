@@ -122,11 +122,37 @@ impl ImfwProc {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "imfw not ready after {limit:?} (last stats error: {last}); log:\n{}",
+                    "imfw not ready after {limit:?} (control socket {}; last stats error: {last}; \
+                     {}); log:\n{}",
+                    if self.control.exists() {
+                        "present"
+                    } else {
+                        "absent"
+                    },
+                    self.where_stuck(),
                     self.log_tail()
                 );
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where a process that is not ready yet spends its time: the top of its kernel stack
+    /// (e.g. `bpf_check` while the verifier works through the program).
+    fn where_stuck(&self) -> String {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return "not running".into();
+        };
+        let stack = fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+        let top: Vec<&str> = stack
+            .lines()
+            .take(3)
+            .map(|l| l.split_whitespace().last().unwrap_or(""))
+            .collect();
+        if top.is_empty() {
+            format!("pid {pid} running")
+        } else {
+            format!("pid {pid} running, kernel stack {}", top.join(" < "))
         }
     }
 
