@@ -283,9 +283,6 @@ fn trim_dot(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> (usize, usize)
     }
 }
 
-#[inline(always)]
-fn lower(b: u8) -> u8 {
-    if b.is_ascii_uppercase() { b + 32 } else { b }
 }
 
 /// How far into a request `http_host` looks for the Host header.
@@ -336,13 +333,15 @@ pub fn http_host_start(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, bo
         if i + 6 >= end {
             return None;
         }
-        if at(buf, i) == b'\n'
-            && lower(at(buf, i + 1)) == b'h'
-            && lower(at(buf, i + 2)) == b'o'
-            && lower(at(buf, i + 3)) == b's'
-            && lower(at(buf, i + 4)) == b't'
-            && at(buf, i + 5) == b':'
-        {
+        // One branch per position: the six comparisons folded into one value (bit 0x20
+        // lowercases the letters of "host").
+        let diff = (at(buf, i) ^ b'\n')
+            | ((at(buf, i + 1) | 0x20) ^ b'h')
+            | ((at(buf, i + 2) | 0x20) ^ b'o')
+            | ((at(buf, i + 3) | 0x20) ^ b's')
+            | ((at(buf, i + 4) | 0x20) ^ b't')
+            | (at(buf, i + 5) ^ b':');
+        if diff == 0 {
             return Some((i + 6, false));
         }
         i += 1;
