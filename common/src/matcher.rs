@@ -283,8 +283,6 @@ fn trim_dot(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> (usize, usize)
     }
 }
 
-}
-
 /// How far into a request `http_host` looks for the Host header.
 pub const HTTP_SCAN_MAX: usize = 1024;
 
