@@ -26,14 +26,15 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("xtask: running the tests (root tests share kernel state: one thread)");
     run_checked(
         cargo()
+            // Every test binary runs even after one fails, so one run shows every failure.
             .args([
                 "test",
                 "--workspace",
                 "--exclude",
                 "imfw-ebpf",
-                "--",
-                "--test-threads=1",
+                "--no-fail-fast",
             ])
+            .args(["--", "--test-threads=1"])
             .args(&opts.test_args)
             .env("IMFW_BIN", &imfw),
     )

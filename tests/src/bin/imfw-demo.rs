@@ -204,9 +204,10 @@ fn plan(high: u16) -> (Vec<Row>, Vec<Case>) {
 }
 
 fn print_matrix(rows: &[Row], obs: &[Observed], high: u16) {
+    let w = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(12);
     println!();
     println!(
-        "{:<10} {:<32} {:<10} {:<10} {:<16} {:<16} {:<16}",
+        "{:<10} {:<w$} {:<10} {:<10} {:<16} {:<16} {:<16}",
         "APP",
         "CLIENT SENDS",
         "IPv4 :80",
@@ -218,7 +219,7 @@ fn print_matrix(rows: &[Row], obs: &[Observed], high: u16) {
     for (app, label, own, first) in rows {
         let cell = |i: usize| obs.get(first + i).map_or("-", Observed::word);
         println!(
-            "{:<10} {:<32} {:<10} {:<10} {:<16} {:<16} {:<16}",
+            "{:<10} {:<w$} {:<10} {:<10} {:<16} {:<16} {:<16}",
             app,
             label,
             cell(0),
