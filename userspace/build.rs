@@ -1,5 +1,5 @@
 //! Builds the XDP program for the BPF target (nightly, build-std) and leaves the object in
-//! OUT_DIR, where `dataplane.rs` embeds it.
+//! `OUT_DIR`, where `dataplane.rs` embeds it.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! A first look at the XDP program's cost per packet, in the kernel (BPF_PROG_TEST_RUN's own
+//! A first look at the XDP program's cost per packet, in the kernel (`BPF_PROG_TEST_RUN`'s own
 //! timing). Run as root: `cargo run --release -p imfw --example xdp_cost`. The full benchmark
 //! with references is `cargo xtask bench` (a later issue).
 

@@ -10,7 +10,7 @@ use pcap_file::{
     pcapng::{Block, PcapNgReader},
 };
 
-/// BPF_PROG_TEST_RUN takes XDP frames up to about a page minus headroom and tailroom; frames a
+/// `BPF_PROG_TEST_RUN` takes XDP frames up to about a page minus headroom and tailroom; frames a
 /// capture recorded after GRO can be far larger. The parser reads lengths from the IP header
 /// and inspects only what is present, so truncating keeps every header and the first bytes.
 pub const MAX_FRAME: usize = 3400;

@@ -1,5 +1,5 @@
 //! Offline classification: every packet of a capture goes through the loaded XDP program with
-//! BPF_PROG_TEST_RUN, in order, against the real maps; the flow table then holds exactly what a
+//! `BPF_PROG_TEST_RUN`, in order, against the real maps; the flow table then holds exactly what a
 //! gateway would have decided.
 
 use std::{collections::HashMap, net::IpAddr, path::Path};

@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(long)]
         policy: PathBuf,
     },
-    /// Classify the flows of pcap/pcapng captures with the same XDP program (BPF_PROG_TEST_RUN).
+    /// Classify the flows of pcap/pcapng captures with the same XDP program (`BPF_PROG_TEST_RUN`).
     Classify {
         /// Policy (default: the built-in default policy).
         #[arg(long)]

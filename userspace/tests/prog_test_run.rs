@@ -1,4 +1,4 @@
-//! The real XDP program on crafted packets, through BPF_PROG_TEST_RUN: verdicts (the XDP action
+//! The real XDP program on crafted packets, through `BPF_PROG_TEST_RUN`: verdicts (the XDP action
 //! returned), flow-table entries (app, method, verdict) and counters. Needs root.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
