@@ -16,6 +16,8 @@ pub const DROPS: &str = "IMFW_DROPS";
 pub const STATS: &str = "IMFW_STATS";
 pub const EVENTS: &str = "IMFW_EVENTS";
 pub const SCRATCH: &str = "IMFW_SCRATCH";
+/// STUN attribute type -> app.
+pub const STUN: &str = "IMFW_STUN";
 /// Program array holding the payload inspector, tail-called by the main program.
 pub const JUMP: &str = "IMFW_JUMP";
 /// The inspector's slot in `IMFW_JUMP`, and its name in the object.
@@ -31,6 +33,7 @@ pub const SIGS_MAX: u32 = 4096;
 pub const NAMES_MAX: u32 = 262_144;
 pub const ADDR_MAX: u32 = 262_144;
 pub const SRC_MAX: u32 = 4096;
+pub const STUN_MAX: u32 = 1024;
 /// Source-network classes; class 0 is "no rule network matched".
 pub const SRC_CLASSES: u32 = 64;
 pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;

@@ -383,6 +383,47 @@ pub fn skip_ows(buf: &[u8; SCRATCH_LEN], start: usize, len: usize) -> usize {
     s
 }
 
+/// STUN attributes looked at per message.
+pub const STUN_ATTRS_MAX: usize = 16;
+
+/// Whether `buf` holds a STUN message (RFC 8489 §5): the two top bits of the type are zero,
+/// the magic cookie follows the length, and the declared length (a multiple of 4) fits the
+/// payload. Several messages may share a TCP segment, hence `<=`.
+#[inline(always)]
+pub fn is_stun(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
+    if len < 20 || at(buf, 0) & 0xc0 != 0 {
+        return false;
+    }
+    let cookie = u32::from_be_bytes([at(buf, 4), at(buf, 5), at(buf, 6), at(buf, 7)]);
+    let mlen = be16(buf, 2);
+    cookie == 0x2112_a442 && mlen % 4 == 0 && 20 + mlen <= len
+}
+
+/// Walks the attributes of the STUN message in `buf` (check [`is_stun`] first) and returns
+/// the app of the first attribute type `lookup` knows (0 for none). App-specific attributes
+/// (RFC 8489 §18.3: the comprehension-optional range) mark the vendor's implementation,
+/// e.g. Microsoft's [MS-TURN] attributes.
+#[inline(always)]
+pub fn stun_app<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usize, mut lookup: F) -> u16 {
+    let end = 20 + be16(buf, 2);
+    let end = if end < len { end } else { len };
+    let mut p = 20usize;
+    let mut k = 0;
+    while k < STUN_ATTRS_MAX {
+        if p + 4 > end {
+            break;
+        }
+        let ty = be16(buf, p) as u32;
+        if let Some(app) = lookup(ty) {
+            return app;
+        }
+        // Values are padded to a multiple of 4 (RFC 8489 §14).
+        p += 4 + ((be16(buf, p + 2) + 3) & !3);
+        k += 1;
+    }
+    0
+}
+
 /// The key to look up for signature class `class` (shape `shape`) on a payload of `len` bytes,
 /// or `None` when the payload is too short for it.
 #[inline(always)]

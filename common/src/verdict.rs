@@ -60,6 +60,8 @@ pub enum Method {
     Address = 5,
     /// Decided by the controller (reassembly, QUIC, DNS learning).
     Controller = 6,
+    /// An app-specific attribute of a STUN/TURN message.
+    Stun = 7,
 }
 
 impl Method {
@@ -71,6 +73,7 @@ impl Method {
             4 => Method::HttpConnect,
             5 => Method::Address,
             6 => Method::Controller,
+            7 => Method::Stun,
             _ => Method::None,
         }
     }
@@ -84,6 +87,7 @@ impl Method {
             Method::HttpConnect => "http_connect",
             Method::Address => "address",
             Method::Controller => "controller",
+            Method::Stun => "stun",
         }
     }
 }

@@ -24,6 +24,8 @@ pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::S
 #[map]
 pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX, 0);
 #[map]
+pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX, 0);
+#[map]
 pub static IMFW_ADDR4: LpmTrie<[u8; 4], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
 #[map]
 pub static IMFW_ADDR6: LpmTrie<[u8; 16], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);

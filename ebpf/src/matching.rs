@@ -6,11 +6,11 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, lookup_suffixes, skip_ows, sig_checks, sig_key, suffix_hashes, tls_sni},
+    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_app, sig_checks, sig_key, suffix_hashes, tls_sni},
     verdict::Method,
 };
 
-use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, Job, Scratch};
+use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch};
 
 /// Runs the matchers on the payload `job` describes. Returns the app and how it was found.
 #[inline(always)]
@@ -51,14 +51,24 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
         c += 1;
     }
 
-    if dir != DIR_CLIENT {
-        return None;
-    }
     // SAFETY: as above; the slots and spill follow the buffer in the same per-CPU value.
     let (slots, spill) = unsafe { (&mut (*scratch).hashes, &mut (*scratch).spill) };
     // Each path out of the signature loop has narrowed `n` differently; laundered, they enter
-    // the name parsers' loops as one verifier state.
+    // the parsers' loops below as one verifier state.
     let n = ((launder(&mut spill[0], n as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
+    // A STUN message is nothing else: decided here either way, so the attribute walk's exits
+    // never reach the name parsers. Either side's messages carry the vendor's attributes.
+    if is_stun(buf, n) {
+        // SAFETY: pointer into the map value, valid for this run.
+        let lookup = |ty: u32| IMFW_STUN.get_ptr(&ty).map(|m| unsafe { (*m).app });
+        return match stun_app(buf, n, lookup) {
+            0 => None,
+            app => Some((app, Method::Stun)),
+        };
+    }
+    if dir != DIR_CLIENT {
+        return None;
+    }
     // One call site for the name matcher, whichever protocol carried the name.
     let (off, len, method) = if buf[0] == 0x16 {
         let (off, len) = tls_sni(buf, n)?;

@@ -149,7 +149,7 @@ impl Signature {
 
 /// One app's detection data.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an app's detection data: a mapping with signatures, domains, addresses")]
+#[serde(deny_unknown_fields, expecting = "an app's detection data: a mapping with signatures, domains, addresses, stun_attributes")]
 pub struct CatalogueEntry {
     #[serde(default)]
     pub description: Option<String>,
@@ -164,6 +164,9 @@ pub struct CatalogueEntry {
     pub domains: Vec<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub addresses: Vec<Cidr>,
+    /// STUN/TURN attribute types only this app's implementation sends.
+    #[serde(default, deserialize_with = "nullable")]
+    pub stun_attributes: Vec<u16>,
 }
 
 /// A parsed and checked catalogue file.

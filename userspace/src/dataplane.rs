@@ -182,6 +182,12 @@ impl Dataplane {
             }
         }
         {
+            let mut h: HashMap<_, u32, AppMatch> = HashMap::try_from(self.map_mut(m::STUN)?)?;
+            for (k, v) in &c.stun {
+                h.insert(k, v, 0).map_err(map_err(m::STUN))?;
+            }
+        }
+        {
             let mut t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
             for (len, addr, v) in &c.addr4 {
                 t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::ADDR4))?;

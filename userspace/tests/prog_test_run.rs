@@ -594,3 +594,56 @@ fn whatsapp_prologue_variants() {
         assert_eq!(first, XDP_DROP, "{p:?} {s:?}: the first segment identifies WhatsApp");
     }
 }
+
+/// A STUN message (RFC 8489 §5) with the given attributes (type, value).
+fn stun(msg_type: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (ty, v) in attrs {
+        body.extend_from_slice(&ty.to_be_bytes());
+        body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        body.extend_from_slice(v);
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+    }
+    let mut m = msg_type.to_be_bytes().to_vec();
+    m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    m.extend_from_slice(&0x2112_a442u32.to_be_bytes());
+    m.extend_from_slice(&[7; 12]);
+    m.extend_from_slice(&body);
+    m
+}
+
+#[test]
+fn stun_vendor_attributes_name_the_app() {
+    let r = rig(BLOCK_ALL);
+    // A Teams binding request: SOFTWARE-like MS-Implementation-Version ([MS-TURN]) among
+    // standard attributes, on a port that is not 3478.
+    let teams = stun(0x0001, &[(0x0006, b"user:pass"), (0x8070, &[0, 0, 0, 2]), (0x8028, &[1, 2, 3, 4])]);
+    let f = packets::udp4(CLIENT4, 50016, SERVER4, 443, &teams);
+    assert_eq!(r.run(&f), XDP_DROP);
+    let e = r.entry(&f).unwrap();
+    assert_eq!((e.app, Method::from_u8(e.method)), (r.id("teams"), Method::Stun));
+    // A server's allocate response carries MS-Version: the same, seen from the other side first.
+    let reply = stun(0x0113, &[(0x000f, &[0; 4]), (0x8008, &[0, 0, 0, 6])]);
+    let f = packets::udp6(SERVER6, 3478, CLIENT6, 50017, &reply);
+    assert_eq!(r.run(&f), XDP_DROP);
+    // Plain STUN (no vendor attribute), a lying length and a missing cookie: not Teams.
+    let plain = stun(0x0001, &[(0x0006, b"u"), (0x8028, &[0; 4])]);
+    let f = packets::udp4(CLIENT4, 50018, SERVER4, 3478, &plain);
+    assert_eq!(r.run(&f), XDP_PASS);
+    assert_eq!(r.entry(&f).unwrap().app, 0);
+    let mut lying = teams.clone();
+    lying[3] = 0xf0;
+    let f = packets::udp4(CLIENT4, 50019, SERVER4, 3478, &lying);
+    assert_eq!(r.run(&f), XDP_PASS);
+    let mut no_cookie = teams.clone();
+    no_cookie[4] = 0;
+    let f = packets::udp4(CLIENT4, 50020, SERVER4, 3478, &no_cookie);
+    assert_eq!(r.run(&f), XDP_PASS);
+    // An attribute past the sixteenth is not looked at: the walk is bounded.
+    let mut many: Vec<(u16, &[u8])> = vec![(0x0024, &[0, 0, 0, 1]); 16];
+    many.push((0x8070, &[0, 0, 0, 2]));
+    let f = packets::udp4(CLIENT4, 50021, SERVER4, 3478, &stun(0x0001, &many));
+    assert_eq!(r.run(&f), XDP_PASS);
+}

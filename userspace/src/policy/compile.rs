@@ -37,6 +37,8 @@ pub struct Compiled {
     pub names: Vec<(NameKey, AppMatch)>,
     /// (prefix length, network, app).
     pub addr4: Vec<(u32, [u8; 4], AppMatch)>,
+    /// STUN attribute type -> app.
+    pub stun: Vec<(u32, AppMatch)>,
     pub addr6: Vec<(u32, [u8; 16], AppMatch)>,
     /// Rule source networks and their classes (from 1; 0 is "in no rule network").
     pub src4: Vec<(u32, [u8; 4], SrcClass)>,
@@ -263,6 +265,21 @@ impl<'a> Builder<'a> {
                     domains.insert(d, (app, part.src.where_is(&path)));
                     self.out.names.push((NameKey { hash }, AppMatch { app, _pad: 0 }));
                 }
+                let sl = join(&base, "stun_attributes");
+                for (i, ty) in entry.stun_attributes.iter().enumerate() {
+                    let ty = u32::from(*ty);
+                    match self.out.stun.iter().find(|(t, _)| *t == ty) {
+                        Some((_, m)) if m.app == app => {}
+                        Some((_, m)) => {
+                            let other = self.app_label(m.app);
+                            self.errs.0.push(part.src.err(
+                                &index(&sl, i),
+                                format!("STUN attribute {ty:#06x} of app `{name}` already belongs to app `{other}`; an attribute can belong to one app"),
+                            ));
+                        }
+                        None => self.out.stun.push((ty, AppMatch { app, _pad: 0 })),
+                    }
+                }
                 let al = join(&base, "addresses");
                 for (i, net) in entry.addresses.iter().enumerate() {
                     let path = index(&al, i);
@@ -289,6 +306,10 @@ impl<'a> Builder<'a> {
             }
         }
         let last = parts[parts.len() - 1].src;
+        if self.out.stun.len() > imfw_common::maps::STUN_MAX as usize {
+            let n = self.out.stun.len();
+            self.errs.0.push(last.err("catalogue", format!("{n} STUN attributes; the data plane holds at most {}", imfw_common::maps::STUN_MAX)));
+        }
         if self.out.names.len() > NAMES_MAX as usize {
             let n = self.out.names.len();
             self.errs.0.push(last.err("catalogue", format!("{n} domains; the data plane holds at most {NAMES_MAX}")));
@@ -364,6 +385,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
             sigs: Vec::new(),
             names: Vec::new(),
             addr4: Vec::new(),
+            stun: Vec::new(),
             addr6: Vec::new(),
             src4: Vec::new(),
             src6: Vec::new(),
