@@ -11,9 +11,12 @@ use imfw_tests::{
 };
 
 fn main() -> anyhow::Result<()> {
-    let text = policy::default_policy_text();
-    let c = policy::parse(text, "default.yaml").and_then(|p| p.compile()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut dp = Dataplane::load(1 << 20)?;
+    let text = match std::env::args().nth(1) {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => policy::default_policy_text().to_owned(),
+    };
+    let c = policy::parse(&text, "policy.yaml").and_then(|p| p.compile()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut dp = Dataplane::load(1 << 16)?;
     dp.apply_offline(&c)?;
     let client = Ipv4Addr::new(192, 0, 2, 10);
     let server = Ipv4Addr::new(198, 51, 100, 20);
@@ -33,7 +36,7 @@ fn main() -> anyhow::Result<()> {
 
     // First payload packets: a new flow each time (one run per flow).
     let n = 20_000u32;
-    for (label, payload) in [("TLS ClientHello, IM name", ch.clone()), ("TLS ClientHello, other name", ClientHello::new("www.example.com").build()), ("IRC registration (signature)", b"NICK alice\r\nUSER alice 0 * :A\r\n".to_vec())] {
+    for (label, payload) in [("TLS ClientHello, other name", ClientHello::new("www.example.com").build()), ("IRC registration (signature)", b"NICK alice\r\nUSER alice 0 * :A\r\n".to_vec()), ("TLS ClientHello, IM name", ch.clone())] {
         let mut total = 0.0;
         for i in 0..n {
             let f = tcp4(client, 1024 + (i % 60000) as u16, Ipv4Addr::from(0xc633_6400u32 + (i / 60000) + 1), 443, tcp_flags::ACK, &payload);
