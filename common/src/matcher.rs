@@ -80,7 +80,9 @@ pub struct SigValue {
     /// The payload length must equal `field * len_mul + len_add` (`len_mul` 0 means 1).
     pub len_mul: u8,
     pub len_add: i16,
-    pub _pad: u32,
+    /// The payload must be at most this long (0: no bound). With `min_len`, an exact size.
+    pub max_len: u16,
+    pub _pad: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<SigValue>() == 16);
@@ -447,7 +449,7 @@ pub fn sig_checks(v: &SigValue, buf: &[u8; SCRATCH_LEN], len: usize, client_firs
     if v.flags & SIG_CLIENT_FIRST != 0 && !client_first {
         return false;
     }
-    if len < v.min_len as usize {
+    if len < v.min_len as usize || (v.max_len != 0 && len > v.max_len as usize) {
         return false;
     }
     if v.len_kind == LEN_NONE {
@@ -604,6 +606,10 @@ mod tests {
         assert!(sig_checks(&at_least, &buf(&p), p.len() + 5, true));
         let first = SigValue { flags: SIG_CLIENT_FIRST, len_kind: LEN_NONE, ..v };
         assert!(!sig_checks(&first, &buf(&p), p.len(), false));
+        let exact = SigValue { len_kind: LEN_NONE, min_len: 14, max_len: 14, ..v };
+        assert!(sig_checks(&exact, &buf(&p), 14, false));
+        assert!(!sig_checks(&exact, &buf(&p), 15, false));
+        assert!(!sig_checks(&exact, &buf(&p), 13, false));
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct Signature {
     pub client_first: bool,
     #[serde(default)]
     pub min_len: u16,
+    /// The payload must be at most this long (with `min_len`: an exact size).
+    #[serde(default)]
+    pub max_len: Option<u16>,
     #[serde(default)]
     pub length: Option<LengthField>,
     #[serde(default)]
@@ -295,6 +298,15 @@ fn validate_signature(sig: &Signature, src: &Source, sp: &str, errs: &mut Policy
                     mask.0.len(),
                     sig.bytes.0.len()
                 ),
+            ));
+        }
+    }
+    if let Some(max) = sig.max_len {
+        let reach = u64::try_from(sig.offset).unwrap_or(0) + sig.bytes.0.len() as u64;
+        if max == 0 || u64::from(max) < reach || max < sig.min_len {
+            errs.0.push(src.err(
+                &join(sp, "max_len"),
+                format!("max_len {max} is below what the signature itself needs (offset + bytes = {reach}, min_len = {}); expected at least that", sig.min_len),
             ));
         }
     }

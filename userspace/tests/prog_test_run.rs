@@ -647,3 +647,23 @@ fn stun_vendor_attributes_name_the_app() {
     let f = packets::udp4(CLIENT4, 50021, SERVER4, 3478, &stun(0x0001, &many));
     assert_eq!(r.run(&f), XDP_PASS);
 }
+
+#[test]
+fn exact_length_signatures() {
+    let r = rig(
+        "
+version: 1
+apps: {probe: drop}
+catalogue:
+  probe:
+    signatures:
+      - {name: probe-8, direction: client, offset: 0, bytes: \"be ef 00 01\", min_len: 8, max_len: 8}
+",
+    );
+    let exact = packets::udp4(CLIENT4, 48001, SERVER4, 50004, &[0xbe, 0xef, 0x00, 0x01, 1, 0, 0, 0]);
+    assert_eq!(r.run(&exact), XDP_DROP);
+    let longer = packets::udp4(CLIENT4, 48002, SERVER4, 50004, &[0xbe, 0xef, 0x00, 0x01, 1, 0, 0, 0, 0]);
+    assert_eq!(r.run(&longer), XDP_PASS, "one byte too long");
+    let shorter = packets::udp4(CLIENT4, 48003, SERVER4, 50004, &[0xbe, 0xef, 0x00, 0x01, 1, 0, 0]);
+    assert_eq!(r.run(&shorter), XDP_PASS, "one byte too short");
+}

@@ -339,7 +339,17 @@ fn sig_value(sig: &Signature, app: u16, offset: u16) -> SigValue {
     // The byte match already needs the payload to reach past the signature; saying so in
     // min_len lets the checks stand on their own.
     let min_len = sig.min_len.max(offset + sig.bytes.0.len() as u16);
-    let mut v = SigValue { app, flags, min_len, len_off: 0, len_kind: LEN_NONE, len_mul: 0, len_add: 0, _pad: 0 };
+    let mut v = SigValue {
+        app,
+        flags,
+        min_len,
+        len_off: 0,
+        len_kind: LEN_NONE,
+        len_mul: 0,
+        len_add: 0,
+        max_len: sig.max_len.unwrap_or(0),
+        _pad: 0,
+    };
     if let Some(len) = &sig.length {
         if len.at_least {
             v.flags |= SIG_LEN_ATLEAST;
