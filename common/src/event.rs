@@ -20,3 +20,28 @@ pub struct FlowEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 56);
+
+/// A payload the data plane could not decide on alone, for the controller to reassemble
+/// (a TLS ClientHello longer than its first segment).
+pub const EVENT_PAYLOAD: u32 = 2;
+
+/// Bytes of payload one `PayloadEvent` carries.
+pub const PAYLOAD_EVENT_DATA: usize = 2048;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    pub kind: u32,
+    pub ifindex: u32,
+    pub key: FlowKey,
+    /// TCP sequence number of the payload's first byte.
+    pub seq: u32,
+    /// Bytes of `data` that are payload.
+    pub len: u16,
+    /// `DIR_CLIENT` or `DIR_SERVER`.
+    pub dir: u8,
+    pub client_is_a: u8,
+    pub data: [u8; PAYLOAD_EVENT_DATA],
+}
+
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 56 + PAYLOAD_EVENT_DATA);

@@ -29,6 +29,8 @@ pub const STATE_DECIDED: u8 = 1;
 pub const FLAG_SERVER_SPOKE_FIRST: u8 = 1;
 /// Set once any payload was seen.
 pub const FLAG_PAYLOAD_SEEN: u8 = 2;
+/// The controller is reassembling this flow's client payload: later client segments go to it.
+pub const FLAG_CONTROLLER: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

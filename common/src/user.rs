@@ -2,7 +2,7 @@
 
 use crate::{
     config::Config,
-    event::FlowEvent,
+    event::{FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
     verdict::Counter,
@@ -12,6 +12,7 @@ use crate::{
 // integers, and have no implicit padding (each has a size assertion next to it).
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for PayloadEvent {}
 unsafe impl aya::Pod for FlowEntry {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for AppMatch {}

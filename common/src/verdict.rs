@@ -151,9 +151,13 @@ pub enum Stat {
     /// The tail call into the payload inspector failed (not loaded): the packet passed
     /// uninspected.
     InspectorMissing = 11,
+    /// Payloads handed to the controller (split TLS ClientHellos).
+    ToController = 12,
+    /// Payloads that could not be handed over because the ring buffer was full.
+    ToControllerLost = 13,
 }
 
-pub const STATS: u32 = 12;
+pub const STATS: u32 = 14;
 
 impl Stat {
     pub const ALL: [Stat; STATS as usize] = [
@@ -169,6 +173,8 @@ impl Stat {
         Stat::EventsLost,
         Stat::Classified,
         Stat::InspectorMissing,
+        Stat::ToController,
+        Stat::ToControllerLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -185,6 +191,8 @@ impl Stat {
             Stat::EventsLost => "events_lost",
             Stat::Classified => "classified",
             Stat::InspectorMissing => "inspector_missing",
+            Stat::ToController => "to_controller",
+            Stat::ToControllerLost => "to_controller_lost",
         }
     }
 }

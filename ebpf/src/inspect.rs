@@ -8,12 +8,52 @@ use imfw_common::{
     verdict::{Method, Stat, Verdict},
 };
 
+use aya_ebpf::helpers::generated::bpf_xdp_load_bytes;
+use imfw_common::{
+    event::{EVENT_PAYLOAD, PAYLOAD_EVENT_DATA, PayloadEvent},
+    flow::{DIR_CLIENT, FLAG_CONTROLLER},
+};
+
 use crate::{
     enforce,
     flow::decide,
-    maps::{IMFW_FLOWS, IMFW_SCRATCH, config, count_stat, count_verdict},
-    matching,
+    maps::{IMFW_EVENTS, IMFW_FLOWS, IMFW_SCRATCH, Job, config, count_stat, count_verdict},
+    matching::{self, Outcome},
 };
+
+/// Copies the payload into the event ring for the controller. Until the controller writes a
+/// verdict, the flow passes (its verdict stays pending).
+#[inline(always)]
+fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
+    let Some(mut slot) = IMFW_EVENTS.reserve::<PayloadEvent>(0) else {
+        count_stat(Stat::ToControllerLost);
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    let want = job.payload_len as usize & 0xffff;
+    let want = if want > PAYLOAD_EVENT_DATA { PAYLOAD_EVENT_DATA } else { want };
+    // In [1, PAYLOAD_EVENT_DATA] for the helper's size argument.
+    let n = (want.wrapping_sub(1) & (PAYLOAD_EVENT_DATA - 1)) + 1;
+    // SAFETY: `ev` points at the reserved record; the helper writes at most n bytes into its
+    // data array, which holds PAYLOAD_EVENT_DATA.
+    let rc = unsafe {
+        (*ev).kind = EVENT_PAYLOAD;
+        (*ev).ifindex = ctx.ingress_ifindex() as u32;
+        (*ev).key = job.key;
+        (*ev).seq = job.seq;
+        (*ev).len = n as u16;
+        (*ev).dir = job.dir;
+        (*ev).client_is_a = client_is_a;
+        bpf_xdp_load_bytes(ctx.ctx, job.payload_off, (*ev).data.as_mut_ptr().cast(), n as u32)
+    };
+    if rc == 0 {
+        slot.submit(0);
+        count_stat(Stat::ToController);
+    } else {
+        slot.discard(0);
+        count_stat(Stat::ToControllerLost);
+    }
+}
 
 #[xdp]
 pub fn imfw_inspect(ctx: XdpContext) -> u32 {
@@ -30,16 +70,26 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
     };
     // SAFETY: pointer into the flow table's value, valid for this run.
     let e = unsafe { &mut *e };
-    match matching::inspect(&ctx, cfg, &job, scratch) {
-        Some((app, method)) => {
+    let outcome = if e.flags & FLAG_CONTROLLER != 0 && job.dir == DIR_CLIENT {
+        // The controller is reassembling this flow: the rest of the ClientHello goes there.
+        Outcome::Controller
+    } else {
+        matching::inspect(&ctx, cfg, &job, scratch)
+    };
+    match outcome {
+        Outcome::Found(app, method) => {
             count_stat(Stat::Classified);
             decide(&ctx, &job.key, e, app, method);
         }
-        None if e.budget_client == 0 && e.budget_server == 0 => {
+        Outcome::Controller => {
+            e.flags |= FLAG_CONTROLLER;
+            hand_over(&ctx, &job, e.client_is_a);
+        }
+        Outcome::Nothing if e.budget_client == 0 && e.budget_server == 0 => {
             count_stat(Stat::Unclassified);
             decide(&ctx, &job.key, e, APP_NONE, Method::None);
         }
-        None => {}
+        Outcome::Nothing => {}
     }
     count_verdict(e.app, e.verdict, len);
     enforce(e.verdict, e.redirect_slot, len)

@@ -12,14 +12,34 @@ use imfw_common::{
 
 use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch};
 
-/// Runs the matchers on the payload `job` describes. Returns the app and how it was found.
+/// What the matchers made of a payload.
+pub enum Outcome {
+    Found(u16, Method),
+    /// A TLS ClientHello that continues past this segment without a server name so far: the
+    /// controller reassembles it.
+    Controller,
+    Nothing,
+}
+
+/// Runs the matchers on the payload `job` describes.
 #[inline(always)]
-pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Option<(u16, Method)> {
+pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
+    match run(ctx, cfg, job, scratch) {
+        Ok(Some((app, method))) => Outcome::Found(app, method),
+        Ok(None) => Outcome::Nothing,
+        Err(Handover) => Outcome::Controller,
+    }
+}
+
+struct Handover;
+
+#[inline(always)]
+fn run(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Option<(u16, Method)>, Handover> {
     let dir = job.dir;
     let client_first = job.client_first != 0;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
-        return None;
+        return Ok(None);
     }
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
@@ -29,7 +49,7 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
     // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
     let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
     if rc != 0 {
-        return None;
+        return Ok(None);
     }
 
     let mut c = 0u32;
@@ -43,7 +63,7 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
                     if sig_checks(v, buf, payload_len, client_first) {
-                        return Some((v.app, Method::Signature));
+                        return Ok(Some((v.app, Method::Signature)));
                     }
                 }
             }
@@ -61,24 +81,27 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
     if is_stun(buf, n) {
         // SAFETY: pointer into the map value, valid for this run.
         let lookup = |ty: u32| IMFW_STUN.get_ptr(&ty).map(|m| unsafe { (*m).app });
-        return match stun_app(buf, n, lookup) {
+        return Ok(match stun_app(buf, n, lookup) {
             0 => None,
             app => Some((app, Method::Stun)),
-        };
+        });
     }
     if dir != DIR_CLIENT {
-        return None;
+        return Ok(None);
     }
     // One call site for the name matcher, whichever protocol carried the name.
     let (off, len, method) = if buf[0] == 0x16 {
-        let (off, len) = tls_sni(buf, n)?;
+        let Some((off, len)) = tls_sni(buf, n) else {
+            // The record goes on past this segment: the name may be in what follows.
+            return if client_hello_continues(buf, n) { Err(Handover) } else { Ok(None) };
+        };
         (off, len, Method::TlsSni)
     } else {
-        let (start, connect) = http_host_start(buf, n)?;
+        let Some((start, connect)) = http_host_start(buf, n) else { return Ok(None) };
         let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
         let start = skip_ows(buf, start, n);
         let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
-        let (off, len) = host_token(buf, start, n)?;
+        let Some((off, len)) = host_token(buf, start, n) else { return Ok(None) };
         (off, len, if connect { Method::HttpConnect } else { Method::HttpHost })
     };
     // Every exit of the parsers' loops reaches here with different exact values; laundered,
@@ -89,10 +112,17 @@ pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch)
     let count = launder(&mut spill[2], count as u64) as usize;
     // SAFETY: pointer into the map value, valid for this run.
     let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
-    match lookup_suffixes(slots, count, h, lookup) {
+    Ok(match lookup_suffixes(slots, count, h, lookup) {
         0 => None,
         app => Some((app, method)),
-    }
+    })
+}
+
+/// A ClientHello record (RFC 8446 §5.1) longer than the bytes present.
+#[inline(always)]
+fn client_hello_continues(buf: &[u8; SCRATCH_LEN], n: usize) -> bool {
+    let record = 5 + (((buf[3] as usize) << 8) | buf[4] as usize);
+    n >= 6 && buf[1] == 3 && buf[5] == 1 && record > n
 }
 
 /// Stores and reloads a value through map memory, which the verifier does not track.

@@ -28,6 +28,8 @@ pub struct Pkt {
     pub payload_off: usize,
     pub payload_len: usize,
     pub tcp_flags: u8,
+    /// TCP sequence number (0 for UDP).
+    pub seq: u32,
 }
 
 pub enum Parsed {
@@ -205,7 +207,7 @@ fn l4(
     if off > 1024 {
         return Err(());
     }
-    let (sport, dport, hdr, flags) = match proto {
+    let (sport, dport, hdr, flags, seq) = match proto {
         IPPROTO_TCP => {
             let ports = ptr_at::<[u8; 14]>(ctx, off).ok_or(())?;
             // SAFETY: 14 bytes checked by ptr_at.
@@ -215,13 +217,19 @@ fn l4(
             if doff < 20 {
                 return Err(());
             }
-            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]), doff, h[13])
+            (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                doff,
+                h[13],
+                u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            )
         }
         IPPROTO_UDP => {
             let h = ptr_at::<[u8; 8]>(ctx, off).ok_or(())?;
             // SAFETY: 8 bytes checked by ptr_at.
             let h = unsafe { *h };
-            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]), 8, 0)
+            (u16::from_be_bytes([h[0], h[1]]), u16::from_be_bytes([h[2], h[3]]), 8, 0, 0)
         }
         _ => return Ok(Parsed::OtherL4),
     };
@@ -239,5 +247,5 @@ fn l4(
         payload_len = frame - payload_off;
     }
     let (key, src_is_a) = FlowKey::canonical(src, sport, dst, dport, proto, family);
-    Ok(Parsed::Flow(Pkt { key, src_is_a, payload_off, payload_len, tcp_flags: flags }))
+    Ok(Parsed::Flow(Pkt { key, src_is_a, payload_off, payload_len, tcp_flags: flags, seq }))
 }

@@ -10,7 +10,13 @@ use imfw_common::{
     verdict::{Method, Verdict},
 };
 
-use crate::{capture, dataplane::Dataplane, events, packet, policy::Compiled};
+use crate::{
+    capture,
+    controller::Controller,
+    dataplane::{Dataplane, Event},
+    events, packet,
+    policy::Compiled,
+};
 
 /// One flow of a capture, as reported.
 #[derive(Clone, Debug)]
@@ -56,12 +62,20 @@ pub fn classify_capture(path: &Path, compiled: &Compiled) -> Result<CaptureRepor
     let cap = capture::read(path)?;
     let mut dp = Dataplane::load(imfw_common::maps::FLOWS_DEFAULT)?;
     dp.apply_offline(compiled)?;
+    let mut controller = Controller::new(compiled);
     let mut order: Vec<(FlowKey, packet::Tuple, u64, u64)> = Vec::new();
     let mut index: HashMap<FlowKey, usize> = HashMap::new();
     for frame in &cap.frames {
         dp.test_run(frame)?;
         for ev in dp.drain_events() {
-            log::debug!("{}", events::describe(&ev, compiled));
+            match ev {
+                Event::Classified(ev) => log::debug!("{}", events::describe(&ev, compiled)),
+                // Decided before the next packet, as a live controller would within the
+                // round trip that follows the ClientHello.
+                Event::Payload(p) => {
+                    controller.on_payload(&p, &mut dp, compiled)?;
+                }
+            }
         }
         let Some(t) = packet::tuple(frame) else { continue };
         let key = t.key();

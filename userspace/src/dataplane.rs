@@ -13,7 +13,7 @@ use aya::{
 };
 use imfw_common::{
     config::Config,
-    event::FlowEvent,
+    event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
@@ -293,6 +293,12 @@ impl Dataplane {
         }
     }
 
+    /// Writes a flow's entry: the controller's verdict for a flow it decided.
+    pub fn set_flow(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
+        let mut h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map_mut(m::FLOWS)?)?;
+        h.insert(key, entry, 0).map_err(map_err(m::FLOWS))
+    }
+
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         let h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map(m::FLOWS)?)?;
         h.iter().map(|r| r.map_err(|e| anyhow!("map {}: {e}", m::FLOWS))).collect()
@@ -332,7 +338,7 @@ impl Dataplane {
     }
 
     /// Drains pending events without blocking (offline mode).
-    pub fn drain_events(&mut self) -> Vec<FlowEvent> {
+    pub fn drain_events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         if let Some(rb) = self.events.as_mut() {
             while let Some(item) = rb.next() {
@@ -355,14 +361,26 @@ impl Drop for Dataplane {
     }
 }
 
-/// Decodes one ring-buffer record.
-pub fn parse_event(bytes: &[u8]) -> Option<FlowEvent> {
-    if bytes.len() < size_of::<FlowEvent>() {
-        return None;
+/// A record of the event ring.
+pub enum Event {
+    Classified(FlowEvent),
+    Payload(Box<PayloadEvent>),
+}
+
+/// Decodes one ring-buffer record by its kind.
+pub fn parse_event(bytes: &[u8]) -> Option<Event> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    // SAFETY (both reads): the types are Pod (integers only) and the length is checked; the
+    // ring buffer gives no alignment guarantee, hence the unaligned reads.
+    match kind {
+        EVENT_CLASSIFIED if bytes.len() >= size_of::<FlowEvent>() => {
+            Some(Event::Classified(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) }))
+        }
+        EVENT_PAYLOAD if bytes.len() >= size_of::<PayloadEvent>() => {
+            Some(Event::Payload(Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) })))
+        }
+        _ => None,
     }
-    // SAFETY: FlowEvent is Pod (integers only) and the length was checked; the ring buffer
-    // gives no alignment guarantee, hence the unaligned read.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
 }
 
 /// The index of a network interface, with an error that names it.

@@ -23,6 +23,20 @@ pub fn describe(ev: &FlowEvent, compiled: &Compiled) -> String {
     )
 }
 
+/// One line describing a verdict the controller reached and wrote back.
+pub fn describe_decision(d: &crate::controller::Decision, p: &imfw_common::event::PayloadEvent, compiled: &Compiled) -> String {
+    let (c, cp) = p.key.client(p.client_is_a != 0);
+    let (s, sp) = p.key.server(p.client_is_a != 0);
+    format!(
+        "classified app={} method=tls_sni verdict={} by=controller name={} tcp client={} server={}",
+        compiled.app_name(d.app).unwrap_or("?"),
+        Verdict::from_u8(d.verdict).name(),
+        d.name,
+        sockaddr(packet::addr(c, p.key.family), cp),
+        sockaddr(packet::addr(s, p.key.family), sp),
+    )
+}
+
 fn sockaddr(a: std::net::IpAddr, p: u16) -> String {
     std::net::SocketAddr::new(a, p).to_string()
 }

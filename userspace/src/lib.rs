@@ -5,6 +5,7 @@ pub mod capture;
 pub mod catalogue;
 pub mod classify;
 pub mod control;
+pub mod controller;
 pub mod dataplane;
 pub mod events;
 pub mod packet;

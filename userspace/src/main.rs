@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use imfw::{
     classify, control,
-    dataplane::{AttachMode, Dataplane, parse_event},
+    controller::Controller,
+    dataplane::{AttachMode, Dataplane, Event, parse_event},
     events,
     policy::{self, Compiled},
 };
@@ -172,6 +173,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         }
     }
     let ring = dp.take_events().ok_or_else(|| anyhow!("event ring already taken"))?;
+    let mut controller = Controller::new(&compiled);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared = Arc::new(Mutex::new(control::Shared {
         dataplane: dp,
@@ -194,7 +196,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let rb = guard.get_inner_mut();
-                    let lines: Vec<_> = {
+                    let batch: Vec<_> = {
                         let mut out = Vec::new();
                         while let Some(item) = rb.next() {
                             if let Some(ev) = parse_event(&item) { out.push(ev); }
@@ -202,9 +204,17 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                         out
                     };
                     guard.clear_ready();
-                    if let Ok(s) = shared.lock() {
-                        for ev in &lines {
-                            log::info!("{}", events::describe(ev, &s.compiled));
+                    if let Ok(mut s) = shared.lock() {
+                        let s = &mut *s;
+                        for ev in &batch {
+                            match ev {
+                                Event::Classified(ev) => log::info!("{}", events::describe(ev, &s.compiled)),
+                                Event::Payload(p) => match controller.on_payload(p, &mut s.dataplane, &s.compiled) {
+                                    Ok(Some(d)) => log::info!("{}", events::describe_decision(&d, p, &s.compiled)),
+                                    Ok(None) => {}
+                                    Err(e) => log::error!("controller: {e:#}"),
+                                },
+                            }
                         }
                     }
                 }

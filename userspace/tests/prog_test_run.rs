@@ -354,7 +354,15 @@ fn classifications_are_reported_once_per_flow() {
     for _ in 0..5 {
         r.run(&c.client(b"\x30\x05\x00\x01tx"));
     }
-    let events = r.dp.drain_events();
+    let events: Vec<_> = r
+        .dp
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            imfw::dataplane::Event::Classified(c) => Some(c),
+            imfw::dataplane::Event::Payload(_) => None,
+        })
+        .collect();
     assert_eq!(events.len(), 1, "one event per classification");
     assert_eq!(events[0].app, r.id("mqtt"));
     assert_eq!(Verdict::from_u8(events[0].verdict), Verdict::Drop);
@@ -666,4 +674,69 @@ catalogue:
     assert_eq!(r.run(&longer), XDP_PASS, "one byte too long");
     let shorter = packets::udp4(CLIENT4, 48003, SERVER4, 50004, &[0xbe, 0xef, 0x00, 0x01, 1, 0, 0]);
     assert_eq!(r.run(&shorter), XDP_PASS, "one byte too short");
+}
+
+/// The data plane hands a ClientHello whose name is past its first segment to the
+/// controller, which reassembles it and writes the verdict back: the flow's next packets are
+/// dropped.
+#[test]
+fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
+    use imfw::{controller::Controller, dataplane::Event};
+    let mut r = rig(BLOCK_ALL);
+    let mut ctl = Controller::new(&r.c);
+    let mut ch = ClientHello::new("web.whatsapp.com");
+    ch.post_quantum = true;
+    ch.order = ExtOrder::SniLast;
+    let hello = ch.build();
+    assert!(hello.len() > 1448, "the hello must need two segments");
+    for (i, conn) in [Conn::v4(49001, 443), Conn::v6(49002, 8443)].into_iter().enumerate() {
+        open(&r, &conn, &[]);
+        let seg = |seq: u32, data: &[u8]| {
+            let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK | tcp_flags::PSH);
+            t.seq = seq;
+            let s = t.encode(conn.c, conn.s, data);
+            match (conn.c, conn.s) {
+                (IpAddr::V4(a), IpAddr::V4(b)) => Ethernet::default().encode(0x0800, &Ipv4::new(a, b, 6).encode(&s)),
+                (IpAddr::V6(a), IpAddr::V6(b)) => Ethernet::default().encode(0x86dd, &Ipv6::new(a, b, 6).encode(&s)),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(r.run(&seg(5000, &hello[..1448])), XDP_PASS, "pending while the controller waits");
+        assert_eq!(r.run(&seg(5000 + 1448, &hello[1448..])), XDP_PASS);
+        let mut decided = Vec::new();
+        for ev in r.dp.drain_events() {
+            if let Event::Payload(p) = ev {
+                if let Some(d) = ctl.on_payload(&p, &mut r.dp, &r.c).unwrap() {
+                    decided.push(d);
+                }
+            }
+        }
+        assert_eq!(decided.len(), 1, "flow {i}: one decision");
+        assert_eq!(decided[0].name, "web.whatsapp.com");
+        assert_decided(&r, &conn, "whatsapp", Method::TlsSni, Verdict::Drop);
+        assert_eq!(r.run(&conn.server(b"\x16\x03\x03 server hello")), XDP_DROP, "flow {i}: dropped after the write-back");
+    }
+    assert_eq!(r.stat(Stat::ToController), 4);
+    // A split hello for a name that is not IM is decided too: unclassified, allowed.
+    let conn = Conn::v4(49003, 443);
+    let mut web = ClientHello::new("www.example.com");
+    web.post_quantum = true;
+    web.order = ExtOrder::SniLast;
+    let web = web.build();
+    open(&r, &conn, &[]);
+    let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
+    t.seq = 9000;
+    let a = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, &web[..1448])));
+    t.seq = 9000 + 1448;
+    let b = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, &web[1448..])));
+    r.run(&a);
+    r.run(&b);
+    for ev in r.dp.drain_events() {
+        if let Event::Payload(p) = ev {
+            assert_eq!(ctl.on_payload(&p, &mut r.dp, &r.c).unwrap(), None);
+        }
+    }
+    let e = r.entry(&conn.syn()).unwrap();
+    assert_eq!((e.app, Verdict::from_u8(e.verdict)), (0, Verdict::Allow));
+    assert_eq!(r.run(&conn.server(b"reply")), XDP_PASS);
 }

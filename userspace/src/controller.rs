@@ -1,0 +1,237 @@
+//! The controller's share of classification: payloads the data plane hands over (a TLS
+//! ClientHello longer than its first segment) are reassembled here, matched with the same
+//! name hashing as the kernel, and the verdict is written back into the flow table.
+//! `imfw run` and `imfw classify` both feed their events through this one path.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::Result;
+use hashbrown::HashMap;
+use imfw_common::{
+    event::PayloadEvent,
+    flow::{FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
+    matcher::{NAME_MAX, NAME_SLOTS, SCRATCH_LEN, match_name},
+    verdict::Method,
+};
+
+use crate::{dataplane::Dataplane, packet, policy::Compiled};
+
+/// Bytes kept per flow: a ClientHello is at most one record of 16 KiB (RFC 8446 §5.1).
+const FLOW_CAP: usize = 16 * 1024 + 5;
+/// Flows reassembled at once; the oldest is given up when a new one would exceed this.
+const FLOWS_CAP: usize = 4096;
+
+/// What the controller decided for a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub key: FlowKey,
+    pub app: u16,
+    pub name: String,
+    pub verdict: u8,
+}
+
+struct Pending {
+    base: u32,
+    segments: BTreeMap<u32, Vec<u8>>,
+    bytes: usize,
+    order: u64,
+}
+
+pub struct Controller {
+    names: HashMap<u64, u16>,
+    pending: HashMap<FlowKey, Pending>,
+    next: u64,
+    /// Flows given up: over the caps, or not a parsable ClientHello.
+    pub abandoned: u64,
+}
+
+impl Controller {
+    pub fn new(compiled: &Compiled) -> Self {
+        Controller {
+            names: compiled.names.iter().map(|(k, v)| (k.hash, v.app)).collect(),
+            pending: HashMap::new(),
+            next: 0,
+            abandoned: 0,
+        }
+    }
+
+    /// Takes one handed-over payload; returns the decision once the ClientHello is whole.
+    pub fn on_payload(&mut self, ev: &PayloadEvent, dp: &mut Dataplane, compiled: &Compiled) -> Result<Option<Decision>> {
+        let data = &ev.data[..usize::from(ev.len).min(ev.data.len())];
+        if !self.pending.contains_key(&ev.key) && self.pending.len() >= FLOWS_CAP {
+            if let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
+                self.pending.remove(&oldest);
+                self.abandoned += 1;
+            }
+        }
+        self.next += 1;
+        let order = self.next;
+        let p = self.pending.entry(ev.key).or_insert_with(|| Pending { base: ev.seq, segments: BTreeMap::new(), bytes: 0, order });
+        let rel = ev.seq.wrapping_sub(p.base);
+        if (rel as usize) < FLOW_CAP && p.bytes + data.len() <= 2 * FLOW_CAP {
+            // Retransmissions: the first copy stays.
+            p.segments.entry(rel).or_insert_with(|| data.to_vec());
+            p.bytes += data.len();
+        }
+        let stream = contiguous(&p.segments);
+        let hello = match client_hello_sni(&stream) {
+            Parse::Incomplete if stream.len() < FLOW_CAP => return Ok(None),
+            Parse::Incomplete | Parse::NotHello => {
+                self.pending.remove(&ev.key);
+                self.abandoned += 1;
+                return self.write_back(dp, compiled, ev, 0, String::new()).map(|_| None);
+            }
+            Parse::Done(name) => name,
+        };
+        self.pending.remove(&ev.key);
+        let app = name_app(&self.names, hello.as_deref().unwrap_or(""));
+        self.write_back(dp, compiled, ev, app, hello.unwrap_or_default())
+    }
+
+    fn write_back(&self, dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String) -> Result<Option<Decision>> {
+        let Some(mut e) = dp.flow(&ev.key)? else { return Ok(None) };
+        let (client, _) = ev.key.client(ev.client_is_a != 0);
+        let client: IpAddr = packet::addr(client, ev.key.family);
+        let action = compiled.decide(client, app);
+        e.app = app;
+        e.method = if app == 0 { Method::None as u8 } else { Method::TlsSni as u8 };
+        e.verdict = action.verdict;
+        e.redirect_slot = action.redirect_slot;
+        e.state = STATE_DECIDED;
+        e.flags &= !FLAG_CONTROLLER;
+        dp.set_flow(&ev.key, &e)?;
+        Ok((app != 0).then(|| Decision { key: ev.key, app, name, verdict: action.verdict }))
+    }
+}
+
+/// The bytes from the first segment on, up to the first hole.
+fn contiguous(segments: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    for (&rel, seg) in segments {
+        let rel = rel as usize;
+        if rel > out.len() {
+            break;
+        }
+        let skip = out.len() - rel;
+        if skip < seg.len() {
+            out.extend_from_slice(&seg[skip..]);
+        }
+    }
+    out
+}
+
+enum Parse {
+    Incomplete,
+    NotHello,
+    /// The server name, if the ClientHello has one.
+    Done(Option<String>),
+}
+
+/// The server name of a whole ClientHello record (RFC 8446 §4.1.2, RFC 6066 §3).
+fn client_hello_sni(b: &[u8]) -> Parse {
+    if b.len() < 6 {
+        return Parse::Incomplete;
+    }
+    if b[0] != 0x16 || b[1] != 3 || b[5] != 1 {
+        return Parse::NotHello;
+    }
+    let record = 5 + usize::from(u16::from_be_bytes([b[3], b[4]]));
+    if b.len() < record {
+        return Parse::Incomplete;
+    }
+    let b = &b[..record];
+    let be16 = |i: usize| b.get(i..i + 2).map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])));
+    let mut p = 43usize;
+    let Some(&sid) = b.get(p) else { return Parse::NotHello };
+    p += 1 + usize::from(sid);
+    let Some(cs) = be16(p) else { return Parse::NotHello };
+    p += 2 + cs;
+    let Some(&cm) = b.get(p) else { return Parse::NotHello };
+    p += 1 + usize::from(cm);
+    let Some(el) = be16(p) else { return Parse::Done(None) };
+    p += 2;
+    let end = (p + el).min(b.len());
+    while p + 4 <= end {
+        let (Some(ty), Some(len)) = (be16(p), be16(p + 2)) else { break };
+        if ty == 0 {
+            let (Some(n), Some(&kind)) = (be16(p + 7), b.get(p + 6)) else { return Parse::NotHello };
+            let Some(name) = b.get(p + 9..p + 9 + n) else { return Parse::NotHello };
+            if kind != 0 {
+                return Parse::Done(None);
+            }
+            return Parse::Done(Some(String::from_utf8_lossy(name).trim_end_matches('.').to_owned()));
+        }
+        p += 4 + len;
+    }
+    Parse::Done(None)
+}
+
+/// The app of a name, by the kernel's own suffix hashing.
+fn name_app(names: &HashMap<u64, u16>, name: &str) -> u16 {
+    if name.is_empty() || name.len() > NAME_MAX {
+        return 0;
+    }
+    let mut buf = [0u8; SCRATCH_LEN];
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    let mut slots = [0u64; NAME_SLOTS];
+    match_name(&buf, 0, name.len(), &mut slots, |h| names.get(&h).copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, pad: usize) -> Vec<u8> {
+        let n = name.as_bytes();
+        let mut ext = Vec::new();
+        ext.extend_from_slice(&[0x00, 0x15]);
+        ext.extend_from_slice(&(pad as u16).to_be_bytes());
+        ext.extend(std::iter::repeat_n(0u8, pad));
+        ext.extend_from_slice(&[0, 0]);
+        ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        ext.extend_from_slice(n);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[1; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0];
+        hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn reassembly_in_any_order_with_retransmissions() {
+        let h = hello("web.whatsapp.com", 3000);
+        let mut segs = BTreeMap::new();
+        // Out of order, with an overlapping retransmission.
+        segs.insert(2000u32, h[2000..].to_vec());
+        assert!(matches!(client_hello_sni(&contiguous(&segs)), Parse::Incomplete));
+        segs.insert(0u32, h[..1448].to_vec());
+        assert!(matches!(client_hello_sni(&contiguous(&segs)), Parse::Incomplete), "hole at 1448..2000");
+        segs.insert(1000u32, h[1000..2100].to_vec());
+        let Parse::Done(Some(name)) = client_hello_sni(&contiguous(&segs)) else { panic!("not parsed") };
+        assert_eq!(name, "web.whatsapp.com");
+    }
+
+    #[test]
+    fn not_a_hello_and_no_name() {
+        assert!(matches!(client_hello_sni(b"GET / HTTP/1.1\r\n"), Parse::NotHello));
+        let mut h = hello("a.example", 10);
+        h[5] = 2;
+        assert!(matches!(client_hello_sni(&h), Parse::NotHello));
+        // Every truncation is incomplete or parsed, never a panic.
+        let h = hello("a.example", 100);
+        for cut in 0..h.len() {
+            let _ = client_hello_sni(&h[..cut]);
+        }
+    }
+}
