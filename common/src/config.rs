@@ -19,7 +19,8 @@ pub struct Config {
     /// Non-zero once the controller has written the policy; until then every packet passes
     /// uninspected, so a half-loaded policy never decides a flow.
     pub ready: u32,
-    pub _pad: u32,
+    /// `ACTION_PASS` or `ACTION_DROP` for packets of a flow the controller is deciding.
+    pub pending_action: u32,
 }
 
 impl Config {
@@ -29,7 +30,7 @@ impl Config {
         fragment_action: ACTION_PASS,
         sig_classes: 0,
         ready: 0,
-        _pad: 0,
+        pending_action: ACTION_PASS,
     };
 }
 

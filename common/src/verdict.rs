@@ -104,13 +104,15 @@ pub enum DropReason {
     Fragment = 2,
     /// The verdict was redirect but the devmap slot had no interface.
     RedirectFailed = 3,
+    /// The controller is deciding the flow and the policy says `pending: drop`.
+    Pending = 4,
 }
 
-pub const DROP_REASONS: u32 = 4;
+pub const DROP_REASONS: u32 = 5;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS as usize] =
-        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed];
+        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed, DropReason::Pending];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -118,6 +120,7 @@ impl DropReason {
             DropReason::Unparsed => "unparsed",
             DropReason::Fragment => "fragment",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::Pending => "pending",
         }
     }
 }

@@ -12,7 +12,7 @@ use imfw_common::{
 use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
-    enforce,
+    finish,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_stat,
         count_verdict, policy,
@@ -68,8 +68,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             count_stat(Stat::InspectorMissing);
         }
     }
-    count_verdict(e.app, e.verdict, len);
-    enforce(e.verdict, e.redirect_slot, len)
+    finish(cfg, e, len)
 }
 
 #[inline(always)]

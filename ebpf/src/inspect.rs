@@ -15,7 +15,7 @@ use imfw_common::{
 };
 
 use crate::{
-    enforce,
+    finish,
     flow::decide,
     maps::{IMFW_EVENTS, IMFW_FLOWS, IMFW_SCRATCH, Job, config, count_stat, count_verdict},
     matching::{self, Outcome},
@@ -91,6 +91,5 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
         }
         Outcome::Nothing => {}
     }
-    count_verdict(e.app, e.verdict, len);
-    enforce(e.verdict, e.redirect_slot, len)
+    finish(cfg, e, len)
 }

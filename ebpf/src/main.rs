@@ -68,7 +68,24 @@ fn explicit(action: u32, reason: DropReason, len: u64) -> u32 {
     }
 }
 
-/// Applies a flow's verdict; the one exit of the flow path, so every packet is counted.
+/// The last step for a packet of a known flow: a flow the controller is deciding follows the
+/// policy's `pending` choice, any other its verdict. Every packet is counted here.
+#[inline(always)]
+pub(crate) fn finish(cfg: &imfw_common::config::Config, e: &imfw_common::flow::FlowEntry, len: u64) -> u32 {
+    if e.state == imfw_common::flow::STATE_INSPECTING
+        && e.flags & imfw_common::flow::FLAG_CONTROLLER != 0
+        && cfg.pending_action == ACTION_DROP
+    {
+        // The client retransmits once the controller's verdict allows the flow.
+        maps::count_verdict(e.app, Verdict::Pending as u8, len);
+        count_drop(DropReason::Pending, len);
+        return xdp_action::XDP_DROP;
+    }
+    maps::count_verdict(e.app, e.verdict, len);
+    enforce(e.verdict, e.redirect_slot, len)
+}
+
+/// Applies a flow's verdict.
 #[inline(always)]
 pub(crate) fn enforce(verdict: u8, redirect_slot: u8, len: u64) -> u32 {
     match Verdict::from_u8(verdict) {

@@ -740,3 +740,42 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     assert_eq!((e.app, Verdict::from_u8(e.verdict)), (0, Verdict::Allow));
     assert_eq!(r.run(&conn.server(b"reply")), XDP_PASS);
 }
+
+/// `pending: drop`: segments the controller is deciding are copied to it and dropped; once it
+/// allows the flow, the client's retransmissions pass.
+#[test]
+fn pending_drop_holds_a_flow_until_the_controller_decides() {
+    use imfw::{controller::Controller, dataplane::Event};
+    let mut r = rig("
+version: 1
+defaults: {action: allow, pending: drop}
+apps: {signal: drop}
+");
+    let mut ctl = Controller::new(&r.c);
+    for (i, (name, allowed)) in [("chat.signal.org", false), ("www.example.com", true)].into_iter().enumerate() {
+        let mut ch = ClientHello::new(name);
+        ch.post_quantum = true;
+        ch.order = ExtOrder::SniLast;
+        let hello = ch.build();
+        let conn = Conn::v4(49100 + i as u16, 443);
+        open(&r, &conn, &[]);
+        let seg = |seq: u32, data: &[u8]| {
+            let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
+            t.seq = seq;
+            Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, data)))
+        };
+        let (a, b) = (seg(100, &hello[..1448]), seg(100 + 1448, &hello[1448..]));
+        assert_eq!(r.run(&a), XDP_DROP, "{name}: held while pending");
+        assert_eq!(r.run(&b), XDP_DROP, "{name}: held while pending");
+        for ev in r.dp.drain_events() {
+            if let Event::Payload(p) = ev {
+                ctl.on_payload(&p, &mut r.dp, &r.c).unwrap();
+            }
+        }
+        let want = if allowed { XDP_PASS } else { XDP_DROP };
+        assert_eq!(r.run(&a), want, "{name}: the retransmission after the verdict");
+        assert_eq!(r.run(&b), want, "{name}: the retransmission after the verdict");
+    }
+    let snap = r.dp.snapshot().unwrap();
+    assert_eq!(snap.drop_reason(DropReason::Pending).packets, 4);
+}

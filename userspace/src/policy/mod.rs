@@ -46,6 +46,8 @@ pub struct Defaults {
     pub inspect_packets: u32,
     pub unparsed: PassDrop,
     pub fragments: PassDrop,
+    /// What XDP does with a flow's packets while the controller decides it.
+    pub pending: Unclassified,
     /// Interface for `redirect` actions that name none.
     pub redirect_to: Option<String>,
 }
@@ -58,6 +60,7 @@ impl Default for Defaults {
             inspect_packets: 4,
             unparsed: PassDrop::Pass,
             fragments: PassDrop::Pass,
+            pending: Unclassified::Allow,
             redirect_to: None,
         }
     }
@@ -141,6 +144,9 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
     }
     if let Some(f) = d.fragments {
         defaults.fragments = f;
+    }
+    if let Some(p) = d.pending {
+        defaults.pending = p;
     }
     if let Some(to) = d.redirect_to {
         if let Err(m) = check_iface(&to) {

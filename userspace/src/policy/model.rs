@@ -403,6 +403,7 @@ pub(crate) struct DefaultsSection {
     pub inspect_packets: Option<i64>,
     pub unparsed: Option<PassDrop>,
     pub fragments: Option<PassDrop>,
+    pub pending: Option<Unclassified>,
     pub redirect_to: Option<String>,
 }
 
