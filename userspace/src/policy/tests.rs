@@ -446,3 +446,15 @@ fn defaults_reach_the_config() {
 fn empty_sections_are_allowed() {
     ok("version: 1\ndefaults:\napps:\nrules:\ncatalogue:\n");
 }
+
+#[test]
+fn pending_choice_reaches_the_config() {
+    let (_, c) = ok("version: 1\n");
+    assert_eq!(c.config.pending_action, imfw_common::config::ACTION_PASS, "allow by default");
+    let (_, c) = ok("version: 1\ndefaults:\n  pending: drop\n");
+    assert_eq!(c.config.pending_action, imfw_common::config::ACTION_DROP);
+    let e = errors("version: 1\ndefaults:\n  pending: hold\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].line, e[0].column), (3, 12), "{}", e[0]);
+    assert!(e[0].message.contains("allow") && e[0].message.contains("drop"), "{}", e[0]);
+}
