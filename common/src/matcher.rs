@@ -398,7 +398,7 @@ pub fn is_stun(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
     }
     let cookie = u32::from_be_bytes([at(buf, 4), at(buf, 5), at(buf, 6), at(buf, 7)]);
     let mlen = be16(buf, 2);
-    cookie == 0x2112_a442 && mlen % 4 == 0 && 20 + mlen <= len
+    cookie == 0x2112_a442 && mlen & 3 == 0 && 20 + mlen <= len
 }
 
 /// Walks the attributes of the STUN message in `buf` (check [`is_stun`] first) and returns

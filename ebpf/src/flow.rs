@@ -49,7 +49,6 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     key: pkt.key,
                     payload_off: pkt.payload_off as u32,
                     payload_len: pkt.payload_len as u32,
-                    frame_len: len as u32,
                     seq: pkt.seq,
                     dir,
                     client_first: client_first as u8,

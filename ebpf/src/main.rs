@@ -14,7 +14,8 @@ mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
-    config::ACTION_DROP,
+    config::{ACTION_DROP, Config},
+    flow::{FLAG_CONTROLLER, FlowEntry, STATE_INSPECTING},
     verdict::{DropReason, Stat, Verdict},
 };
 
@@ -71,11 +72,8 @@ fn explicit(action: u32, reason: DropReason, len: u64) -> u32 {
 /// The last step for a packet of a known flow: a flow the controller is deciding follows the
 /// policy's `pending` choice, any other its verdict. Every packet is counted here.
 #[inline(always)]
-pub(crate) fn finish(cfg: &imfw_common::config::Config, e: &imfw_common::flow::FlowEntry, len: u64) -> u32 {
-    if e.state == imfw_common::flow::STATE_INSPECTING
-        && e.flags & imfw_common::flow::FLAG_CONTROLLER != 0
-        && cfg.pending_action == ACTION_DROP
-    {
+pub(crate) fn finish(cfg: &Config, e: &FlowEntry, len: u64) -> u32 {
+    if e.state == STATE_INSPECTING && e.flags & FLAG_CONTROLLER != 0 && cfg.pending_action == ACTION_DROP {
         // The client retransmits once the controller's verdict allows the flow.
         maps::count_verdict(e.app, Verdict::Pending as u8, len);
         count_drop(DropReason::Pending, len);

@@ -58,7 +58,6 @@ pub struct Job {
     pub key: FlowKey,
     pub payload_off: u32,
     pub payload_len: u32,
-    pub frame_len: u32,
     pub seq: u32,
     pub dir: u8,
     pub client_first: u8,

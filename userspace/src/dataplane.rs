@@ -6,17 +6,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, DevMap, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
-    util::nr_cpus,
+    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use imfw_common::{
     config::Config,
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
-    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
@@ -120,7 +118,7 @@ impl Dataplane {
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
             prog.load()
-                .map_err(|e| privilege_hint(verifier_error(e)))
+                .map_err(|e| privilege_hint(anyhow!(e)))
                 .with_context(|| format!("loading the XDP program {name} into the kernel"))?;
         }
         let mut jump = ProgramArray::try_from(ebpf.take_map(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?)?;
@@ -163,60 +161,15 @@ impl Dataplane {
     }
 
     fn write_maps(&mut self, c: &Compiled, redirect: &[u32]) -> Result<()> {
-        {
-            let mut a: Array<_, SigClass> = Array::try_from(self.map_mut(m::SIG_CLASSES)?)?;
-            for (i, s) in c.sig_classes.iter().enumerate() {
-                a.set(i as u32, s, 0).map_err(map_err(m::SIG_CLASSES))?;
-            }
-        }
-        {
-            let mut h: HashMap<_, SigKey, SigValue> = HashMap::try_from(self.map_mut(m::SIGS)?)?;
-            for (k, v) in &c.sigs {
-                h.insert(k, v, 0).map_err(map_err(m::SIGS))?;
-            }
-        }
-        {
-            let mut h: HashMap<_, NameKey, AppMatch> = HashMap::try_from(self.map_mut(m::NAMES)?)?;
-            for (k, v) in &c.names {
-                h.insert(k, v, 0).map_err(map_err(m::NAMES))?;
-            }
-        }
-        {
-            let mut h: HashMap<_, u32, AppMatch> = HashMap::try_from(self.map_mut(m::STUN)?)?;
-            for (k, v) in &c.stun {
-                h.insert(k, v, 0).map_err(map_err(m::STUN))?;
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
-            for (len, addr, v) in &c.addr4 {
-                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::ADDR4))?;
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
-            for (len, addr, v) in &c.addr6 {
-                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::ADDR6))?;
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 4], SrcClass> = LpmTrie::try_from(self.map_mut(m::SRC4)?)?;
-            for (len, addr, v) in &c.src4 {
-                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::SRC4))?;
-            }
-        }
-        {
-            let mut t: LpmTrie<_, [u8; 16], SrcClass> = LpmTrie::try_from(self.map_mut(m::SRC6)?)?;
-            for (len, addr, v) in &c.src6 {
-                t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(m::SRC6))?;
-            }
-        }
-        {
-            let mut a: Array<_, PolicyAction> = Array::try_from(self.map_mut(m::POLICY)?)?;
-            for (i, p) in c.policy.iter().enumerate() {
-                a.set(i as u32, p, 0).map_err(map_err(m::POLICY))?;
-            }
-        }
+        self.fill_array(m::SIG_CLASSES, &c.sig_classes)?;
+        self.fill_hash(m::SIGS, &c.sigs)?;
+        self.fill_hash(m::NAMES, &c.names)?;
+        self.fill_hash(m::STUN, &c.stun)?;
+        self.fill_lpm(m::ADDR4, &c.addr4)?;
+        self.fill_lpm(m::ADDR6, &c.addr6)?;
+        self.fill_lpm(m::SRC4, &c.src4)?;
+        self.fill_lpm(m::SRC6, &c.src6)?;
+        self.fill_array(m::POLICY, &c.policy)?;
         {
             let mut d: DevMap<_> = DevMap::try_from(self.map_mut(m::REDIRECT)?)?;
             for (slot, idx) in redirect.iter().enumerate() {
@@ -225,6 +178,30 @@ impl Dataplane {
         }
         let mut cfg: Array<_, Config> = Array::try_from(self.map_mut(m::CONFIG)?)?;
         cfg.set(0, c.config, 0).map_err(map_err(m::CONFIG))?;
+        Ok(())
+    }
+
+    fn fill_array<V: Pod>(&mut self, name: &'static str, values: &[V]) -> Result<()> {
+        let mut a: Array<_, V> = Array::try_from(self.map_mut(name)?)?;
+        for (i, v) in values.iter().enumerate() {
+            a.set(i as u32, v, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    fn fill_hash<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(K, V)]) -> Result<()> {
+        let mut h: HashMap<_, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        for (k, v) in entries {
+            h.insert(k, v, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    fn fill_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(u32, K, V)]) -> Result<()> {
+        let mut t: LpmTrie<_, K, V> = LpmTrie::try_from(self.map_mut(name)?)?;
+        for (len, addr, v) in entries {
+            t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(name))?;
+        }
         Ok(())
     }
 
@@ -349,10 +326,6 @@ impl Dataplane {
         }
         out
     }
-
-    pub fn cpus() -> usize {
-        nr_cpus().map_or(1, |n| n)
-    }
 }
 
 impl Drop for Dataplane {
@@ -406,6 +379,3 @@ fn privilege_hint(e: anyhow::Error) -> anyhow::Error {
     e
 }
 
-fn verifier_error(e: ProgramError) -> anyhow::Error {
-    anyhow!(e)
-}
