@@ -55,7 +55,11 @@ pub struct FlowEntry {
     pub redirect_slot: u8,
     /// Source-network class of the client (index into the policy rows).
     pub src_class: u16,
-    pub _pad: [u8; 4],
+    /// The app whose published or learned networks hold the server's address (0: none). It
+    /// decides the flow when the payload names nothing: a server name, when there is one,
+    /// outranks the address (a shared cloud address serves many names).
+    pub addr_app: u16,
+    pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);

@@ -23,6 +23,9 @@ pub const JUMP: &str = "IMFW_JUMP";
 /// The inspector's slot in `IMFW_JUMP`, and its name in the object.
 pub const JUMP_INSPECT: u32 = 0;
 pub const INSPECT_PROGRAM: &str = "imfw_inspect";
+/// The second inspection stage (STUN, server names), tail-called by the first.
+pub const JUMP_NAMES: u32 = 1;
+pub const NAMES_PROGRAM: &str = "imfw_names";
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "imfw_xdp";

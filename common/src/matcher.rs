@@ -13,7 +13,7 @@ pub const SCRATCH_MASK: usize = SCRATCH_LEN - 1;
 /// Longest byte signature, and the width of its mask.
 pub const SIG_LEN: usize = 16;
 /// Signature shapes (offset and mask) evaluated per inspected payload: one hash lookup each.
-pub const MAX_SIG_CLASSES: u32 = 16;
+pub const MAX_SIG_CLASSES: u32 = 32;
 /// Highest offset a signature may start at.
 pub const SIG_OFFSET_MAX: u16 = 256;
 
@@ -401,29 +401,55 @@ pub fn is_stun(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
     cookie == 0x2112_a442 && mlen & 3 == 0 && 20 + mlen <= len
 }
 
-/// Walks the attributes of the STUN message in `buf` (check [`is_stun`] first) and returns
-/// the app of the first attribute type `lookup` knows (0 for none). App-specific attributes
-/// (RFC 8489 §18.3: the comprehension-optional range) mark the vendor's implementation,
-/// e.g. Microsoft's [MS-TURN] attributes.
+/// The REALM attribute (RFC 8489 §14.9): the domain of the service's TURN servers.
+pub const STUN_REALM: usize = 0x0014;
+
+/// What the attribute walk of a STUN message found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StunScan {
+    /// The app of the first attribute type the lookup knows (0: none).
+    pub app: u16,
+    /// Where the first REALM value is in `buf`, and its length (0: none, or not within the
+    /// payload or over `NAME_MAX`).
+    pub realm_off: usize,
+    pub realm_len: usize,
+}
+
+/// Walks the attributes of the STUN message in `buf` (check [`is_stun`] first). App-specific
+/// attributes (RFC 8489 §18.3: the comprehension-optional range) mark the vendor's
+/// implementation, e.g. Microsoft's [MS-TURN] attributes; a REALM names the vendor's domain.
 #[inline(always)]
-pub fn stun_app<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usize, mut lookup: F) -> u16 {
+pub fn stun_scan<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usize, mut lookup: F) -> StunScan {
     let end = 20 + be16(buf, 2);
     let end = if end < len { end } else { len };
+    let mut out = StunScan::default();
     let mut p = 20usize;
     let mut k = 0;
     while k < STUN_ATTRS_MAX {
         if p + 4 > end {
             break;
         }
-        let ty = be16(buf, p) as u32;
-        if let Some(app) = lookup(ty) {
-            return app;
+        let ty = be16(buf, p);
+        let vlen = be16(buf, p + 2);
+        if let Some(app) = lookup(ty as u32) {
+            out.app = app;
+            return out;
+        }
+        if ty == STUN_REALM && out.realm_len == 0 && vlen <= NAME_MAX && p + 4 + vlen <= end {
+            out.realm_off = p + 4;
+            out.realm_len = vlen;
         }
         // Values are padded to a multiple of 4 (RFC 8489 §14).
-        p += 4 + ((be16(buf, p + 2) + 3) & !3);
+        p += 4 + ((vlen + 3) & !3);
         k += 1;
     }
-    0
+    out
+}
+
+/// The app of a STUN message's attribute types (0: none); see [`stun_scan`].
+#[inline(always)]
+pub fn stun_app<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usize, lookup: F) -> u16 {
+    stun_scan(buf, len, lookup).app
 }
 
 /// The key to look up for signature class `class` (shape `shape`) on a payload of `len` bytes,

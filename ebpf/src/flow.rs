@@ -28,7 +28,7 @@ const ONE_WAY_FACTOR: u64 = 8;
 pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
         Some(e) => e,
-        None => match create(ctx, cfg, pkt) {
+        None => match create(cfg, pkt) {
             Some(e) => e,
             None => {
                 // The table refused the entry (counted): the packet passes undecided.
@@ -71,23 +71,21 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
 }
 
 #[inline(always)]
-fn create(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
     let budget = if cfg.inspect_packets > 255 { 255 } else { cfg.inspect_packets as u8 };
     let (client, _) = pkt.key.client(client_is_a);
     let (server, _) = pkt.key.server(client_is_a);
-    let mut e = FlowEntry {
+    let e = FlowEntry {
         client_is_a: client_is_a as u8,
         budget_client: budget,
         budget_server: budget,
         src_class: src_class(pkt.key.family, &client),
+        addr_app: server_app(pkt.key.family, &server).unwrap_or(APP_NONE),
         ..FlowEntry::default()
     };
-    if let Some(app) = server_app(pkt.key.family, &server) {
-        decide(ctx, &pkt.key, &mut e, app, Method::Address);
-    }
     count_stat(Stat::FlowsCreated);
     if IMFW_FLOWS.insert(&pkt.key, &e, 0).is_err() {
         count_stat(Stat::FlowInsertFailed);
@@ -139,8 +137,7 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
     let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
     if left == 0 {
         if e.packets > ONE_WAY_FACTOR * cfg.inspect_packets as u64 {
-            count_stat(Stat::Unclassified);
-            decide(ctx, &pkt.key, e, APP_NONE, Method::None);
+            give_up(ctx, &pkt.key, e);
         }
         return None;
     }
@@ -156,6 +153,18 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
     e.flags |= FLAG_PAYLOAD_SEEN;
     count_stat(Stat::Inspected);
     Some((dir, first_payload && dir == DIR_CLIENT))
+}
+
+/// Ends inspection without a payload match: the server's address decides, if it is known.
+#[inline(always)]
+pub fn give_up(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry) {
+    if e.addr_app != APP_NONE {
+        count_stat(Stat::Classified);
+        decide(ctx, key, e, e.addr_app, Method::Address);
+    } else {
+        count_stat(Stat::Unclassified);
+        decide(ctx, key, e, APP_NONE, Method::None);
+    }
 }
 
 /// Sets the app and the verdict the policy gives it for the client's network, and reports the

@@ -5,20 +5,22 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
-    verdict::{Method, Stat, Verdict},
+    verdict::{Stat, Verdict},
 };
 
 use aya_ebpf::helpers::generated::bpf_xdp_load_bytes;
 use imfw_common::{
+    config::Config,
+    maps::JUMP_NAMES,
     event::{EVENT_PAYLOAD, PAYLOAD_EVENT_DATA, PayloadEvent},
     flow::{DIR_CLIENT, FLAG_CONTROLLER},
 };
 
 use crate::{
     finish,
-    flow::decide,
-    maps::{IMFW_EVENTS, IMFW_FLOWS, IMFW_SCRATCH, Job, config, count_stat, count_verdict},
-    matching::{self, Outcome},
+    flow::{decide, give_up},
+    maps::{IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict},
+    matching::{self, Outcome, Sigs},
 };
 
 /// Copies the payload into the event ring for the controller. Until the controller writes a
@@ -55,8 +57,33 @@ fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
     }
 }
 
+/// The first inspection stage: byte signatures. A payload they do not decide goes on to
+/// [`imfw_names`] by a tail call: each program is verified on its own, so the signature loop's
+/// paths do not multiply with the parsers' paths.
 #[xdp]
 pub fn imfw_inspect(ctx: XdpContext) -> u32 {
+    stage(&ctx, |ctx, cfg, job, scratch| match matching::signatures(ctx, cfg, job, scratch) {
+        Sigs::Found(app, method) => Outcome::Found(app, method),
+        Sigs::Nothing => Outcome::Nothing,
+        Sigs::Continue => {
+            // SAFETY: on success this does not return; the names stage counts and enforces the packet.
+            unsafe { IMFW_JUMP.tail_call(ctx, JUMP_NAMES) };
+            count_stat(Stat::InspectorMissing);
+            Outcome::Nothing
+        }
+    })
+}
+
+/// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
+#[xdp]
+pub fn imfw_names(ctx: XdpContext) -> u32 {
+    stage(&ctx, |_, _, job, scratch| matching::names(job, scratch))
+}
+
+/// Runs one inspection stage for the job the main program left in the scratch buffer, decides
+/// the flow from its outcome, then counts and enforces the packet as the main program would.
+#[inline(always)]
+fn stage(ctx: &XdpContext, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scratch) -> Outcome) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (Some(cfg), Some(scratch)) = (config(), IMFW_SCRATCH.get_ptr_mut(0)) else {
         return xdp_action::XDP_PASS;
@@ -74,20 +101,22 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
         // The controller is reassembling this flow: the rest of the ClientHello goes there.
         Outcome::Controller
     } else {
-        matching::inspect(&ctx, cfg, &job, scratch)
+        run(ctx, cfg, &job, scratch)
     };
     match outcome {
         Outcome::Found(app, method) => {
             count_stat(Stat::Classified);
-            decide(&ctx, &job.key, e, app, method);
+            decide(ctx, &job.key, e, app, method);
         }
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
-            hand_over(&ctx, &job, e.client_is_a);
+            hand_over(ctx, &job, e.client_is_a);
         }
-        Outcome::Nothing if e.budget_client == 0 && e.budget_server == 0 => {
-            count_stat(Stat::Unclassified);
-            decide(&ctx, &job.key, e, APP_NONE, Method::None);
+        // A server name no app claims: the address no longer speaks for the flow.
+        Outcome::Named => e.addr_app = APP_NONE,
+        // A payload without a name: the server's address decides now, if it is known.
+        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => {
+            give_up(ctx, &job.key, e);
         }
         Outcome::Nothing => {}
     }

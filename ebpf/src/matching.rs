@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_app, sig_checks, sig_key, suffix_hashes, tls_sni},
+    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, sig_key, suffix_hashes, tls_sni},
     verdict::Method,
 };
 
@@ -18,90 +18,126 @@ pub enum Outcome {
     /// A TLS ClientHello that continues past this segment without a server name so far: the
     /// controller reassembles it.
     Controller,
+    /// A server name that no app claims.
+    Named,
     Nothing,
 }
 
-/// Runs the matchers on the payload `job` describes.
-#[inline(always)]
-pub fn inspect(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
-    match run(ctx, cfg, job, scratch) {
-        Ok(Some((app, method))) => Outcome::Found(app, method),
-        Ok(None) => Outcome::Nothing,
-        Err(Handover) => Outcome::Controller,
-    }
+/// What the signature program made of a payload.
+pub enum Sigs {
+    Found(u16, Method),
+    /// No payload to inspect (or it could not be read).
+    Nothing,
+    /// No signature matched; the payload is in the scratch buffer for the name matchers.
+    Continue,
 }
 
-struct Handover;
-
+/// Loads the payload into the scratch buffer and looks up each signature shape.
 #[inline(always)]
-fn run(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Option<(u16, Method)>, Handover> {
-    let dir = job.dir;
+pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Sigs {
     let client_first = job.client_first != 0;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
-        return Ok(None);
+        return Sigs::Nothing;
     }
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
-    let want = if payload_len > SCRATCH_LEN { SCRATCH_LEN } else { payload_len };
-    // In [1, SCRATCH_LEN] for the verifier (payload_len > 0 here).
-    let n = ((want.wrapping_sub(1)) & SCRATCH_MASK) + 1;
+    let n = loaded_len(payload_len);
     // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
     let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
     if rc != 0 {
-        return Ok(None);
+        return Sigs::Nothing;
     }
-
     let mut c = 0u32;
     while c < MAX_SIG_CLASSES {
         if c >= cfg.sig_classes {
             break;
         }
         if let Some(shape) = IMFW_SIGCLASS.get(c) {
-            if let Some(key) = sig_key(buf, n, shape, c as u16, dir) {
+            if let Some(key) = sig_key(buf, n, shape, c as u16, job.dir) {
                 if let Some(v) = IMFW_SIGS.get_ptr(&key) {
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
                     if sig_checks(v, buf, payload_len, client_first) {
-                        return Ok(Some((v.app, Method::Signature)));
+                        return Sigs::Found(v.app, Method::Signature);
                     }
                 }
             }
         }
         c += 1;
     }
+    Sigs::Continue
+}
 
+/// Bytes of a payload held in the scratch buffer: in [1, SCRATCH_LEN] for the verifier.
+#[inline(always)]
+fn loaded_len(payload_len: usize) -> usize {
+    let want = if payload_len > SCRATCH_LEN { SCRATCH_LEN } else { payload_len };
+    (want.wrapping_sub(1) & SCRATCH_MASK) + 1
+}
+
+/// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer.
+#[inline(always)]
+pub fn names(job: &Job, scratch: *mut Scratch) -> Outcome {
+    match run_names(job, scratch) {
+        Ok(Named::App(app, method)) => Outcome::Found(app, method),
+        Ok(Named::Unknown) => Outcome::Named,
+        Ok(Named::Nothing) => Outcome::Nothing,
+        Err(Handover) => Outcome::Controller,
+    }
+}
+
+struct Handover;
+
+enum Named {
+    App(u16, Method),
+    /// A server name (not an address literal) that no app claims.
+    Unknown,
+    Nothing,
+}
+
+#[inline(always)]
+fn run_names(job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
+    let dir = job.dir;
+    let payload_len = job.payload_len as usize & 0xffff;
+    if payload_len == 0 {
+        return Ok(Named::Nothing);
+    }
+    // SAFETY: the per-CPU scratch buffer, filled by the signature program before its tail call.
+    let buf = unsafe { &mut (*scratch).buf };
     // SAFETY: as above; the slots and spill follow the buffer in the same per-CPU value.
     let (slots, spill) = unsafe { (&mut (*scratch).hashes, &mut (*scratch).spill) };
     // Each path out of the signature loop has narrowed `n` differently; laundered, they enter
     // the parsers' loops below as one verifier state.
-    let n = ((launder(&mut spill[0], n as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
-    // A STUN message is nothing else: decided here either way, so the attribute walk's exits
-    // never reach the name parsers. Either side's messages carry the vendor's attributes.
-    if is_stun(buf, n) {
+    let n = ((launder(&mut spill[0], loaded_len(payload_len) as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
+    // A STUN message is nothing else: decided here by its attributes, or by its realm (RFC 8489
+    // §14.9, a domain of the service) through the name matcher. Either side's messages count.
+    let (off, len, method) = if is_stun(buf, n) {
         // SAFETY: pointer into the map value, valid for this run.
         let lookup = |ty: u32| IMFW_STUN.get_ptr(&ty).map(|m| unsafe { (*m).app });
-        return Ok(match stun_app(buf, n, lookup) {
-            0 => None,
-            app => Some((app, Method::Stun)),
-        });
-    }
-    if dir != DIR_CLIENT {
-        return Ok(None);
-    }
-    // One call site for the name matcher, whichever protocol carried the name.
-    let (off, len, method) = if buf[0] == 0x16 {
+        let scan = stun_scan(buf, n, lookup);
+        if scan.app != 0 {
+            return Ok(Named::App(scan.app, Method::Stun));
+        }
+        if scan.realm_len == 0 {
+            return Ok(Named::Nothing);
+        }
+        (scan.realm_off, scan.realm_len, Method::Stun)
+    } else if dir != DIR_CLIENT {
+        return Ok(Named::Nothing);
+    } else if buf[0] == 0x16 {
+        // One call site for the name matcher, whichever protocol carried the name.
         let Some((off, len)) = tls_sni(buf, n) else {
             // The record goes on past this segment: the name may be in what follows.
-            return if client_hello_continues(buf, n) { Err(Handover) } else { Ok(None) };
+            return if client_hello_continues(buf, n) { Err(Handover) } else { Ok(Named::Nothing) };
         };
         (off, len, Method::TlsSni)
     } else {
-        let Some((start, connect)) = http_host_start(buf, n) else { return Ok(None) };
+        let Some((start, connect)) = http_host_start(buf, n) else { return Ok(Named::Nothing) };
         let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
         let start = skip_ows(buf, start, n);
         let start = launder(&mut spill[3], start as u64) as usize & SCRATCH_MASK;
-        let Some((off, len)) = host_token(buf, start, n) else { return Ok(None) };
+        let Some((off, len)) = host_token(buf, start, n) else { return Ok(Named::Nothing) };
         (off, len, if connect { Method::HttpConnect } else { Method::HttpHost })
     };
     // Every exit of the parsers' loops reaches here with different exact values; laundered,
@@ -112,10 +148,14 @@ fn run(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Resu
     let count = launder(&mut spill[2], count as u64) as usize;
     // SAFETY: pointer into the map value, valid for this run.
     let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
-    Ok(match lookup_suffixes(slots, count, h, lookup) {
-        0 => None,
-        app => Some((app, method)),
-    })
+    let app = lookup_suffixes(slots, count, h, lookup);
+    if app != 0 {
+        return Ok(Named::App(app, method));
+    }
+    // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
+    let last = buf[(off + len).wrapping_sub(1) & SCRATCH_MASK];
+    let literal = last.is_ascii_digit() || last == b']';
+    Ok(if literal || len == 0 || method as u8 == Method::Stun as u8 { Named::Nothing } else { Named::Unknown })
 }
 
 /// A ClientHello record (RFC 8446 §5.1) longer than the bytes present.

@@ -195,10 +195,67 @@ pub fn parse_builtin(text: &str, file: &str) -> Result<Catalogue, PolicyErrors> 
     Ok(Catalogue { entries: map.0, source })
 }
 
-/// The embedded built-in catalogue, parsed once.
+/// The embedded built-in catalogue with its address files, parsed once.
 pub fn builtin() -> Result<&'static Catalogue, PolicyErrors> {
     static BUILTIN: OnceLock<Result<Catalogue, PolicyErrors>> = OnceLock::new();
-    BUILTIN.get_or_init(|| parse_builtin(builtin_text(), BUILTIN_FILE)).as_ref().map_err(Clone::clone)
+    BUILTIN
+        .get_or_init(|| {
+            let mut cat = parse_builtin(builtin_text(), BUILTIN_FILE)?;
+            add_address_files(&mut cat, ADDRESS_FILES)?;
+            Ok(cat)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Networks that services publish, one file per app (`catalogue/addresses/APP.txt`): the
+/// source and date in `#` comments, then one network per line. They are data the vendors
+/// revise, kept apart from the signatures so that an update is a plain diff.
+pub const ADDRESS_FILES: &[(&str, &str)] = &[
+    ("telegram", include_str!("../catalogue/addresses/telegram.txt")),
+    ("teams", include_str!("../catalogue/addresses/teams.txt")),
+    ("zoom", include_str!("../catalogue/addresses/zoom.txt")),
+    ("webex", include_str!("../catalogue/addresses/webex.txt")),
+];
+
+/// Parses an address file: networks, blank lines and `#` comments (also after a network).
+pub fn parse_address_file(text: &str, file: &str) -> Result<Vec<Cidr>, PolicyErrors> {
+    let mut nets = Vec::new();
+    let mut errs = PolicyErrors::default();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.split('#').next().unwrap_or("").trim();
+        if body.is_empty() {
+            continue;
+        }
+        match Cidr::parse(body) {
+            Ok(net) => nets.push(net),
+            Err(e) => {
+                let col = line.find(body).unwrap_or(0) + 1;
+                errs.0.push(crate::policy::PolicyError::new(file, i + 1, col, e));
+            }
+        }
+    }
+    errs.into_result().map(|()| nets)
+}
+
+/// Adds each address file's networks to its app's entry (creating the entry if need be).
+fn add_address_files(cat: &mut Catalogue, files: &[(&str, &str)]) -> Result<(), PolicyErrors> {
+    let mut errs = PolicyErrors::default();
+    for (app, text) in files {
+        let file = format!("addresses/{app}.txt");
+        if builtin_id(app).is_none() {
+            errs.0.push(crate::policy::PolicyError::new(&file, 0, 0, format!("`{app}` is not a built-in app")));
+            continue;
+        }
+        match parse_address_file(text, &file) {
+            Ok(nets) => match cat.entries.iter_mut().find(|(n, _)| n == app) {
+                Some((_, entry)) => entry.addresses.extend(nets),
+                None => cat.entries.push(((*app).to_owned(), CatalogueEntry { addresses: nets, ..CatalogueEntry::default() })),
+            },
+            Err(e) => errs.0.extend(e.0),
+        }
+    }
+    errs.into_result()
 }
 
 /// Whether `name` is a valid app name: lowercase `[a-z0-9_-]+`.

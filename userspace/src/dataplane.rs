@@ -112,7 +112,7 @@ impl Dataplane {
             .map_max_entries(m::FLOWS, flow_capacity)
             .load(OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
-        for name in [m::PROGRAM, m::INSPECT_PROGRAM] {
+        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -123,8 +123,10 @@ impl Dataplane {
         }
         let mut jump = ProgramArray::try_from(ebpf.take_map(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?)?;
         {
-            let inspect: &Xdp = ebpf.program(m::INSPECT_PROGRAM).ok_or_else(|| anyhow!("inspector missing"))?.try_into()?;
-            jump.set(m::JUMP_INSPECT, inspect.fd()?, 0).map_err(map_err(m::JUMP))?;
+            for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM)] {
+                let prog: &Xdp = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+                jump.set(slot, prog.fd()?, 0).map_err(map_err(m::JUMP))?;
+            }
         }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;

@@ -7,6 +7,8 @@ pub mod classify;
 pub mod control;
 pub mod controller;
 pub mod dataplane;
+pub mod dns;
 pub mod events;
 pub mod packet;
 pub mod policy;
+pub mod quic;
