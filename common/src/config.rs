@@ -21,6 +21,10 @@ pub struct Config {
     pub ready: u32,
     /// `ACTION_PASS` or `ACTION_DROP` for packets of a flow the controller is deciding.
     pub pending_action: u32,
+    /// Non-zero: DNS answers (UDP from port 53) are copied to the controller, which learns the
+    /// addresses of IM apps' names from them.
+    pub learn_dns: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -31,7 +35,9 @@ impl Config {
         sig_classes: 0,
         ready: 0,
         pending_action: ACTION_PASS,
+        learn_dns: 0,
+        _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);

@@ -401,6 +401,37 @@ pub fn is_stun(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
     cookie == 0x2112_a442 && mlen & 3 == 0 && 20 + mlen <= len
 }
 
+/// QUIC versions whose Initial packets the controller decrypts: 1 (RFC 9000), 2 (RFC 9369)
+/// and draft 29.
+pub const QUIC_V1: u32 = 1;
+pub const QUIC_V2: u32 = 0x6b33_43cf;
+pub const QUIC_DRAFT29: u32 = 0xff00_001d;
+
+/// Whether a client's UDP payload of `payload_len` bytes is a QUIC Initial the controller can
+/// read: a long header with the fixed bit (RFC 9000 §17.2), a supported version, the Initial
+/// type (0 in v1, 1 in v2: RFC 9369 §3.2), in a datagram of at least 1200 bytes (clients pad
+/// their Initials to that, RFC 9000 §14.1).
+#[inline(always)]
+pub fn is_quic_initial(buf: &[u8; SCRATCH_LEN], len: usize, payload_len: usize) -> bool {
+    if payload_len < 1200 || len < 7 {
+        return false;
+    }
+    let b0 = at(buf, 0);
+    if b0 & 0xc0 != 0xc0 {
+        return false;
+    }
+    let v = u32::from_be_bytes([at(buf, 1), at(buf, 2), at(buf, 3), at(buf, 4)]);
+    let ty = (b0 >> 4) & 3;
+    ((v == QUIC_V1 || v == QUIC_DRAFT29) && ty == 0) || (v == QUIC_V2 && ty == 1)
+}
+
+/// Whether a server's UDP payload from port 53 reads as a DNS response (RFC 1035 §4.1.1: QR
+/// set, opcode QUERY, one question).
+#[inline(always)]
+pub fn is_dns_response(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
+    len >= 12 && at(buf, 2) & 0xf8 == 0x80 && be16(buf, 4) == 1
+}
+
 /// The REALM attribute (RFC 8489 §14.9): the domain of the service's TURN servers.
 pub const STUN_REALM: usize = 0x0014;
 

@@ -62,6 +62,8 @@ pub enum Method {
     Controller = 6,
     /// An app-specific attribute of a STUN/TURN message.
     Stun = 7,
+    /// Server name of a QUIC Initial's ClientHello, decrypted by the controller.
+    Quic = 8,
 }
 
 impl Method {
@@ -74,6 +76,7 @@ impl Method {
             5 => Method::Address,
             6 => Method::Controller,
             7 => Method::Stun,
+            8 => Method::Quic,
             _ => Method::None,
         }
     }
@@ -88,6 +91,7 @@ impl Method {
             Method::Address => "address",
             Method::Controller => "controller",
             Method::Stun => "stun",
+            Method::Quic => "quic_sni",
         }
     }
 }

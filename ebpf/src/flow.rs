@@ -52,7 +52,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     seq: pkt.seq,
                     dir,
                     client_first: client_first as u8,
-                    _pad: [0; 2],
+                    server_port: pkt.key.server(e.client_is_a != 0).1,
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {

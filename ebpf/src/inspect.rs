@@ -23,8 +23,9 @@ use crate::{
     matching::{self, Outcome, Sigs},
 };
 
-/// Copies the payload into the event ring for the controller. Until the controller writes a
-/// verdict, the flow passes (its verdict stays pending).
+/// Copies the payload into the event ring for the controller: a payload to reassemble (the
+/// flow is then marked `FLAG_CONTROLLER` and waits for the controller's verdict) or a DNS
+/// answer to learn from (the flow goes on).
 #[inline(always)]
 fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
     let Some(mut slot) = IMFW_EVENTS.reserve::<PayloadEvent>(0) else {
@@ -77,7 +78,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, |_, _, job, scratch| matching::names(job, scratch))
+    stage(&ctx, |_, cfg, job, scratch| matching::names(cfg, job, scratch))
 }
 
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
@@ -111,6 +112,12 @@ fn stage(ctx: &XdpContext, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scr
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
             hand_over(ctx, &job, e.client_is_a);
+        }
+        Outcome::Copy => {
+            hand_over(ctx, &job, e.client_is_a);
+            if e.budget_client == 0 && e.budget_server == 0 {
+                give_up(ctx, &job.key, e);
+            }
         }
         // A server name no app claims: the address no longer speaks for the flow.
         Outcome::Named => e.addr_app = APP_NONE,

@@ -61,7 +61,8 @@ pub struct Job {
     pub seq: u32,
     pub dir: u8,
     pub client_first: u8,
-    pub _pad: [u8; 2],
+    /// The server's port (host order).
+    pub server_port: u16,
 }
 
 /// Per-CPU working memory of the inspector.

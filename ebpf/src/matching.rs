@@ -6,10 +6,11 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, sig_key, suffix_hashes, tls_sni},
+    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes, tls_sni},
     verdict::Method,
 };
 
+use crate::parse::IPPROTO_UDP;
 use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch};
 
 /// What the matchers made of a payload.
@@ -18,6 +19,8 @@ pub enum Outcome {
     /// A TLS ClientHello that continues past this segment without a server name so far: the
     /// controller reassembles it.
     Controller,
+    /// A copy for the controller; the flow goes on as if nothing matched.
+    Copy,
     /// A server name that no app claims.
     Named,
     Nothing,
@@ -78,9 +81,10 @@ fn loaded_len(payload_len: usize) -> usize {
 
 /// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer.
 #[inline(always)]
-pub fn names(job: &Job, scratch: *mut Scratch) -> Outcome {
-    match run_names(job, scratch) {
+pub fn names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
+    match run_names(cfg, job, scratch) {
         Ok(Named::App(app, method)) => Outcome::Found(app, method),
+        Ok(Named::Copy) => Outcome::Copy,
         Ok(Named::Unknown) => Outcome::Named,
         Ok(Named::Nothing) => Outcome::Nothing,
         Err(Handover) => Outcome::Controller,
@@ -93,11 +97,13 @@ enum Named {
     App(u16, Method),
     /// A server name (not an address literal) that no app claims.
     Unknown,
+    /// A DNS answer for the controller to learn from.
+    Copy,
     Nothing,
 }
 
 #[inline(always)]
-fn run_names(job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
+fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
     let dir = job.dir;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
@@ -110,6 +116,15 @@ fn run_names(job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
     // Each path out of the signature loop has narrowed `n` differently; laundered, they enter
     // the parsers' loops below as one verifier state.
     let n = ((launder(&mut spill[0], loaded_len(payload_len) as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
+    if job.key.proto == IPPROTO_UDP {
+        if dir == DIR_CLIENT && is_quic_initial(buf, n, payload_len) {
+            // Encrypted with keys derived from its connection id: the controller decrypts it.
+            return Err(Handover);
+        }
+        if dir != DIR_CLIENT && job.server_port == 53 && cfg.learn_dns != 0 && is_dns_response(buf, n) {
+            return Ok(Named::Copy);
+        }
+    }
     // A STUN message is nothing else: decided here by its attributes, or by its realm (RFC 8489
     // §14.9, a domain of the service) through the name matcher. Either side's messages count.
     let (off, len, method) = if is_stun(buf, n) {

@@ -11,7 +11,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_UDP: u8 = 17;
 /// IPv6 extension headers walked before giving up (RFC 8200 §4.1 recommends an order in which
 /// each appears at most once or twice; six covers hop-by-hop, destination (twice), routing,
 /// fragment and AH).

@@ -216,6 +216,7 @@ pub const ADDRESS_FILES: &[(&str, &str)] = &[
     ("teams", include_str!("../catalogue/addresses/teams.txt")),
     ("zoom", include_str!("../catalogue/addresses/zoom.txt")),
     ("webex", include_str!("../catalogue/addresses/webex.txt")),
+    ("threema", include_str!("../catalogue/addresses/threema.txt")),
 ];
 
 /// Parses an address file: networks, blank lines and `#` comments (also after a network).

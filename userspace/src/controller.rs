@@ -9,12 +9,14 @@ use anyhow::Result;
 use hashbrown::HashMap;
 use imfw_common::{
     event::PayloadEvent,
-    flow::{FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
+    flow::{DIR_CLIENT, FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
     matcher::{NAME_MAX, NAME_SLOTS, SCRATCH_LEN, match_name},
     verdict::Method,
 };
 
-use crate::{dataplane::Dataplane, packet, policy::Compiled};
+use crate::{dataplane::Dataplane, dns, packet, policy::Compiled, quic};
+
+const IPPROTO_UDP: u8 = 17;
 
 /// Bytes kept per flow: a ClientHello is at most one record of 16 KiB (RFC 8446 §5.1).
 const FLOW_CAP: usize = 16 * 1024 + 5;
@@ -37,9 +39,26 @@ struct Pending {
     order: u64,
 }
 
+/// A QUIC flow whose ClientHello is being collected from its Initial packets.
+struct QuicPending {
+    crypto: quic::CryptoAssembler,
+    datagrams: u32,
+    order: u64,
+}
+
+/// Datagrams of a QUIC flow read before it is given up (a ClientHello spans two or three).
+const QUIC_DATAGRAMS_MAX: u32 = 8;
+/// Addresses learned from DNS at once.
+const LEARNED_MAX: usize = 65_536;
+
 pub struct Controller {
     names: HashMap<u64, u16>,
     pending: HashMap<FlowKey, Pending>,
+    quic: HashMap<FlowKey, QuicPending>,
+    /// Addresses of IM apps' names, from DNS answers.
+    pub learned: dns::LearnedAddrs,
+    /// Seconds on the caller's monotonic clock, for the learned addresses' expiry.
+    now: u64,
     next: u64,
     /// Flows given up: over the caps, or not a parsable ClientHello.
     pub abandoned: u64,
@@ -50,14 +69,33 @@ impl Controller {
         Controller {
             names: compiled.names.iter().map(|(k, v)| (k.hash, v.app)).collect(),
             pending: HashMap::new(),
+            quic: HashMap::new(),
+            learned: dns::LearnedAddrs::new(LEARNED_MAX, dns::DEFAULT_MIN_TTL, dns::DEFAULT_MAX_TTL),
+            now: 0,
             next: 0,
             abandoned: 0,
         }
     }
 
+    /// Advances the clock (seconds, monotonic) and removes the learned addresses that expired.
+    pub fn tick(&mut self, now: u64, dp: &mut Dataplane) -> Result<()> {
+        self.now = now;
+        for addr in self.learned.expire(now) {
+            dp.remove_learned(addr)?;
+        }
+        Ok(())
+    }
+
     /// Takes one handed-over payload; returns the decision once the ClientHello is whole.
     pub fn on_payload(&mut self, ev: &PayloadEvent, dp: &mut Dataplane, compiled: &Compiled) -> Result<Option<Decision>> {
         let data = &ev.data[..usize::from(ev.len).min(ev.data.len())];
+        if ev.key.proto == IPPROTO_UDP {
+            if ev.dir == DIR_CLIENT {
+                return self.on_quic(ev, data, dp, compiled);
+            }
+            self.on_dns(data, dp)?;
+            return Ok(None);
+        }
         if !self.pending.contains_key(&ev.key) && self.pending.len() >= FLOWS_CAP {
             if let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
                 self.pending.remove(&oldest);
@@ -88,13 +126,80 @@ impl Controller {
         self.write_back(dp, compiled, ev, app, hello.unwrap_or_default())
     }
 
+    /// A client datagram of a QUIC flow: Initial packets are decrypted and their CRYPTO frames
+    /// collected until the ClientHello is whole.
+    fn on_quic(&mut self, ev: &PayloadEvent, data: &[u8], dp: &mut Dataplane, compiled: &Compiled) -> Result<Option<Decision>> {
+        if !self.quic.contains_key(&ev.key) && self.quic.len() >= FLOWS_CAP {
+            if let Some(oldest) = self.quic.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
+                self.quic.remove(&oldest);
+                self.abandoned += 1;
+            }
+        }
+        self.next += 1;
+        let order = self.next;
+        let st = self.quic.entry(ev.key).or_insert_with(|| QuicPending { crypto: quic::CryptoAssembler::new(), datagrams: 0, order });
+        st.datagrams += 1;
+        if quic::is_client_initial(data) {
+            if let Ok(frames) = quic::decrypt_initials(data) {
+                st.crypto.push_frames(&frames);
+            }
+        }
+        if let Some(info) = st.crypto.client_hello().and_then(quic::client_hello_info) {
+            self.quic.remove(&ev.key);
+            let name = info.server_name.unwrap_or_default();
+            let app = name_app(&self.names, &name);
+            return self.write_back(dp, compiled, ev, app, name);
+        }
+        if st.crypto.gave_up() || st.datagrams >= QUIC_DATAGRAMS_MAX {
+            self.quic.remove(&ev.key);
+            self.abandoned += 1;
+            return self.write_back(dp, compiled, ev, 0, String::new());
+        }
+        Ok(None)
+    }
+
+    /// A DNS answer: the addresses of names that belong to an app (directly or through a
+    /// CNAME) are added to the app's networks until their TTL runs out. Addresses already in a
+    /// configured network are left alone, so learning never overrides the catalogue or policy.
+    fn on_dns(&mut self, data: &[u8], dp: &mut Dataplane) -> Result<()> {
+        let Ok(resp) = dns::parse_response(data) else { return Ok(()) };
+        let res = resp.addresses_for_question();
+        let Some(app) = res.names.iter().map(|n| name_app(&self.names, n)).find(|&a| a != 0) else { return Ok(()) };
+        for a in &res.addrs {
+            if self.learned.get(a.addr).is_none() && dp.addr_app(a.addr)?.is_some() {
+                continue;
+            }
+            match self.learned.learn(a.addr, app, a.ttl, self.now) {
+                dns::Change::Inserted { evicted } => {
+                    if let Some(old) = evicted {
+                        dp.remove_learned(old)?;
+                    }
+                    dp.set_learned(a.addr, app)?;
+                }
+                dns::Change::AppChanged { .. } => dp.set_learned(a.addr, app)?,
+                dns::Change::Refreshed => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the verdict for a flow the controller read the server name of (`name`, empty for
+    /// none). Without a name (or with an address literal), the server's address decides.
     fn write_back(&self, dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String) -> Result<Option<Decision>> {
         let Some(mut e) = dp.flow(&ev.key)? else { return Ok(None) };
+        let named = !name.is_empty() && name.parse::<IpAddr>().is_err() && !name.starts_with('[');
+        let (app, method) = if app != 0 {
+            (app, if ev.key.proto == IPPROTO_UDP { Method::Quic } else { Method::TlsSni })
+        } else if !named && e.addr_app != 0 {
+            (e.addr_app, Method::Address)
+        } else {
+            (0, Method::None)
+        };
         let (client, _) = ev.key.client(ev.client_is_a != 0);
         let client: IpAddr = packet::addr(client, ev.key.family);
         let action = compiled.decide(client, app);
         e.app = app;
-        e.method = if app == 0 { Method::None as u8 } else { Method::TlsSni as u8 };
+        e.method = method as u8;
         e.verdict = action.verdict;
         e.redirect_slot = action.redirect_slot;
         e.state = STATE_DECIDED;

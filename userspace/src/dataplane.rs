@@ -2,7 +2,7 @@
 //! reads its state back. The same loaded program serves the live gateway (`imfw run`) and
 //! offline analysis (`imfw classify`, through `BPF_PROG_TEST_RUN`), so the two cannot disagree.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -15,6 +15,7 @@ use imfw_common::{
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
+    matcher::AppMatch,
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
@@ -181,6 +182,47 @@ impl Dataplane {
         let mut cfg: Array<_, Config> = Array::try_from(self.map_mut(m::CONFIG)?)?;
         cfg.set(0, c.config, 0).map_err(map_err(m::CONFIG))?;
         Ok(())
+    }
+
+    /// The app of the longest app network (built-in, policy or learned) holding `addr`.
+    pub fn addr_app(&self, addr: IpAddr) -> Result<Option<u16>> {
+        Ok(match addr {
+            IpAddr::V4(a) => {
+                let t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map(m::ADDR4)?)?;
+                t.get(&Key::new(32, a.octets()), 0).ok().map(|m| m.app)
+            }
+            IpAddr::V6(a) => {
+                let t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map(m::ADDR6)?)?;
+                t.get(&Key::new(128, a.octets()), 0).ok().map(|m| m.app)
+            }
+        })
+    }
+
+    /// Adds (or replaces) a host entry learned from DNS to the app networks.
+    pub fn set_learned(&mut self, addr: IpAddr, app: u16) -> Result<()> {
+        let v = AppMatch { app, _pad: 0 };
+        match addr {
+            IpAddr::V4(a) => {
+                let mut t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
+                t.insert(&Key::new(32, a.octets()), v, 0).map_err(map_err(m::ADDR4))
+            }
+            IpAddr::V6(a) => {
+                let mut t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
+                t.insert(&Key::new(128, a.octets()), v, 0).map_err(map_err(m::ADDR6))
+            }
+        }
+    }
+
+    /// Removes a learned host entry (expired, or evicted).
+    pub fn remove_learned(&mut self, addr: IpAddr) -> Result<()> {
+        let r = match addr {
+            IpAddr::V4(a) => LpmTrie::<_, [u8; 4], AppMatch>::try_from(self.map_mut(m::ADDR4)?)?.remove(&Key::new(32, a.octets())),
+            IpAddr::V6(a) => LpmTrie::<_, [u8; 16], AppMatch>::try_from(self.map_mut(m::ADDR6)?)?.remove(&Key::new(128, a.octets())),
+        };
+        match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(anyhow!("app networks: {e}")),
+        }
     }
 
     fn fill_array<V: Pod>(&mut self, name: &'static str, values: &[V]) -> Result<()> {

@@ -48,6 +48,8 @@ pub struct Defaults {
     pub fragments: PassDrop,
     /// What XDP does with a flow's packets while the controller decides it.
     pub pending: Unclassified,
+    /// Whether the controller learns IM apps' addresses from DNS answers.
+    pub learn_dns: bool,
     /// Interface for `redirect` actions that name none.
     pub redirect_to: Option<String>,
 }
@@ -61,6 +63,7 @@ impl Default for Defaults {
             unparsed: PassDrop::Pass,
             fragments: PassDrop::Pass,
             pending: Unclassified::Allow,
+            learn_dns: false,
             redirect_to: None,
         }
     }
@@ -147,6 +150,9 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
     }
     if let Some(p) = d.pending {
         defaults.pending = p;
+    }
+    if let Some(l) = d.learn_dns {
+        defaults.learn_dns = l;
     }
     if let Some(to) = d.redirect_to {
         if let Err(m) = check_iface(&to) {

@@ -404,6 +404,7 @@ pub(crate) struct DefaultsSection {
     pub unparsed: Option<PassDrop>,
     pub fragments: Option<PassDrop>,
     pub pending: Option<Unclassified>,
+    pub learn_dns: Option<bool>,
     pub redirect_to: Option<String>,
 }
 
