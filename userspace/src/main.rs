@@ -189,8 +189,18 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
         log::info!("ready: policy {} on {}", policy_path.display(), ifaces.join(","));
+        let clock = Instant::now();
+        let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             tokio::select! {
+                _ = expiry.tick() => {
+                    // Learned DNS addresses whose TTL ran out leave the app networks.
+                    if let Ok(mut s) = shared.lock() {
+                        if let Err(e) = controller.tick(clock.elapsed().as_secs(), &mut s.dataplane) {
+                            log::error!("controller: {e:#}");
+                        }
+                    }
+                }
                 _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
                 _ = int.recv() => { log::info!("SIGINT: detaching"); break; }
                 guard = ring.readable_mut() => {

@@ -236,18 +236,28 @@ fn http_host_and_connect_through_a_proxy() {
 }
 
 #[test]
-fn address_sets_decide_at_the_first_packet() {
+fn address_sets_decide_at_the_first_payload_without_a_name() {
     let r = rig(BLOCK_ALL);
-    // Telegram's published ranges: the SYN itself is dropped.
+    // Telegram's published networks: an unnamed payload (any protocol) decides the flow.
+    let blob = vec![0x5a; 64];
     let tg4 = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(34001, 443) };
-    assert_eq!(r.run(&tg4.syn()), XDP_DROP);
+    assert_eq!(open(&r, &tg4, &[blob.clone()]), XDP_DROP);
     assert_decided(&r, &tg4, "telegram", Method::Address, Verdict::Drop);
     let tg6 = Conn { s: "2001:67c:4e8:f004::a".parse::<Ipv6Addr>().unwrap().into(), ..Conn::v6(34002, 80) };
-    assert_eq!(r.run(&tg6.syn()), XDP_DROP);
+    assert_eq!(open(&r, &tg6, &[blob.clone()]), XDP_DROP);
     assert_decided(&r, &tg6, "telegram", Method::Address, Verdict::Drop);
+    // A server name in the payload outranks the address: a name no app claims leaves the flow
+    // to the rest of inspection, which finds nothing.
+    let web = Conn { s: Ipv4Addr::new(52, 114, 77, 33).into(), ..Conn::v4(34004, 443) };
+    assert_eq!(open(&r, &web, &[ClientHello::new("mobile.pipe.aria.microsoft.com").build()]), XDP_PASS);
+    assert_eq!(r.entry(&web.syn()).expect("flow entry").app, 0, "a telemetry name in a Teams network is not Teams");
+    // An address literal as the server name names nothing: the Teams network decides.
+    let lit = Conn { s: Ipv4Addr::new(52, 114, 250, 152).into(), ..Conn::v4(34005, 443) };
+    assert_eq!(open(&r, &lit, &[ClientHello::new("52.114.250.152").build()]), XDP_DROP);
+    assert_decided(&r, &lit, "teams", Method::Address, Verdict::Drop);
     // Next door is not Telegram.
     let other = Conn { s: Ipv4Addr::new(149, 154, 176, 1).into(), ..Conn::v4(34003, 443) };
-    assert_eq!(r.run(&other.syn()), XDP_PASS);
+    assert_eq!(open(&r, &other, &[blob]), XDP_PASS);
 }
 
 #[test]
@@ -294,7 +304,8 @@ catalogue:
     assert_eq!(open(&r, &c, &[ClientHello::new("edge.wa.example.net").build()]), XDP_DROP);
     assert_decided(&r, &c, "whatsapp", Method::TlsSni, Verdict::Drop);
     let c = Conn { s: Ipv4Addr::new(203, 0, 113, 9).into(), ..Conn::v4(35006, 5000) };
-    assert_eq!(r.run(&c.syn()), XDP_DROP);
+    assert_eq!(open(&r, &c, &[vec![1, 2, 3, 4]]), XDP_DROP);
+    assert_decided(&r, &c, "corpchat", Method::Address, Verdict::Drop);
 }
 
 #[test]
@@ -778,4 +789,51 @@ apps: {signal: drop}
     }
     let snap = r.dp.snapshot().unwrap();
     assert_eq!(snap.drop_reason(DropReason::Pending).packets, 4);
+}
+
+/// Every built-in app's catalogue data, through the real program: a ClientHello naming each
+/// of its domains (and a subdomain), a flow to the first address of each of its networks, and
+/// a STUN message with each of its attributes is classified as that app. (Signatures have
+/// their own tests above, with real openers.)
+#[test]
+fn every_catalogue_entry_classifies_its_app() {
+    let r = rig("version: 1\ndefaults: {action: monitor}\n");
+    let cat = imfw::catalogue::builtin().expect("built-in catalogue");
+    let mut port = 40000u16;
+    let mut next = || {
+        port += 1;
+        port
+    };
+    let mut checked = 0;
+    for (app, entry) in &cat.entries {
+        for d in &entry.domains {
+            for name in [d.clone(), format!("edge-7.{d}")] {
+                let c = Conn::v4(next(), 443);
+                open(&r, &c, &[ClientHello::new(&name).build()]);
+                assert_decided(&r, &c, app, Method::TlsSni, Verdict::Monitor);
+                checked += 1;
+            }
+        }
+        for net in &entry.addresses {
+            let c = match net.addr {
+                IpAddr::V4(a) => Conn { s: a.into(), ..Conn::v4(next(), 8801) },
+                IpAddr::V6(a) => Conn { s: a.into(), ..Conn::v6(next(), 8801) },
+            };
+            open(&r, &c, &[vec![0xa5; 40]]);
+            assert_decided(&r, &c, app, Method::Address, Verdict::Monitor);
+            checked += 1;
+        }
+        for ty in &entry.stun_attributes {
+            let mut m = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+            m.extend_from_slice(&[7; 12]);
+            m.extend_from_slice(&ty.to_be_bytes());
+            m.extend_from_slice(&[0, 4, 1, 2, 3, 4]);
+            // STUN over TCP (RFC 8489 §6.2.2): the same matcher as over UDP.
+            let c = Conn::v4(next(), 3478);
+            assert_eq!(open(&r, &c, &[m]), XDP_PASS);
+            assert_decided(&r, &c, app, Method::Stun, Verdict::Monitor);
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "only {checked} catalogue items checked");
 }
