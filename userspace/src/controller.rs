@@ -117,13 +117,13 @@ impl Controller {
             Parse::Incomplete | Parse::NotHello => {
                 self.pending.remove(&ev.key);
                 self.abandoned += 1;
-                return self.write_back(dp, compiled, ev, 0, String::new()).map(|_| None);
+                return Self::write_back(dp, compiled, ev, 0, String::new()).map(|_| None);
             }
             Parse::Done(name) => name,
         };
         self.pending.remove(&ev.key);
         let app = name_app(&self.names, hello.as_deref().unwrap_or(""));
-        self.write_back(dp, compiled, ev, app, hello.unwrap_or_default())
+        Self::write_back(dp, compiled, ev, app, hello.unwrap_or_default())
     }
 
     /// A client datagram of a QUIC flow: Initial packets are decrypted and their CRYPTO frames
@@ -148,12 +148,12 @@ impl Controller {
             self.quic.remove(&ev.key);
             let name = info.server_name.unwrap_or_default();
             let app = name_app(&self.names, &name);
-            return self.write_back(dp, compiled, ev, app, name);
+            return Self::write_back(dp, compiled, ev, app, name);
         }
         if st.crypto.gave_up() || st.datagrams >= QUIC_DATAGRAMS_MAX {
             self.quic.remove(&ev.key);
             self.abandoned += 1;
-            return self.write_back(dp, compiled, ev, 0, String::new());
+            return Self::write_back(dp, compiled, ev, 0, String::new());
         }
         Ok(None)
     }
@@ -185,7 +185,7 @@ impl Controller {
 
     /// Writes the verdict for a flow the controller read the server name of (`name`, empty for
     /// none). Without a name (or with an address literal), the server's address decides.
-    fn write_back(&self, dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String) -> Result<Option<Decision>> {
+    fn write_back(dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String) -> Result<Option<Decision>> {
         let Some(mut e) = dp.flow(&ev.key)? else { return Ok(None) };
         let named = !name.is_empty() && name.parse::<IpAddr>().is_err() && !name.starts_with('[');
         let (app, method) = if app != 0 {
@@ -205,7 +205,7 @@ impl Controller {
         e.state = STATE_DECIDED;
         e.flags &= !FLAG_CONTROLLER;
         dp.set_flow(&ev.key, &e)?;
-        Ok((app != 0).then(|| Decision { key: ev.key, app, name, verdict: action.verdict }))
+        Ok((app != 0).then_some(Decision { key: ev.key, app, name, verdict: action.verdict }))
     }
 }
 
