@@ -96,12 +96,7 @@ impl Controller {
             self.on_dns(data, dp)?;
             return Ok(None);
         }
-        if !self.pending.contains_key(&ev.key) && self.pending.len() >= FLOWS_CAP {
-            if let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
-                self.pending.remove(&oldest);
-                self.abandoned += 1;
-            }
-        }
+        self.abandoned += make_room(&mut self.pending, &ev.key, |p| p.order);
         self.next += 1;
         let order = self.next;
         let p = self.pending.entry(ev.key).or_insert_with(|| Pending { base: ev.seq, segments: BTreeMap::new(), bytes: 0, order });
@@ -129,12 +124,7 @@ impl Controller {
     /// A client datagram of a QUIC flow: Initial packets are decrypted and their CRYPTO frames
     /// collected until the ClientHello is whole.
     fn on_quic(&mut self, ev: &PayloadEvent, data: &[u8], dp: &mut Dataplane, compiled: &Compiled) -> Result<Option<Decision>> {
-        if !self.quic.contains_key(&ev.key) && self.quic.len() >= FLOWS_CAP {
-            if let Some(oldest) = self.quic.iter().min_by_key(|(_, p)| p.order).map(|(k, _)| *k) {
-                self.quic.remove(&oldest);
-                self.abandoned += 1;
-            }
-        }
+        self.abandoned += make_room(&mut self.quic, &ev.key, |p| p.order);
         self.next += 1;
         let order = self.next;
         let st = self.quic.entry(ev.key).or_insert_with(|| QuicPending { crypto: quic::CryptoAssembler::new(), datagrams: 0, order });
@@ -209,6 +199,17 @@ impl Controller {
     }
 }
 
+/// Gives up the oldest flow of `flows` when `key` is new and the table is full; returns how many
+/// flows were given up (0 or 1).
+fn make_room<V>(flows: &mut HashMap<FlowKey, V>, key: &FlowKey, order: impl Fn(&V) -> u64) -> u64 {
+    if flows.contains_key(key) || flows.len() < FLOWS_CAP {
+        return 0;
+    }
+    let Some(oldest) = flows.iter().min_by_key(|(_, v)| order(v)).map(|(k, _)| *k) else { return 0 };
+    flows.remove(&oldest);
+    1
+}
+
 /// The bytes from the first segment on, up to the first hole.
 fn contiguous(segments: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::new();
@@ -232,7 +233,8 @@ enum Parse {
     Done(Option<String>),
 }
 
-/// The server name of a whole ClientHello record (RFC 8446 §4.1.2, RFC 6066 §3).
+/// The server name of a whole ClientHello record (RFC 8446 §5.1); the handshake message inside
+/// is read by the same parser as QUIC's.
 fn client_hello_sni(b: &[u8]) -> Parse {
     if b.len() < 6 {
         return Parse::Incomplete;
@@ -244,31 +246,10 @@ fn client_hello_sni(b: &[u8]) -> Parse {
     if b.len() < record {
         return Parse::Incomplete;
     }
-    let b = &b[..record];
-    let be16 = |i: usize| b.get(i..i + 2).map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])));
-    let mut p = 43usize;
-    let Some(&sid) = b.get(p) else { return Parse::NotHello };
-    p += 1 + usize::from(sid);
-    let Some(cs) = be16(p) else { return Parse::NotHello };
-    p += 2 + cs;
-    let Some(&cm) = b.get(p) else { return Parse::NotHello };
-    p += 1 + usize::from(cm);
-    let Some(el) = be16(p) else { return Parse::Done(None) };
-    p += 2;
-    let end = (p + el).min(b.len());
-    while p + 4 <= end {
-        let (Some(ty), Some(len)) = (be16(p), be16(p + 2)) else { break };
-        if ty == 0 {
-            let (Some(n), Some(&kind)) = (be16(p + 7), b.get(p + 6)) else { return Parse::NotHello };
-            let Some(name) = b.get(p + 9..p + 9 + n) else { return Parse::NotHello };
-            if kind != 0 {
-                return Parse::Done(None);
-            }
-            return Parse::Done(Some(String::from_utf8_lossy(name).trim_end_matches('.').to_owned()));
-        }
-        p += 4 + len;
+    match quic::client_hello_info(&b[5..record]) {
+        Some(info) => Parse::Done(info.server_name.map(|n| n.trim_end_matches('.').to_owned())),
+        None => Parse::NotHello,
     }
-    Parse::Done(None)
 }
 
 /// The app of a name, by the kernel's own suffix hashing.
