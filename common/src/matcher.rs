@@ -477,12 +477,6 @@ pub fn stun_scan<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usi
     out
 }
 
-/// The app of a STUN message's attribute types (0: none); see [`stun_scan`].
-#[inline(always)]
-pub fn stun_app<F: FnMut(u32) -> Option<u16>>(buf: &[u8; SCRATCH_LEN], len: usize, lookup: F) -> u16 {
-    stun_scan(buf, len, lookup).app
-}
-
 /// The key to look up for signature class `class` (shape `shape`) on a payload of `len` bytes,
 /// or `None` when the payload is too short for it.
 #[inline(always)]
