@@ -47,7 +47,14 @@ pub const BUILTIN_APPS: &[(u16, &str)] = &[
     (29, "ymsg"),
     (30, "msn"),
     (31, "mqtt"),
+    (APP_ECH, "ech"),
 ];
+
+/// Not an app: a TLS or QUIC flow whose ClientHello hides its real server name with Encrypted
+/// Client Hello, and whose outer (public) name and server address name no app. The policy
+/// chooses what happens to it (`apps: {ech: ...}`); `defaults.action` and `all` do not cover
+/// it, so it is allowed unless named.
+pub const APP_ECH: u16 = 32;
 
 /// The name of a built-in app id.
 pub fn builtin_name(id: u16) -> Option<&'static str> {

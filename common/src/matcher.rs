@@ -56,6 +56,10 @@ const _: () = assert!(core::mem::size_of::<SigKey>() == 20);
 pub const SIG_CLIENT_FIRST: u16 = 1;
 /// The length check accepts a payload longer than the length field says (several messages).
 pub const SIG_LEN_ATLEAST: u16 = 2;
+/// The payload's last byte must be `last_byte` (the payload must fit the scratch buffer).
+pub const SIG_LAST_BYTE: u16 = 4;
+/// `last` argument of [`sig_checks`] for a payload whose last byte is not in the buffer.
+pub const LAST_UNKNOWN: u16 = 0x100;
 
 pub const LEN_NONE: u8 = 0;
 pub const LEN_U8: u8 = 1;
@@ -82,10 +86,16 @@ pub struct SigValue {
     pub len_add: i16,
     /// The payload must be at most this long (0: no bound). With `min_len`, an exact size.
     pub max_len: u16,
-    pub _pad: u16,
+    /// The server's port must lie in `[port_lo, port_hi]` (both 0: any port). For structures
+    /// too short to stand alone that a protocol uses on its registered ports only.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// With `SIG_LAST_BYTE`: the payload's last byte (a trailer such as OICQ's ETX).
+    pub last_byte: u8,
+    pub _pad: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<SigValue>() == 16);
+const _: () = assert!(core::mem::size_of::<SigValue>() == 20);
 
 /// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`].
 #[repr(C)]
@@ -274,6 +284,48 @@ pub fn tls_sni(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
         n += 1;
     }
     None
+}
+
+/// The `encrypted_client_hello` extension type (draft-ietf-tls-esni §11.1).
+pub const TLS_EXT_ECH: usize = 0xfe0d;
+
+/// Whether the ClientHello at `buf[0]` (as for [`tls_sni`]) carries an Encrypted Client Hello
+/// extension among the extensions present: then its server name is the outer, public name.
+#[inline(always)]
+pub fn tls_has_ech(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
+    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+    if len < 47 || at(buf, 0) != 0x16 || at(buf, 5) != 1 {
+        return false;
+    }
+    let sid_len = at(buf, 43) as usize;
+    if sid_len > 32 {
+        return false;
+    }
+    let mut p = 44 + sid_len;
+    if p + 2 > len {
+        return false;
+    }
+    p += 2 + be16(buf, p);
+    if p + 1 > len {
+        return false;
+    }
+    p += 1 + at(buf, p) as usize;
+    if p + 2 > len {
+        return false;
+    }
+    p += 2;
+    let mut n = 0;
+    while n < 64 {
+        if p + 4 > len {
+            return false;
+        }
+        if be16(buf, p) == TLS_EXT_ECH {
+            return true;
+        }
+        p += 4 + be16(buf, p + 2);
+        n += 1;
+    }
+    false
 }
 
 #[inline(always)]
@@ -496,11 +548,20 @@ pub fn sig_key(buf: &[u8; SCRATCH_LEN], len: usize, shape: &SigClass, class: u16
 
 /// The structural checks of a signature that matched by bytes.
 #[inline(always)]
-pub fn sig_checks(v: &SigValue, buf: &[u8; SCRATCH_LEN], len: usize, client_first: bool) -> bool {
+///
+/// `last` is the payload's last byte, or [`LAST_UNKNOWN`] when it is not in the scratch
+/// buffer (the kernel reads it through a verifier-opaque index, see `ebpf/src/matching.rs`).
+pub fn sig_checks(v: &SigValue, buf: &[u8; SCRATCH_LEN], len: usize, client_first: bool, server_port: u16, last: u16) -> bool {
     if v.flags & SIG_CLIENT_FIRST != 0 && !client_first {
         return false;
     }
     if len < v.min_len as usize || (v.max_len != 0 && len > v.max_len as usize) {
+        return false;
+    }
+    if v.port_hi != 0 && (server_port < v.port_lo || server_port > v.port_hi) {
+        return false;
+    }
+    if v.flags & SIG_LAST_BYTE != 0 && last != v.last_byte as u16 {
         return false;
     }
     if v.len_kind == LEN_NONE {
@@ -565,6 +626,21 @@ mod tests {
         let mut rec = vec![0x16, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
         rec.extend_from_slice(&hs);
         rec
+    }
+
+    #[test]
+    fn encrypted_client_hello_is_seen_before_or_after_the_name() {
+        let ech = (0xfe0d_u16, vec![0, 0, 1, 0, 1, 9, 0, 2, 1, 2, 0, 3, 4, 5, 6]);
+        for exts in [vec![sni_ext("public.example"), ech.clone()], vec![ech.clone(), sni_ext("public.example")], vec![ech.clone()]] {
+            let h = client_hello(&exts);
+            assert!(tls_has_ech(&buf(&h), h.len()));
+        }
+        let plain = client_hello(&[sni_ext("public.example"), (23, vec![])]);
+        assert!(!tls_has_ech(&buf(&plain), plain.len()));
+        // Cut before the extension: not seen, never read past the bytes present.
+        let h = client_hello(&[sni_ext("public.example"), ech]);
+        assert!(!tls_has_ech(&buf(&h), h.len() - 16));
+        assert!(!tls_has_ech(&buf(b"\x16\x03\x01"), 3));
     }
 
     fn sni_ext(name: &str) -> (u16, Vec<u8>) {
@@ -651,16 +727,25 @@ mod tests {
         let v = SigValue { app: 1, len_kind: LEN_U8, len_off: 1, len_mul: 4, len_add: 2, ..SigValue::default() };
         let mut p = vec![0xef, 3];
         p.extend_from_slice(&[0; 12]);
-        assert!(sig_checks(&v, &buf(&p), p.len(), true));
-        assert!(!sig_checks(&v, &buf(&p), p.len() + 1, true));
+        assert!(sig_checks(&v, &buf(&p), p.len(), true, 0, LAST_UNKNOWN));
+        assert!(!sig_checks(&v, &buf(&p), p.len() + 1, true, 0, LAST_UNKNOWN));
         let at_least = SigValue { flags: SIG_LEN_ATLEAST, ..v };
-        assert!(sig_checks(&at_least, &buf(&p), p.len() + 5, true));
+        assert!(sig_checks(&at_least, &buf(&p), p.len() + 5, true, 0, LAST_UNKNOWN));
         let first = SigValue { flags: SIG_CLIENT_FIRST, len_kind: LEN_NONE, ..v };
-        assert!(!sig_checks(&first, &buf(&p), p.len(), false));
+        assert!(!sig_checks(&first, &buf(&p), p.len(), false, 0, LAST_UNKNOWN));
         let exact = SigValue { len_kind: LEN_NONE, min_len: 14, max_len: 14, ..v };
-        assert!(sig_checks(&exact, &buf(&p), 14, false));
-        assert!(!sig_checks(&exact, &buf(&p), 15, false));
-        assert!(!sig_checks(&exact, &buf(&p), 13, false));
+        assert!(sig_checks(&exact, &buf(&p), 14, false, 0, LAST_UNKNOWN));
+        assert!(!sig_checks(&exact, &buf(&p), 15, false, 0, LAST_UNKNOWN));
+        assert!(!sig_checks(&exact, &buf(&p), 13, false, 0, LAST_UNKNOWN));
+        let ported = SigValue { port_lo: 8801, port_hi: 8810, ..exact };
+        assert!(sig_checks(&ported, &buf(&p), 14, false, 8801, LAST_UNKNOWN));
+        assert!(sig_checks(&ported, &buf(&p), 14, false, 8810, LAST_UNKNOWN));
+        assert!(!sig_checks(&ported, &buf(&p), 14, false, 8811, LAST_UNKNOWN));
+        assert!(!sig_checks(&ported, &buf(&p), 14, false, 443, LAST_UNKNOWN));
+        let last = SigValue { flags: SIG_LAST_BYTE, last_byte: p[13], ..exact };
+        assert!(sig_checks(&last, &buf(&p), 14, false, 0, u16::from(p[13])));
+        let other = SigValue { last_byte: p[13] ^ 1, ..last };
+        assert!(!sig_checks(&other, &buf(&p), 14, false, 0, u16::from(p[13])));
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub enum Method {
     Stun = 7,
     /// Server name of a QUIC Initial's ClientHello, decrypted by the controller.
     Quic = 8,
+    /// Encrypted Client Hello hid the server name; the outer name named no app (app `ech`).
+    Ech = 9,
 }
 
 impl Method {
@@ -77,6 +79,7 @@ impl Method {
             6 => Method::Controller,
             7 => Method::Stun,
             8 => Method::Quic,
+            9 => Method::Ech,
             _ => Method::None,
         }
     }
@@ -92,6 +95,7 @@ impl Method {
             Method::Controller => "controller",
             Method::Stun => "stun",
             Method::Quic => "quic_sni",
+            Method::Ech => "ech",
         }
     }
 }

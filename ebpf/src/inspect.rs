@@ -4,14 +4,14 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
-    app::APP_NONE,
-    verdict::{Stat, Verdict},
+    app::{APP_ECH, APP_NONE},
+    verdict::{Method, Stat, Verdict},
 };
 
 use aya_ebpf::helpers::generated::bpf_xdp_load_bytes;
 use imfw_common::{
     config::Config,
-    maps::JUMP_NAMES,
+    maps::{JUMP_ECH, JUMP_NAMES},
     event::{EVENT_PAYLOAD, PAYLOAD_EVENT_DATA, PayloadEvent},
     flow::{DIR_CLIENT, FLAG_CONTROLLER},
 };
@@ -78,7 +78,22 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, |_, cfg, job, scratch| matching::names(cfg, job, scratch))
+    stage(&ctx, |ctx, cfg, job, scratch| match matching::names(cfg, job, scratch) {
+        Outcome::NamedTls => {
+            // SAFETY: on success this does not return; the ECH stage counts and enforces the packet.
+            unsafe { IMFW_JUMP.tail_call(ctx, JUMP_ECH) };
+            count_stat(Stat::InspectorMissing);
+            Outcome::Named
+        }
+        other => other,
+    })
+}
+
+/// The third inspection stage: is a ClientHello's unclaimed name only the outer name of an
+/// Encrypted Client Hello?
+#[xdp]
+pub fn imfw_ech(ctx: XdpContext) -> u32 {
+    stage(&ctx, |_, _, job, scratch| matching::hidden(job, scratch))
 }
 
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
@@ -120,7 +135,17 @@ fn stage(ctx: &XdpContext, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scr
             }
         }
         // A server name no app claims: the address no longer speaks for the flow.
-        Outcome::Named => e.addr_app = APP_NONE,
+        Outcome::Named | Outcome::NamedTls => e.addr_app = APP_NONE,
+        // The real name is encrypted: the address still speaks for the flow; without one, the
+        // policy's choice for hidden names (app `ech`) applies.
+        Outcome::Hidden => {
+            count_stat(Stat::Classified);
+            if e.addr_app != APP_NONE {
+                decide(ctx, &job.key, e, e.addr_app, Method::Address);
+            } else {
+                decide(ctx, &job.key, e, APP_ECH, Method::Ech);
+            }
+        }
         // A payload without a name: the server's address decides now, if it is known.
         Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => {
             give_up(ctx, &job.key, e);

@@ -49,7 +49,7 @@ pub static IMFW_EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
 #[map]
 pub static IMFW_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static IMFW_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static IMFW_JUMP: ProgramArray = ProgramArray::with_max_entries(imfw_common::maps::JUMP_SLOTS, 0);
 
 /// What the main program hands the inspector across the tail call.
 #[repr(C)]

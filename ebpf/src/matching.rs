@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes, tls_sni},
+    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
@@ -23,6 +23,11 @@ pub enum Outcome {
     Copy,
     /// A server name that no app claims.
     Named,
+    /// A TLS server name that no app claims: the ECH stage looks further.
+    NamedTls,
+    /// A ClientHello whose name no app claims and that hides its real name with Encrypted
+    /// Client Hello: the outer name says nothing of the server.
+    Hidden,
     Nothing,
 }
 
@@ -51,6 +56,14 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     if rc != 0 {
         return Sigs::Nothing;
     }
+    // The last byte, for trailer checks: read at an index laundered through map memory, since
+    // the compiler drops the mask of one it can prove in range and the verifier cannot.
+    // SAFETY: the spill slots follow the buffer in the same per-CPU value.
+    let spill = unsafe { &mut (*scratch).spill };
+    let last_at = launder(&mut spill[3], payload_len.wrapping_sub(1) as u64) as usize & SCRATCH_MASK;
+    let last = if payload_len <= SCRATCH_LEN { buf[last_at] as u64 } else { LAST_UNKNOWN as u64 };
+    // One unknown value for the verifier, not two states through the loop below.
+    let last = launder(&mut spill[3], last) as u16;
     let mut c = 0u32;
     while c < MAX_SIG_CLASSES {
         if c >= cfg.sig_classes {
@@ -61,7 +74,7 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
                 if let Some(v) = IMFW_SIGS.get_ptr(&key) {
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
-                    if sig_checks(v, buf, payload_len, client_first) {
+                    if sig_checks(v, buf, payload_len, client_first, job.server_port, last) {
                         return Sigs::Found(v.app, Method::Signature);
                     }
                 }
@@ -86,6 +99,7 @@ pub fn names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
         Ok(Named::App(app, method)) => Outcome::Found(app, method),
         Ok(Named::Copy) => Outcome::Copy,
         Ok(Named::Unknown) => Outcome::Named,
+        Ok(Named::UnknownTls) => Outcome::NamedTls,
         Ok(Named::Nothing) => Outcome::Nothing,
         Err(Handover) => Outcome::Controller,
     }
@@ -97,6 +111,8 @@ enum Named {
     App(u16, Method),
     /// A server name (not an address literal) that no app claims.
     Unknown,
+    /// As `Unknown`, in a TLS ClientHello: Encrypted Client Hello may hide the real name.
+    UnknownTls,
     /// A DNS answer for the controller to learn from.
     Copy,
     Nothing,
@@ -170,7 +186,21 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
     let last = buf[(off + len).wrapping_sub(1) & SCRATCH_MASK];
     let literal = last.is_ascii_digit() || last == b']';
-    Ok(if literal || len == 0 || method as u8 == Method::Stun as u8 { Named::Nothing } else { Named::Unknown })
+    if literal || len == 0 || method as u8 == Method::Stun as u8 {
+        return Ok(Named::Nothing);
+    }
+    // Only TLS names no app claims pay for the second walk over the extensions, in its own stage.
+    Ok(if method as u8 == Method::TlsSni as u8 { Named::UnknownTls } else { Named::Unknown })
+}
+
+/// The ECH stage: the ClientHello left in the scratch buffer by the earlier stages, whose
+/// server name no app claims, is searched for Encrypted Client Hello.
+#[inline(always)]
+pub fn hidden(job: &Job, scratch: *mut Scratch) -> Outcome {
+    let payload_len = job.payload_len as usize & 0xffff;
+    // SAFETY: the per-CPU scratch buffer, filled by the signature stage.
+    let buf = unsafe { &(*scratch).buf };
+    if tls_has_ech(buf, loaded_len(payload_len)) { Outcome::Hidden } else { Outcome::Named }
 }
 
 /// A ClientHello record (RFC 8446 §5.1) longer than the bytes present.

@@ -267,6 +267,9 @@ pub struct ClientHello {
     pub alpn: Vec<String>,
     /// Seed of the random fields.
     pub seed: u64,
+    /// An `encrypted_client_hello` extension (type 0xfe0d, draft-ietf-tls-esni §5) of the outer
+    /// ClientHello: the inner, real name is encrypted; `sni` is then the public (outer) name.
+    pub ech: bool,
 }
 
 impl ClientHello {
@@ -278,6 +281,7 @@ impl ClientHello {
             order: ExtOrder::SniFirst,
             alpn: vec!["h2".into(), "http/1.1".into()],
             seed: 1,
+            ech: false,
         }
     }
 
@@ -327,6 +331,14 @@ impl ClientHello {
             entry.extend_from_slice(&(name.len() as u16).to_be_bytes());
             entry.extend_from_slice(name.as_bytes());
             exts.push((0, with_len16(&entry)));
+        }
+        if self.ech {
+            // ECHClientHello, outer: type 0, HKDF-SHA256 + AES-128-GCM, config id, the HPKE
+            // encapsulated key (32 bytes) and the sealed inner ClientHello.
+            let mut ech = vec![0, 0, 1, 0, 1, rng.bytes(1)[0]];
+            ech.extend_from_slice(&with_len16(&rng.bytes(32)));
+            ech.extend_from_slice(&with_len16(&rng.bytes(208)));
+            exts.push((0xfe0d, ech));
         }
         exts.push((23, Vec::new())); // extended_master_secret
         exts.push((0xff01, vec![0])); // renegotiation_info

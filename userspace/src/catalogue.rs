@@ -93,6 +93,52 @@ pub struct LengthField {
     pub at_least: bool,
 }
 
+/// An inclusive range of server ports: `5222` or `"8801-8810"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// Parses `N` or `N-M` (ports 1 to 65535, N <= M).
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let bad = || format!("`{text}` is not a port range; expected a port (1 to 65535) or LOW-HIGH such as 8801-8810");
+        let (lo, hi) = match text.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let lo: u16 = lo.parse().map_err(|_| bad())?;
+        let hi: u16 = hi.parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port (1 to 65535) or a range such as \"8801-8810\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortRange, E> {
+                PortRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortRange, E> {
+                PortRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortRange, E> {
+                PortRange::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A byte signature on the first payloads of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a signature: a mapping with name, bytes and optionally direction, offset, mask, ...")]
@@ -114,6 +160,13 @@ pub struct Signature {
     pub max_len: Option<u16>,
     #[serde(default)]
     pub length: Option<LengthField>,
+    /// The server port or ports (`5222`, `"8801-8810"`) the structure is used on: for
+    /// structures too short to stand alone, on the ports their protocol registers.
+    #[serde(default)]
+    pub ports: Option<PortRange>,
+    /// The payload's last byte (a trailer, such as OICQ's ETX).
+    #[serde(default)]
+    pub last_byte: Option<u8>,
     #[serde(default)]
     pub source: Option<String>,
     #[serde(default)]
@@ -409,6 +462,24 @@ mod tests {
         assert_eq!(e.0.len(), 1);
         assert_eq!((e.0[0].line, e.0[0].column), (3, 1));
         assert!(e.0[0].message.contains("not a built-in app"), "{e}");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(PortRange::parse("5222"), Ok(PortRange { lo: 5222, hi: 5222 }));
+        assert_eq!(PortRange::parse("8801-8810"), Ok(PortRange { lo: 8801, hi: 8810 }));
+        for bad in ["0", "8810-8801", "70000", "a-b", "", "1-"] {
+            assert!(PortRange::parse(bad).is_err(), "{bad}");
+        }
+        let cat = parse_builtin(
+            "zoom:\n  signatures:\n    - {name: z, bytes: \"01 00\", ports: \"8801-8810\", last_byte: 3}\n",
+            "b.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sig = &cat.entries[0].1.signatures[0];
+        assert_eq!((sig.ports, sig.last_byte), (Some(PortRange { lo: 8801, hi: 8810 }), Some(3)));
+        let e = parse_builtin("zoom:\n  signatures:\n    - {name: z, bytes: \"01\", ports: \"9-1\"}\n", "b.yaml").unwrap_err();
+        assert!(e.to_string().contains("not a port range"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use anyhow::Result;
 use hashbrown::HashMap;
 use imfw_common::{
+    app::APP_ECH,
     event::PayloadEvent,
     flow::{DIR_CLIENT, FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
     matcher::{NAME_MAX, NAME_SLOTS, SCRATCH_LEN, match_name},
@@ -112,13 +113,13 @@ impl Controller {
             Parse::Incomplete | Parse::NotHello => {
                 self.pending.remove(&ev.key);
                 self.abandoned += 1;
-                return Self::write_back(dp, compiled, ev, 0, String::new()).map(|_| None);
+                return Self::write_back(dp, compiled, ev, 0, String::new(), false).map(|_| None);
             }
-            Parse::Done(name) => name,
+            Parse::Done(name, ech) => (name, ech),
         };
         self.pending.remove(&ev.key);
-        let app = name_app(&self.names, hello.as_deref().unwrap_or(""));
-        Self::write_back(dp, compiled, ev, app, hello.unwrap_or_default())
+        let app = name_app(&self.names, hello.0.as_deref().unwrap_or(""));
+        Self::write_back(dp, compiled, ev, app, hello.0.unwrap_or_default(), hello.1)
     }
 
     /// A client datagram of a QUIC flow: Initial packets are decrypted and their CRYPTO frames
@@ -138,12 +139,12 @@ impl Controller {
             self.quic.remove(&ev.key);
             let name = info.server_name.unwrap_or_default();
             let app = name_app(&self.names, &name);
-            return Self::write_back(dp, compiled, ev, app, name);
+            return Self::write_back(dp, compiled, ev, app, name, info.ech);
         }
         if st.crypto.gave_up() || st.datagrams >= QUIC_DATAGRAMS_MAX {
             self.quic.remove(&ev.key);
             self.abandoned += 1;
-            return Self::write_back(dp, compiled, ev, 0, String::new());
+            return Self::write_back(dp, compiled, ev, 0, String::new(), false);
         }
         Ok(None)
     }
@@ -174,14 +175,18 @@ impl Controller {
     }
 
     /// Writes the verdict for a flow the controller read the server name of (`name`, empty for
-    /// none). Without a name (or with an address literal), the server's address decides.
-    fn write_back(dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String) -> Result<Option<Decision>> {
+    /// none). Without a name (or with an address literal), the server's address decides; so it
+    /// does when Encrypted Client Hello (`ech`) hid the real name, and else the policy's choice
+    /// for hidden names (app `ech`) applies.
+    fn write_back(dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String, ech: bool) -> Result<Option<Decision>> {
         let Some(mut e) = dp.flow(&ev.key)? else { return Ok(None) };
         let named = !name.is_empty() && name.parse::<IpAddr>().is_err() && !name.starts_with('[');
         let (app, method) = if app != 0 {
             (app, if ev.key.proto == IPPROTO_UDP { Method::Quic } else { Method::TlsSni })
-        } else if !named && e.addr_app != 0 {
+        } else if (!named || ech) && e.addr_app != 0 {
             (e.addr_app, Method::Address)
+        } else if ech {
+            (APP_ECH, Method::Ech)
         } else {
             (0, Method::None)
         };
@@ -229,8 +234,8 @@ fn contiguous(segments: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
 enum Parse {
     Incomplete,
     NotHello,
-    /// The server name, if the ClientHello has one.
-    Done(Option<String>),
+    /// The server name, if the ClientHello has one, and whether it has Encrypted Client Hello.
+    Done(Option<String>, bool),
 }
 
 /// The server name of a whole ClientHello record (RFC 8446 §5.1); the handshake message inside
@@ -247,7 +252,7 @@ fn client_hello_sni(b: &[u8]) -> Parse {
         return Parse::Incomplete;
     }
     match quic::client_hello_info(&b[5..record]) {
-        Some(info) => Parse::Done(info.server_name.map(|n| n.trim_end_matches('.').to_owned())),
+        Some(info) => Parse::Done(info.server_name.map(|n| n.trim_end_matches('.').to_owned()), info.ech),
         None => Parse::NotHello,
     }
 }
@@ -304,7 +309,7 @@ mod tests {
         segs.insert(0u32, h[..1448].to_vec());
         assert!(matches!(client_hello_sni(&contiguous(&segs)), Parse::Incomplete), "hole at 1448..2000");
         segs.insert(1000u32, h[1000..2100].to_vec());
-        let Parse::Done(Some(name)) = client_hello_sni(&contiguous(&segs)) else { panic!("not parsed") };
+        let Parse::Done(Some(name), false) = client_hello_sni(&contiguous(&segs)) else { panic!("not parsed") };
         assert_eq!(name, "web.whatsapp.com");
     }
 

@@ -113,7 +113,7 @@ impl Dataplane {
             .map_max_entries(m::FLOWS, flow_capacity)
             .load(OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
-        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM] {
+        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -124,7 +124,7 @@ impl Dataplane {
         }
         let mut jump = ProgramArray::try_from(ebpf.take_map(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?)?;
         {
-            for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM)] {
+            for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM), (m::JUMP_ECH, m::ECH_PROGRAM)] {
                 let prog: &Xdp = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
                 jump.set(slot, prog.fd()?, 0).map_err(map_err(m::JUMP))?;
             }

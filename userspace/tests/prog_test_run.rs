@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use imfw::{
+    catalogue::{Direction, LenSize},
     dataplane::Dataplane,
     packet,
     policy::{self, Compiled},
@@ -795,6 +796,36 @@ apps: {signal: drop}
 /// of its domains (and a subdomain), a flow to the first address of each of its networks, and
 /// a STUN message with each of its attributes is classified as that app. (Signatures have
 /// their own tests above, with real openers.)
+/// Encrypted Client Hello: a claimed outer name still decides; an unclaimed one leaves the
+/// decision to the server's address, and without one to the policy's `ech` entry.
+#[test]
+fn encrypted_client_hello_is_an_explicit_policy_choice() {
+    let hello = |name: &str| ClientHello { ech: true, ..ClientHello::new(name) }.build();
+    let r = rig("version: 1\ndefaults: {action: drop}\n");
+    let c = Conn::v4(41001, 443);
+    assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_PASS, "hidden names are allowed unless the policy names ech");
+    assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
+    let c = Conn::v4(41002, 443);
+    assert_eq!(open(&r, &c, &[hello("web.whatsapp.com")]), XDP_DROP);
+    assert_decided(&r, &c, "whatsapp", Method::TlsSni, Verdict::Drop);
+    let c = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(41003, 443) };
+    assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_DROP, "the address of a Telegram server still speaks");
+    assert_decided(&r, &c, "telegram", Method::Address, Verdict::Drop);
+    // Without ECH, an unclaimed name overrides the address and the flow stays undecided.
+    let c = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(41004, 443) };
+    assert_eq!(open(&r, &c, &[ClientHello::new("public.example").build()]), XDP_PASS);
+    assert_eq!(r.entry(&c.syn()).expect("flow").app, 0);
+
+    let r = rig("version: 1\ndefaults: {action: allow}\napps: {ech: drop}\nrules:\n  - {from: [192.0.2.0/24], apps: all, action: drop}\n");
+    let c = Conn::v4(41005, 443);
+    assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_DROP, "apps: {{ech: drop}}");
+    assert_decided(&r, &c, "ech", Method::Ech, Verdict::Drop);
+    let r = rig("version: 1\ndefaults: {action: allow}\nrules:\n  - {from: [192.0.2.0/24], apps: all, action: drop}\n");
+    let c = Conn::v4(41006, 443);
+    assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_PASS, "`all` does not cover hidden names");
+    assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
+}
+
 #[test]
 fn every_catalogue_entry_classifies_its_app() {
     let r = rig("version: 1\ndefaults: {action: monitor}\n");
@@ -835,5 +866,88 @@ fn every_catalogue_entry_classifies_its_app() {
             checked += 1;
         }
     }
-    assert!(checked > 200, "only {checked} catalogue items checked");
+    for (app, entry) in &cat.entries {
+        for sig in &entry.signatures {
+            let p = payload_for(sig).unwrap_or_else(|| panic!("no payload satisfies {app}/{}", sig.name));
+            let c = Conn::v4(next(), sig.ports.map_or(9999, |range| range.hi));
+            if sig.direction == Direction::Server {
+                open(&r, &c, &[]);
+                r.run(&c.server(&p));
+            } else {
+                open(&r, &c, &[p]);
+            }
+            assert_decided(&r, &c, app, Method::Signature, Verdict::Monitor);
+            if let Some(range) = sig.ports {
+                // The same bytes off the protocol's ports are not evidence enough.
+                let off = Conn::v4(next(), if range.lo > 1 { range.lo - 1 } else { range.hi + 1 });
+                if sig.direction == Direction::Server {
+                    open(&r, &off, &[]);
+                    r.run(&off.server(&payload_for(sig).unwrap_or_default()));
+                } else {
+                    open(&r, &off, &[payload_for(sig).unwrap_or_default()]);
+                }
+                let e = r.entry(&off.syn()).expect("flow entry");
+                assert_ne!(e.app, r.id(app), "{app}/{} matched off its ports", sig.name);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 250, "only {checked} catalogue items checked");
+}
+
+/// The shortest payload a signature accepts: its bytes under the mask at its offset, the
+/// length field agreeing with the length, the last byte, over a filler no other signature
+/// begins with.
+fn payload_for(sig: &imfw::catalogue::Signature) -> Option<Vec<u8>> {
+    let off = usize::try_from(sig.offset).ok()?;
+    let mask = sig.mask16();
+    let bytes = sig.masked16();
+    let reach = off + sig.bytes.0.len();
+    let max = sig.max_len.map_or(1500, usize::from);
+    for len in reach.max(usize::from(sig.min_len)).max(1)..=max {
+        let mut p = vec![0x5a; len];
+        if let Some(l) = &sig.length {
+            let (o, w) = (usize::try_from(l.offset).ok()?, l.size.width());
+            if o + w > len {
+                continue;
+            }
+            let rest = i64::try_from(len).ok()? - l.add;
+            if rest < 0 || rest % l.mul != 0 {
+                continue;
+            }
+            let field = u64::try_from(rest / l.mul).ok()?;
+            let be = field.to_be_bytes();
+            let le = field.to_le_bytes();
+            if w < 8 && field >> (8 * w) != 0 {
+                continue;
+            }
+            let dst = &mut p[o..o + w];
+            match l.size {
+                LenSize::U8 | LenSize::U16Be | LenSize::U32Be => dst.copy_from_slice(&be[8 - w..]),
+                LenSize::U16Le | LenSize::U32Le => dst.copy_from_slice(&le[..w]),
+            }
+        }
+        for j in 0..sig.bytes.0.len() {
+            p[off + j] = (p[off + j] & !mask[j]) | bytes[j];
+        }
+        if let Some(b) = sig.last_byte {
+            p[len - 1] = b;
+        }
+        // Overlaid bytes may have changed the length field: keep only a consistent payload.
+        let ok_len = sig.length.as_ref().is_none_or(|l| {
+            let (o, w) = (usize::try_from(l.offset).unwrap_or(0), l.size.width());
+            let f = match l.size {
+                LenSize::U16Le | LenSize::U32Le => p[o..o + w].iter().rev().fold(0i64, |a, b| (a << 8) | i64::from(*b)),
+                _ => p[o..o + w].iter().fold(0i64, |a, b| (a << 8) | i64::from(*b)),
+            };
+            let want = f * l.mul + l.add;
+            if l.at_least { i64::try_from(len).unwrap_or(0) >= want } else { i64::try_from(len).unwrap_or(0) == want }
+        });
+        let ok_last = sig.last_byte.is_none_or(|b| p[len - 1] == b);
+        let ok_bytes = (0..sig.bytes.0.len()).all(|j| p[off + j] & mask[j] == bytes[j]);
+        if ok_len && ok_last && ok_bytes {
+            return Some(p);
+        }
+    }
+    None
 }

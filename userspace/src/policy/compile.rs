@@ -6,12 +6,12 @@ use std::{
 };
 
 use imfw_common::{
-    app::{BUILTIN_APPS, MAX_APPS},
+    app::{APP_ECH, BUILTIN_APPS, MAX_APPS},
     config::Config,
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{ADDR_MAX, NAMES_MAX, POLICY_ENTRIES, REDIRECT_SLOTS, SIGS_MAX, SRC_CLASSES},
     matcher::{
-        domain_hash, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE,
+        domain_hash, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
         MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN, SIG_LEN_ATLEAST, SIG_OFFSET_MAX,
     },
     verdict::Verdict,
@@ -348,8 +348,14 @@ fn sig_value(sig: &Signature, app: u16, offset: u16) -> SigValue {
         len_mul: 0,
         len_add: 0,
         max_len: sig.max_len.unwrap_or(0),
+        port_lo: sig.ports.map_or(0, |p| p.lo),
+        port_hi: sig.ports.map_or(0, |p| p.hi),
+        last_byte: sig.last_byte.unwrap_or(0),
         _pad: 0,
     };
+    if sig.last_byte.is_some() {
+        v.flags |= SIG_LAST_BYTE;
+    }
     if let Some(len) = &sig.length {
         if len.at_least {
             v.flags |= SIG_LEN_ATLEAST;
@@ -540,8 +546,12 @@ impl Builder<'_> {
                         }
                     }
                 }
-                // `all` never covers the unclassified class.
+                // `all` never covers the unclassified class, nor hidden names (`ech`), which
+                // are not IM: a rule covers those only by naming them.
                 set[0] = false;
+                if let (AppList::All, Some(s)) = (&rule.apps, set.get_mut(usize::from(APP_ECH))) {
+                    *s = false;
+                }
                 set
             })
             .collect();
@@ -552,6 +562,9 @@ impl Builder<'_> {
             },
             0,
         );
+        // Flows with hidden names are allowed unless the policy names `ech`: `defaults.action`
+        // is about IM apps, and most browsers send Encrypted Client Hello (or its GREASE form).
+        let allow = verdict_action(Verdict::Allow, 0);
         self.out.policy = vec![PolicyAction::default(); POLICY_ENTRIES as usize];
         for class in 0..SRC_CLASSES as usize {
             // The kernel picks the longest rule network holding the client, so every rule with a
@@ -574,7 +587,7 @@ impl Builder<'_> {
                         .find(|&&r| rule_apps[r][app])
                         .map(|&r| actions.rules[r])
                         .or_else(|| actions.per_app.get(&id).copied())
-                        .unwrap_or(actions.default)
+                        .unwrap_or(if id == APP_ECH { allow } else { actions.default })
                 };
                 self.out.policy[class * n_apps + app] = pa;
             }
