@@ -24,10 +24,18 @@ use crate::message::{Direction, Message, Protocol};
 pub enum ParseError {
     /// A stanza, line or packet beyond the protocol's bound; it is skipped.
     #[error("{protocol:?} item at stream offset {offset} exceeds {limit} bytes")]
-    TooLarge { protocol: Protocol, offset: u64, limit: usize },
+    TooLarge {
+        protocol: Protocol,
+        offset: u64,
+        limit: usize,
+    },
     /// Bytes that break the protocol's syntax.
     #[error("malformed {protocol:?} at stream offset {offset}: {reason}")]
-    Malformed { protocol: Protocol, offset: u64, reason: &'static str },
+    Malformed {
+        protocol: Protocol,
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 /// Whether a direction's content can still be read.
@@ -102,7 +110,13 @@ impl Parser {
             Protocol::Irc => Engine::Irc(irc::IrcParser::default()),
             Protocol::Mqtt => Engine::Mqtt(mqtt::MqttParser::default()),
         };
-        Parser { protocol, engine, next: [None, None], tls_from_start: false, errors: 0 }
+        Parser {
+            protocol,
+            engine,
+            next: [None, None],
+            tls_from_start: false,
+            errors: 0,
+        }
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -274,12 +288,23 @@ mod tests {
         for protocol in [Protocol::Xmpp, Protocol::Irc, Protocol::Mqtt] {
             let mut p = Parser::new(protocol);
             let mut out = Vec::new();
-            p.feed(Direction::ClientToServer, 0, &[0x16, 0x03, 0x01, 0x02, 0x00], &mut out)
-                .unwrap();
+            p.feed(
+                Direction::ClientToServer,
+                0,
+                &[0x16, 0x03, 0x01, 0x02, 0x00],
+                &mut out,
+            )
+            .unwrap();
             assert_eq!(p.state(Direction::ClientToServer), StreamState::Encrypted);
             assert_eq!(p.state(Direction::ServerToClient), StreamState::Encrypted);
             assert!(!p.is_inspectable());
-            p.feed(Direction::ServerToClient, 0, b"PRIVMSG #a :hi\r\n", &mut out).unwrap();
+            p.feed(
+                Direction::ServerToClient,
+                0,
+                b"PRIVMSG #a :hi\r\n",
+                &mut out,
+            )
+            .unwrap();
             assert!(out.is_empty());
         }
     }
@@ -291,12 +316,14 @@ mod tests {
         let c2s = Direction::ClientToServer;
         p.feed(c2s, 0, b"NICK al", &mut out).unwrap();
         // Overlaps the first chunk by two bytes.
-        p.feed(c2s, 5, b"alice\r\nPRIVMSG bob :one\r\n", &mut out).unwrap();
+        p.feed(c2s, 5, b"alice\r\nPRIVMSG bob :one\r\n", &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].sender.as_deref(), Some("alice"));
         assert_eq!(out[0].body, "one");
         // A hole: the line it falls into is lost, the next one is read.
-        p.feed(c2s, 100, b"xt\r\nPRIVMSG bob :two\r\n", &mut out).unwrap();
+        p.feed(c2s, 100, b"xt\r\nPRIVMSG bob :two\r\n", &mut out)
+            .unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].body, "two");
         assert_eq!(out[1].stream_offset, 104);
@@ -306,8 +333,13 @@ mod tests {
     fn a_flow_seen_from_the_middle_resynchronises() {
         let mut p = Parser::new(Protocol::Irc);
         let mut out = Vec::new();
-        p.feed(Direction::ServerToClient, 50, b"tail\r\n:a!u@h PRIVMSG #c :x\r\n", &mut out)
-            .unwrap();
+        p.feed(
+            Direction::ServerToClient,
+            50,
+            b"tail\r\n:a!u@h PRIVMSG #c :x\r\n",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].sender.as_deref(), Some("a"));
     }

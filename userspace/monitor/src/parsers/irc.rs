@@ -82,7 +82,11 @@ impl IrcParser {
                 let here = offset + i as u64;
                 if !side.skipping {
                     if side.buf.len() + rest.len() > MAX_LINE {
-                        errors.push(too_large(if side.buf.is_empty() { here } else { side.line_start }));
+                        errors.push(too_large(if side.buf.is_empty() {
+                            here
+                        } else {
+                            side.line_start
+                        }));
                         side.buf.clear();
                         side.skipping = true;
                     } else {
@@ -149,7 +153,9 @@ impl IrcParser {
                 out.push(msg);
             }
         } else if command.eq_ignore_ascii_case(b"NICK") {
-            let Some(new) = line.param(0).filter(|n| !n.is_empty()) else { return };
+            let Some(new) = line.param(0).filter(|n| !n.is_empty()) else {
+                return;
+            };
             let new = utf8_or_latin1(new);
             if !from_server {
                 self.client_nick = Some(new);
@@ -186,7 +192,11 @@ impl IrcParser {
             Direction::ClientToServer => self.client_nick.clone(),
             Direction::ServerToClient => line.nick().map(utf8_or_latin1),
         };
-        let mut kind = if notice { MessageKind::Notice } else { MessageKind::Chat };
+        let mut kind = if notice {
+            MessageKind::Notice
+        } else {
+            MessageKind::Chat
+        };
         let mut attachments = Vec::new();
         let body = if let Some(ctcp) = text.strip_prefix(b"\x01") {
             // CTCP: the payload sits between two 0x01 bytes; clients omit the closing one.
@@ -230,7 +240,11 @@ impl IrcParser {
 }
 
 fn too_large(offset: u64) -> ParseError {
-    ParseError::TooLarge { protocol: Protocol::Irc, offset, limit: MAX_LINE }
+    ParseError::TooLarge {
+        protocol: Protocol::Irc,
+        offset,
+        limit: MAX_LINE,
+    }
 }
 
 /// One line split into its parts, borrowing from the line.
@@ -263,7 +277,12 @@ impl<'a> Line<'a> {
             rest = after;
         }
         let (command, mut rest) = split_word(trim_spaces(rest));
-        let mut line = Line { prefix, command, params: [&[]; MAX_PARAMS], count: 0 };
+        let mut line = Line {
+            prefix,
+            command,
+            params: [&[]; MAX_PARAMS],
+            count: 0,
+        };
         while !rest.is_empty() && line.count < MAX_PARAMS {
             let param;
             if let Some(trailing) = rest.strip_prefix(b":") {
@@ -293,7 +312,9 @@ impl<'a> Line<'a> {
     /// The nick of a `nick!user@host` prefix, or the server name.
     fn nick(&self) -> Option<&'a [u8]> {
         let prefix = self.prefix?;
-        let end = memchr(b'!', prefix).or_else(|| memchr(b'@', prefix)).unwrap_or(prefix.len());
+        let end = memchr(b'!', prefix)
+            .or_else(|| memchr(b'@', prefix))
+            .unwrap_or(prefix.len());
         Some(&prefix[..end])
     }
 }
@@ -336,21 +357,31 @@ fn dcc_send(args: &[u8]) -> Option<(&[u8], Option<u64>)> {
     if name.is_empty() {
         return None;
     }
-    Some((name, dcc_tail(rest)?))
+    Some((name, dcc_tail(rest)?.size))
 }
 
-/// `<ip> <port> [<size> [<token>]]` after the file name; the size when given.
-fn dcc_tail(rest: &[u8]) -> Option<Option<u64>> {
+/// What follows a DCC SEND file name.
+struct DccTail {
+    size: Option<u64>,
+}
+
+/// `<ip> <port> [<size> [<token>]]` after the file name; `None` when it does not read so.
+fn dcc_tail(rest: &[u8]) -> Option<DccTail> {
     let mut words = rest.split(|&b| b == b' ').filter(|w| !w.is_empty());
     let ip = words.next()?;
     // The address is a decimal u32 (the classic form), or a dotted or IPv6 literal.
-    let ip_ok = ip.iter().all(u8::is_ascii_hexdigit) && ip.iter().all(u8::is_ascii_digit)
-        || ip.iter().all(|&b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+    let ip_ok = ip.iter().all(u8::is_ascii_digit)
+        || ip
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
             && ip.iter().any(|&b| b == b'.' || b == b':');
     if !ip_ok {
         return None;
     }
-    std::str::from_utf8(words.next()?).ok()?.parse::<u16>().ok()?;
+    std::str::from_utf8(words.next()?)
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
     let size = match words.next() {
         Some(w) => Some(std::str::from_utf8(w).ok()?.parse::<u64>().ok()?),
         None => None,
@@ -363,7 +394,7 @@ fn dcc_tail(rest: &[u8]) -> Option<Option<u64>> {
     if words.next().is_some() {
         return None;
     }
-    Some(size)
+    Some(DccTail { size })
 }
 
 #[cfg(test)]
@@ -378,11 +409,23 @@ mod tests {
     const S2C: Direction = Direction::ServerToClient;
 
     const CONVERSATION: &[(Direction, &[u8])] = &[
-        (C2S, b"CAP LS 302\r\nNICK alice\r\nUSER alice 0 * :Alice\r\n"),
-        (S2C, b":irc.example 433 * alice :Nickname is already in use\r\n"),
+        (
+            C2S,
+            b"CAP LS 302\r\nNICK alice\r\nUSER alice 0 * :Alice\r\n",
+        ),
+        (
+            S2C,
+            b":irc.example 433 * alice :Nickname is already in use\r\n",
+        ),
         (C2S, b"NICK alice_\r\n"),
-        (S2C, b":irc.example 001 alice_ :Welcome to the network alice_\r\n"),
-        (C2S, b"JOIN #rust\r\nPRIVMSG #rust,bob :hello \xc3\xa9t\xc3\xa9\r\n"),
+        (
+            S2C,
+            b":irc.example 001 alice_ :Welcome to the network alice_\r\n",
+        ),
+        (
+            C2S,
+            b"JOIN #rust\r\nPRIVMSG #rust,bob :hello \xc3\xa9t\xc3\xa9\r\n",
+        ),
         (
             S2C,
             b"@time=2024-01-01T00:00:00Z;msgid=abc :bob!b@host PRIVMSG #rust :hi alice\n\
@@ -404,15 +447,47 @@ mod tests {
         let msgs = assert_split_invariant(Protocol::Irc, CONVERSATION);
         let summary: Vec<_> = msgs
             .iter()
-            .map(|m| (m.direction, m.kind, m.sender.as_deref(), m.recipients.clone(), m.body.as_str()))
+            .map(|m| {
+                (
+                    m.direction,
+                    m.kind,
+                    m.sender.as_deref(),
+                    m.recipients.clone(),
+                    m.body.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
-                (C2S, MessageKind::Chat, Some("alice_"), vec!["#rust".into(), "bob".into()], "hello été"),
-                (S2C, MessageKind::Chat, Some("bob"), vec!["#rust".into()], "hi alice"),
-                (S2C, MessageKind::Notice, Some("carol"), vec!["alice_".into()], "café"),
-                (S2C, MessageKind::Chat, Some("dave"), vec!["#rust".into()], "waves"),
+                (
+                    C2S,
+                    MessageKind::Chat,
+                    Some("alice_"),
+                    vec!["#rust".into(), "bob".into()],
+                    "hello été"
+                ),
+                (
+                    S2C,
+                    MessageKind::Chat,
+                    Some("bob"),
+                    vec!["#rust".into()],
+                    "hi alice"
+                ),
+                (
+                    S2C,
+                    MessageKind::Notice,
+                    Some("carol"),
+                    vec!["alice_".into()],
+                    "café"
+                ),
+                (
+                    S2C,
+                    MessageKind::Chat,
+                    Some("dave"),
+                    vec!["#rust".into()],
+                    "waves"
+                ),
                 (
                     C2S,
                     MessageKind::FileOffer,
@@ -420,7 +495,13 @@ mod tests {
                     vec!["bob".into()],
                     "DCC SEND \"my report.pdf\" 3232235777 5000 123456"
                 ),
-                (C2S, MessageKind::FileOffer, Some("alice2"), vec!["bob".into()], "DCC SEND notes.txt 10.0.0.1 6000"),
+                (
+                    C2S,
+                    MessageKind::FileOffer,
+                    Some("alice2"),
+                    vec!["bob".into()],
+                    "DCC SEND notes.txt 10.0.0.1 6000"
+                ),
             ]
         );
         let dcc = &msgs[4].attachments[0];
@@ -430,7 +511,11 @@ mod tests {
         assert_eq!(msgs[5].attachments[0].name, "notes.txt");
         assert_eq!(msgs[5].attachments[0].size, None);
         // Offsets point at the line starts in their direction's stream.
-        let c2s_stream: Vec<u8> = CONVERSATION.iter().filter(|s| s.0 == C2S).flat_map(|s| s.1.iter().copied()).collect();
+        let c2s_stream: Vec<u8> = CONVERSATION
+            .iter()
+            .filter(|s| s.0 == C2S)
+            .flat_map(|s| s.1.iter().copied())
+            .collect();
         for m in msgs.iter().filter(|m| m.direction == C2S) {
             assert!(c2s_stream[m.stream_offset as usize..].starts_with(b"PRIVMSG"));
         }
@@ -438,11 +523,23 @@ mod tests {
 
     #[test]
     fn dcc_names() {
-        assert_eq!(dcc_send(b"\"a b c.zip\" 1.2.3.4 1 9"), Some((&b"a b c.zip"[..], Some(9))));
-        assert_eq!(dcc_send(b"holiday photo.jpg 3232235777 5000 42"), Some((&b"holiday photo.jpg"[..], Some(42))));
+        assert_eq!(
+            dcc_send(b"\"a b c.zip\" 1.2.3.4 1 9"),
+            Some((&b"a b c.zip"[..], Some(9)))
+        );
+        assert_eq!(
+            dcc_send(b"holiday photo.jpg 3232235777 5000 42"),
+            Some((&b"holiday photo.jpg"[..], Some(42)))
+        );
         // Passive DCC: port 0 and a token.
-        assert_eq!(dcc_send(b"x.bin 0 0 100 7"), Some((&b"x.bin"[..], Some(100))));
-        assert_eq!(dcc_send(b"::1-file 2001:db8::1 5000"), Some((&b"::1-file"[..], None)));
+        assert_eq!(
+            dcc_send(b"x.bin 0 0 100 7"),
+            Some((&b"x.bin"[..], Some(100)))
+        );
+        assert_eq!(
+            dcc_send(b"::1-file 2001:db8::1 5000"),
+            Some((&b"::1-file"[..], None))
+        );
         assert_eq!(dcc_send(b"\"unterminated 1.2.3.4 5 6"), None);
         assert_eq!(dcc_send(b"file.txt 1.2.3.4 notaport"), None);
         assert_eq!(dcc_send(b"file.txt"), None);
@@ -462,7 +559,14 @@ mod tests {
                 (0..len).step_by(chunk.min(len.max(1))).collect()
             });
             assert_eq!(errs.len(), 1, "chunk {chunk}");
-            assert!(matches!(errs[0], ParseError::TooLarge { offset: 0, limit: MAX_LINE, .. }));
+            assert!(matches!(
+                errs[0],
+                ParseError::TooLarge {
+                    offset: 0,
+                    limit: MAX_LINE,
+                    ..
+                }
+            ));
             assert_eq!(msgs.len(), 2);
             assert_eq!(msgs[0].body, "after");
             assert_eq!(msgs[1].body.len(), MAX_LINE - 12);
@@ -474,7 +578,13 @@ mod tests {
         let mut p = Parser::new(Protocol::Irc);
         let mut out = Vec::new();
         p.feed(C2S, 0, b"STARTTLS\r\n", &mut out).unwrap();
-        p.feed(S2C, 0, b":irc.example 670 * :STARTTLS successful\r\n", &mut out).unwrap();
+        p.feed(
+            S2C,
+            0,
+            b":irc.example 670 * :STARTTLS successful\r\n",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(C2S), StreamState::Encrypted);
         assert_eq!(p.state(S2C), StreamState::Encrypted);
         p.feed(S2C, 43, b":x PRIVMSG #a :b\r\n", &mut out).unwrap();
@@ -488,7 +598,8 @@ mod tests {
 
         // Refused STARTTLS: the client goes on in plain text.
         let mut p = Parser::new(Protocol::Irc);
-        p.feed(C2S, 0, b"STARTTLS\r\nNICK a\r\nPRIVMSG b :c\r\n", &mut out).unwrap();
+        p.feed(C2S, 0, b"STARTTLS\r\nNICK a\r\nPRIVMSG b :c\r\n", &mut out)
+            .unwrap();
         assert_eq!(p.state(C2S), StreamState::Readable);
         assert_eq!(out.len(), 1);
     }
@@ -497,10 +608,17 @@ mod tests {
     fn gap_resyncs_at_next_line() {
         let mut p = Parser::new(Protocol::Irc);
         let mut out = Vec::new();
-        p.feed(S2C, 0, b":a!u@h PRIVMSG #c :first part", &mut out).unwrap();
+        p.feed(S2C, 0, b":a!u@h PRIVMSG #c :first part", &mut out)
+            .unwrap();
         p.gap(S2C);
         assert_eq!(p.state(S2C), StreamState::Resyncing);
-        p.feed(S2C, 500, b"lost end\r\n:b!u@h PRIVMSG #c :next\r\n", &mut out).unwrap();
+        p.feed(
+            S2C,
+            500,
+            b"lost end\r\n:b!u@h PRIVMSG #c :next\r\n",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(S2C), StreamState::Readable);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].body, "next");
@@ -509,7 +627,10 @@ mod tests {
 
     #[test]
     fn malformed_lines() {
-        let (msgs, errs) = run_whole(Protocol::Irc, &[(S2C, b":only-prefix\r\n@tags-only\r\n\r\n:a PRIVMSG\r\n")]);
+        let (msgs, errs) = run_whole(
+            Protocol::Irc,
+            &[(S2C, b":only-prefix\r\n@tags-only\r\n\r\n:a PRIVMSG\r\n")],
+        );
         assert!(msgs.is_empty());
         assert_eq!(errs.len(), 1, "one error per feed is returned");
         let mut p = Parser::new(Protocol::Irc);

@@ -25,7 +25,12 @@ enum Phase {
     #[default]
     Header,
     /// Reading (or skipping) the rest of a packet.
-    Body { kind: u8, flags: u8, remaining: usize, keep: bool },
+    Body {
+        kind: u8,
+        flags: u8,
+        remaining: usize,
+        keep: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +57,11 @@ pub struct MqttParser {
 }
 
 fn malformed(offset: u64, reason: &'static str) -> ParseError {
-    ParseError::Malformed { protocol: Protocol::Mqtt, offset, reason }
+    ParseError::Malformed {
+        protocol: Protocol::Mqtt,
+        offset,
+        reason,
+    }
 }
 
 impl MqttParser {
@@ -137,17 +146,32 @@ impl MqttParser {
                         i += remaining;
                         self.packet(dir, start, kind, flags, &rest[..remaining], out, errors);
                     } else if remaining > 0 {
-                        side.phase = Phase::Body { kind, flags, remaining, keep };
+                        side.phase = Phase::Body {
+                            kind,
+                            flags,
+                            remaining,
+                            keep,
+                        };
                     }
                 }
-                Phase::Body { kind, flags, remaining, keep } => {
+                Phase::Body {
+                    kind,
+                    flags,
+                    remaining,
+                    keep,
+                } => {
                     let take = remaining.min(data.len() - i);
                     if keep {
                         side.buf.extend_from_slice(&data[i..i + take]);
                     }
                     i += take;
                     if take < remaining {
-                        side.phase = Phase::Body { kind, flags, remaining: remaining - take, keep };
+                        side.phase = Phase::Body {
+                            kind,
+                            flags,
+                            remaining: remaining - take,
+                            keep,
+                        };
                         return;
                     }
                     side.phase = Phase::Header;
@@ -164,7 +188,10 @@ impl MqttParser {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site per framing path, all plain values")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per framing path, all plain values"
+    )]
     fn packet(
         &mut self,
         dir: Direction,
@@ -248,13 +275,19 @@ impl MqttParser {
             let mut alias = None;
             while let Some((id, value)) = props.property()? {
                 if id == 0x23 {
-                    alias = Some(u16::from_be_bytes(value.try_into().map_err(|_| "bad topic alias")?));
+                    alias = Some(u16::from_be_bytes(
+                        value.try_into().map_err(|_| "bad topic alias")?,
+                    ));
                 }
             }
             if let Some(alias) = alias {
                 let aliases = &mut self.sides[dir.index()].aliases;
                 if topic.is_empty() {
-                    topic = aliases.get(&alias).ok_or("PUBLISH with an unknown topic alias")?.clone();
+                    topic.clone_from(
+                        aliases
+                            .get(&alias)
+                            .ok_or("PUBLISH with an unknown topic alias")?,
+                    );
                 } else if aliases.len() < MAX_TOPIC_ALIASES || aliases.contains_key(&alias) {
                     aliases.insert(alias, topic.clone());
                 }
@@ -411,27 +444,69 @@ mod tests {
         vec![
             (C2S, connect(4, "sensor-7", &[])),
             (S2C, packet(0x20, &[0, 0])),
-            (C2S, [packet(0x82, &[0, 1, 0, 3, b'a', b'/', b'b', 0]), publish(0, "home/temp", None, b"21.5")].concat()),
-            (S2C, [packet(0x90, &[0, 1, 0]), publish(1, "a/b", None, b"caf\xc3\xa9 \xff")].concat()),
-            (C2S, [packet(0x40, &[0, 7]), publish(2, "home/door", None, b"open"), packet(0xc0, &[])].concat()),
+            (
+                C2S,
+                [
+                    packet(0x82, &[0, 1, 0, 3, b'a', b'/', b'b', 0]),
+                    publish(0, "home/temp", None, b"21.5"),
+                ]
+                .concat(),
+            ),
+            (
+                S2C,
+                [
+                    packet(0x90, &[0, 1, 0]),
+                    publish(1, "a/b", None, b"caf\xc3\xa9 \xff"),
+                ]
+                .concat(),
+            ),
+            (
+                C2S,
+                [
+                    packet(0x40, &[0, 7]),
+                    publish(2, "home/door", None, b"open"),
+                    packet(0xc0, &[]),
+                ]
+                .concat(),
+            ),
         ]
     }
 
     fn v5() -> Vec<(Direction, Vec<u8>)> {
         // User property, session expiry and receive maximum in CONNECT.
-        let connect_props = [&[0x11, 0, 0, 0, 10, 0x21, 0, 5][..], &[0x26], &string(b"k"), &string(b"v")].concat();
+        let connect_props = [
+            &[0x11, 0, 0, 0, 10, 0x21, 0, 5][..],
+            &[0x26],
+            &string(b"k"),
+            &string(b"v"),
+        ]
+        .concat();
         // Server assigns an id: the client connected with an empty one.
         let connack_props = [&[0x12][..], &string(b"auto-1234"), &[0x22, 0, 10]].concat();
         let mut connack = vec![0, 0, connack_props.len() as u8];
         connack.extend_from_slice(&connack_props);
-        let pub_props = [&[0x01, 1, 0x02, 0, 0, 0, 60, 0x03][..], &string(b"text/plain"), &[0x23, 0, 4], &[0x0B, 0x81, 0x01]].concat();
+        let pub_props = [
+            &[0x01, 1, 0x02, 0, 0, 0, 60, 0x03][..],
+            &string(b"text/plain"),
+            &[0x23, 0, 4],
+            &[0x0B, 0x81, 0x01],
+        ]
+        .concat();
         vec![
             (C2S, connect(5, "", &connect_props)),
             (S2C, packet(0x20, &connack)),
             (C2S, publish(1, "chat/room1", Some(&pub_props), b"hello v5")),
             // Topic alias 4 used with an empty topic.
             (C2S, publish(0, "", Some(&[0x23, 0, 4]), b"again")),
-            (S2C, publish(0, "chat/room1", Some(&[0x26, 0, 1, b'a', 0, 1, b'b']), b"from broker")),
+            (
+                S2C,
+                publish(
+                    0,
+                    "chat/room1",
+                    Some(&[0x26, 0, 1, b'a', 0, 1, b'b']),
+                    b"from broker",
+                ),
+            ),
         ]
     }
 
@@ -441,7 +516,14 @@ mod tests {
 
     fn summary(msgs: &[Message]) -> Vec<(Direction, Option<&str>, &str, &str)> {
         msgs.iter()
-            .map(|m| (m.direction, m.sender.as_deref(), m.recipients[0].as_str(), m.body.as_str()))
+            .map(|m| {
+                (
+                    m.direction,
+                    m.sender.as_deref(),
+                    m.recipients[0].as_str(),
+                    m.body.as_str(),
+                )
+            })
             .collect()
     }
 
@@ -457,7 +539,9 @@ mod tests {
                 (C2S, Some("sensor-7"), "home/door", "open"),
             ]
         );
-        assert!(msgs.iter().all(|m| m.kind == MessageKind::Chat && m.recipients.len() == 1));
+        assert!(msgs
+            .iter()
+            .all(|m| m.kind == MessageKind::Chat && m.recipients.len() == 1));
         // The second c2s step starts at 22 (CONNECT is 22 bytes); the SUBSCRIBE is 10.
         assert_eq!(msgs[0].stream_offset, 22 + 10);
     }
@@ -478,7 +562,10 @@ mod tests {
 
     #[test]
     fn mqtt_31_is_read_like_311() {
-        let steps = [(C2S, [connect(3, "old", &[]), publish(0, "t", None, b"x")].concat())];
+        let steps = [(
+            C2S,
+            [connect(3, "old", &[]), publish(0, "t", None, b"x")].concat(),
+        )];
         let (msgs, errs) = run_whole(Protocol::Mqtt, &script(&steps));
         assert!(errs.is_empty());
         assert_eq!(summary(&msgs), vec![(C2S, Some("old"), "t", "x")]);
@@ -487,12 +574,29 @@ mod tests {
     #[test]
     fn oversized_publish_is_skipped_by_length() {
         let big = vec![b'z'; MAX_PACKET];
-        let steps = [(C2S, [connect(4, "c", &[]), publish(0, "big", None, &big), publish(0, "small", None, b"ok")].concat())];
+        let steps = [(
+            C2S,
+            [
+                connect(4, "c", &[]),
+                publish(0, "big", None, &big),
+                publish(0, "small", None, b"ok"),
+            ]
+            .concat(),
+        )];
         for cut in [1, 4096, 1 << 19, usize::MAX] {
-            let (msgs, errs) = run_split(Protocol::Mqtt, &script(&steps), &|len| (0..len).step_by(cut.min(len)).collect());
+            let (msgs, errs) = run_split(Protocol::Mqtt, &script(&steps), &|len| {
+                (0..len).step_by(cut.min(len)).collect()
+            });
             assert_eq!(errs.len(), 1);
             let at = connect(4, "c", &[]).len() as u64;
-            assert_eq!(errs[0], ParseError::TooLarge { protocol: Protocol::Mqtt, offset: at, limit: MAX_PACKET });
+            assert_eq!(
+                errs[0],
+                ParseError::TooLarge {
+                    protocol: Protocol::Mqtt,
+                    offset: at,
+                    limit: MAX_PACKET
+                }
+            );
             assert_eq!(summary(&msgs), vec![(C2S, Some("c"), "small", "ok")]);
         }
     }
@@ -501,11 +605,14 @@ mod tests {
     fn framing_errors_make_the_direction_unparseable() {
         let mut p = Parser::new(Protocol::Mqtt);
         let mut out = Vec::new();
-        let err = p.feed(C2S, 0, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out).unwrap_err();
+        let err = p
+            .feed(C2S, 0, &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out)
+            .unwrap_err();
         assert!(matches!(err, ParseError::Malformed { offset: 0, .. }));
         assert_eq!(p.state(C2S), StreamState::Unparseable);
         assert_eq!(p.state(S2C), StreamState::Readable);
-        p.feed(C2S, 6, &publish(0, "t", None, b"x"), &mut out).unwrap();
+        p.feed(C2S, 6, &publish(0, "t", None, b"x"), &mut out)
+            .unwrap();
         assert!(out.is_empty());
 
         let mut p = Parser::new(Protocol::Mqtt);
@@ -517,11 +624,13 @@ mod tests {
     fn gap_makes_the_direction_unparseable() {
         let mut p = Parser::new(Protocol::Mqtt);
         let mut out = Vec::new();
-        p.feed(S2C, 0, &publish(0, "t", None, b"x"), &mut out).unwrap();
+        p.feed(S2C, 0, &publish(0, "t", None, b"x"), &mut out)
+            .unwrap();
         p.gap(S2C);
         assert_eq!(p.state(S2C), StreamState::Unparseable);
         assert!(p.is_inspectable());
-        p.feed(S2C, 100, &publish(0, "t", None, b"y"), &mut out).unwrap();
+        p.feed(S2C, 100, &publish(0, "t", None, b"y"), &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
     }
 
@@ -544,7 +653,15 @@ mod tests {
         assert_eq!(p.error_count(), 3);
         assert_eq!(summary(&out), vec![(C2S, Some("c"), "fine", "ok")]);
         // v5 unknown property and unknown alias.
-        let steps = [(C2S, [connect(5, "c", &[]), publish(0, "t", Some(&[0x7f, 0]), b""), publish(0, "", Some(&[0x23, 0, 9]), b"")].concat())];
+        let steps = [(
+            C2S,
+            [
+                connect(5, "c", &[]),
+                publish(0, "t", Some(&[0x7f, 0]), b""),
+                publish(0, "", Some(&[0x23, 0, 9]), b""),
+            ]
+            .concat(),
+        )];
         let mut p = Parser::new(Protocol::Mqtt);
         assert!(p.feed(C2S, 0, &steps[0].1, &mut out).is_err());
         assert_eq!(p.error_count(), 2);

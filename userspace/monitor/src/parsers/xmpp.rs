@@ -53,18 +53,27 @@ enum Lex {
     Lt,
     /// In a start or empty-element tag; `quote` is the open attribute quote (0: none),
     /// `slash` whether the last byte was `/`.
-    StartTag { quote: u8, slash: bool },
+    StartTag {
+        quote: u8,
+        slash: bool,
+    },
     EndTag,
     /// In `<?...?>`; `question` whether the last byte was `?`.
-    Pi { question: bool },
+    Pi {
+        question: bool,
+    },
     /// After `<!`.
     Bang,
     /// After `<!-`.
     BangDash,
     /// After `<![` and that many bytes of `CDATA[`.
     BangCdata(u8),
-    Comment { dashes: u8 },
-    Cdata { brackets: u8 },
+    Comment {
+        dashes: u8,
+    },
+    Cdata {
+        brackets: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,6 +96,7 @@ enum Switch {
 }
 
 /// What [`Side::lex`] stopped for.
+#[derive(Clone, Copy)]
 enum Event {
     /// End of the chunk.
     Done,
@@ -143,7 +153,10 @@ impl Side {
     }
 
     /// Runs the lexer over `data[i..]` until an event; returns where to go on.
-    #[expect(clippy::too_many_lines, reason = "one state machine, clearer in one place")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one state machine, clearer in one place"
+    )]
     fn lex(&mut self, data: &[u8], mut i: usize, base: u64) -> (usize, Event) {
         let mut kept = i;
         macro_rules! keep_or_stop {
@@ -190,7 +203,10 @@ impl Side {
                         b'/' => Lex::EndTag,
                         b'?' => Lex::Pi { question: false },
                         b'!' => Lex::Bang,
-                        _ if is_name_byte(c) => Lex::StartTag { quote: 0, slash: false },
+                        _ if is_name_byte(c) => Lex::StartTag {
+                            quote: 0,
+                            slash: false,
+                        },
                         _ => fail!(i, "bad byte after '<'"),
                     };
                     i += 1;
@@ -200,7 +216,10 @@ impl Side {
                     match memchr2(quote, b'<', rest) {
                         Some(n) if rest[n] == b'<' => fail!(i + n, "'<' in an attribute value"),
                         Some(n) => {
-                            self.lex = Lex::StartTag { quote: 0, slash: false };
+                            self.lex = Lex::StartTag {
+                                quote: 0,
+                                slash: false,
+                            };
                             i += n + 1;
                         }
                         None => i = data.len(),
@@ -209,8 +228,18 @@ impl Side {
                 Lex::StartTag { quote: _, slash } => {
                     i += 1;
                     match c {
-                        b'"' | b'\'' => self.lex = Lex::StartTag { quote: c, slash: false },
-                        b'/' => self.lex = Lex::StartTag { quote: 0, slash: true },
+                        b'"' | b'\'' => {
+                            self.lex = Lex::StartTag {
+                                quote: c,
+                                slash: false,
+                            }
+                        }
+                        b'/' => {
+                            self.lex = Lex::StartTag {
+                                quote: 0,
+                                slash: true,
+                            }
+                        }
                         b'<' => fail!(i - 1, "'<' in a tag"),
                         b'>' => {
                             self.lex = Lex::Text;
@@ -238,7 +267,12 @@ impl Side {
                                 self.level += 1;
                             }
                         }
-                        _ => self.lex = Lex::StartTag { quote: 0, slash: false },
+                        _ => {
+                            self.lex = Lex::StartTag {
+                                quote: 0,
+                                slash: false,
+                            }
+                        }
                     }
                 }
                 Lex::EndTag => {
@@ -248,22 +282,25 @@ impl Side {
                         Some(n) => {
                             i += n + 1;
                             self.lex = Lex::Text;
-                            if self.level > 1 {
-                                self.level -= 1;
-                            } else if self.level == 1 {
-                                self.level = 0;
-                                return self.item_end(data, kept, i, base);
-                            } else {
-                                // An end tag at the stream level: the stream's own, or (after
-                                // a resynchronisation) one of an element opened before the gap.
-                                let over = keep_or_stop!(i);
-                                let name = tag_name(&self.buf);
-                                let closes_stream = over.is_none() && local(name) == b"stream";
-                                self.in_item = false;
-                                self.buf.clear();
-                                if !closes_stream && !self.lenient {
-                                    fail!(i - 1, "end tag without start tag");
+                            match self.level {
+                                0 => {
+                                    // An end tag at the stream level: the stream's own, or
+                                    // (after a resynchronisation) one of an element opened
+                                    // before the gap.
+                                    let over = keep_or_stop!(i);
+                                    let name = tag_name(&self.buf);
+                                    let closes_stream = over.is_none() && local(name) == b"stream";
+                                    self.in_item = false;
+                                    self.buf.clear();
+                                    if !closes_stream && !self.lenient {
+                                        fail!(i - 1, "end tag without start tag");
+                                    }
                                 }
+                                1 => {
+                                    self.level = 0;
+                                    return self.item_end(data, kept, i, base);
+                                }
+                                _ => self.level -= 1,
                             }
                         }
                         None => i = data.len(),
@@ -271,7 +308,9 @@ impl Side {
                 }
                 Lex::Pi { question } => {
                     i += 1;
-                    self.lex = Lex::Pi { question: c == b'?' };
+                    self.lex = Lex::Pi {
+                        question: c == b'?',
+                    };
                     if question && c == b'>' {
                         self.lex = Lex::Text;
                         self.end_markup();
@@ -297,13 +336,19 @@ impl Side {
                     if b"CDATA[".get(usize::from(n)) != Some(&c) {
                         fail!(i, "bad CDATA start");
                     }
-                    self.lex = if n == 5 { Lex::Cdata { brackets: 0 } } else { Lex::BangCdata(n + 1) };
+                    self.lex = if n == 5 {
+                        Lex::Cdata { brackets: 0 }
+                    } else {
+                        Lex::BangCdata(n + 1)
+                    };
                     i += 1;
                 }
                 Lex::Comment { dashes } => {
                     i += 1;
                     self.lex = match c {
-                        b'-' => Lex::Comment { dashes: dashes.saturating_add(1) },
+                        b'-' => Lex::Comment {
+                            dashes: dashes.saturating_add(1),
+                        },
                         b'>' if dashes >= 2 => {
                             self.end_markup();
                             Lex::Text
@@ -314,7 +359,9 @@ impl Side {
                 Lex::Cdata { brackets } => {
                     i += 1;
                     self.lex = match c {
-                        b']' => Lex::Cdata { brackets: brackets.saturating_add(1) },
+                        b']' => Lex::Cdata {
+                            brackets: brackets.saturating_add(1),
+                        },
                         b'>' if brackets >= 2 => Lex::Text,
                         _ => Lex::Cdata { brackets: 0 },
                     };
@@ -353,10 +400,17 @@ impl Side {
     /// whose local part is one the parser acts on. XML text cannot hold a raw `<`, so outside
     /// CDATA such a match is a real tag; it can still be an element nested in a stanza (a
     /// forwarded `<message>`), which is why end tags at the stream level are then tolerated.
-    fn resync(&mut self, data: &[u8], mut i: usize, base: u64) -> (usize, Option<([u8; PROBE], usize, u64)>) {
+    fn resync(
+        &mut self,
+        data: &[u8],
+        mut i: usize,
+        base: u64,
+    ) -> (usize, Option<([u8; PROBE], usize, u64)>) {
         while i < data.len() {
             if self.probe_len == 0 {
-                let Some(n) = memchr(b'<', &data[i..]) else { return (data.len(), None) };
+                let Some(n) = memchr(b'<', &data[i..]) else {
+                    return (data.len(), None);
+                };
                 i += n;
                 self.probe[0] = b'<';
                 self.probe_len = 1;
@@ -370,7 +424,13 @@ impl Side {
                 let name = &self.probe[1..self.probe_len];
                 let wanted = matches!(
                     local(name),
-                    b"message" | b"iq" | b"presence" | b"stream" | b"proceed" | b"starttls" | b"compressed"
+                    b"message"
+                        | b"iq"
+                        | b"presence"
+                        | b"stream"
+                        | b"proceed"
+                        | b"starttls"
+                        | b"compressed"
                 );
                 if wanted && self.probe_len < PROBE {
                     self.probe[self.probe_len] = c;
@@ -417,7 +477,10 @@ impl XmppParser {
 
     pub(crate) fn gap(&mut self, dir: Direction) {
         let side = &mut self.sides[dir.index()];
-        if matches!(side.mode, Mode::Normal | Mode::Resync | Mode::AwaitSwitch(_)) {
+        if matches!(
+            side.mode,
+            Mode::Normal | Mode::Resync | Mode::AwaitSwitch(_)
+        ) {
             side.reset(Mode::Resync);
         }
     }
@@ -478,17 +541,29 @@ impl XmppParser {
         match event {
             Event::Done => {}
             Event::TooLarge(offset) => {
-                errors.push(ParseError::TooLarge { protocol: Protocol::Xmpp, offset, limit: MAX_STANZA });
+                errors.push(ParseError::TooLarge {
+                    protocol: Protocol::Xmpp,
+                    offset,
+                    limit: MAX_STANZA,
+                });
             }
             Event::Malformed(offset, reason) => {
-                errors.push(ParseError::Malformed { protocol: Protocol::Xmpp, offset, reason });
+                errors.push(ParseError::Malformed {
+                    protocol: Protocol::Xmpp,
+                    offset,
+                    reason,
+                });
             }
             Event::Item => {
                 let side = &mut self.sides[dir.index()];
                 let buf = std::mem::take(&mut side.buf);
                 let start = side.item_start;
                 if let Err(reason) = self.item(dir, start, &buf, out) {
-                    errors.push(ParseError::Malformed { protocol: Protocol::Xmpp, offset: start, reason });
+                    errors.push(ParseError::Malformed {
+                        protocol: Protocol::Xmpp,
+                        offset: start,
+                        reason,
+                    });
                 }
                 let side = &mut self.sides[dir.index()];
                 if side.buf.is_empty() {
@@ -499,7 +574,13 @@ impl XmppParser {
         }
     }
 
-    fn item(&mut self, dir: Direction, start: u64, bytes: &[u8], out: &mut Vec<Message>) -> Result<(), &'static str> {
+    fn item(
+        &mut self,
+        dir: Direction,
+        start: u64,
+        bytes: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<(), &'static str> {
         let doc = Doc::parse(bytes)?;
         let ns = doc.ns(0);
         // Negotiation elements are matched by name when their namespace was declared on the
@@ -539,18 +620,30 @@ impl XmppParser {
         }
     }
 
-    fn message(&mut self, dir: Direction, start: u64, doc: &Doc, out: &mut Vec<Message>) -> Result<(), &'static str> {
+    fn message(
+        &mut self,
+        dir: Direction,
+        start: u64,
+        doc: &Doc,
+        out: &mut Vec<Message>,
+    ) -> Result<(), &'static str> {
         let kind = match doc.attr(0, b"type") {
             Some(b"error") => return Ok(()),
             Some(b"headline") => MessageKind::Notice,
             _ => MessageKind::Chat,
         };
-        let body = match doc.children(0).find(|&c| local(doc.name(c)) == b"body" && is_stanza_ns(doc.ns(c))) {
+        let body = match doc
+            .children(0)
+            .find(|&c| local(doc.name(c)) == b"body" && is_stanza_ns(doc.ns(c)))
+        {
             Some(b) => doc.text(b)?,
             None => String::new(),
         };
         let mut attachments = Vec::new();
-        for x in doc.children(0).filter(|&c| local(doc.name(c)) == b"x" && doc.ns(c) == Some(NS_OOB_X)) {
+        for x in doc
+            .children(0)
+            .filter(|&c| local(doc.name(c)) == b"x" && doc.ns(c) == Some(NS_OOB_X))
+        {
             if let Some(a) = oob(doc, x)? {
                 attachments.push(a.0);
             }
@@ -561,11 +654,18 @@ impl XmppParser {
         }
         // Clients that send a file by OOB put its URL in the body as well (XEP-0066 section 4).
         let only_file = !attachments.is_empty()
-            && (body.trim().is_empty() || attachments.iter().any(|a| a.url.as_deref() == Some(body.trim())));
+            && (body.trim().is_empty()
+                || attachments
+                    .iter()
+                    .any(|a| a.url.as_deref() == Some(body.trim())));
         out.push(Message {
             protocol: Protocol::Xmpp,
             direction: dir,
-            kind: if only_file { MessageKind::FileOffer } else { kind },
+            kind: if only_file {
+                MessageKind::FileOffer
+            } else {
+                kind
+            },
             sender: self.sender(dir, doc)?,
             recipients: doc.attr_text(0, b"to")?.into_iter().collect(),
             body,
@@ -575,7 +675,13 @@ impl XmppParser {
         Ok(())
     }
 
-    fn iq(&mut self, dir: Direction, start: u64, doc: &Doc, out: &mut Vec<Message>) -> Result<(), &'static str> {
+    fn iq(
+        &mut self,
+        dir: Direction,
+        start: u64,
+        doc: &Doc,
+        out: &mut Vec<Message>,
+    ) -> Result<(), &'static str> {
         let ty = doc.attr(0, b"type").unwrap_or_default();
         let mut attachments = Vec::new();
         let mut descs = Vec::new();
@@ -589,90 +695,23 @@ impl XmppParser {
                 }
                 // XEP-0096 section 4: the offer is an `<si>` with the file-transfer profile.
                 (b"si", b"set") if ns == NS_SI && doc.attr(c, b"profile") == Some(NS_SI_FT) => {
-                    let Some(file) = doc.children(c).find(|&f| local(doc.name(f)) == b"file" && doc.ns(f) == Some(NS_SI_FT))
-                    else {
-                        continue;
-                    };
-                    attachments.push(Attachment {
-                        transfer: TransferKind::XmppSi,
-                        name: doc.attr_text(file, b"name")?.unwrap_or_default(),
-                        size: doc.attr_text(file, b"size")?.as_deref().and_then(parse_size),
-                        mime: doc.attr_text(c, b"mime-type")?,
-                        url: None,
-                    });
-                    if let Some(desc) = doc.child(file, b"desc") {
-                        descs.push(doc.text(desc)?);
-                    }
+                    si_offer(doc, c, &mut attachments, &mut descs)?;
                 }
                 // XEP-0234 section 6: files offered in session-initiate (or added later).
                 (b"jingle", b"set")
                     if ns == NS_JINGLE
-                        && matches!(doc.attr(c, b"action"), Some(b"session-initiate" | b"content-add")) =>
+                        && matches!(
+                            doc.attr(c, b"action"),
+                            Some(b"session-initiate" | b"content-add")
+                        ) =>
                 {
-                    for content in doc.children(c).filter(|&e| local(doc.name(e)) == b"content") {
-                        for descr in doc.children(content).filter(|&e| {
-                            local(doc.name(e)) == b"description"
-                                && doc.ns(e).is_some_and(|n| n.starts_with(NS_JINGLE_FT_PREFIX))
-                        }) {
-                            for file in doc.children(descr).filter(|&e| local(doc.name(e)) == b"file") {
-                                attachments.push(Attachment {
-                                    transfer: TransferKind::XmppJingle,
-                                    name: doc.child_text(file, b"name")?.unwrap_or_default(),
-                                    size: doc.child_text(file, b"size")?.as_deref().and_then(parse_size),
-                                    mime: doc.child_text(file, b"media-type")?,
-                                    url: None,
-                                });
-                                if let Some(desc) = doc.child_text(file, b"desc")? {
-                                    descs.push(desc);
-                                }
-                            }
-                        }
-                    }
+                    jingle_offers(doc, c, &mut attachments, &mut descs)?;
                 }
-                // XEP-0363 section 4: the slot request names the file before it is uploaded.
                 (b"request", b"get") if ns.starts_with(NS_UPLOAD_PREFIX) => {
-                    let field = |name: &[u8]| -> Result<Option<String>, &'static str> {
-                        match doc.attr_text(c, name)? {
-                            Some(v) => Ok(Some(v)),
-                            None => doc.child_text(c, name),
-                        }
-                    };
-                    let attachment = Attachment {
-                        transfer: TransferKind::XmppHttpUpload,
-                        name: field(b"filename")?.unwrap_or_default(),
-                        size: field(b"size")?.as_deref().and_then(parse_size),
-                        mime: field(b"content-type")?,
-                        url: None,
-                    };
-                    if let Some(id) = doc.attr_text(0, b"id")? {
-                        if self.pending_uploads.len() == MAX_PENDING_UPLOADS {
-                            self.pending_uploads.pop_front();
-                        }
-                        self.pending_uploads.push_back((id, attachment.clone()));
-                    }
-                    attachments.push(attachment);
+                    attachments.push(self.upload_request(doc, c)?);
                 }
-                // The slot: the GET URL is where recipients will fetch the file.
                 (b"slot", b"result") if ns.starts_with(NS_UPLOAD_PREFIX) => {
-                    let Some(get) = doc.child(c, b"get") else { continue };
-                    let url = match doc.attr_text(get, b"url")? {
-                        Some(url) => url,
-                        None => doc.text(get)?.trim().to_owned(),
-                    };
-                    let id = doc.attr_text(0, b"id")?;
-                    let request = id.and_then(|id| {
-                        let at = self.pending_uploads.iter().position(|(p, _)| *p == id)?;
-                        self.pending_uploads.remove(at).map(|(_, a)| a)
-                    });
-                    let mut attachment = request.unwrap_or_else(|| Attachment {
-                        transfer: TransferKind::XmppHttpUpload,
-                        name: file_name_of_url(&url),
-                        size: None,
-                        mime: None,
-                        url: None,
-                    });
-                    attachment.url = Some(url);
-                    attachments.push(attachment);
+                    attachments.extend(self.upload_slot(doc, c)?);
                 }
                 (b"query", b"set") if ns == NS_OOB_IQ => {
                     if let Some((a, desc)) = oob(doc, c)? {
@@ -698,11 +737,126 @@ impl XmppParser {
         });
         Ok(())
     }
+
+    /// XEP-0363 section 4: the slot request names the file before it is uploaded. Version 0
+    /// carries the fields as attributes, version 0.2 as child elements.
+    fn upload_request(&mut self, doc: &Doc, request: usize) -> Result<Attachment, &'static str> {
+        let field = |name: &[u8]| -> Result<Option<String>, &'static str> {
+            match doc.attr_text(request, name)? {
+                Some(v) => Ok(Some(v)),
+                None => doc.child_text(request, name),
+            }
+        };
+        let attachment = Attachment {
+            transfer: TransferKind::XmppHttpUpload,
+            name: field(b"filename")?.unwrap_or_default(),
+            size: field(b"size")?.as_deref().and_then(parse_size),
+            mime: field(b"content-type")?,
+            url: None,
+        };
+        if let Some(id) = doc.attr_text(0, b"id")? {
+            if self.pending_uploads.len() == MAX_PENDING_UPLOADS {
+                self.pending_uploads.pop_front();
+            }
+            self.pending_uploads.push_back((id, attachment.clone()));
+        }
+        Ok(attachment)
+    }
+
+    /// The slot answering a request: its GET URL is where recipients will fetch the file.
+    fn upload_slot(&mut self, doc: &Doc, slot: usize) -> Result<Option<Attachment>, &'static str> {
+        let Some(get) = doc.child(slot, b"get") else {
+            return Ok(None);
+        };
+        let url = match doc.attr_text(get, b"url")? {
+            Some(url) => url,
+            None => doc.text(get)?.trim().to_owned(),
+        };
+        let request = doc.attr_text(0, b"id")?.and_then(|id| {
+            let at = self.pending_uploads.iter().position(|(p, _)| *p == id)?;
+            self.pending_uploads.remove(at).map(|(_, a)| a)
+        });
+        let mut attachment = request.unwrap_or_else(|| Attachment {
+            transfer: TransferKind::XmppHttpUpload,
+            name: file_name_of_url(&url),
+            size: None,
+            mime: None,
+            url: None,
+        });
+        attachment.url = Some(url);
+        Ok(Some(attachment))
+    }
+}
+
+fn si_offer(
+    doc: &Doc,
+    si: usize,
+    attachments: &mut Vec<Attachment>,
+    descs: &mut Vec<String>,
+) -> Result<(), &'static str> {
+    let Some(file) = doc
+        .children(si)
+        .find(|&f| local(doc.name(f)) == b"file" && doc.ns(f) == Some(NS_SI_FT))
+    else {
+        return Ok(());
+    };
+    attachments.push(Attachment {
+        transfer: TransferKind::XmppSi,
+        name: doc.attr_text(file, b"name")?.unwrap_or_default(),
+        size: doc
+            .attr_text(file, b"size")?
+            .as_deref()
+            .and_then(parse_size),
+        mime: doc.attr_text(si, b"mime-type")?,
+        url: None,
+    });
+    descs.extend(doc.child_text(file, b"desc")?);
+    Ok(())
+}
+
+fn jingle_offers(
+    doc: &Doc,
+    jingle: usize,
+    attachments: &mut Vec<Attachment>,
+    descs: &mut Vec<String>,
+) -> Result<(), &'static str> {
+    for content in doc
+        .children(jingle)
+        .filter(|&e| local(doc.name(e)) == b"content")
+    {
+        let is_ft = |e: usize| {
+            local(doc.name(e)) == b"description"
+                && doc
+                    .ns(e)
+                    .is_some_and(|n| n.starts_with(NS_JINGLE_FT_PREFIX))
+        };
+        for description in doc.children(content).filter(|&e| is_ft(e)) {
+            for file in doc
+                .children(description)
+                .filter(|&e| local(doc.name(e)) == b"file")
+            {
+                attachments.push(Attachment {
+                    transfer: TransferKind::XmppJingle,
+                    name: doc.child_text(file, b"name")?.unwrap_or_default(),
+                    size: doc
+                        .child_text(file, b"size")?
+                        .as_deref()
+                        .and_then(parse_size),
+                    mime: doc.child_text(file, b"media-type")?,
+                    url: None,
+                });
+                descs.extend(doc.child_text(file, b"desc")?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// XEP-0066: `<url>` and an optional `<desc>` inside `<x>` (messages) or `<query>` (iq).
 fn oob(doc: &Doc, e: usize) -> Result<Option<(Attachment, Option<String>)>, &'static str> {
-    let Some(url) = doc.child_text(e, b"url")? else { return Ok(None) };
+    let Some(url) = doc.child_text(e, b"url")? else {
+        return Ok(None);
+    };
     let url = url.trim().to_owned();
     let attachment = Attachment {
         transfer: TransferKind::OutOfBand,
@@ -716,13 +870,17 @@ fn oob(doc: &Doc, e: usize) -> Result<Option<(Attachment, Option<String>)>, &'st
 
 /// The last path segment of a URL, percent-decoded: the name a file sent by URL will get.
 fn file_name_of_url(url: &str) -> String {
-    let path = url.split_once("://").map_or(url, |(_, rest)| rest.split_once('/').map_or("", |(_, p)| p));
+    let path = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest.split_once('/').map_or("", |(_, p)| p));
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let segment = path.rsplit('/').next().unwrap_or_default().as_bytes();
     let mut decoded = Vec::with_capacity(segment.len());
     let mut i = 0;
     while i < segment.len() {
-        let hex = segment.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = segment
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (segment[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(b)) => {
                 decoded.push(b);
@@ -743,7 +901,12 @@ fn parse_size(s: &str) -> Option<u64> {
 
 /// Stanza children in the default content namespace (RFC 6120 section 4.8.3).
 fn is_stanza_ns(ns: Option<&[u8]>) -> bool {
-    ns.is_none_or(|ns| matches!(ns, b"jabber:client" | b"jabber:server" | b"jabber:component:accept"))
+    ns.is_none_or(|ns| {
+        matches!(
+            ns,
+            b"jabber:client" | b"jabber:server" | b"jabber:component:accept"
+        )
+    })
 }
 
 fn is_blank(b: u8) -> bool {
@@ -760,7 +923,10 @@ fn is_name_byte(b: u8) -> bool {
 fn tag_name(tag: &[u8]) -> &[u8] {
     let tag = tag.strip_prefix(b"<").unwrap_or(tag);
     let tag = tag.strip_prefix(b"/").unwrap_or(tag);
-    let end = tag.iter().position(|&b| is_blank(b) || b == b'>' || b == b'/').unwrap_or(tag.len());
+    let end = tag
+        .iter()
+        .position(|&b| is_blank(b) || b == b'>' || b == b'/')
+        .unwrap_or(tag.len());
     &tag[..end]
 }
 
@@ -789,7 +955,11 @@ struct Doc<'a> {
 
 impl<'a> Doc<'a> {
     fn parse(s: &'a [u8]) -> Result<Doc<'a>, &'static str> {
-        let mut doc = Doc { elems: Vec::new(), attrs: Vec::new(), texts: Vec::new() };
+        let mut doc = Doc {
+            elems: Vec::new(),
+            attrs: Vec::new(),
+            texts: Vec::new(),
+        };
         let mut stack: Vec<usize> = Vec::new();
         let mut i = 0;
         while i < s.len() {
@@ -818,7 +988,8 @@ impl<'a> Doc<'a> {
                 doc.texts.push((e, true, &body[..end]));
                 i += 9 + end + 3;
             } else if let Some(body) = rest.strip_prefix(b"<?") {
-                i += 2 + memmem::find(body, b"?>").ok_or("unterminated processing instruction")? + 2;
+                i +=
+                    2 + memmem::find(body, b"?>").ok_or("unterminated processing instruction")? + 2;
             } else if rest.starts_with(b"<!") {
                 return Err("DOCTYPE or unknown markup");
             } else {
@@ -840,7 +1011,11 @@ impl<'a> Doc<'a> {
 
     /// Reads `<name attr='value' ...>` or `.../>` at the start of `s`; returns its length and
     /// whether it was an empty-element tag.
-    fn start_tag(&mut self, s: &'a [u8], parent: Option<usize>) -> Result<(usize, bool), &'static str> {
+    fn start_tag(
+        &mut self,
+        s: &'a [u8],
+        parent: Option<usize>,
+    ) -> Result<(usize, bool), &'static str> {
         let mut j = 1;
         let name = take_name(s, &mut j)?;
         let first_attr = self.attrs.len();
@@ -869,7 +1044,10 @@ impl<'a> Doc<'a> {
                     while s.get(j).is_some_and(|&b| is_blank(b)) {
                         j += 1;
                     }
-                    let quote = *s.get(j).filter(|&&q| q == b'"' || q == b'\'').ok_or("unquoted attribute value")?;
+                    let quote = *s
+                        .get(j)
+                        .filter(|&&q| q == b'"' || q == b'\'')
+                        .ok_or("unquoted attribute value")?;
                     let value = &s[j + 1..];
                     let end = memchr(quote, value).ok_or("unterminated attribute value")?;
                     let value = &value[..end];
@@ -882,7 +1060,11 @@ impl<'a> Doc<'a> {
                 None => return Err("unterminated start tag"),
             }
         };
-        self.elems.push(Elem { name, parent, attrs: first_attr..self.attrs.len() });
+        self.elems.push(Elem {
+            name,
+            parent,
+            attrs: first_attr..self.attrs.len(),
+        });
         Ok((j, empty))
     }
 
@@ -895,16 +1077,24 @@ impl<'a> Doc<'a> {
     }
 
     fn attrs(&self, e: usize) -> &[(&'a [u8], &'a [u8])] {
-        self.elems.get(e).and_then(|e| self.attrs.get(e.attrs.clone())).unwrap_or_default()
+        self.elems
+            .get(e)
+            .and_then(|e| self.attrs.get(e.attrs.clone()))
+            .unwrap_or_default()
     }
 
     /// Raw attribute value (namespace URIs, types and profiles never need entity decoding).
     fn attr(&self, e: usize, name: &[u8]) -> Option<&'a [u8]> {
-        self.attrs(e).iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.attrs(e)
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 
     fn attr_text(&self, e: usize, name: &[u8]) -> Result<Option<String>, &'static str> {
-        self.attr(e, name).map(|v| decode(v).map(Cow::into_owned)).transpose()
+        self.attr(e, name)
+            .map(|v| decode(v).map(Cow::into_owned))
+            .transpose()
     }
 
     /// The namespace of element `e`: its prefix's (or the default) declaration on it or its
@@ -929,7 +1119,12 @@ impl<'a> Doc<'a> {
     }
 
     fn children(&self, e: usize) -> impl Iterator<Item = usize> + '_ {
-        self.elems.iter().enumerate().skip(e + 1).filter(move |(_, c)| c.parent == Some(e)).map(|(i, _)| i)
+        self.elems
+            .iter()
+            .enumerate()
+            .skip(e + 1)
+            .filter(move |(_, c)| c.parent == Some(e))
+            .map(|(i, _)| i)
     }
 
     fn child(&self, e: usize, name: &[u8]) -> Option<usize> {
@@ -981,7 +1176,8 @@ fn decode(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
     while let Some(n) = memchr(b'&', rest) {
         out.push_str(&String::from_utf8_lossy(&rest[..n]));
         let after = &rest[n + 1..];
-        let semi = memchr(b';', &after[..after.len().min(12)]).ok_or("unterminated entity reference")?;
+        let semi =
+            memchr(b';', &after[..after.len().min(12)]).ok_or("unterminated entity reference")?;
         let ch = match &after[..semi] {
             b"lt" => '<',
             b"gt" => '>',
@@ -1103,9 +1299,18 @@ mod tests {
         let msgs = assert_split_invariant(Protocol::Xmpp, CONVERSATION);
         let summary: Vec<_> = msgs
             .iter()
-            .map(|m| (m.direction, m.kind, m.sender.as_deref(), m.recipients.clone(), m.body.as_str()))
+            .map(|m| {
+                (
+                    m.direction,
+                    m.kind,
+                    m.sender.as_deref(),
+                    m.recipients.clone(),
+                    m.body.as_str(),
+                )
+            })
             .collect();
-        let juliet = Some("juliet@example.com/balcony");
+        let full = "juliet@example.com/balcony";
+        let juliet = Some(full);
         assert_eq!(
             summary,
             vec![
@@ -1123,13 +1328,55 @@ mod tests {
                     vec!["romeo@example.net".into()],
                     "https://up.example.com/a/b/My%20Photo.jpg?x=1"
                 ),
-                (C2S, MessageKind::FileOffer, juliet, vec!["romeo@example.net/orchard".into()], "This is a test."),
-                (C2S, MessageKind::FileOffer, juliet, vec!["romeo@example.net/orchard".into()], ""),
-                (C2S, MessageKind::FileOffer, juliet, vec!["upload.example.com".into()], ""),
-                (S2C, MessageKind::Chat, Some("romeo@example.net/orchard"), vec![juliet.unwrap().into()], "Neither, fair saint"),
-                (S2C, MessageKind::Notice, Some("example.com"), vec!["juliet@example.com".into()], "Maintenance at 2am"),
-                (S2C, MessageKind::Chat, Some("nurse@example.com"), vec!["juliet@example.com".into()], "Madam!"),
-                (S2C, MessageKind::FileOffer, Some("upload.example.com"), vec![juliet.unwrap().into()], ""),
+                (
+                    C2S,
+                    MessageKind::FileOffer,
+                    juliet,
+                    vec!["romeo@example.net/orchard".into()],
+                    "This is a test."
+                ),
+                (
+                    C2S,
+                    MessageKind::FileOffer,
+                    juliet,
+                    vec!["romeo@example.net/orchard".into()],
+                    ""
+                ),
+                (
+                    C2S,
+                    MessageKind::FileOffer,
+                    juliet,
+                    vec!["upload.example.com".into()],
+                    ""
+                ),
+                (
+                    S2C,
+                    MessageKind::Chat,
+                    Some("romeo@example.net/orchard"),
+                    vec![full.into()],
+                    "Neither, fair saint"
+                ),
+                (
+                    S2C,
+                    MessageKind::Notice,
+                    Some("example.com"),
+                    vec!["juliet@example.com".into()],
+                    "Maintenance at 2am"
+                ),
+                (
+                    S2C,
+                    MessageKind::Chat,
+                    Some("nurse@example.com"),
+                    vec!["juliet@example.com".into()],
+                    "Madam!"
+                ),
+                (
+                    S2C,
+                    MessageKind::FileOffer,
+                    Some("upload.example.com"),
+                    vec![full.into()],
+                    ""
+                ),
             ]
         );
         let attachment = |i: usize| msgs[i].attachments.clone();
@@ -1169,17 +1416,25 @@ mod tests {
         upload.url = Some("https://up.example.com/get/tr%C3%A8s%20cool.jpg".into());
         assert_eq!(attachment(8), vec![upload]);
         // Offsets point at each stanza's '<'.
-        let c2s: Vec<u8> = CONVERSATION.iter().filter(|s| s.0 == C2S).flat_map(|s| s.1.iter().copied()).collect();
+        let c2s: Vec<u8> = CONVERSATION
+            .iter()
+            .filter(|s| s.0 == C2S)
+            .flat_map(|s| s.1.iter().copied())
+            .collect();
         for m in msgs.iter().filter(|m| m.direction == C2S) {
             let at = &c2s[m.stream_offset as usize..];
-            assert!(at.starts_with(b"<message") || at.starts_with(b"<iq"), "{m:?}");
+            assert!(
+                at.starts_with(b"<message") || at.starts_with(b"<iq"),
+                "{m:?}"
+            );
         }
     }
 
     #[test]
     fn entities_split_anywhere() {
         let stanza: &[u8] = b"<message from='a@b' to='c@d'><body>x &amp; y &lt;&#x1F600;&#128512;\xf0\x9f\x98\x80</body></message>";
-        let msgs = assert_split_invariant(Protocol::Xmpp, &[(S2C, b"<stream:stream>"), (S2C, stanza)]);
+        let msgs =
+            assert_split_invariant(Protocol::Xmpp, &[(S2C, b"<stream:stream>"), (S2C, stanza)]);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].body, "x & y <\u{1F600}\u{1F600}\u{1F600}");
     }
@@ -1188,21 +1443,56 @@ mod tests {
     fn starttls_stops_inspection() {
         let mut p = Parser::new(Protocol::Xmpp);
         let mut out = Vec::new();
-        p.feed(C2S, 0, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>", &mut out).unwrap();
-        p.feed(S2C, 0, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>", &mut out).unwrap();
-        p.feed(C2S, 63, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", &mut out).unwrap();
+        p.feed(
+            C2S,
+            0,
+            b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+            &mut out,
+        )
+        .unwrap();
+        p.feed(
+            S2C,
+            0,
+            b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+            &mut out,
+        )
+        .unwrap();
+        p.feed(
+            C2S,
+            63,
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(C2S), StreamState::Readable);
-        p.feed(S2C, 63, b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", &mut out).unwrap();
+        p.feed(
+            S2C,
+            63,
+            b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(C2S), StreamState::Encrypted);
         assert_eq!(p.state(S2C), StreamState::Encrypted);
         assert!(!p.is_inspectable());
-        p.feed(S2C, 114, b"<message from='a'><body>secret</body></message>", &mut out).unwrap();
+        p.feed(
+            S2C,
+            114,
+            b"<message from='a'><body>secret</body></message>",
+            &mut out,
+        )
+        .unwrap();
         assert!(out.is_empty());
 
         // The client's ClientHello fed before the server's <proceed/>.
         let mut p = Parser::new(Protocol::Xmpp);
-        p.feed(C2S, 0, b"<stream:stream><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> \x16\x03\x01", &mut out)
-            .unwrap();
+        p.feed(
+            C2S,
+            0,
+            b"<stream:stream><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> \x16\x03\x01",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(C2S), StreamState::Encrypted);
         assert_eq!(p.state(S2C), StreamState::Encrypted);
 
@@ -1220,8 +1510,13 @@ mod tests {
 
         // Compression (XEP-0138) hides the content as well.
         let mut p = Parser::new(Protocol::Xmpp);
-        p.feed(S2C, 0, b"<stream:stream><compressed xmlns='http://jabber.org/protocol/compress'/>", &mut out)
-            .unwrap();
+        p.feed(
+            S2C,
+            0,
+            b"<stream:stream><compressed xmlns='http://jabber.org/protocol/compress'/>",
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(p.state(C2S), StreamState::Compressed);
         assert!(!p.is_inspectable());
     }
@@ -1230,12 +1525,22 @@ mod tests {
     fn oversized_stanza_hits_the_bound() {
         let mut big = b"<message to='a@b'><body>".to_vec();
         big.resize(MAX_STANZA + 10, b'x');
-        big.extend_from_slice(b"<inner/></body></message><message to='a@b'><body>after</body></message>");
+        big.extend_from_slice(
+            b"<inner/></body></message><message to='a@b'><body>after</body></message>",
+        );
         let header: &[u8] = b"<stream:stream>";
         for step in [7usize, 65536, usize::MAX] {
-            let (msgs, errs) =
-                run_split(Protocol::Xmpp, &[(C2S, header), (C2S, &big)], &|len| (0..len).step_by(step.min(len)).collect());
-            assert_eq!(errs, vec![ParseError::TooLarge { protocol: Protocol::Xmpp, offset: 15, limit: MAX_STANZA }]);
+            let (msgs, errs) = run_split(Protocol::Xmpp, &[(C2S, header), (C2S, &big)], &|len| {
+                (0..len).step_by(step.min(len)).collect()
+            });
+            assert_eq!(
+                errs,
+                vec![ParseError::TooLarge {
+                    protocol: Protocol::Xmpp,
+                    offset: 15,
+                    limit: MAX_STANZA
+                }]
+            );
             assert_eq!(msgs.len(), 1);
             assert_eq!(msgs[0].body, "after");
         }
@@ -1251,19 +1556,38 @@ mod tests {
     #[test]
     fn malformed_stanzas_are_errors_and_parsing_goes_on() {
         let cases: &[(&[u8], &str)] = &[
-            (b"<message><body>a &nbsp; b</body></message>", "unknown entity"),
-            (b"<message><body>a &#0; b</body></message>", "bad character reference"),
-            (b"<message><body>x</bodx></message>", "end tag does not match its start tag"),
-            (b"<message a=b><body>x</body></message>", "unquoted attribute value"),
+            (
+                b"<message><body>a &nbsp; b</body></message>",
+                "unknown entity",
+            ),
+            (
+                b"<message><body>a &#0; b</body></message>",
+                "bad character reference",
+            ),
+            (
+                b"<message><body>x</bodx></message>",
+                "end tag does not match its start tag",
+            ),
+            (
+                b"<message a=b><body>x</body></message>",
+                "unquoted attribute value",
+            ),
             (b"<!DOCTYPE x>", "DOCTYPE or unknown markup"),
-            (b"<message><body>a < b</body></message>", "bad byte after '<'"),
+            (
+                b"<message><body>a < b</body></message>",
+                "bad byte after '<'",
+            ),
             (b"</message>", "end tag without start tag"),
             (b"hello", "text outside stanzas"),
         ];
         for (bad, reason) in cases {
             let (msgs, errs) = run_whole(
                 Protocol::Xmpp,
-                &[(S2C, b"<stream:stream>"), (S2C, bad), (S2C, b"<message from='z'><body>next</body></message>")],
+                &[
+                    (S2C, b"<stream:stream>"),
+                    (S2C, bad),
+                    (S2C, b"<message from='z'><body>next</body></message>"),
+                ],
             );
             assert!(
                 matches!(errs.first(), Some(ParseError::Malformed { reason: r, .. }) if r == reason),
@@ -1283,14 +1607,26 @@ mod tests {
         }
         let (msgs, errs) = run_whole(Protocol::Xmpp, &[(S2C, b"<stream:stream>"), (S2C, &deep)]);
         assert!(msgs.is_empty());
-        assert!(matches!(errs[..], [ParseError::Malformed { reason: "elements nested too deep", .. }]));
+        assert!(matches!(
+            errs[..],
+            [ParseError::Malformed {
+                reason: "elements nested too deep",
+                ..
+            }]
+        ));
     }
 
     #[test]
     fn gap_resyncs_at_next_stanza() {
         let mut p = Parser::new(Protocol::Xmpp);
         let mut out = Vec::new();
-        p.feed(S2C, 0, b"<stream:stream><message from='a'><body>lost", &mut out).unwrap();
+        p.feed(
+            S2C,
+            0,
+            b"<stream:stream><message from='a'><body>lost",
+            &mut out,
+        )
+        .unwrap();
         p.gap(S2C);
         assert_eq!(p.state(S2C), StreamState::Resyncing);
         // The gap ends inside a carbon copy (XEP-0280): the forwarded <message> is found,
@@ -1302,7 +1638,10 @@ mod tests {
             p.feed(S2C, 1000 + 40 * k as u64, chunk, &mut out).unwrap();
         }
         assert_eq!(p.state(S2C), StreamState::Readable);
-        let bodies: Vec<_> = out.iter().map(|m| (m.sender.as_deref(), m.body.as_str())).collect();
+        let bodies: Vec<_> = out
+            .iter()
+            .map(|m| (m.sender.as_deref(), m.body.as_str()))
+            .collect();
         assert_eq!(bodies, vec![(Some("b"), "inner"), (Some("d"), "next")]);
         assert_eq!(out[0].stream_offset, 1000 + 72);
     }
@@ -1326,7 +1665,8 @@ mod tests {
 
     fn arb_script() -> impl Strategy<Value = Vec<(Direction, Vec<u8>)>> {
         proptest::collection::vec((0usize..3000, any::<u8>()), 1..6).prop_map(|flips| {
-            let mut steps: Vec<(Direction, Vec<u8>)> = CONVERSATION.iter().map(|(d, b)| (*d, b.to_vec())).collect();
+            let mut steps: Vec<(Direction, Vec<u8>)> =
+                CONVERSATION.iter().map(|(d, b)| (*d, b.to_vec())).collect();
             let total: usize = steps.iter().map(|s| s.1.len()).sum();
             for (at, byte) in flips {
                 let mut at = at % total;
