@@ -1295,6 +1295,10 @@ mod tests {
     ];
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one conversation, checked message by message"
+    )]
     fn conversation() {
         let msgs = assert_split_invariant(Protocol::Xmpp, CONVERSATION);
         let summary: Vec<_> = msgs
