@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{Errors, ParseError, StreamState};
+use super::{lossy, Errors, ParseError, StreamState};
 use crate::message::{Direction, Message, MessageKind, Protocol};
 
 /// Largest CONNECT, CONNACK or PUBLISH kept whole (remaining length, bytes). A larger PUBLISH
@@ -229,7 +229,7 @@ impl MqttParser {
         }
         let id = r.binary()?;
         self.level = level;
-        self.client_id = (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned());
+        self.client_id = (!id.is_empty()).then(|| lossy(id).into_owned());
         Ok(())
     }
 
@@ -246,7 +246,7 @@ impl MqttParser {
             // 0x12 Assigned Client Identifier (MQTT 5.0 section 3.2.2.3.7): the server named
             // a client that connected with an empty id.
             if id == 0x12 && self.client_id.is_none() {
-                self.client_id = Some(String::from_utf8_lossy(value).into_owned());
+                self.client_id = Some(lossy(value).into_owned());
             }
         }
         Ok(())
@@ -268,7 +268,7 @@ impl MqttParser {
         if qos > 0 {
             let _packet_id = r.u16()?;
         }
-        let mut topic = String::from_utf8_lossy(topic).into_owned();
+        let mut topic = lossy(topic).into_owned();
         if self.level == 5 {
             let len = r.varint()?;
             let mut props = Reader(r.take(len)?);
@@ -304,7 +304,7 @@ impl MqttParser {
             kind: MessageKind::Chat,
             sender,
             recipients: vec![topic],
-            body: String::from_utf8_lossy(r.0).into_owned(),
+            body: lossy(r.0).into_owned(),
             attachments: Vec::new(),
             stream_offset: start,
         }))

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use memchr::{memchr, memchr2, memmem};
 
-use super::{Errors, ParseError, StreamState};
+use super::{lossy, Errors, ParseError, StreamState};
 use crate::message::{Attachment, Direction, Message, MessageKind, Protocol, TransferKind};
 
 /// Largest top-level element kept, in bytes from its `<` to its last `>`. RFC 6120 section
@@ -226,18 +226,26 @@ impl Side {
                     }
                 }
                 Lex::StartTag { quote: _, slash } => {
-                    i += 1;
+                    // Names and blanks between attributes: only the last byte before a quote
+                    // or the tag's end matters.
+                    let rest = &data[i..];
+                    let n = rest
+                        .iter()
+                        .position(|&b| matches!(b, b'"' | b'\'' | b'>' | b'<'))
+                        .unwrap_or(rest.len());
+                    let slash = if n == 0 { slash } else { rest[n - 1] == b'/' };
+                    if n == rest.len() {
+                        self.lex = Lex::StartTag { quote: 0, slash };
+                        i = data.len();
+                        continue;
+                    }
+                    let c = rest[n];
+                    i += n + 1;
                     match c {
                         b'"' | b'\'' => {
                             self.lex = Lex::StartTag {
                                 quote: c,
                                 slash: false,
-                            }
-                        }
-                        b'/' => {
-                            self.lex = Lex::StartTag {
-                                quote: 0,
-                                slash: true,
                             }
                         }
                         b'<' => fail!(i - 1, "'<' in a tag"),
@@ -267,12 +275,7 @@ impl Side {
                                 self.level += 1;
                             }
                         }
-                        _ => {
-                            self.lex = Lex::StartTag {
-                                quote: 0,
-                                slash: false,
-                            }
-                        }
+                        _ => {}
                     }
                 }
                 Lex::EndTag => {
@@ -892,7 +895,7 @@ fn file_name_of_url(url: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    lossy(&decoded).into_owned()
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -1140,7 +1143,7 @@ impl<'a> Doc<'a> {
         let mut out = String::new();
         for &(_, cdata, raw) in self.texts.iter().filter(|t| t.0 == e) {
             if cdata {
-                out.push_str(&String::from_utf8_lossy(raw));
+                out.push_str(&lossy(raw));
             } else {
                 out.push_str(&decode(raw)?);
             }
@@ -1169,12 +1172,12 @@ fn take_name<'a>(s: &'a [u8], j: &mut usize) -> Result<&'a [u8], &'static str> {
 /// invalid UTF-8 becomes U+FFFD. RFC 6120 section 11.1 forbids any other entity.
 fn decode(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
     if memchr(b'&', raw).is_none() {
-        return Ok(String::from_utf8_lossy(raw));
+        return Ok(lossy(raw));
     }
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(n) = memchr(b'&', rest) {
-        out.push_str(&String::from_utf8_lossy(&rest[..n]));
+        out.push_str(&lossy(&rest[..n]));
         let after = &rest[n + 1..];
         let semi =
             memchr(b';', &after[..after.len().min(12)]).ok_or("unterminated entity reference")?;
@@ -1191,7 +1194,7 @@ fn decode(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
         out.push(ch);
         rest = &after[semi + 1..];
     }
-    out.push_str(&String::from_utf8_lossy(rest));
+    out.push_str(&lossy(rest));
     Ok(Cow::Owned(out))
 }
 
@@ -1596,9 +1599,9 @@ mod tests {
             assert!(
                 matches!(errs.first(), Some(ParseError::Malformed { reason: r, .. }) if r == reason),
                 "{}: {errs:?}",
-                String::from_utf8_lossy(bad)
+                lossy(bad)
             );
-            assert_eq!(msgs.len(), 1, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(msgs.len(), 1, "{}", lossy(bad));
             assert_eq!(msgs[0].body, "next");
         }
     }
@@ -1665,6 +1668,121 @@ mod tests {
             assert_eq!(out[0].body, "found");
             assert_eq!(out[0].stream_offset, 30);
         }
+    }
+
+    #[test]
+    fn offer_variants() {
+        let (msgs, errs) = run_whole(
+            Protocol::Xmpp,
+            &[
+                (S2C, b"<stream:stream>"),
+                (
+                    C2S,
+                    b"<stream:stream>\
+                      <iq type='get' id='u2' to='up.example'><request xmlns='urn:xmpp:http:upload'>\
+                      <filename>old.png</filename><size>12</size><content-type>image/png</content-type>\
+                      </request></iq>\
+                      <iq type='set' id='o1' to='r@x/y'><query xmlns='jabber:iq:oob'>\
+                      <url>http://files.example/dir/report.pdf</url><desc>Q3</desc></query></iq>\
+                      <iq type='set' id='j2' to='r@x/y'><jingle xmlns='urn:xmpp:jingle:1' action='session-accept'>\
+                      <content name='c'><description xmlns='urn:xmpp:jingle:apps:file-transfer:5'>\
+                      <file><name>accepted.bin</name></file></description></content></jingle></iq>\
+                      <iq type='set' id='j3' to='r@x/y'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate'>\
+                      <content name='c'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/></content></jingle></iq>\
+                      <message to='r@x'><body>see this</body><x xmlns='jabber:x:oob'><url>https://h/x.zip</url></x></message>",
+                ),
+                (
+                    S2C,
+                    b"<iq type='result' id='u2' from='up.example'><slot xmlns='urn:xmpp:http:upload'>\
+                      <put>https://up.example/put/old.png</put><get>https://up.example/get/old.png</get></slot></iq>\
+                      <iq type='result' id='nomatch' from='up.example'><slot xmlns='urn:xmpp:http:upload:0'>\
+                      <get url='https://up.example/get/a%20b.txt?sig=1'/></slot></iq>",
+                ),
+            ],
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let got: Vec<_> = msgs
+            .iter()
+            .map(|m| {
+                let a = &m.attachments[0];
+                (
+                    m.kind,
+                    a.transfer,
+                    a.name.as_str(),
+                    a.size,
+                    a.mime.as_deref(),
+                    a.url.as_deref(),
+                    m.body.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    MessageKind::FileOffer,
+                    TransferKind::XmppHttpUpload,
+                    "old.png",
+                    Some(12),
+                    Some("image/png"),
+                    None,
+                    ""
+                ),
+                (
+                    MessageKind::FileOffer,
+                    TransferKind::OutOfBand,
+                    "report.pdf",
+                    None,
+                    None,
+                    Some("http://files.example/dir/report.pdf"),
+                    "Q3"
+                ),
+                // A message with text and a URL stays a chat message carrying an attachment.
+                (
+                    MessageKind::Chat,
+                    TransferKind::OutOfBand,
+                    "x.zip",
+                    None,
+                    None,
+                    Some("https://h/x.zip"),
+                    "see this"
+                ),
+                (
+                    MessageKind::FileOffer,
+                    TransferKind::XmppHttpUpload,
+                    "old.png",
+                    Some(12),
+                    Some("image/png"),
+                    Some("https://up.example/get/old.png"),
+                    ""
+                ),
+                (
+                    MessageKind::FileOffer,
+                    TransferKind::XmppHttpUpload,
+                    "a b.txt",
+                    None,
+                    None,
+                    Some("https://up.example/get/a%20b.txt?sig=1"),
+                    ""
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn sender_without_bind_is_unknown_and_bind_comes_from_the_server_only() {
+        let (msgs, _) = run_whole(
+            Protocol::Xmpp,
+            &[
+                (
+                    C2S,
+                    b"<stream:stream><iq type='result' id='x'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                      <jid>spoof@evil/x</jid></bind></iq><message to='a@b'><body>hi</body></message>",
+                ),
+            ],
+        );
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].sender, None);
     }
 
     fn arb_script() -> impl Strategy<Value = Vec<(Direction, Vec<u8>)>> {
