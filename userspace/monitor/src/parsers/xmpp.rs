@@ -142,7 +142,7 @@ impl Side {
         if !self.in_item || self.oversized || from >= to {
             return None;
         }
-        let len = base + to as u64 - self.item_start;
+        let len = (base + to as u64).saturating_sub(self.item_start);
         if len > MAX_STANZA as u64 {
             self.oversized = true;
             self.buf = Vec::new();
