@@ -97,7 +97,11 @@ pub enum ArchiveError {
     #[error("{}: head file archive.head is invalid: {reason}", dir.display())]
     AnchorInvalid { dir: PathBuf, reason: String },
     #[error("segment {segment} at offset {offset}: {what}")]
-    Corrupt { segment: u64, offset: u64, what: String },
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        what: String,
+    },
     #[error("an earlier write failed, the archive's state on disk is unknown: open it again")]
     Poisoned,
 }

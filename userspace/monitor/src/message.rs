@@ -19,6 +19,7 @@ impl Direction {
         }
     }
 
+    #[must_use]
     pub fn reverse(self) -> Direction {
         match self {
             Direction::ClientToServer => Direction::ServerToClient,
@@ -116,7 +117,10 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow() -> Decision {
-        Decision { action: Action::Allow, matches: Vec::new() }
+        Decision {
+            action: Action::Allow,
+            matches: Vec::new(),
+        }
     }
 }
 

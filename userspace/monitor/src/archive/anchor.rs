@@ -44,9 +44,15 @@ pub(crate) fn write_anchor(dir: &Path, key: &SealKey, anchor: &Anchor) -> Result
     let mut line = Vec::with_capacity(512);
     encode_line(&mut line, anchor, |body| key.mac(ANCHOR_DOMAIN, &[body]))?;
     let tmp = dir.join(ANCHOR_TMP);
-    let mut file =
-        OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(super::io_err(&tmp))?;
-    file.write_all(&line).and_then(|()| file.sync_all()).map_err(super::io_err(&tmp))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(super::io_err(&tmp))?;
+    file.write_all(&line)
+        .and_then(|()| file.sync_all())
+        .map_err(super::io_err(&tmp))?;
     let path = dir.join(ANCHOR_FILE);
     fs::rename(&tmp, &path).map_err(super::io_err(&path))?;
     sync_dir(dir)
@@ -61,13 +67,19 @@ pub(crate) fn read_anchor(dir: &Path, key: &SealKey) -> Result<AnchorState, Arch
         Err(e) => return Err(super::io_err(&path)(e)),
     };
     let mut line = Vec::new();
-    file.take(ANCHOR_MAX + 1).read_to_end(&mut line).map_err(super::io_err(&path))?;
+    file.take(ANCHOR_MAX + 1)
+        .read_to_end(&mut line)
+        .map_err(super::io_err(&path))?;
     if line.len() as u64 > ANCHOR_MAX {
         return Ok(AnchorState::Invalid("too large".into()));
     }
-    let Some(frame) = decode_line(&line) else { return Ok(AnchorState::Invalid("malformed".into())) };
+    let Some(frame) = decode_line(&line) else {
+        return Ok(AnchorState::Invalid("malformed".into()));
+    };
     if !key.check(ANCHOR_DOMAIN, &[frame.body], &frame.stored) {
-        return Ok(AnchorState::Invalid("authentication failed (edited, or another key)".into()));
+        return Ok(AnchorState::Invalid(
+            "authentication failed (edited, or another key)".into(),
+        ));
     }
     match serde_json::from_slice(frame.body) {
         Ok(anchor) => Ok(AnchorState::Valid(anchor)),

@@ -85,7 +85,8 @@ impl Serialize for Hash {
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Hash::from_hex(s.as_bytes()).ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
+        Hash::from_hex(s.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
     }
 }
 
@@ -107,14 +108,32 @@ impl fmt::Display for FlowId {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Entry<'a> {
     /// A message read from the flow and the content policy's decision on it.
-    Message { app: &'a str, flow: FlowId, message: &'a Message, decision: &'a Decision },
+    Message {
+        app: &'a str,
+        flow: FlowId,
+        message: &'a Message,
+        decision: &'a Decision,
+    },
     /// The flow got the drop verdict.
-    FlowBlocked { app: &'a str, flow: FlowId, reason: &'a str },
+    FlowBlocked {
+        app: &'a str,
+        flow: FlowId,
+        reason: &'a str,
+    },
     /// The controller reset the flow (TCP RST to both ends).
-    FlowReset { app: &'a str, flow: FlowId, reason: &'a str },
+    FlowReset {
+        app: &'a str,
+        flow: FlowId,
+        reason: &'a str,
+    },
     /// `bytes` of one direction were lost (not copied, or given up by reassembly): the
     /// messages of this flow recorded after it are marked `incomplete`.
-    FlowGap { app: &'a str, flow: FlowId, direction: Direction, bytes: u64 },
+    FlowGap {
+        app: &'a str,
+        flow: FlowId,
+        direction: Direction,
+        bytes: u64,
+    },
     /// The flow ended (FIN, RST or idle expiry); ends the `incomplete` marking.
     FlowEnd { app: &'a str, flow: FlowId },
 }
@@ -136,17 +155,48 @@ impl Entry<'_> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Message { app: String, flow: FlowId, message: Message, decision: Decision },
-    FlowBlocked { app: String, flow: FlowId, reason: String },
-    FlowReset { app: String, flow: FlowId, reason: String },
-    FlowGap { app: String, flow: FlowId, direction: Direction, bytes: u64 },
-    FlowEnd { app: String, flow: FlowId },
+    Message {
+        app: String,
+        flow: FlowId,
+        message: Message,
+        decision: Decision,
+    },
+    FlowBlocked {
+        app: String,
+        flow: FlowId,
+        reason: String,
+    },
+    FlowReset {
+        app: String,
+        flow: FlowId,
+        reason: String,
+    },
+    FlowGap {
+        app: String,
+        flow: FlowId,
+        direction: Direction,
+        bytes: u64,
+    },
+    FlowEnd {
+        app: String,
+        flow: FlowId,
+    },
     /// Authenticates the chain up to `head` (the previous record's hash). `closing` marks a
     /// clean shutdown.
-    Seal { head: Hash, closing: bool, mac: Hash },
+    Seal {
+        head: Hash,
+        closing: bool,
+        mac: Hash,
+    },
     /// Written by [`super::Archive::open`] after an unclean shutdown: the last segment was cut
     /// at `offset` (`truncated_bytes` removed); `last_good_seq` is the last record kept.
-    Recovery { segment: u64, offset: u64, truncated_bytes: u64, last_good_seq: u64, mac: Hash },
+    Recovery {
+        segment: u64,
+        offset: u64,
+        truncated_bytes: u64,
+        last_good_seq: u64,
+        mac: Hash,
+    },
     /// Segments `deleted_from..=deleted_to` (all newest records older than `cutoff`) were
     /// deleted; the chain now starts in `first_segment` at `first_seq`, linked to `first_prev`.
     Retention {
@@ -194,14 +244,23 @@ pub(crate) struct BodyOut<'a, E> {
     pub event: &'a E,
 }
 
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
 fn is_false(b: &bool) -> bool {
     !*b
 }
 
 /// SHA-256 over the previous record's hash and this record's body bytes.
 pub(crate) fn chain_hash(prev: &Hash, body: &[u8]) -> Hash {
-    Hash(Sha256::new().chain_update(prev.0).chain_update(body).finalize().into())
+    Hash(
+        Sha256::new()
+            .chain_update(prev.0)
+            .chain_update(body)
+            .finalize()
+            .into(),
+    )
 }
 
 /// Appends one framed line for `body` to `out`; `seal` computes `h` from the body bytes.
@@ -246,7 +305,10 @@ pub(crate) fn decode_line(line: &[u8]) -> Option<Frame<'_>> {
     if body.first() != Some(&b'{') || body.last() != Some(&b'}') || body.contains(&b'\n') {
         return None;
     }
-    Some(Frame { stored: Hash::from_hex(hex)?, body })
+    Some(Frame {
+        stored: Hash::from_hex(hex)?,
+        body,
+    })
 }
 
 impl Event {
@@ -264,13 +326,27 @@ impl Event {
                 fields.push(u8::from(*closing));
                 "imfw-archive/seal/v1"
             }
-            Event::Recovery { segment, offset, truncated_bytes, last_good_seq, .. } => {
+            Event::Recovery {
+                segment,
+                offset,
+                truncated_bytes,
+                last_good_seq,
+                ..
+            } => {
                 for n in [segment, offset, truncated_bytes, last_good_seq] {
                     fields.extend_from_slice(&n.to_be_bytes());
                 }
                 "imfw-archive/recovery/v1"
             }
-            Event::Retention { cutoff, deleted_from, deleted_to, first_segment, first_seq, first_prev, .. } => {
+            Event::Retention {
+                cutoff,
+                deleted_from,
+                deleted_to,
+                first_segment,
+                first_seq,
+                first_prev,
+                ..
+            } => {
                 for n in [cutoff, deleted_from, deleted_to, first_segment, first_seq] {
                     fields.extend_from_slice(&n.to_be_bytes());
                 }
@@ -284,20 +360,29 @@ impl Event {
 
     pub(crate) fn mac(&self) -> Option<&Hash> {
         match self {
-            Event::Seal { mac, .. } | Event::Recovery { mac, .. } | Event::Retention { mac, .. } => Some(mac),
+            Event::Seal { mac, .. }
+            | Event::Recovery { mac, .. }
+            | Event::Retention { mac, .. } => Some(mac),
             _ => None,
         }
     }
 
     fn mac_mut(&mut self) -> Option<&mut Hash> {
         match self {
-            Event::Seal { mac, .. } | Event::Recovery { mac, .. } | Event::Retention { mac, .. } => Some(mac),
+            Event::Seal { mac, .. }
+            | Event::Recovery { mac, .. }
+            | Event::Retention { mac, .. } => Some(mac),
             _ => None,
         }
     }
 
     /// Fills in the MAC of a housekeeping event.
-    pub(crate) fn authenticate(mut self, key: &super::SealKey, seq: u64, time: UnixMillis) -> Event {
+    pub(crate) fn authenticate(
+        mut self,
+        key: &super::SealKey,
+        seq: u64,
+        time: UnixMillis,
+    ) -> Event {
         if let Some((domain, fields)) = self.mac_input(seq, time) {
             let mac = key.mac(domain, &[&fields]);
             if let Some(slot) = self.mac_mut() {

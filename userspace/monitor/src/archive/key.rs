@@ -33,21 +33,27 @@ impl fmt::Debug for SealKey {
 impl SealKey {
     pub fn from_bytes(bytes: [u8; 32]) -> SealKey {
         // HMAC accepts keys of any length (RFC 2104 section 2), so this cannot fail.
-        let mac = <HmacSha256 as Mac>::new_from_slice(&bytes).expect("HMAC takes keys of any length");
+        let mac =
+            <HmacSha256 as Mac>::new_from_slice(&bytes).expect("HMAC takes keys of any length");
         SealKey { mac }
     }
 
     /// Reads a key file: 64 lowercase hex digits, optionally followed by a newline, readable
     /// by its owner only (group or other permissions are refused, as ssh does).
     pub fn load(path: &Path) -> Result<SealKey, ArchiveError> {
-        let bad = |reason: &str| ArchiveError::Key { path: path.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| ArchiveError::Key {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
         let file = File::open(path).map_err(super::io_err(path))?;
         let meta = file.metadata().map_err(super::io_err(path))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(bad("readable or writable by group or others; chmod 600 it"));
         }
         let mut text = Vec::new();
-        file.take(KEY_FILE_MAX + 1).read_to_end(&mut text).map_err(super::io_err(path))?;
+        file.take(KEY_FILE_MAX + 1)
+            .read_to_end(&mut text)
+            .map_err(super::io_err(path))?;
         let hex = text.strip_suffix(b"\n").unwrap_or(&text);
         let hash = Hash::from_hex(hex).ok_or_else(|| bad("expected 64 lowercase hex digits"))?;
         Ok(SealKey::from_bytes(hash.0))
@@ -55,7 +61,11 @@ impl SealKey {
 
     /// Loads the key file, or creates it (mode 0600, 32 bytes from /dev/urandom) if absent.
     pub fn load_or_create(path: &Path) -> Result<SealKey, ArchiveError> {
-        let created = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
         let mut file = match created {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return SealKey::load(path),

@@ -21,7 +21,10 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, ArchiveError> {
         let entry = entry.map_err(super::io_err(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(digits) = name.strip_prefix(SEGMENT_PREFIX).and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+        let Some(digits) = name
+            .strip_prefix(SEGMENT_PREFIX)
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+        else {
             continue;
         };
         if digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -59,7 +62,11 @@ impl LineReader {
     pub fn open(path: &Path, offset: u64) -> io::Result<LineReader> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(offset))?;
-        Ok(LineReader { inner: BufReader::with_capacity(256 * 1024, file), offset, line: Vec::new() })
+        Ok(LineReader {
+            inner: BufReader::with_capacity(256 * 1024, file),
+            offset,
+            line: Vec::new(),
+        })
     }
 
     /// The bytes of the line last returned (newline included for [`LineEnd::Full`]).
@@ -99,7 +106,11 @@ impl LineReader {
             self.inner.consume(take);
             self.offset += take as u64;
             if done {
-                let end = if too_long { LineEnd::TooLong } else { LineEnd::Full };
+                let end = if too_long {
+                    LineEnd::TooLong
+                } else {
+                    LineEnd::Full
+                };
                 return Ok(Some((start, self.offset - start, end)));
             }
         }
@@ -115,7 +126,9 @@ pub(crate) fn last_line(path: &Path) -> io::Result<Option<Vec<u8>>> {
     file.seek(SeekFrom::Start(len - window))?;
     let mut tail = Vec::new();
     file.take(window).read_to_end(&mut tail)?;
-    let Some(body) = tail.strip_suffix(b"\n") else { return Ok(None) };
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
     match body.iter().rposition(|&b| b == b'\n') {
         Some(i) => Ok(Some(tail[i + 1..].to_vec())),
         None if window == len => Ok(Some(tail)),
@@ -125,5 +138,7 @@ pub(crate) fn last_line(path: &Path) -> io::Result<Option<Vec<u8>>> {
 
 /// Makes a directory entry change (create, rename, delete) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(super::io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(super::io_err(dir))
 }

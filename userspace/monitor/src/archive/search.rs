@@ -52,25 +52,38 @@ impl Filter {
 
 impl Prepared {
     fn matches(&self, record: &Record) -> bool {
-        if self.from.is_some_and(|from| record.time < from) || self.until.is_some_and(|until| record.time >= until) {
+        if self.from.is_some_and(|from| record.time < from)
+            || self.until.is_some_and(|until| record.time >= until)
+        {
             return false;
         }
         if let Some(app) = &self.app {
-            if !record.event.app().is_some_and(|a| a.eq_ignore_ascii_case(app)) {
+            if !record
+                .event
+                .app()
+                .is_some_and(|a| a.eq_ignore_ascii_case(app))
+            {
                 return false;
             }
         }
         if self.party.is_none() && self.text.is_none() {
             return true;
         }
-        let Event::Message { message, .. } = &record.event else { return false };
+        let Event::Message { message, .. } = &record.event else {
+            return false;
+        };
         if let Some(party) = &self.party {
-            let sender = message.sender.as_deref().is_some_and(|s| contains_folded(s, party));
+            let sender = message
+                .sender
+                .as_deref()
+                .is_some_and(|s| contains_folded(s, party));
             if !sender && !message.recipients.iter().any(|r| contains_folded(r, party)) {
                 return false;
             }
         }
-        self.text.as_deref().is_none_or(|text| contains_folded(&message.body, text))
+        self.text
+            .as_deref()
+            .is_none_or(|text| contains_folded(&message.body, text))
     }
 }
 
@@ -81,7 +94,9 @@ fn contains_folded(hay: &str, needle: &str) -> bool {
         return true;
     }
     if hay.is_ascii() && needle.is_ascii() {
-        hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        hay.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
     } else {
         hay.to_lowercase().contains(needle)
     }
@@ -119,19 +134,17 @@ impl Search {
     /// The next matching line as stored, with where it is and its record.
     fn next_line(&mut self, mut emit: impl FnMut(&[u8], Hit)) -> Option<Result<(), ArchiveError>> {
         loop {
-            let (segment, lines) = match &mut self.current {
-                Some((segment, lines)) => (*segment, lines),
-                None => {
-                    let segment = self.segments.next()?;
-                    let path = segment_path(&self.dir, segment);
-                    match LineReader::open(&path, 0) {
-                        Ok(lines) => self.current = Some((segment, lines)),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Some(Err(io_err(path)(e))),
-                    }
-                    continue;
+            let Some((segment, lines)) = &mut self.current else {
+                let segment = self.segments.next()?;
+                let path = segment_path(&self.dir, segment);
+                match LineReader::open(&path, 0) {
+                    Ok(lines) => self.current = Some((segment, lines)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Some(Err(io_err(path)(e))),
                 }
+                continue;
             };
+            let segment = *segment;
             let next = match lines.next_line() {
                 Ok(next) => next,
                 Err(e) => {
@@ -143,18 +156,31 @@ impl Search {
                 self.current = None;
                 continue;
             };
-            let corrupt = |what: &str| ArchiveError::Corrupt { segment, offset, what: what.to_owned() };
+            let corrupt = |what: &str| ArchiveError::Corrupt {
+                segment,
+                offset,
+                what: what.to_owned(),
+            };
             if end != LineEnd::Full {
                 return Some(Err(corrupt("torn or over-long line")));
             }
             let line = lines.line();
-            let Some(frame) = decode_line(line) else { return Some(Err(corrupt("malformed line"))) };
+            let Some(frame) = decode_line(line) else {
+                return Some(Err(corrupt("malformed line")));
+            };
             let record = match serde_json::from_slice::<Record>(frame.body) {
                 Ok(record) => record,
                 Err(e) => return Some(Err(corrupt(&format!("record body: {e}")))),
             };
             if self.filter.matches(&record) {
-                emit(line, Hit { segment, offset, record });
+                emit(
+                    line,
+                    Hit {
+                        segment,
+                        offset,
+                        record,
+                    },
+                );
                 return Some(Ok(()));
             }
         }
@@ -183,7 +209,11 @@ pub struct ExportStats {
 
 /// Writes each matching record's line exactly as stored (`{"h":…,"r":…}`, one JSON object per
 /// line, so the export can be checked against the archive) to `out`.
-pub fn export(dir: &Path, filter: &Filter, out: &mut dyn Write) -> Result<ExportStats, ArchiveError> {
+pub fn export(
+    dir: &Path,
+    filter: &Filter,
+    out: &mut dyn Write,
+) -> Result<ExportStats, ArchiveError> {
     let mut stats = ExportStats::default();
     let mut search = search(dir, filter)?;
     let mut written: io::Result<()> = Ok(());

@@ -65,24 +65,40 @@ impl fmt::Display for ProblemKind {
             ProblemKind::AnchorMissing => f.write_str("head file archive.head missing"),
             ProblemKind::AnchorInvalid { reason } => write!(f, "head file invalid: {reason}"),
             ProblemKind::NoSegments => f.write_str("no segment files"),
-            ProblemKind::MissingSegments { from, to } => write!(f, "segments {from}..={to} missing"),
+            ProblemKind::MissingSegments { from, to } => {
+                write!(f, "segments {from}..={to} missing")
+            }
             ProblemKind::Malformed { reason } => write!(f, "malformed line: {reason}"),
-            ProblemKind::TornTail => f.write_str("torn last line (crash not yet recovered by open)"),
-            ProblemKind::HashMismatch => f.write_str("hash chain broken: record or predecessor changed"),
+            ProblemKind::TornTail => {
+                f.write_str("torn last line (crash not yet recovered by open)")
+            }
+            ProblemKind::HashMismatch => {
+                f.write_str("hash chain broken: record or predecessor changed")
+            }
             ProblemKind::MissingRecords { expected, found } => {
                 write!(f, "records missing: expected seq {expected}, found {found}")
             }
             ProblemKind::OutOfOrder { expected, found } => {
-                write!(f, "record out of order: expected seq {expected}, found {found}")
+                write!(
+                    f,
+                    "record out of order: expected seq {expected}, found {found}"
+                )
             }
             ProblemKind::BadSeal => f.write_str("seal does not authenticate"),
-            ProblemKind::BadHousekeeping => f.write_str("recovery or retention record does not authenticate"),
+            ProblemKind::BadHousekeeping => {
+                f.write_str("recovery or retention record does not authenticate")
+            }
             ProblemKind::SealedHeadMissing { segment, seq } => {
                 write!(f, "last seal (segment {segment}, seq {seq}) missing: sealed records truncated or deleted")
             }
-            ProblemKind::SealedHeadMismatch => f.write_str("record differs from the last seal named by the head file"),
+            ProblemKind::SealedHeadMismatch => {
+                f.write_str("record differs from the last seal named by the head file")
+            }
             ProblemKind::UnexplainedStart { segment, seq } => {
-                write!(f, "chain starts at segment {segment} seq {seq} without a retention record")
+                write!(
+                    f,
+                    "chain starts at segment {segment} seq {seq} without a retention record"
+                )
             }
         }
     }
@@ -159,10 +175,21 @@ impl VerifyReport {
         self.problems.iter().any(|p| pred(&p.kind))
     }
 
-    fn problem(&mut self, segment: Option<u64>, offset: Option<u64>, seq: Option<u64>, kind: ProblemKind) {
+    fn problem(
+        &mut self,
+        segment: Option<u64>,
+        offset: Option<u64>,
+        seq: Option<u64>,
+        kind: ProblemKind,
+    ) {
         self.problems_total += 1;
         if self.problems.len() < MAX_PROBLEMS {
-            self.problems.push(Problem { segment, offset, seq, kind });
+            self.problems.push(Problem {
+                segment,
+                offset,
+                seq,
+                kind,
+            });
         }
     }
 }
@@ -204,12 +231,26 @@ pub fn verify(dir: &Path, key: &SealKey) -> Result<VerifyReport, ArchiveError> {
     if segments.is_empty() {
         report.problem(None, None, None, ProblemKind::NoSegments);
     }
-    let mut walk = Walk { key, anchor, expect, anchor_seen: false, last_retention: None };
+    let mut walk = Walk {
+        key,
+        anchor,
+        expect,
+        anchor_seen: false,
+        last_retention: None,
+    };
     let mut next_segment = start_segment;
     let last = segments.last().copied();
     for &s in &segments {
         if s != next_segment {
-            report.problem(Some(s), None, None, ProblemKind::MissingSegments { from: next_segment, to: s - 1 });
+            report.problem(
+                Some(s),
+                None,
+                None,
+                ProblemKind::MissingSegments {
+                    from: next_segment,
+                    to: s - 1,
+                },
+            );
             // Reported once; the chain picks up at this segment's first record.
             walk.expect = None;
         }
@@ -225,11 +266,21 @@ pub fn verify(dir: &Path, key: &SealKey) -> Result<VerifyReport, ArchiveError> {
                 }
                 LineEnd::Torn => {
                     let reason = "segment ends inside a line".to_owned();
-                    report.problem(Some(s), Some(offset), None, ProblemKind::Malformed { reason });
+                    report.problem(
+                        Some(s),
+                        Some(offset),
+                        None,
+                        ProblemKind::Malformed { reason },
+                    );
                 }
                 LineEnd::TooLong => {
                     let reason = format!("line of {len} bytes is over the limit");
-                    report.problem(Some(s), Some(offset), None, ProblemKind::Malformed { reason });
+                    report.problem(
+                        Some(s),
+                        Some(offset),
+                        None,
+                        ProblemKind::Malformed { reason },
+                    );
                     walk.expect = None;
                 }
             }
@@ -237,12 +288,18 @@ pub fn verify(dir: &Path, key: &SealKey) -> Result<VerifyReport, ArchiveError> {
     }
     if let Some(a) = walk.anchor {
         if !walk.anchor_seen {
-            let kind = ProblemKind::SealedHeadMissing { segment: a.segment, seq: a.seq };
+            let kind = ProblemKind::SealedHeadMissing {
+                segment: a.segment,
+                seq: a.seq,
+            };
             report.problem(Some(a.segment), Some(a.end), Some(a.seq), kind);
         }
         let start = (a.start_segment, a.start_seq, a.start_prev);
         if start != (1, 0, Hash::ZERO) && walk.last_retention != Some(start) {
-            let kind = ProblemKind::UnexplainedStart { segment: a.start_segment, seq: a.start_seq };
+            let kind = ProblemKind::UnexplainedStart {
+                segment: a.start_segment,
+                seq: a.start_seq,
+            };
             report.problem(Some(a.start_segment), None, Some(a.start_seq), kind);
         }
     }
@@ -250,7 +307,14 @@ pub fn verify(dir: &Path, key: &SealKey) -> Result<VerifyReport, ArchiveError> {
 }
 
 impl Walk<'_> {
-    fn record(&mut self, report: &mut VerifyReport, segment: u64, offset: u64, end: u64, line: &[u8]) {
+    fn record(
+        &mut self,
+        report: &mut VerifyReport,
+        segment: u64,
+        offset: u64,
+        end: u64,
+        line: &[u8],
+    ) {
         let at = (Some(segment), Some(offset));
         let Some(frame) = decode_line(line) else {
             let reason = "not a {\"h\":…,\"r\":…} line".to_owned();
@@ -264,8 +328,12 @@ impl Walk<'_> {
         if let Some((expected, prev)) = self.expect {
             let chained = chain_hash(&prev, frame.body) == frame.stored;
             let kind = match seq {
-                Some(found) if found > expected => Some(ProblemKind::MissingRecords { expected, found }),
-                Some(found) if found < expected => Some(ProblemKind::OutOfOrder { expected, found }),
+                Some(found) if found > expected => {
+                    Some(ProblemKind::MissingRecords { expected, found })
+                }
+                Some(found) if found < expected => {
+                    Some(ProblemKind::OutOfOrder { expected, found })
+                }
                 _ if !chained => Some(ProblemKind::HashMismatch),
                 _ => None,
             };
@@ -276,7 +344,14 @@ impl Walk<'_> {
         let record = match parsed {
             Ok(record) => record,
             Err(e) => {
-                report.problem(at.0, at.1, None, ProblemKind::Malformed { reason: format!("record body: {e}") });
+                report.problem(
+                    at.0,
+                    at.1,
+                    None,
+                    ProblemKind::Malformed {
+                        reason: format!("record body: {e}"),
+                    },
+                );
                 self.expect = None;
                 return;
             }
@@ -285,6 +360,30 @@ impl Walk<'_> {
         report.records += 1;
         report.unsealed_records += 1;
 
+        self.note_event(report, segment, at.1, prev, &record);
+
+        if let Some(a) = self.anchor {
+            if record.seq == a.seq && !self.anchor_seen {
+                self.anchor_seen = true;
+                let is_seal = matches!(record.event, Event::Seal { .. });
+                if segment != a.segment || end != a.end || frame.stored != a.hash || !is_seal {
+                    report.problem(at.0, at.1, seq, ProblemKind::SealedHeadMismatch);
+                }
+            }
+        }
+    }
+
+    /// Checks and notes seals, recoveries and retention cuts.
+    fn note_event(
+        &mut self,
+        report: &mut VerifyReport,
+        segment: u64,
+        offset: Option<u64>,
+        prev: Option<Hash>,
+        record: &Record,
+    ) {
+        let at = (Some(segment), offset);
+        let seq = Some(record.seq);
         let authentic = record.event.authentic(self.key, record.seq, record.time);
         match &record.event {
             Event::Seal { head, .. } => {
@@ -296,7 +395,13 @@ impl Walk<'_> {
                     report.problem(at.0, at.1, seq, ProblemKind::BadSeal);
                 }
             }
-            Event::Recovery { segment: cut_segment, offset: cut_offset, truncated_bytes, last_good_seq, .. } => {
+            Event::Recovery {
+                segment: cut_segment,
+                offset: cut_offset,
+                truncated_bytes,
+                last_good_seq,
+                ..
+            } => {
                 if !authentic {
                     report.problem(at.0, at.1, seq, ProblemKind::BadHousekeeping);
                 } else if report.recoveries.len() < MAX_NOTES {
@@ -311,7 +416,15 @@ impl Walk<'_> {
                     });
                 }
             }
-            Event::Retention { cutoff, deleted_from, deleted_to, first_segment, first_seq, first_prev, .. } => {
+            Event::Retention {
+                cutoff,
+                deleted_from,
+                deleted_to,
+                first_segment,
+                first_seq,
+                first_prev,
+                ..
+            } => {
                 if authentic {
                     self.last_retention = Some((*first_segment, *first_seq, *first_prev));
                     if report.retentions.len() < MAX_NOTES {
@@ -329,16 +442,6 @@ impl Walk<'_> {
                 }
             }
             _ => {}
-        }
-
-        if let Some(a) = self.anchor {
-            if record.seq == a.seq && !self.anchor_seen {
-                self.anchor_seen = true;
-                let is_seal = matches!(record.event, Event::Seal { .. });
-                if segment != a.segment || end != a.end || frame.stored != a.hash || !is_seal {
-                    report.problem(at.0, at.1, seq, ProblemKind::SealedHeadMismatch);
-                }
-            }
         }
     }
 }

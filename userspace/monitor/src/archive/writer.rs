@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::anchor::{read_anchor, write_anchor, Anchor, AnchorState};
-use super::format::{chain_hash, decode_line, encode_line, BodyOut, Entry, Event, FlowId, Hash, UnixMillis};
+use super::format::{
+    chain_hash, decode_line, encode_line, BodyOut, Entry, Event, FlowId, Hash, UnixMillis,
+};
 use super::key::SealKey;
 use super::reader::{last_line, list_segments, segment_path, sync_dir, LineEnd, LineReader};
 use super::{io_err, ArchiveError};
@@ -85,7 +87,11 @@ struct Start {
     prev: Hash,
 }
 
-const GENESIS: Start = Start { segment: 1, seq: 0, prev: Hash::ZERO };
+const GENESIS: Start = Start {
+    segment: 1,
+    seq: 0,
+    prev: Hash::ZERO,
+};
 
 /// An open archive directory; the only writer (nothing locks the directory: run one).
 pub struct Archive {
@@ -132,7 +138,9 @@ impl Archive {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let segments = list_segments(&dir)?;
         match read_anchor(&dir, &key)? {
-            AnchorState::Valid(anchor) => Archive::resume(dir, key, config, now, &anchor, &segments),
+            AnchorState::Valid(anchor) => {
+                Archive::resume(dir, key, config, now, &anchor, &segments)
+            }
             AnchorState::Invalid(reason) => Err(ArchiveError::AnchorInvalid { dir, reason }),
             AnchorState::Missing if segments.is_empty() || only_torn_genesis(&dir, &segments) => {
                 Archive::create(dir, key, config, now)
@@ -148,10 +156,21 @@ impl Archive {
         now: UnixMillis,
     ) -> Result<(Archive, OpenReport), ArchiveError> {
         let path = segment_path(&dir, GENESIS.segment);
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let mut archive = Archive::new(dir, key, config, file, GENESIS);
         archive.seal_inner(now, false)?;
-        Ok((archive, OpenReport { created: true, ..OpenReport::default() }))
+        Ok((
+            archive,
+            OpenReport {
+                created: true,
+                ..OpenReport::default()
+            },
+        ))
     }
 
     fn new(dir: PathBuf, key: SealKey, config: ArchiveConfig, file: File, start: Start) -> Archive {
@@ -185,7 +204,11 @@ impl Archive {
         anchor: &Anchor,
         segments: &[u64],
     ) -> Result<(Archive, OpenReport), ArchiveError> {
-        let corrupt = |segment, offset, what: &str| ArchiveError::Corrupt { segment, offset, what: what.to_owned() };
+        let corrupt = |segment, offset, what: &str| ArchiveError::Corrupt {
+            segment,
+            offset,
+            what: what.to_owned(),
+        };
         let mut report = OpenReport::default();
         for &s in segments.iter().filter(|&&s| s < anchor.start_segment) {
             let path = segment_path(&dir, s);
@@ -195,61 +218,53 @@ impl Archive {
         if !report.removed_segments.is_empty() {
             sync_dir(&dir)?;
         }
-        let tail: Vec<u64> = segments.iter().copied().filter(|&s| s >= anchor.segment).collect();
+        let tail: Vec<u64> = segments
+            .iter()
+            .copied()
+            .filter(|&s| s >= anchor.segment)
+            .collect();
         if tail.first() != Some(&anchor.segment) {
-            return Err(corrupt(anchor.segment, anchor.end, "the segment holding the last seal is missing"));
+            return Err(corrupt(
+                anchor.segment,
+                anchor.end,
+                "the segment holding the last seal is missing",
+            ));
         }
         for (i, pair) in tail.windows(2).enumerate() {
             if let [a, b] = pair {
                 if *b != a + 1 {
-                    return Err(corrupt(a + 1, 0, &format!("segment missing (after {} of {})", i + 1, tail.len())));
+                    return Err(corrupt(
+                        a + 1,
+                        0,
+                        &format!("segment missing (after {} of {})", i + 1, tail.len()),
+                    ));
                 }
             }
         }
 
-        // Records after the last seal: keep the longest prefix that chains.
-        let mut head = anchor.hash;
-        let mut next_seq = anchor.seq + 1;
-        let mut cut = None;
         let last = tail.last().copied().unwrap_or(anchor.segment);
-        'segments: for &s in &tail {
-            let path = segment_path(&dir, s);
-            let from = if s == anchor.segment { anchor.end } else { 0 };
-            let len = fs::metadata(&path).map_err(io_err(&path))?.len();
-            if len < from {
-                return Err(corrupt(s, len, "sealed records are missing"));
-            }
-            let mut lines = LineReader::open(&path, from).map_err(io_err(&path))?;
-            while let Some((offset, _, end)) = lines.next_line().map_err(io_err(&path))? {
-                let good = (end == LineEnd::Full)
-                    .then(|| decode_line(lines.line()))
-                    .flatten()
-                    .filter(|frame| chain_hash(&head, frame.body) == frame.stored)
-                    .and_then(|frame| Some((frame.stored, serde_json::from_slice::<SeqTime>(frame.body).ok()?)))
-                    .filter(|(_, st)| st.seq == next_seq);
-                match good {
-                    Some((hash, _)) => {
-                        head = hash;
-                        next_seq += 1;
-                    }
-                    None if s == last => {
-                        cut = Some((offset, len - offset));
-                        break 'segments;
-                    }
-                    None => return Err(corrupt(s, offset, "bad record before the last segment (not a crash)")),
-                }
-            }
-        }
+        let (head, next_seq, cut) = scan_unsealed(&dir, anchor, &tail)?;
 
         let path = segment_path(&dir, last);
         if let Some((offset, _)) = cut {
-            let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-            file.set_len(offset).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            file.set_len(offset)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(&path))?;
         }
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let segment_len = file.metadata().map_err(io_err(&path))?.len();
-        let start =
-            Start { segment: anchor.start_segment, seq: anchor.start_seq, prev: anchor.start_prev };
+        let start = Start {
+            segment: anchor.start_segment,
+            seq: anchor.start_seq,
+            prev: anchor.start_prev,
+        };
         let mut archive = Archive::new(dir, key, config, file, start);
         archive.segment = last;
         archive.segment_len = segment_len;
@@ -260,7 +275,12 @@ impl Archive {
         let clean = anchor.closed && next_seq == anchor.seq + 1 && cut.is_none();
         if !clean {
             let (offset, truncated_bytes) = cut.unwrap_or((segment_len, 0));
-            let info = RecoveryInfo { segment: last, offset, truncated_bytes, last_good_seq: next_seq - 1 };
+            let info = RecoveryInfo {
+                segment: last,
+                offset,
+                truncated_bytes,
+                last_good_seq: next_seq - 1,
+            };
             let event = Event::Recovery {
                 segment: info.segment,
                 offset: info.offset,
@@ -283,7 +303,9 @@ impl Archive {
             self.rotate(time)?;
         }
         let flow = entry.flow();
-        let incomplete = matches!(entry, Entry::Message { .. }) && self.gapped.contains(&flow);
+        let incomplete = matches!(entry, Entry::Message { .. })
+            && !self.gapped.is_empty()
+            && self.gapped.contains(&flow);
         let seq = self.push(time, incomplete, entry)?;
         match entry {
             Entry::FlowGap { .. } => {
@@ -354,7 +376,11 @@ impl Archive {
     /// Deletes the oldest segments whose newest record is older than `now - max_age_ms`
     /// (never the current segment, never one after a segment that is kept), after recording
     /// and sealing the cut.
-    pub fn retain(&mut self, now: UnixMillis, max_age_ms: u64) -> Result<RetentionReport, ArchiveError> {
+    pub fn retain(
+        &mut self,
+        now: UnixMillis,
+        max_age_ms: u64,
+    ) -> Result<RetentionReport, ArchiveError> {
         self.usable()?;
         let cutoff = now.saturating_sub(max_age_ms);
         let mut cut: Option<(u64, u64, Hash)> = None;
@@ -378,9 +404,15 @@ impl Archive {
             }
             expected += 1;
         }
-        let Some((last_deleted, last_seq, last_hash)) = cut else { return Ok(RetentionReport::default()) };
+        let Some((last_deleted, last_seq, last_hash)) = cut else {
+            return Ok(RetentionReport::default());
+        };
         let first = self.start.segment;
-        let start = Start { segment: last_deleted + 1, seq: last_seq + 1, prev: last_hash };
+        let start = Start {
+            segment: last_deleted + 1,
+            seq: last_seq + 1,
+            prev: last_hash,
+        };
         let event = Event::Retention {
             cutoff,
             deleted_from: first,
@@ -438,24 +470,36 @@ impl Archive {
     fn rotation_due(&self, time: UnixMillis) -> bool {
         self.segment_len > 0
             && (self.segment_len >= self.config.segment_max_bytes
-                || self
-                    .segment_first_time
-                    .is_some_and(|first| time.saturating_sub(first) >= self.config.segment_max_age_ms))
+                || self.segment_first_time.is_some_and(|first| {
+                    time.saturating_sub(first) >= self.config.segment_max_age_ms
+                }))
     }
 
     fn seal_time_due(&self, time: UnixMillis) -> bool {
-        self.oldest_unsealed.is_some_and(|t| time.saturating_sub(t) >= self.config.seal_interval_ms)
+        self.oldest_unsealed
+            .is_some_and(|t| time.saturating_sub(t) >= self.config.seal_interval_ms)
     }
 
     fn flush_time_due(&self, time: UnixMillis) -> bool {
-        self.buf_first_time.is_some_and(|t| time.saturating_sub(t) >= self.config.flush_interval_ms)
+        self.buf_first_time
+            .is_some_and(|t| time.saturating_sub(t) >= self.config.flush_interval_ms)
     }
 
-    fn push<E: Serialize>(&mut self, time: UnixMillis, incomplete: bool, event: &E) -> Result<u64, ArchiveError> {
+    fn push<E: Serialize>(
+        &mut self,
+        time: UnixMillis,
+        incomplete: bool,
+        event: &E,
+    ) -> Result<u64, ArchiveError> {
         let seq = self.next_seq;
         let before = self.buf.len();
         let prev = self.head;
-        let body = BodyOut { seq, time, incomplete, event };
+        let body = BodyOut {
+            seq,
+            time,
+            incomplete,
+            event,
+        };
         self.head = encode_line(&mut self.buf, &body, |bytes| chain_hash(&prev, bytes))?;
         self.segment_len += (self.buf.len() - before) as u64;
         self.next_seq += 1;
@@ -472,7 +516,11 @@ impl Archive {
     }
 
     fn seal_inner(&mut self, time: UnixMillis, closing: bool) -> Result<(), ArchiveError> {
-        let seal = Event::Seal { head: self.head, closing, mac: Hash::ZERO };
+        let seal = Event::Seal {
+            head: self.head,
+            closing,
+            mac: Hash::ZERO,
+        };
         let seq = self.push_housekeeping(time, seal)?;
         self.flush()?;
         if let Err(e) = self.file.sync_data() {
@@ -527,6 +575,70 @@ impl Drop for Archive {
     }
 }
 
+/// Where the last segment is cut after a crash, and how many bytes go.
+type Cut = (u64, u64);
+
+/// Reads the records after the last seal and keeps the longest prefix that chains: returns
+/// the chain head, the next sequence number and, when the last segment must be cut, where
+/// and how many bytes.
+fn scan_unsealed(
+    dir: &Path,
+    anchor: &Anchor,
+    tail: &[u64],
+) -> Result<(Hash, u64, Option<Cut>), ArchiveError> {
+    let corrupt = |segment, offset, what: &str| ArchiveError::Corrupt {
+        segment,
+        offset,
+        what: what.to_owned(),
+    };
+    let last = tail.last().copied().unwrap_or(anchor.segment);
+    // Records after the last seal: keep the longest prefix that chains.
+    let mut head = anchor.hash;
+    let mut next_seq = anchor.seq + 1;
+    let mut cut = None;
+    'segments: for &s in tail {
+        let path = segment_path(dir, s);
+        let from = if s == anchor.segment { anchor.end } else { 0 };
+        let len = fs::metadata(&path).map_err(io_err(&path))?.len();
+        if len < from {
+            return Err(corrupt(s, len, "sealed records are missing"));
+        }
+        let mut lines = LineReader::open(&path, from).map_err(io_err(&path))?;
+        while let Some((offset, _, end)) = lines.next_line().map_err(io_err(&path))? {
+            let good = (end == LineEnd::Full)
+                .then(|| decode_line(lines.line()))
+                .flatten()
+                .filter(|frame| chain_hash(&head, frame.body) == frame.stored)
+                .and_then(|frame| {
+                    Some((
+                        frame.stored,
+                        serde_json::from_slice::<SeqTime>(frame.body).ok()?,
+                    ))
+                })
+                .filter(|(_, st)| st.seq == next_seq);
+            match good {
+                Some((hash, _)) => {
+                    head = hash;
+                    next_seq += 1;
+                }
+                None if s == last => {
+                    cut = Some((offset, len - offset));
+                    break 'segments;
+                }
+                None => {
+                    return Err(corrupt(
+                        s,
+                        offset,
+                        "bad record before the last segment (not a crash)",
+                    ))
+                }
+            }
+        }
+    }
+
+    Ok((head, next_seq, cut))
+}
+
 /// A crash while creating an archive leaves segment 1 with at most a torn genesis seal and
 /// no head file: that is safe to start over.
 fn only_torn_genesis(dir: &Path, segments: &[u64]) -> bool {
@@ -534,10 +646,11 @@ fn only_torn_genesis(dir: &Path, segments: &[u64]) -> bool {
         return false;
     }
     let path = segment_path(dir, GENESIS.segment);
-    let Ok(mut lines) = LineReader::open(&path, 0) else { return false };
+    let Ok(mut lines) = LineReader::open(&path, 0) else {
+        return false;
+    };
     match lines.next_line() {
-        Ok(None) => true,
-        Ok(Some((_, _, LineEnd::Torn))) => true,
+        Ok(None | Some((_, _, LineEnd::Torn))) => true,
         Ok(Some((_, _, LineEnd::Full))) => {
             let genesis = decode_line(lines.line())
                 .is_some_and(|frame| chain_hash(&Hash::ZERO, frame.body) == frame.stored);
