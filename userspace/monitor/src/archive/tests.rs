@@ -1260,3 +1260,20 @@ fn mac_fields_are_length_prefixed() {
     assert_ne!(key.mac("d", &[b"ab", b"c"]), key.mac("d", &[b"a", b"bc"]));
     assert_ne!(key.mac("d", &[b"x"]), key.mac("e", &[b"x"]));
 }
+
+#[test]
+fn extreme_numbers_in_names_and_records_do_not_panic() {
+    let t = TempDir::new("extreme");
+    let key = fixture(&t, 2);
+    fs::write(
+        segment_path(&t.dir(), u64::MAX),
+        frame(
+            &Hash::ZERO,
+            format!("{{\"seq\":{},\"time\":0}}", u64::MAX).as_bytes(),
+        ),
+    )
+    .unwrap();
+    let report = verify(&t.dir(), &key).unwrap();
+    assert!(!report.is_ok());
+    let _ = Archive::open(t.dir(), key, ArchiveConfig::default(), T0);
+}

@@ -254,7 +254,7 @@ pub fn verify(dir: &Path, key: &SealKey) -> Result<VerifyReport, ArchiveError> {
             // Reported once; the chain picks up at this segment's first record.
             walk.expect = None;
         }
-        next_segment = s + 1;
+        next_segment = s.saturating_add(1);
         report.segments.push(s);
         let path = segment_path(dir, s);
         let mut lines = LineReader::open(&path, 0).map_err(io_err(&path))?;
@@ -356,7 +356,7 @@ impl Walk<'_> {
                 return;
             }
         };
-        self.expect = Some((record.seq + 1, frame.stored));
+        self.expect = Some((record.seq.saturating_add(1), frame.stored));
         report.records += 1;
         report.unsealed_records += 1;
 

@@ -410,7 +410,7 @@ impl Archive {
         let first = self.start.segment;
         let start = Start {
             segment: last_deleted + 1,
-            seq: last_seq + 1,
+            seq: last_seq.saturating_add(1),
             prev: last_hash,
         };
         let event = Event::Retention {
@@ -548,7 +548,15 @@ impl Archive {
 
     fn rotate(&mut self, time: UnixMillis) -> Result<(), ArchiveError> {
         self.seal_inner(time, false)?;
-        let next = self.segment + 1;
+        let Some(next) = self.segment.checked_add(1) else {
+            self.poisoned = true;
+            let what = "no segment number left".to_owned();
+            return Err(ArchiveError::Corrupt {
+                segment: self.segment,
+                offset: self.segment_len,
+                what,
+            });
+        };
         let path = segment_path(&self.dir, next);
         let file = match OpenOptions::new().append(true).create_new(true).open(&path) {
             Ok(file) => file,
