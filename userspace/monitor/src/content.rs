@@ -81,7 +81,10 @@ struct Hits {
 
 impl Hits {
     fn new() -> Hits {
-        Hits { found: Vec::new(), seen: [0; 4] }
+        Hits {
+            found: Vec::new(),
+            seen: [0; 4],
+        }
     }
 
     fn has(&self, rule: usize) -> bool {
@@ -143,7 +146,14 @@ pub struct ContentPolicy {
 impl fmt::Debug for ContentPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContentPolicy")
-            .field("rules", &self.rules.iter().map(|r| (&r.name, r.action)).collect::<Vec<_>>())
+            .field(
+                "rules",
+                &self
+                    .rules
+                    .iter()
+                    .map(|r| (&r.name, r.action))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -162,9 +172,15 @@ impl ContentPolicy {
             if r.name.trim().is_empty() {
                 return Err(ContentError::EmptyName { index });
             }
-            let rule = RuleRef { index, name: r.name.clone() };
+            let rule = RuleRef {
+                index,
+                name: r.name.clone(),
+            };
             if let Some(first) = names.get(r.name.as_str()) {
-                return Err(ContentError::DuplicateName { rule, first: *first });
+                return Err(ContentError::DuplicateName {
+                    rule,
+                    first: *first,
+                });
             }
             names.insert(&r.name, index);
             let kinds: Vec<&str> = [
@@ -179,7 +195,12 @@ impl ContentPolicy {
             match kinds.len() {
                 0 => return Err(ContentError::NoMatcher { rule }),
                 1 => {}
-                _ => return Err(ContentError::SeveralMatchers { rule, kinds: kinds.join(", ") }),
+                _ => {
+                    return Err(ContentError::SeveralMatchers {
+                        rule,
+                        kinds: kinds.join(", "),
+                    })
+                }
             }
             if r.whole_word.is_some() && r.keywords.is_none() {
                 return Err(ContentError::WholeWordWithoutKeywords { rule });
@@ -187,18 +208,38 @@ impl ContentPolicy {
             let allow = r.action == Action::Allow;
             if let Some(phrases) = &r.keywords {
                 let whole_word = r.whole_word.unwrap_or(false);
-                keywords.add(&rule, &KeywordRule { index, allow, whole_word, phrases })?;
+                keywords.add(
+                    &rule,
+                    &KeywordRule {
+                        index,
+                        allow,
+                        whole_word,
+                        phrases,
+                    },
+                )?;
             } else if let Some(list) = &r.patterns {
                 if list.is_empty() {
-                    return Err(ContentError::EmptyList { rule, field: "patterns" });
+                    return Err(ContentError::EmptyList {
+                        rule,
+                        field: "patterns",
+                    });
                 }
                 for (position, p) in list.iter().enumerate() {
                     let Some(k) = PatternKind::from_name(p.trim()) else {
                         let known = PatternKind::ALL.map(PatternKind::name).join(", ");
-                        return Err(ContentError::UnknownPattern { rule, position, pattern: p.clone(), known });
+                        return Err(ContentError::UnknownPattern {
+                            rule,
+                            position,
+                            pattern: p.clone(),
+                            known,
+                        });
                     };
                     patterns.wanted.insert(k);
-                    let by_kind = if allow { &mut patterns.allow } else { &mut patterns.deny };
+                    let by_kind = if allow {
+                        &mut patterns.allow
+                    } else {
+                        &mut patterns.deny
+                    };
                     if let Some(v) = by_kind.get_mut(k.index()).filter(|v| !v.contains(&index)) {
                         v.push(index);
                     }
@@ -208,9 +249,18 @@ impl ContentPolicy {
             } else if let Some(cfg) = &r.files {
                 files.add(&rule, index, cfg)?;
             }
-            rules.push(Rule { name: r.name.clone(), action: r.action });
+            rules.push(Rule {
+                name: r.name.clone(),
+                action: r.action,
+            });
         }
-        Ok(ContentPolicy { rules, keywords: keywords.build()?, patterns, urls, files })
+        Ok(ContentPolicy {
+            rules,
+            keywords: keywords.build()?,
+            patterns,
+            urls,
+            files,
+        })
     }
 
     /// The number of rules.
@@ -230,12 +280,18 @@ impl ContentPolicy {
         let mut hits = Hits::new();
         let mut scratch = String::new();
         let mut candidates = Vec::new();
-        self.keywords.scan(&msg.body, Place::Body, &mut scratch, &mut hits);
+        self.keywords
+            .scan(&msg.body, Place::Body, &mut scratch, &mut hits);
         self.scan_patterns(&msg.body, "", &mut hits);
         self.scan_urls(&msg.body, &mut candidates, &mut hits);
         for att in &msg.attachments {
             if !att.name.is_empty() {
-                self.keywords.scan(&att.name, Place::FileName(&att.name), &mut scratch, &mut hits);
+                self.keywords.scan(
+                    &att.name,
+                    Place::FileName(&att.name),
+                    &mut scratch,
+                    &mut hits,
+                );
                 self.scan_patterns(&att.name, " in a file name", &mut hits);
             }
             if let Some(u) = &att.url {
@@ -255,7 +311,9 @@ impl ContentPolicy {
         let mut found = patterns::Found::default();
         patterns::scan(text, p.wanted, &mut found);
         for k in PatternKind::ALL {
-            let Some(value) = found.get(k.index()).and_then(Option::as_ref) else { continue };
+            let Some(value) = found.get(k.index()).and_then(Option::as_ref) else {
+                continue;
+            };
             let allow = p.allow.get(k.index()).map_or(&[][..], Vec::as_slice);
             let deny = p.deny.get(k.index()).map_or(&[][..], Vec::as_slice);
             // A kind an allow rule lists is exempt from the log and block pattern rules.
@@ -284,10 +342,18 @@ impl ContentPolicy {
             .into_iter()
             .filter_map(|(r, reason)| {
                 let rule = self.rules.get(r)?;
-                Some(RuleMatch { rule: rule.name.clone(), action: rule.action, reason })
+                Some(RuleMatch {
+                    rule: rule.name.clone(),
+                    action: rule.action,
+                    reason,
+                })
             })
             .collect();
-        let action = matches.iter().map(|m| m.action).max().unwrap_or(Action::Allow);
+        let action = matches
+            .iter()
+            .map(|m| m.action)
+            .max()
+            .unwrap_or(Action::Allow);
         Decision { action, matches }
     }
 }

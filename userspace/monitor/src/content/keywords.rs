@@ -146,21 +146,40 @@ pub struct KeywordsBuilder {
 impl KeywordsBuilder {
     pub fn add(&mut self, rule: &RuleRef, kr: &KeywordRule<'_>) -> Result<(), ContentError> {
         if kr.phrases.is_empty() {
-            return Err(ContentError::EmptyList { rule: rule.clone(), field: "keywords" });
+            return Err(ContentError::EmptyList {
+                rule: rule.clone(),
+                field: "keywords",
+            });
         }
         for (position, written) in kr.phrases.iter().enumerate() {
             let folded = fold(written.trim());
             if folded.is_empty() {
-                return Err(ContentError::EmptyEntry { rule: rule.clone(), field: "keywords", position });
+                return Err(ContentError::EmptyEntry {
+                    rule: rule.clone(),
+                    field: "keywords",
+                    position,
+                });
             }
-            let phrase = Phrase { rule: kr.index, whole_word: kr.whole_word, written: written.trim().into() };
-            if kr.allow { &mut self.allow } else { &mut self.deny }.push((phrase, folded));
+            let phrase = Phrase {
+                rule: kr.index,
+                whole_word: kr.whole_word,
+                written: written.trim().into(),
+            };
+            if kr.allow {
+                &mut self.allow
+            } else {
+                &mut self.deny
+            }
+            .push((phrase, folded));
         }
         Ok(())
     }
 
     pub fn build(self) -> Result<Keywords, ContentError> {
-        Ok(Keywords { deny: Automaton::build(self.deny)?, allow: Automaton::build(self.allow)? })
+        Ok(Keywords {
+            deny: Automaton::build(self.deny)?,
+            allow: Automaton::build(self.allow)?,
+        })
     }
 }
 
@@ -177,7 +196,9 @@ impl Keywords {
         let hay = haystack(text, scratch);
         let reason = |p: &Phrase| match place {
             Place::Body => format!("keyword `{}`", p.written),
-            Place::FileName(n) => format!("keyword `{}` in file name `{}`", p.written, super::shown(n)),
+            Place::FileName(n) => {
+                format!("keyword `{}` in file name `{}`", p.written, super::shown(n))
+            }
         };
         // Merged allow occurrences, sorted by start, disjoint.
         let mut spans: Vec<(usize, usize)> = Vec::new();

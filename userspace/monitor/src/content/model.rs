@@ -33,7 +33,10 @@ use crate::message::Action;
 ///       files: {extensions: [exe, scr, "tar.gz"], larger_than: 10MiB}
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a content policy: a mapping with `rules`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a content policy: a mapping with `rules`"
+)]
 pub struct ContentConfig {
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -140,7 +143,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = t.split_at(digits);
     if num.is_empty() {
-        return Err(format!("`{text}` is not a size: it must start with a whole number of bytes"));
+        return Err(format!(
+            "`{text}` is not a size: it must start with a whole number of bytes"
+        ));
     }
     let unit = unit.trim_start();
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -184,7 +189,9 @@ impl fmt::Display for RuleRef {
 pub enum ContentError {
     #[error("content.rules[{index}]: the rule has an empty name; every rule needs a unique name")]
     EmptyName { index: usize },
-    #[error("{rule}: the name is already used by content.rules[{first}]; rule names must be unique")]
+    #[error(
+        "{rule}: the name is already used by content.rules[{first}]; rule names must be unique"
+    )]
     DuplicateName { rule: RuleRef, first: usize },
     #[error("{rule}: the rule has no matcher; give one of keywords, patterns, urls, files")]
     NoMatcher { rule: RuleRef },
@@ -193,17 +200,37 @@ pub enum ContentError {
     #[error("{rule}: {field} is empty; list at least one entry or remove the field")]
     EmptyList { rule: RuleRef, field: &'static str },
     #[error("{rule}: {field}[{position}] is an empty string")]
-    EmptyEntry { rule: RuleRef, field: &'static str, position: usize },
+    EmptyEntry {
+        rule: RuleRef,
+        field: &'static str,
+        position: usize,
+    },
     #[error("{rule}: whole_word applies to keywords only, and this rule has none")]
     WholeWordWithoutKeywords { rule: RuleRef },
     #[error("{rule}: patterns[{position}]: unknown pattern `{pattern}`; known patterns: {known}")]
-    UnknownPattern { rule: RuleRef, position: usize, pattern: String, known: String },
+    UnknownPattern {
+        rule: RuleRef,
+        position: usize,
+        pattern: String,
+        known: String,
+    },
     #[error("{rule}: files.larger_than: {why}")]
     BadSize { rule: RuleRef, why: String },
     #[error("{rule}: {field}[{position}]: `{value}` is not valid: {why}")]
-    BadUrlMatcher { rule: RuleRef, field: &'static str, position: usize, value: String, why: String },
+    BadUrlMatcher {
+        rule: RuleRef,
+        field: &'static str,
+        position: usize,
+        value: String,
+        why: String,
+    },
     #[error("{rule}: files.extensions[{position}]: `{value}` is not an extension: {why}")]
-    BadExtension { rule: RuleRef, position: usize, value: String, why: String },
+    BadExtension {
+        rule: RuleRef,
+        position: usize,
+        value: String,
+        why: String,
+    },
     #[error("{rule}: files.match_unknown_size needs files.larger_than")]
     UnknownSizeWithoutSize { rule: RuleRef },
     #[error("content policy: the keyword automaton could not be built: {0}")]
@@ -275,24 +302,35 @@ rules:
         let f = c.rules[3].files.as_ref().unwrap();
         assert_eq!(f.larger_than, Some(SizeText("10MiB".into())));
         assert!(f.match_unknown_size);
-        assert_eq!(c.rules[4].files.as_ref().unwrap().larger_than, Some(SizeText("1000".into())));
+        assert_eq!(
+            c.rules[4].files.as_ref().unwrap().larger_than,
+            Some(SizeText("1000".into()))
+        );
     }
 
     #[test]
     fn yaml_refuses_unknown_fields_and_actions() {
-        let e = serde_yaml::from_str::<ContentConfig>("rules: [{name: a, action: block, keyword: [x]}]")
-            .unwrap_err()
-            .to_string();
+        let e = serde_yaml::from_str::<ContentConfig>(
+            "rules: [{name: a, action: block, keyword: [x]}]",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `keyword`"), "{e}");
-        let e = serde_yaml::from_str::<ContentConfig>("rules: [{name: a, action: drop, keywords: [x]}]")
-            .unwrap_err()
-            .to_string();
+        let e = serde_yaml::from_str::<ContentConfig>(
+            "rules: [{name: a, action: drop, keywords: [x]}]",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("drop"), "{e}");
-        let e = serde_yaml::from_str::<ContentConfig>("rules: [{name: a, action: log, urls: {domain: [x]}}]")
+        let e = serde_yaml::from_str::<ContentConfig>(
+            "rules: [{name: a, action: log, urls: {domain: [x]}}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `domain`"), "{e}");
+        let e = serde_yaml::from_str::<ContentConfig>("rule: []")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `domain`"), "{e}");
-        let e = serde_yaml::from_str::<ContentConfig>("rule: []").unwrap_err().to_string();
         assert!(e.contains("unknown field `rule`"), "{e}");
     }
 }

@@ -33,8 +33,12 @@ pub enum PatternKind {
 }
 
 impl PatternKind {
-    pub const ALL: [PatternKind; 4] =
-        [PatternKind::PaymentCard, PatternKind::Iban, PatternKind::UsSsn, PatternKind::UkNino];
+    pub const ALL: [PatternKind; 4] = [
+        PatternKind::PaymentCard,
+        PatternKind::Iban,
+        PatternKind::UsSsn,
+        PatternKind::UkNino,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -82,7 +86,10 @@ pub type Found = [Option<String>; 4];
 /// Finds the first value of each kind of `wanted` in `text`; stops once all are found.
 pub fn scan(text: &str, wanted: KindSet, found: &mut Found) {
     let b = text.as_bytes();
-    let mut missing = PatternKind::ALL.into_iter().filter(|k| wanted.contains(*k)).count();
+    let mut missing = PatternKind::ALL
+        .into_iter()
+        .filter(|k| wanted.contains(*k))
+        .count();
     let mut i = 0;
     while i < b.len() && missing > 0 {
         let Some(&c) = b.get(i) else { break };
@@ -141,34 +148,34 @@ fn redact_grouped(chars: &[u8]) -> String {
 
 const CARD_MAX: usize = 19;
 
-/// Tries card numbers starting at the digit `b[i]`: the windows that end at a group boundary
-/// followed by no letter or digit, shortest first.
-fn card_at(b: &[u8], i: usize) -> Option<String> {
+/// Tries card numbers starting at the digit `text[start]`: the windows that end at a group
+/// boundary followed by no letter or digit, shortest first.
+fn card_at(text: &[u8], start: usize) -> Option<String> {
     let mut digits = [0u8; CARD_MAX];
-    let mut n = 0;
-    let mut j = i;
+    let mut count = 0;
+    let mut pos = start;
     let mut sep = None;
     loop {
-        while let Some(d) = digit(b, j) {
-            let slot = digits.get_mut(n)?;
-            *slot = d;
-            n += 1;
-            j += 1;
+        while let Some(d) = digit(text, pos) {
+            *digits.get_mut(count)? = d;
+            count += 1;
+            pos += 1;
         }
-        if alnum_at(b, j) {
+        if alnum_at(text, pos) {
             return None;
         }
-        let number = digits.get(..n)?;
-        if (13..=CARD_MAX).contains(&n) && card_valid(number) {
-            let text: Vec<u8> = number.iter().map(|d| d + b'0').collect();
-            return Some(redact_grouped(&text));
+        let number = digits.get(..count)?;
+        if (13..=CARD_MAX).contains(&count) && card_valid(number) {
+            let shown: Vec<u8> = number.iter().map(|d| d + b'0').collect();
+            return Some(redact_grouped(&shown));
         }
-        let s = *b.get(j)?;
-        if !(s == b' ' || s == b'-') || digit(b, j + 1).is_none() || sep.is_some_and(|p| p != s) {
+        let here = *text.get(pos)?;
+        let joins = (here == b' ' || here == b'-') && digit(text, pos + 1).is_some();
+        if !joins || sep.is_some_and(|p| p != here) {
             return None;
         }
-        sep = Some(s);
-        j += 1;
+        sep = Some(here);
+        pos += 1;
     }
 }
 
@@ -191,12 +198,15 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The number formed by the first `k` digits.
 fn prefix(digits: &[u8], k: usize) -> u32 {
-    digits.iter().take(k).fold(0, |acc, &d| acc * 10 + u32::from(d))
+    digits
+        .iter()
+        .take(k)
+        .fold(0, |acc, &d| acc * 10 + u32::from(d))
 }
 
 /// Issuer ranges (IIN) and the lengths their cards have.
@@ -216,16 +226,17 @@ fn card_valid(d: &[u8]) -> bool {
             // American Express; JCB; Diners Club
             ((p2 == 34 || p2 == 37) && n == 15)
                 || ((3528..=3589).contains(&p4) && n >= 16)
-                || ((p2 == 36 || p2 == 38 || p2 == 39 || (300..=305).contains(&p3) || p4 == 3095) && n >= 14)
+                || ((p2 == 36 || p2 == 38 || p2 == 39 || (300..=305).contains(&p3) || p4 == 3095)
+                    && n >= 14)
         }
         Some(5) => {
             // Mastercard; Maestro
-            ((51..=55).contains(&p2) && n == 16) || (matches!(p4, 5018 | 5020 | 5038 | 5893) && n >= 13)
+            ((51..=55).contains(&p2) && n == 16)
+                || (matches!(p4, 5018 | 5020 | 5038 | 5893) && n >= 13)
         }
         Some(6) => {
-            // Discover; UnionPay; Maestro
-            ((p4 == 6011 || (644..=649).contains(&p3) || p2 == 65) && n >= 16)
-                || (p2 == 62 && n >= 16)
+            // Discover, UnionPay; Maestro
+            ((p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || p2 == 62) && n >= 16)
                 || (matches!(p4, 6304 | 6759 | 6761 | 6762 | 6763) && n >= 13)
         }
         _ => false,
@@ -236,6 +247,7 @@ fn card_valid(d: &[u8]) -> bool {
 // ---- IBAN ----
 
 /// IBAN lengths by country, from the SWIFT IBAN registry.
+#[rustfmt::skip]
 const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16),
     (b"BG", 22), (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22),
@@ -255,7 +267,10 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 const IBAN_MAX: usize = 34;
 
 fn iban_length(cc: [u8; 2]) -> Option<usize> {
-    IBAN_LENGTHS.iter().find(|(c, _)| **c == cc).map(|(_, n)| *n)
+    IBAN_LENGTHS
+        .iter()
+        .find(|(c, _)| **c == cc)
+        .map(|(_, n)| *n)
 }
 
 /// ISO 7064 MOD 97-10 over the IBAN with its first four characters moved to the end and
@@ -271,42 +286,45 @@ fn iban_mod97(iban: &[u8]) -> u32 {
     })
 }
 
-fn iban_at(b: &[u8], i: usize) -> Option<String> {
-    let cc = [b.get(i)?.to_ascii_uppercase(), b.get(i + 1)?.to_ascii_uppercase()];
-    let len = iban_length(cc)?;
-    let mut v = [0u8; IBAN_MAX];
-    let mut k = 0;
-    let mut j = i;
+fn iban_at(text: &[u8], start: usize) -> Option<String> {
+    let country = [
+        text.get(start)?.to_ascii_uppercase(),
+        text.get(start + 1)?.to_ascii_uppercase(),
+    ];
+    let len = iban_length(country)?;
+    let mut chars = [0u8; IBAN_MAX];
+    let mut count = 0;
+    let mut pos = start;
     // Paper form: decided by the character after the first four.
     let mut paper = None;
-    while k < len {
-        if k > 0 && k % 4 == 0 {
-            let spaced = b.get(j) == Some(&b' ');
+    while count < len {
+        if count > 0 && count % 4 == 0 {
+            let spaced = text.get(pos) == Some(&b' ');
             if *paper.get_or_insert(spaced) != spaced {
                 return None;
             }
             if spaced {
-                j += 1;
+                pos += 1;
             }
         }
-        let c = b.get(j)?.to_ascii_uppercase();
-        let ok = match k {
-            0 | 1 => c.is_ascii_uppercase(),
-            2 | 3 => c.is_ascii_digit(),
-            _ => c.is_ascii_alphanumeric(),
+        let ch = text.get(pos)?.to_ascii_uppercase();
+        let ok = match count {
+            0 | 1 => ch.is_ascii_uppercase(),
+            2 | 3 => ch.is_ascii_digit(),
+            _ => ch.is_ascii_alphanumeric(),
         };
         if !ok {
             return None;
         }
-        *v.get_mut(k)? = c;
-        k += 1;
-        j += 1;
+        *chars.get_mut(count)? = ch;
+        count += 1;
+        pos += 1;
     }
-    if alnum_at(b, j) {
+    if alnum_at(text, pos) {
         return None;
     }
-    let iban = v.get(..len)?;
-    let check = prefix(&[iban[2] - b'0', iban[3] - b'0'], 2);
+    let iban = chars.get(..len)?;
+    let check = digit(iban, 2)? * 10 + digit(iban, 3)?;
     ((2..=98).contains(&check) && iban_mod97(iban) == 1).then(|| redact_grouped(iban))
 }
 
@@ -322,7 +340,17 @@ fn ssn_at(b: &[u8], i: usize) -> Option<String> {
     if sep != b'-' && sep != b' ' {
         return None;
     }
-    let layout = [(0, 0), (1, 1), (2, 2), (3, 4), (4, 5), (5, 7), (6, 8), (7, 9), (8, 10)];
+    let layout = [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+        (3, 4),
+        (4, 5),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+    ];
     for (k, off) in layout {
         *d.get_mut(k)? = digit(b, i + off)?;
     }
@@ -346,36 +374,46 @@ fn ssn_at(b: &[u8], i: usize) -> Option<String> {
 fn nino_prefix_valid(a: u8, b: u8) -> bool {
     let first_ok = !matches!(a, b'D' | b'F' | b'I' | b'Q' | b'U' | b'V');
     let second_ok = !matches!(b, b'D' | b'F' | b'I' | b'O' | b'Q' | b'U' | b'V');
-    let unallocated = matches!(&[a, b], b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ");
+    let unallocated = matches!(
+        &[a, b],
+        b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ"
+    );
     first_ok && second_ok && !unallocated
 }
 
-fn nino_at(b: &[u8], i: usize) -> Option<String> {
-    let a = b.get(i)?.to_ascii_uppercase();
-    let c = b.get(i + 1)?.to_ascii_uppercase();
-    if !a.is_ascii_uppercase() || !c.is_ascii_uppercase() || !nino_prefix_valid(a, c) {
+fn nino_at(text: &[u8], start: usize) -> Option<String> {
+    let first = text.get(start)?.to_ascii_uppercase();
+    let second = text.get(start + 1)?.to_ascii_uppercase();
+    if !first.is_ascii_uppercase()
+        || !second.is_ascii_uppercase()
+        || !nino_prefix_valid(first, second)
+    {
         return None;
     }
-    let mut j = i + 2;
-    let skip_space = |j: &mut usize| {
-        if b.get(*j) == Some(&b' ') {
-            *j += 1;
+    let mut pos = start + 2;
+    let skip_space = |pos: &mut usize| {
+        if text.get(*pos) == Some(&b' ') {
+            *pos += 1;
         }
     };
     for _ in 0..3 {
-        skip_space(&mut j);
-        digit(b, j)?;
-        digit(b, j + 1)?;
-        j += 2;
+        skip_space(&mut pos);
+        digit(text, pos)?;
+        digit(text, pos + 1)?;
+        pos += 2;
     }
-    skip_space(&mut j);
-    let suffix = b.get(j)?.to_ascii_uppercase();
-    if !(b'A'..=b'D').contains(&suffix) || alnum_at(b, j + 1) {
+    skip_space(&mut pos);
+    let suffix = text.get(pos)?.to_ascii_uppercase();
+    if !(b'A'..=b'D').contains(&suffix) || alnum_at(text, pos + 1) {
         return None;
     }
-    let mut s = String::with_capacity(13);
-    let _ = write!(s, "{}{} ** ** ** {}", a as char, c as char, suffix as char);
-    Some(s)
+    let mut out = String::with_capacity(13);
+    let _ = write!(
+        out,
+        "{}{} ** ** ** {}",
+        first as char, second as char, suffix as char
+    );
+    Some(out)
 }
 
 #[cfg(test)]
@@ -387,7 +425,9 @@ mod tests {
         set.insert(kind);
         let mut found = Found::default();
         scan(text, set, &mut found);
-        found[kind.index()].take().map(|r| r.trim_start_matches(kind.name()).trim_start().to_string())
+        found[kind.index()]
+            .take()
+            .map(|r| r.trim_start_matches(kind.name()).trim_start().to_string())
     }
 
     #[test]
@@ -426,8 +466,15 @@ mod tests {
         for (number, want) in cases {
             let text = format!("my card is {number}, thanks");
             let got = find(PatternKind::PaymentCard, &text);
-            assert_eq!(got.as_deref(), Some(want.trim_start_matches("payment_card ")), "{number}");
-            assert!(!got.unwrap_or_default().contains(&number[4..12]), "{number} not redacted");
+            assert_eq!(
+                got.as_deref(),
+                Some(want.trim_start_matches("payment_card ")),
+                "{number}"
+            );
+            assert!(
+                !got.unwrap_or_default().contains(&number[4..12]),
+                "{number} not redacted"
+            );
         }
     }
 
@@ -455,24 +502,47 @@ mod tests {
     fn cards_next_to_other_numbers() {
         // An expiry date after the number does not hide it.
         assert!(find(PatternKind::PaymentCard, "4111111111111111 12 25").is_some());
-        assert!(find(PatternKind::PaymentCard, "ref 12 4111 1111 1111 1111 exp 12/25").is_some());
+        assert!(find(
+            PatternKind::PaymentCard,
+            "ref 12 4111 1111 1111 1111 exp 12/25"
+        )
+        .is_some());
         assert!(find(PatternKind::PaymentCard, "é4111 1111 1111 1111é").is_some());
     }
 
     #[test]
     fn published_ibans_are_found_and_redacted() {
         let cases = [
-            ("GB82 WEST 1234 5698 7654 32", "iban GB82 **** **** **** **54 32"),
+            (
+                "GB82 WEST 1234 5698 7654 32",
+                "iban GB82 **** **** **** **54 32",
+            ),
             ("GB82WEST12345698765432", "iban GB82 **** **** **** **54 32"),
-            ("gb82 west 1234 5698 7654 32", "iban GB82 **** **** **** **54 32"),
-            ("DE89 3704 0044 0532 0130 00", "iban DE89 **** **** **** **30 00"),
+            (
+                "gb82 west 1234 5698 7654 32",
+                "iban GB82 **** **** **** **54 32",
+            ),
+            (
+                "DE89 3704 0044 0532 0130 00",
+                "iban DE89 **** **** **** **30 00",
+            ),
             ("NO93 8601 1117 947", "iban NO93 **** ***7 947"),
-            ("MT84 MALT 0110 0001 2345 MTLC AST0 01S", "iban MT84 **** **** **** **** **** ***0 01S"),
-            ("FR1420041010050500013M02606", "iban FR14 **** **** **** **** ***2 606"),
+            (
+                "MT84 MALT 0110 0001 2345 MTLC AST0 01S",
+                "iban MT84 **** **** **** **** **** ***0 01S",
+            ),
+            (
+                "FR1420041010050500013M02606",
+                "iban FR14 **** **** **** **** ***2 606",
+            ),
         ];
         for (iban, want) in cases {
             let got = find(PatternKind::Iban, &format!("pay to {iban}. Thanks"));
-            assert_eq!(got.as_deref(), Some(want.trim_start_matches("iban ")), "{iban}");
+            assert_eq!(
+                got.as_deref(),
+                Some(want.trim_start_matches("iban ")),
+                "{iban}"
+            );
         }
     }
 
@@ -510,30 +580,38 @@ mod tests {
                 }
             }
         }
-        let bban = std::str::from_utf8(&candidate.unwrap()).unwrap().to_string();
+        let bban = std::str::from_utf8(&candidate.unwrap())
+            .unwrap()
+            .to_string();
         assert!(find(PatternKind::Iban, &format!("GB97{bban}")).is_some());
         assert_eq!(find(PatternKind::Iban, &format!("GB00{bban}")), None);
     }
 
     #[test]
     fn ssns_valid_and_invalid() {
-        assert_eq!(find(PatternKind::UsSsn, "ssn 123-45-6789.").as_deref(), Some("***-**-6789"));
-        assert_eq!(find(PatternKind::UsSsn, "ssn 536 22 1234").as_deref(), Some("***-**-1234"));
+        assert_eq!(
+            find(PatternKind::UsSsn, "ssn 123-45-6789.").as_deref(),
+            Some("***-**-6789")
+        );
+        assert_eq!(
+            find(PatternKind::UsSsn, "ssn 536 22 1234").as_deref(),
+            Some("***-**-1234")
+        );
         for text in [
-            "000-12-3456",       // area 000
-            "666-12-3456",       // area 666
-            "900-12-3456",       // area 9xx
-            "987-65-4321",       // advertising range
-            "123-00-4567",       // group 00
-            "123-45-0000",       // serial 0000
-            "078-05-1120",       // voided (Woolworth wallet card)
-            "219-09-9999",       // voided (Social Security Board pamphlet)
-            "123456789",         // no separators
-            "123-45 6789",       // mixed separators
-            "1-123-45-6789",     // part of a longer dash-joined number
-            "123-45-6789-0",     // part of a longer dash-joined number
-            "x123-45-6789",      // glued to a letter
-            "123-45-67890",      // too long
+            "000-12-3456",   // area 000
+            "666-12-3456",   // area 666
+            "900-12-3456",   // area 9xx
+            "987-65-4321",   // advertising range
+            "123-00-4567",   // group 00
+            "123-45-0000",   // serial 0000
+            "078-05-1120",   // voided (Woolworth wallet card)
+            "219-09-9999",   // voided (Social Security Board pamphlet)
+            "123456789",     // no separators
+            "123-45 6789",   // mixed separators
+            "1-123-45-6789", // part of a longer dash-joined number
+            "123-45-6789-0", // part of a longer dash-joined number
+            "x123-45-6789",  // glued to a letter
+            "123-45-67890",  // too long
         ] {
             assert_eq!(find(PatternKind::UsSsn, text), None, "{text}");
         }
@@ -541,18 +619,27 @@ mod tests {
 
     #[test]
     fn ninos_valid_and_invalid() {
-        assert_eq!(find(PatternKind::UkNino, "NI AB123456C ok").as_deref(), Some("AB ** ** ** C"));
-        assert_eq!(find(PatternKind::UkNino, "NI: ab 12 34 56 d").as_deref(), Some("AB ** ** ** D"));
-        assert_eq!(find(PatternKind::UkNino, "JG103759A").as_deref(), Some("JG ** ** ** A"));
+        assert_eq!(
+            find(PatternKind::UkNino, "NI AB123456C ok").as_deref(),
+            Some("AB ** ** ** C")
+        );
+        assert_eq!(
+            find(PatternKind::UkNino, "NI: ab 12 34 56 d").as_deref(),
+            Some("AB ** ** ** D")
+        );
+        assert_eq!(
+            find(PatternKind::UkNino, "JG103759A").as_deref(),
+            Some("JG ** ** ** A")
+        );
         for text in [
-            "QQ123456C", // Q is not a first letter: the HMRC specimen number
-            "DA123456A", // D first
-            "AO123456A", // O second
-            "GB123456A", // unallocated prefix
-            "TN123456A", // unallocated prefix
-            "ZZ123456A", // unallocated prefix
-            "AB123456E", // suffix past D
-            "AB12345C",  // five digits
+            "QQ123456C",  // Q is not a first letter: the HMRC specimen number
+            "DA123456A",  // D first
+            "AO123456A",  // O second
+            "GB123456A",  // unallocated prefix
+            "TN123456A",  // unallocated prefix
+            "ZZ123456A",  // unallocated prefix
+            "AB123456E",  // suffix past D
+            "AB12345C",   // five digits
             "AB1234567C", // seven digits
             "AB123456CX", // glued
             "XAB123456C", // glued
@@ -567,9 +654,19 @@ mod tests {
         set.insert(PatternKind::PaymentCard);
         set.insert(PatternKind::UkNino);
         let mut found = Found::default();
-        scan("GB82 WEST 1234 5698 7654 32 5555555555554444 4111111111111111 AB123456C", set, &mut found);
-        assert_eq!(found[PatternKind::PaymentCard.index()].as_deref(), Some("payment_card 5555 **** **** 4444"));
-        assert_eq!(found[PatternKind::UkNino.index()].as_deref(), Some("uk_nino AB ** ** ** C"));
+        scan(
+            "GB82 WEST 1234 5698 7654 32 5555555555554444 4111111111111111 AB123456C",
+            set,
+            &mut found,
+        );
+        assert_eq!(
+            found[PatternKind::PaymentCard.index()].as_deref(),
+            Some("payment_card 5555 **** **** 4444")
+        );
+        assert_eq!(
+            found[PatternKind::UkNino.index()].as_deref(),
+            Some("uk_nino AB ** ** ** C")
+        );
         assert_eq!(found[PatternKind::Iban.index()], None);
     }
 }

@@ -12,7 +12,9 @@ fn policy(yaml: &str) -> ContentPolicy {
 
 fn compile_err(yaml: &str) -> String {
     let cfg: ContentConfig = serde_yaml::from_str(yaml).expect("test YAML");
-    ContentPolicy::compile(&cfg).expect_err("policy must be refused").to_string()
+    ContentPolicy::compile(&cfg)
+        .expect_err("policy must be refused")
+        .to_string()
 }
 
 fn msg(body: &str) -> Message {
@@ -46,7 +48,11 @@ fn with_att(body: &str, a: Attachment) -> Message {
 
 /// `rule: reason` of every match, in order.
 fn matched(p: &ContentPolicy, m: &Message) -> Vec<String> {
-    p.evaluate(m).matches.into_iter().map(|m| format!("{}: {}", m.rule, m.reason)).collect()
+    p.evaluate(m)
+        .matches
+        .into_iter()
+        .map(|m| format!("{}: {}", m.rule, m.reason))
+        .collect()
 }
 
 fn rules_hit(p: &ContentPolicy, m: &Message) -> Vec<String> {
@@ -79,7 +85,10 @@ fn keywords_are_case_insensitive_and_overlap_across_rules() {
         matched(&p, &msg("about PROJECT falcon, INTERNAL ONLY")),
         ["falcon: keyword `Project Falcon`", "bird: keyword `falcon`"]
     );
-    assert_eq!(p.evaluate(&msg("about PROJECT falcon")).action, Action::Block);
+    assert_eq!(
+        p.evaluate(&msg("about PROJECT falcon")).action,
+        Action::Block
+    );
     assert_eq!(matched(&p, &msg("a falconer")), ["bird: keyword `falcon`"]);
     assert_eq!(p.evaluate(&msg("nothing here")), Decision::allow());
 }
@@ -107,7 +116,10 @@ fn unicode_case_folding() {
     assert_eq!(rules_hit(&p, &msg("Hauptstraße 1")), ["umlaut"]);
     assert!(rules_hit(&p, &msg("uber alles")).is_empty());
     // Non-ASCII text with an ASCII keyword.
-    assert_eq!(rules_hit(&p, &msg("Ärger: PROJECT FALCON")), ["falcon", "bird"]);
+    assert_eq!(
+        rules_hit(&p, &msg("Ärger: PROJECT FALCON")),
+        ["falcon", "bird"]
+    );
     let greek = policy("rules: [{name: g, action: log, keywords: [ΟΔΟΣ]}]");
     assert_eq!(rules_hit(&greek, &msg("η οδος")), ["g"]);
     assert_eq!(rules_hit(&greek, &msg("η οδοσ")), ["g"]);
@@ -116,11 +128,17 @@ fn unicode_case_folding() {
 #[test]
 fn keywords_in_attachment_names() {
     let p = policy(WORDS);
-    let m = with_att("see file", att("Project_Falcon internal only.pdf", Some(1), None));
-    assert_eq!(matched(&p, &m), [
-        "falcon: keyword `internal only` in file name `Project_Falcon internal only.pdf`",
-        "bird: keyword `falcon` in file name `Project_Falcon internal only.pdf`"
-    ]);
+    let m = with_att(
+        "see file",
+        att("Project_Falcon internal only.pdf", Some(1), None),
+    );
+    assert_eq!(
+        matched(&p, &m),
+        [
+            "falcon: keyword `internal only` in file name `Project_Falcon internal only.pdf`",
+            "bird: keyword `falcon` in file name `Project_Falcon internal only.pdf`"
+        ]
+    );
 }
 
 #[test]
@@ -138,13 +156,19 @@ rules:
     );
     let d = p.evaluate(&msg("Falcon Heavy launch"));
     assert_eq!(d.action, Action::Allow);
-    assert_eq!(matched(&p, &msg("Falcon Heavy launch")), ["rocket: keyword `falcon heavy`"]);
+    assert_eq!(
+        matched(&p, &msg("Falcon Heavy launch")),
+        ["rocket: keyword `falcon heavy`"]
+    );
     // Overlapping allow phrases merge: "spacex falcon heavy" is covered.
     assert_eq!(rules_hit(&p, &msg("spacex falcon heavy")), ["rocket"]);
     // Another occurrence outside the allowed phrase still counts.
     let d = p.evaluate(&msg("falcon heavy launch; also the falcon plan"));
     assert_eq!(d.action, Action::Block);
-    assert_eq!(rules_hit(&p, &msg("falcon heavy launch; also the falcon plan")), ["bird", "rocket"]);
+    assert_eq!(
+        rules_hit(&p, &msg("falcon heavy launch; also the falcon plan")),
+        ["bird", "rocket"]
+    );
     assert_eq!(p.evaluate(&msg("a falcon")).action, Action::Block);
 }
 
@@ -170,7 +194,7 @@ rules:
 
 // ---- patterns ----
 
-const DATA: &str = r#"
+const DATA: &str = r"
 rules:
   - name: cards
     action: block
@@ -181,7 +205,7 @@ rules:
   - name: national-ids
     action: log
     patterns: [us_ssn, uk_nino]
-"#;
+";
 
 #[test]
 fn patterns_match_and_redact() {
@@ -189,16 +213,30 @@ fn patterns_match_and_redact() {
     let m = msg("card 4111 1111 1111 1111 and iban GB82 WEST 1234 5698 7654 32");
     let d = p.evaluate(&m);
     assert_eq!(d.action, Action::Block);
-    assert_eq!(matched(&p, &m), [
-        "cards: payment_card 4111 **** **** 1111",
-        "banking: payment_card 4111 **** **** 1111",
-    ]);
-    assert_eq!(matched(&p, &msg("iban GB82WEST12345698765432")), ["banking: iban GB82 **** **** **** **54 32"]);
-    assert_eq!(matched(&p, &msg("ssn 123-45-6789")), ["national-ids: us_ssn ***-**-6789"]);
-    assert_eq!(matched(&p, &msg("NI number AB 12 34 56 C")), ["national-ids: uk_nino AB ** ** ** C"]);
+    assert_eq!(
+        matched(&p, &m),
+        [
+            "cards: payment_card 4111 **** **** 1111",
+            "banking: payment_card 4111 **** **** 1111",
+        ]
+    );
+    assert_eq!(
+        matched(&p, &msg("iban GB82WEST12345698765432")),
+        ["banking: iban GB82 **** **** **** **54 32"]
+    );
+    assert_eq!(
+        matched(&p, &msg("ssn 123-45-6789")),
+        ["national-ids: us_ssn ***-**-6789"]
+    );
+    assert_eq!(
+        matched(&p, &msg("NI number AB 12 34 56 C")),
+        ["national-ids: uk_nino AB ** ** ** C"]
+    );
     for d in [p.evaluate(&m)] {
         for r in d.matches {
-            assert!(!r.reason.contains("4111 1111 1111 1111") && !r.reason.contains("4111111111111111"));
+            assert!(
+                !r.reason.contains("4111 1111 1111 1111") && !r.reason.contains("4111111111111111")
+            );
             assert!(!r.reason.contains("WEST"));
         }
     }
@@ -225,16 +263,19 @@ fn numbers_that_fail_validation_do_not_match() {
 fn patterns_in_file_names_do_not_repeat_the_name() {
     let p = policy(DATA);
     let m = with_att("", att("4111111111111111.txt", None, None));
-    assert_eq!(matched(&p, &m), [
-        "cards: payment_card 4111 **** **** 1111 in a file name",
-        "banking: payment_card 4111 **** **** 1111 in a file name",
-    ]);
+    assert_eq!(
+        matched(&p, &m),
+        [
+            "cards: payment_card 4111 **** **** 1111 in a file name",
+            "banking: payment_card 4111 **** **** 1111 in a file name",
+        ]
+    );
 }
 
 #[test]
 fn allow_pattern_rule_exempts_its_kind_only() {
     let p = policy(
-        r#"
+        r"
 rules:
   - name: cards
     action: block
@@ -242,14 +283,20 @@ rules:
   - name: test-cards-ok
     action: allow
     patterns: [payment_card]
-"#,
+",
     );
     let d = p.evaluate(&msg("4111111111111111"));
     assert_eq!(d.action, Action::Allow);
     assert_eq!(rules_hit(&p, &msg("4111111111111111")), ["test-cards-ok"]);
     let both = msg("4111111111111111 GB82WEST12345698765432");
     assert_eq!(p.evaluate(&both).action, Action::Block);
-    assert_eq!(matched(&p, &both), ["cards: iban GB82 **** **** **** **54 32", "test-cards-ok: payment_card 4111 **** **** 1111"]);
+    assert_eq!(
+        matched(&p, &both),
+        [
+            "cards: iban GB82 **** **** **** **54 32",
+            "test-cards-ok: payment_card 4111 **** **** 1111"
+        ]
+    );
 }
 
 // ---- URLs ----
@@ -273,10 +320,14 @@ rules:
 #[test]
 fn url_domains_match_subdomains_only() {
     let p = policy(LINKS);
-    assert_eq!(matched(&p, &msg("go to https://evil.example/x")), [
-        "phishing: url `https://evil.example/x` in domain `evil.example`"
-    ]);
-    assert_eq!(rules_hit(&p, &msg("http://a.b.EVIL.example:8080/")), ["phishing"]);
+    assert_eq!(
+        matched(&p, &msg("go to https://evil.example/x")),
+        ["phishing: url `https://evil.example/x` in domain `evil.example`"]
+    );
+    assert_eq!(
+        rules_hit(&p, &msg("http://a.b.EVIL.example:8080/")),
+        ["phishing"]
+    );
     assert!(rules_hit(&p, &msg("http://notevil.example/")).is_empty());
     assert!(rules_hit(&p, &msg("http://evil.example.org/")).is_empty());
     assert_eq!(rules_hit(&p, &msg("www.evil.example")), ["phishing"]);
@@ -297,11 +348,16 @@ fn url_tricks_are_normalised() {
     ] {
         let d = p.evaluate(&msg(body));
         assert_eq!(d.action, Action::Block, "{body}");
-        assert!(d.matches[0].reason.contains("in domain `evil.example`"), "{body}: {:?}", d.matches);
+        assert!(
+            d.matches[0].reason.contains("in domain `evil.example`"),
+            "{body}: {:?}",
+            d.matches
+        );
     }
-    assert_eq!(matched(&p, &msg("http://good.com@evil.example/")), [
-        "phishing: url `http://evil.example/` in domain `evil.example`"
-    ]);
+    assert_eq!(
+        matched(&p, &msg("http://good.com@evil.example/")),
+        ["phishing: url `http://evil.example/` in domain `evil.example`"]
+    );
     // The `@` after a backslash is in the path: the host is good.com.
     assert!(rules_hit(&p, &msg("http://good.com\\@evil.example/")).is_empty());
 }
@@ -309,29 +365,38 @@ fn url_tricks_are_normalised() {
 #[test]
 fn url_idna_rules_match_either_form() {
     let p = policy(LINKS);
-    assert_eq!(matched(&p, &msg("http://xn--bcher-kva.example/")), [
-        "phishing: url `http://xn--bcher-kva.example/` in domain `xn--bcher-kva.example`"
-    ]);
+    assert_eq!(
+        matched(&p, &msg("http://xn--bcher-kva.example/")),
+        ["phishing: url `http://xn--bcher-kva.example/` in domain `xn--bcher-kva.example`"]
+    );
     assert_eq!(rules_hit(&p, &msg("http://BÜCHER.example/")), ["phishing"]);
     // The suffix was given in punycode; the URL in Unicode (Cyrillic look-alike of apple.com).
-    assert_eq!(matched(&p, &msg("https://www.\u{430}\u{440}\u{440}\u{4cf}\u{435}.com/")), [
-        "phishing: url `https://www.xn--80ak6aa92e.com/` ends with `xn--80ak6aa92e.com`"
-    ]);
+    assert_eq!(
+        matched(
+            &p,
+            &msg("https://www.\u{430}\u{440}\u{440}\u{4cf}\u{435}.com/")
+        ),
+        ["phishing: url `https://www.xn--80ak6aa92e.com/` ends with `xn--80ak6aa92e.com`"]
+    );
     assert!(rules_hit(&p, &msg("https://www.apple.com/")).is_empty());
 }
 
 #[test]
 fn url_suffixes_and_path_prefixes() {
     let p = policy(LINKS);
-    assert_eq!(matched(&p, &msg("download http://setup.zip/")), [
-        "phishing: url `http://setup.zip/` ends with `.zip`",
-        "archives: url `http://setup.zip/` ends with `.zip`",
-    ]);
+    assert_eq!(
+        matched(&p, &msg("download http://setup.zip/")),
+        [
+            "phishing: url `http://setup.zip/` ends with `.zip`",
+            "archives: url `http://setup.zip/` ends with `.zip`",
+        ]
+    );
     // A path ending in .zip is not a host suffix.
     assert!(rules_hit(&p, &msg("https://files.example/setup.zip")).is_empty());
-    assert_eq!(matched(&p, &msg("https://example.com/login?next=/")), [
-        "phishing: url `https://example.com/login` starts with `example.com/login`"
-    ]);
+    assert_eq!(
+        matched(&p, &msg("https://example.com/login?next=/")),
+        ["phishing: url `https://example.com/login` starts with `example.com/login`"]
+    );
     for body in [
         "https://example.com/LOGIN.php",
         "https://example.com//login",
@@ -364,22 +429,32 @@ rules:
     );
     let m = msg("https://intranet.zip/a");
     assert_eq!(p.evaluate(&m).action, Action::Allow);
-    assert_eq!(matched(&p, &m), ["intranet: url `https://intranet.zip/a` in domain `intranet.zip`"]);
+    assert_eq!(
+        matched(&p, &m),
+        ["intranet: url `https://intranet.zip/a` in domain `intranet.zip`"]
+    );
     let m = msg("https://intranet.zip/a and https://other.zip/b");
     assert_eq!(p.evaluate(&m).action, Action::Block);
-    assert_eq!(matched(&p, &m), [
-        "archives: url `https://other.zip/b` ends with `.zip`",
-        "intranet: url `https://intranet.zip/a` in domain `intranet.zip`",
-    ]);
+    assert_eq!(
+        matched(&p, &m),
+        [
+            "archives: url `https://other.zip/b` ends with `.zip`",
+            "intranet: url `https://intranet.zip/a` in domain `intranet.zip`",
+        ]
+    );
 }
 
 #[test]
 fn urls_of_attachments_are_checked() {
     let p = policy(LINKS);
-    let m = with_att("", att("", None, Some("https://upload.evil.example/abc/file.bin")));
-    assert_eq!(matched(&p, &m), [
-        "phishing: url `https://upload.evil.example/abc/file.bin` in domain `evil.example`"
-    ]);
+    let m = with_att(
+        "",
+        att("", None, Some("https://upload.evil.example/abc/file.bin")),
+    );
+    assert_eq!(
+        matched(&p, &m),
+        ["phishing: url `https://upload.evil.example/abc/file.bin` in domain `evil.example`"]
+    );
 }
 
 // ---- files ----
@@ -410,18 +485,39 @@ fn file_extensions() {
     assert!(names("report.exe.pdf").is_empty());
     assert!(names("backup.gz").is_empty());
     assert!(names("exe").is_empty());
-    assert_eq!(matched(&p, &with_att("", att("report.pdf.exe", Some(10), None))), [
-        "executables: file `report.pdf.exe` has extension `exe`"
-    ]);
+    assert_eq!(
+        matched(&p, &with_att("", att("report.pdf.exe", Some(10), None))),
+        ["executables: file `report.pdf.exe` has extension `exe`"]
+    );
 }
 
 #[test]
 fn file_name_from_the_url() {
     let p = policy(FILES);
-    let m = with_att("", att("", Some(10), Some("https://upload.example/x/setup%2Eexe?token=1")));
-    assert_eq!(matched(&p, &m), ["executables: file `setup.exe` has extension `exe`"]);
-    let m = with_att("", att("photo.jpg", Some(10), Some("https://upload.example/x/setup.exe")));
-    assert_eq!(matched(&p, &m), ["executables: file `photo.jpg` has extension `exe`"]);
+    let m = with_att(
+        "",
+        att(
+            "",
+            Some(10),
+            Some("https://upload.example/x/setup%2Eexe?token=1"),
+        ),
+    );
+    assert_eq!(
+        matched(&p, &m),
+        ["executables: file `setup.exe` has extension `exe`"]
+    );
+    let m = with_att(
+        "",
+        att(
+            "photo.jpg",
+            Some(10),
+            Some("https://upload.example/x/setup.exe"),
+        ),
+    );
+    assert_eq!(
+        matched(&p, &m),
+        ["executables: file `photo.jpg` has extension `exe`"]
+    );
 }
 
 #[test]
@@ -429,16 +525,18 @@ fn file_sizes_and_unknown_sizes() {
     let p = policy(FILES);
     let big = 10 * 1024 * 1024;
     assert!(rules_hit(&p, &with_att("", att("a.iso", Some(big), None))).is_empty());
-    assert_eq!(matched(&p, &with_att("", att("a.iso", Some(big + 1), None))), [
-        "big: file `a.iso` is 10485761 bytes, larger than 10485760"
-    ]);
+    assert_eq!(
+        matched(&p, &with_att("", att("a.iso", Some(big + 1), None))),
+        ["big: file `a.iso` is 10485761 bytes, larger than 10485760"]
+    );
     // Without match_unknown_size, an unknown size is not large.
     assert!(rules_hit(&p, &with_att("", att("a.iso", None, None))).is_empty());
     // Both conditions of one rule must hold.
     assert!(rules_hit(&p, &with_att("", att("a.zip", Some(1000), None))).is_empty());
-    assert_eq!(matched(&p, &with_att("", att("a.zip", Some(1001), None))), [
-        "big-archives: file `a.zip` has extension `zip` and is 1001 bytes, larger than 1000"
-    ]);
+    assert_eq!(
+        matched(&p, &with_att("", att("a.zip", Some(1001), None))),
+        ["big-archives: file `a.zip` has extension `zip` and is 1001 bytes, larger than 1000"]
+    );
     assert_eq!(matched(&p, &with_att("", att("a.zip", None, None))), [
         "big-archives: file `a.zip` has extension `zip` and is of unknown size (counted as larger than 1000)"
     ]);
@@ -447,7 +545,7 @@ fn file_sizes_and_unknown_sizes() {
 #[test]
 fn allowed_file_is_exempt_from_file_rules_only() {
     let p = policy(
-        r#"
+        r"
 rules:
   - name: executables
     action: block
@@ -458,7 +556,7 @@ rules:
   - name: words
     action: log
     keywords: [setup]
-"#,
+",
     );
     let m = with_att("", att("product.setup.exe", Some(1), None));
     assert_eq!(p.evaluate(&m).action, Action::Log);
@@ -473,7 +571,7 @@ rules:
 #[test]
 fn strongest_action_wins_and_matches_keep_policy_order() {
     let p = policy(
-        r#"
+        r"
 rules:
   - name: a-log
     action: log
@@ -484,15 +582,21 @@ rules:
   - name: c-block
     action: block
     keywords: [gamma]
-"#,
+",
     );
     let d = p.evaluate(&msg("gamma beta alpha"));
     assert_eq!(d.action, Action::Block);
-    assert_eq!(d.matches.iter().map(|m| (m.rule.as_str(), m.action)).collect::<Vec<_>>(), [
-        ("a-log", Action::Log),
-        ("b-allow", Action::Allow),
-        ("c-block", Action::Block)
-    ]);
+    assert_eq!(
+        d.matches
+            .iter()
+            .map(|m| (m.rule.as_str(), m.action))
+            .collect::<Vec<_>>(),
+        [
+            ("a-log", Action::Log),
+            ("b-allow", Action::Allow),
+            ("c-block", Action::Block)
+        ]
+    );
     assert_eq!(p.evaluate(&msg("beta alpha")).action, Action::Log);
     let d = p.evaluate(&msg("beta"));
     assert_eq!(d.action, Action::Allow);
@@ -504,7 +608,13 @@ rules:
 fn every_kind_in_one_message() {
     let p = policy(&format!("{}\n{}", WORDS, &DATA.replace("rules:\n", "")));
     let d = p.evaluate(&msg("project falcon card 5555555555554444"));
-    assert_eq!(d.matches.iter().map(|m| m.rule.as_str()).collect::<Vec<_>>(), ["falcon", "bird", "cards", "banking"]);
+    assert_eq!(
+        d.matches
+            .iter()
+            .map(|m| m.rule.as_str())
+            .collect::<Vec<_>>(),
+        ["falcon", "bird", "cards", "banking"]
+    );
     assert_eq!(d.action, Action::Block);
 }
 
@@ -512,7 +622,10 @@ fn every_kind_in_one_message() {
 fn empty_policy_allows_everything() {
     let p = ContentPolicy::compile(&ContentConfig::default()).unwrap();
     assert!(p.is_empty());
-    assert_eq!(p.evaluate(&msg("4111111111111111 http://evil.example")), Decision::allow());
+    assert_eq!(
+        p.evaluate(&msg("4111111111111111 http://evil.example")),
+        Decision::allow()
+    );
     assert_eq!(policy(WORDS).len(), 4);
 }
 
@@ -531,7 +644,13 @@ fn many_rules_past_the_inline_bitset() {
     }
     let p = policy(&yaml);
     let d = p.evaluate(&msg("w3x w299x w299x w3x w280x"));
-    assert_eq!(d.matches.iter().map(|m| m.rule.as_str()).collect::<Vec<_>>(), ["r3", "r280", "r299"]);
+    assert_eq!(
+        d.matches
+            .iter()
+            .map(|m| m.rule.as_str())
+            .collect::<Vec<_>>(),
+        ["r3", "r280", "r299"]
+    );
 }
 
 // ---- compile errors ----
@@ -623,7 +742,10 @@ fn compile_reports_the_first_bad_rule_in_order() {
     let e = compile_err(
         "rules: [{name: ok, action: log, keywords: [x]}, {name: a, action: log, keywords: []}, {name: b, action: log, patterns: [visa]}]",
     );
-    assert!(e.starts_with("content.rules[1] (a): keywords is empty"), "{e}");
+    assert!(
+        e.starts_with("content.rules[1] (a): keywords is empty"),
+        "{e}"
+    );
 }
 
 // ---- properties ----
@@ -643,7 +765,10 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<String>(),
         proptest::string::string_regex("[0-9 \\-A-Za-z./:@%\\\\ßÜİ\u{430}。]{0,200}").unwrap(),
-        proptest::string::string_regex("(https?:[/\\\\]{0,3}|www\\.|4111|GB82|AB12|falcon|%[0-9A-F]{0,2}|[ .:/@])*").unwrap(),
+        proptest::string::string_regex(
+            "(https?:[/\\\\]{0,3}|www\\.|4111|GB82|AB12|falcon|%[0-9A-F]{0,2}|[ .:/@])*"
+        )
+        .unwrap(),
     ]
 }
 

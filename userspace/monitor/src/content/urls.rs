@@ -85,7 +85,9 @@ impl fmt::Display for Url {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| s.get(prefix.len()..)).flatten()
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
 }
 
 fn hex(c: Option<&u8>) -> Option<u8> {
@@ -148,7 +150,9 @@ pub fn normalise_path(raw: &str) -> String {
                 // A `%` not followed by two hex digits stays (WHATWG leaves it too).
                 dec.push('%');
             }
-            c if c >= 0x7f || c < 0x21 || matches!(c, b'"' | b'<' | b'>' | b'`' | b'{' | b'}') => {
+            c if !(0x21..0x7f).contains(&c)
+                || matches!(c, b'"' | b'<' | b'>' | b'`' | b'{' | b'}') =>
+            {
                 push_escaped(&mut dec, c);
             }
             c => dec.push(c as char),
@@ -226,10 +230,16 @@ pub fn parse(token: &str) -> Option<Url> {
     let rest = rest.trim_start_matches(['/', '\\']);
     let auth_end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
     let (auth, tail) = rest.split_at(auth_end);
-    let hostport = auth.rfind('@').and_then(|p| auth.get(p + 1..)).unwrap_or(auth);
+    let hostport = auth
+        .rfind('@')
+        .and_then(|p| auth.get(p + 1..))
+        .unwrap_or(auth);
     let (host, port) = if hostport.starts_with('[') {
         match hostport.find(']') {
-            Some(p) => (hostport.get(..=p)?, hostport.get(p + 1..).and_then(|r| r.strip_prefix(':'))),
+            Some(p) => (
+                hostport.get(..=p)?,
+                hostport.get(p + 1..).and_then(|r| r.strip_prefix(':')),
+            ),
             None => (hostport, None),
         }
     } else {
@@ -245,7 +255,12 @@ pub fn parse(token: &str) -> Option<Url> {
     let host = normalise_host(host)?;
     let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
     let path = normalise_path(tail.get(..path_end)?);
-    Some(Url { scheme, host, port, path })
+    Some(Url {
+        scheme,
+        host,
+        port,
+        path,
+    })
 }
 
 /// The largest char boundary of `s` at or below `n`.
@@ -269,14 +284,18 @@ fn token_end(text: &str, start: usize, limit: usize) -> usize {
         .find(|(_, c)| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | '`'))
         .map_or(slice.len(), |(i, _)| i);
     let bytes = slice.as_bytes();
-    let count = |open: u8, close: u8, upto: usize| {
-        let part = bytes.get(..upto).unwrap_or_default();
-        let o = part.iter().filter(|c| **c == open).count();
-        let c = part.iter().filter(|c| **c == close).count();
-        (o, c)
-    };
-    let (po, mut pc) = count(b'(', b')', end);
-    let (so, mut sc) = count(b'[', b']', end);
+    let (po, mut pc, so, mut sc) =
+        bytes
+            .get(..end)
+            .unwrap_or_default()
+            .iter()
+            .fold((0, 0, 0, 0), |n, c| match c {
+                b'(' => (n.0 + 1, n.1, n.2, n.3),
+                b')' => (n.0, n.1 + 1, n.2, n.3),
+                b'[' => (n.0, n.1, n.2 + 1, n.3),
+                b']' => (n.0, n.1, n.2, n.3 + 1),
+                _ => n,
+            });
     while let Some(&last) = bytes.get(end.wrapping_sub(1)).filter(|_| end > 0) {
         let drop = match last {
             b'.' | b',' | b';' | b':' | b'!' | b'?' | b'\'' | b'*' => true,
@@ -328,13 +347,24 @@ pub struct UrlRules {
 pub fn rule_domain(text: &str) -> Result<String, String> {
     let t = text.trim();
     if let Some(rest) = t.strip_prefix("*.") {
-        return Err(format!("a domain already matches its subdomains; write `{rest}`"));
+        return Err(format!(
+            "a domain already matches its subdomains; write `{rest}`"
+        ));
     }
-    if let Ok(a) = t.trim_start_matches('[').trim_end_matches(']').parse::<Ipv6Addr>() {
+    if let Ok(a) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<Ipv6Addr>()
+    {
         return Ok(format!("[{a}]"));
     }
-    if let Some(c) = t.chars().find(|c| matches!(c, '/' | '\\' | ':' | '@' | '?' | '#' | '%') || c.is_whitespace()) {
-        return Err(format!("a domain has no scheme, port or path (found `{c}`); write only the host name"));
+    if let Some(c) = t
+        .chars()
+        .find(|c| matches!(c, '/' | '\\' | ':' | '@' | '?' | '#' | '%') || c.is_whitespace())
+    {
+        return Err(format!(
+            "a domain has no scheme, port or path (found `{c}`); write only the host name"
+        ));
     }
     if let Ok(a) = t.parse::<Ipv4Addr>() {
         return Ok(a.to_string());
@@ -358,7 +388,10 @@ fn check_labels(name: &str, partial: bool) -> Result<(), String> {
         if label.len() > 63 {
             return Err(format!("the label `{label}` is longer than 63 characters"));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
             return Err(format!("the character `{c}` is not allowed in a host name"));
         }
     }
@@ -377,7 +410,10 @@ pub fn rule_suffix(text: &str) -> Result<String, String> {
     if body.is_empty() {
         return Err("a suffix needs at least one character besides the dot".into());
     }
-    if let Some(c) = body.chars().find(|c| matches!(c, '/' | '\\' | ':' | '@' | '?' | '#' | '%') || c.is_whitespace()) {
+    if let Some(c) = body
+        .chars()
+        .find(|c| matches!(c, '/' | '\\' | ':' | '@' | '?' | '#' | '%') || c.is_whitespace())
+    {
         return Err(format!("a suffix is part of a host name (found `{c}`)"));
     }
     let body = if body.is_ascii() {
@@ -394,13 +430,17 @@ pub fn rule_suffix(text: &str) -> Result<String, String> {
 /// Normalises a `host/path` prefix of a rule into host and lowercase path.
 pub fn rule_prefix(text: &str) -> Result<(String, String), String> {
     let t = text.trim();
-    let t = strip_prefix_ci(t, "https://").or_else(|| strip_prefix_ci(t, "http://")).unwrap_or(t);
+    let t = strip_prefix_ci(t, "https://")
+        .or_else(|| strip_prefix_ci(t, "http://"))
+        .unwrap_or(t);
     let Some(slash) = t.find(['/', '\\']) else {
         return Err("a path prefix is `host/path`, such as `example.com/login`; for a whole host use domains".into());
     };
     let (host, path) = t.split_at(slash);
     if path.contains(['?', '#']) {
-        return Err("queries and fragments are not compared; end the prefix before `?` or `#`".into());
+        return Err(
+            "queries and fragments are not compared; end the prefix before `?` or `#`".into(),
+        );
     }
     let host = rule_domain(host).map_err(|e| format!("host `{host}`: {e}"))?;
     Ok((host, normalise_path(path).to_ascii_lowercase()))
@@ -408,16 +448,31 @@ pub fn rule_prefix(text: &str) -> Result<(String, String), String> {
 
 impl UrlRules {
     /// Adds the matchers of the URL rule `index`.
-    pub fn add(&mut self, rule: &RuleRef, index: usize, c: &UrlsConfig) -> Result<(), ContentError> {
+    pub fn add(
+        &mut self,
+        rule: &RuleRef,
+        index: usize,
+        c: &UrlsConfig,
+    ) -> Result<(), ContentError> {
         if c.domains.is_empty() && c.suffixes.is_empty() && c.path_prefixes.is_empty() {
-            return Err(ContentError::EmptyList { rule: rule.clone(), field: "urls" });
+            return Err(ContentError::EmptyList {
+                rule: rule.clone(),
+                field: "urls",
+            });
         }
-        let lists: [(&'static str, &Vec<String>); 3] =
-            [("urls.domains", &c.domains), ("urls.suffixes", &c.suffixes), ("urls.path_prefixes", &c.path_prefixes)];
+        let lists: [(&'static str, &Vec<String>); 3] = [
+            ("urls.domains", &c.domains),
+            ("urls.suffixes", &c.suffixes),
+            ("urls.path_prefixes", &c.path_prefixes),
+        ];
         for (field, list) in lists {
             for (position, value) in list.iter().enumerate() {
                 if value.trim().is_empty() {
-                    return Err(ContentError::EmptyEntry { rule: rule.clone(), field, position });
+                    return Err(ContentError::EmptyEntry {
+                        rule: rule.clone(),
+                        field,
+                        position,
+                    });
                 }
                 let bad = |why: String| ContentError::BadUrlMatcher {
                     rule: rule.clone(),
@@ -434,7 +489,9 @@ impl UrlRules {
                             rules.push(index);
                         }
                     }
-                    "urls.suffixes" => self.suffixes.push((rule_suffix(value).map_err(bad)?.into(), index)),
+                    "urls.suffixes" => self
+                        .suffixes
+                        .push((rule_suffix(value).map_err(bad)?.into(), index)),
                     _ => {
                         let (host, path) = rule_prefix(value).map_err(bad)?;
                         self.prefixes.push(Prefix {
@@ -466,15 +523,18 @@ impl UrlRules {
     pub fn each_url(&self, text: &str, mut f: impl FnMut(&Url) -> bool) {
         let Some(ac) = &self.anchors else { return };
         let b = text.as_bytes();
-        let Ok(iter) = ac.try_find_iter(text) else { return };
+        let Ok(iter) = ac.try_find_iter(text) else {
+            return;
+        };
         // A `www.` inside a word, a host (`a.www.x`) or right after `//` is not a new URL.
         let mut starts = iter
             .filter(|m| {
                 m.pattern().as_usize() != 2
                     || m.start() == 0
-                    || !b
-                        .get(m.start() - 1)
-                        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'/' | b'\\' | b'@'))
+                    || !b.get(m.start() - 1).is_some_and(|c| {
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, b'.' | b'-' | b'_' | b'/' | b'\\' | b'@')
+                    })
             })
             .map(|m| m.start())
             .peekable();
@@ -509,7 +569,11 @@ impl UrlRules {
             }
         }
         for (i, p) in self.prefixes.iter().enumerate() {
-            let path_ok = url.path.as_bytes().get(..p.path.len()).is_some_and(|s| s.eq_ignore_ascii_case(p.path.as_bytes()));
+            let path_ok = url
+                .path
+                .as_bytes()
+                .get(..p.path.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p.path.as_bytes()));
             if *p.host == *host && path_ok {
                 whys.push((p.rule, Why::Prefix(i)));
             }
@@ -520,10 +584,18 @@ impl UrlRules {
             }
             let what = match why {
                 Why::Domain(d) => format!("in domain `{d}`"),
-                Why::Suffix(i) => format!("ends with `{}`", self.suffixes.get(i).map_or("", |s| &*s.0)),
-                Why::Prefix(i) => format!("starts with `{}`", self.prefixes.get(i).map_or("", |p| &*p.written)),
+                Why::Suffix(i) => {
+                    format!("ends with `{}`", self.suffixes.get(i).map_or("", |s| &*s.0))
+                }
+                Why::Prefix(i) => format!(
+                    "starts with `{}`",
+                    self.prefixes.get(i).map_or("", |p| &*p.written)
+                ),
             };
-            out.push((rule, format!("url `{}` {what}", super::shown(&url.to_string()))));
+            out.push((
+                rule,
+                format!("url `{}` {what}", super::shown(&url.to_string())),
+            ));
         }
     }
 }
@@ -533,7 +605,7 @@ mod tests {
     use super::*;
 
     fn norm(s: &str) -> String {
-        parse(s).map(|u| u.to_string()).unwrap_or_else(|| "-".into())
+        parse(s).map_or_else(|| "-".into(), |u| u.to_string())
     }
 
     #[test]
@@ -542,8 +614,14 @@ mod tests {
         assert_eq!(norm("https://evil.example:443/"), "https://evil.example/");
         assert_eq!(norm("http://evil.example:80"), "http://evil.example/");
         assert_eq!(norm("http://evil.example:0080/a"), "http://evil.example/a");
-        assert_eq!(norm("http://evil.example:8080/a"), "http://evil.example:8080/a");
-        assert_eq!(norm("https://evil.example:80/a"), "https://evil.example:80/a");
+        assert_eq!(
+            norm("http://evil.example:8080/a"),
+            "http://evil.example:8080/a"
+        );
+        assert_eq!(
+            norm("https://evil.example:80/a"),
+            "https://evil.example:80/a"
+        );
         assert_eq!(norm("http://evil.example./a"), "http://evil.example/a");
         assert_eq!(norm("http://evil.example..:81"), "http://evil.example:81/");
         assert_eq!(norm("www.Evil.Example/x"), "http://www.evil.example/x");
@@ -551,16 +629,28 @@ mod tests {
 
     #[test]
     fn userinfo_is_dropped() {
-        assert_eq!(norm("http://good.com@evil.example/"), "http://evil.example/");
-        assert_eq!(norm("http://user:pw@evil.example:8443/x"), "http://evil.example:8443/x");
+        assert_eq!(
+            norm("http://good.com@evil.example/"),
+            "http://evil.example/"
+        );
+        assert_eq!(
+            norm("http://user:pw@evil.example:8443/x"),
+            "http://evil.example:8443/x"
+        );
         assert_eq!(norm("http://a@b@evil.example/"), "http://evil.example/");
         // A backslash ends the authority: the `@` is in the path.
-        assert_eq!(norm("http://evil.example\\@good.com/"), "http://evil.example/@good.com/");
+        assert_eq!(
+            norm("http://evil.example\\@good.com/"),
+            "http://evil.example/@good.com/"
+        );
     }
 
     #[test]
     fn backslashes_read_as_slashes() {
-        assert_eq!(norm("http:\\\\evil.example\\login\\x"), "http://evil.example/login/x");
+        assert_eq!(
+            norm("http:\\\\evil.example\\login\\x"),
+            "http://evil.example/login/x"
+        );
         assert_eq!(norm("https:/evil.example/a"), "https://evil.example/a");
         assert_eq!(norm("http:///evil.example/a"), "http://evil.example/a");
         assert_eq!(norm("http:evil.example"), "-");
@@ -569,10 +659,22 @@ mod tests {
 
     #[test]
     fn idna_both_ways() {
-        assert_eq!(norm("http://bücher.example/"), "http://xn--bcher-kva.example/");
-        assert_eq!(norm("http://BÜCHER.example/"), "http://xn--bcher-kva.example/");
-        assert_eq!(norm("http://xn--bcher-kva.example/"), "http://xn--bcher-kva.example/");
-        assert_eq!(norm("http://пример.испытание/"), "http://xn--e1afmkfd.xn--80akhbyknj4f/");
+        assert_eq!(
+            norm("http://bücher.example/"),
+            "http://xn--bcher-kva.example/"
+        );
+        assert_eq!(
+            norm("http://BÜCHER.example/"),
+            "http://xn--bcher-kva.example/"
+        );
+        assert_eq!(
+            norm("http://xn--bcher-kva.example/"),
+            "http://xn--bcher-kva.example/"
+        );
+        assert_eq!(
+            norm("http://пример.испытание/"),
+            "http://xn--e1afmkfd.xn--80akhbyknj4f/"
+        );
         // Ideographic full stop separates labels (UTS 46 maps it to a dot).
         assert_eq!(norm("http://evil\u{3002}example/"), "http://evil.example/");
     }
@@ -580,17 +682,32 @@ mod tests {
     #[test]
     fn percent_encoding_in_host_and_path() {
         assert_eq!(norm("http://%65vil.example/"), "http://evil.example/");
-        assert_eq!(norm("http://b%C3%BCcher.example/"), "http://xn--bcher-kva.example/");
-        assert_eq!(norm("http://evil.example/%6c%6F%67in"), "http://evil.example/login");
-        assert_eq!(norm("http://evil.example/a%2fb%3f"), "http://evil.example/a%2Fb%3F");
+        assert_eq!(
+            norm("http://b%C3%BCcher.example/"),
+            "http://xn--bcher-kva.example/"
+        );
+        assert_eq!(
+            norm("http://evil.example/%6c%6F%67in"),
+            "http://evil.example/login"
+        );
+        assert_eq!(
+            norm("http://evil.example/a%2fb%3f"),
+            "http://evil.example/a%2Fb%3F"
+        );
         assert_eq!(norm("http://evil.example/100%"), "http://evil.example/100%");
         assert_eq!(norm("http://evil.example/ü"), "http://evil.example/%C3%BC");
     }
 
     #[test]
     fn dot_segments_and_slash_runs() {
-        assert_eq!(norm("http://e.example/a/../login"), "http://e.example/login");
-        assert_eq!(norm("http://e.example/a/%2e%2E/login"), "http://e.example/login");
+        assert_eq!(
+            norm("http://e.example/a/../login"),
+            "http://e.example/login"
+        );
+        assert_eq!(
+            norm("http://e.example/a/%2e%2E/login"),
+            "http://e.example/login"
+        );
         assert_eq!(norm("http://e.example/./a/./b/"), "http://e.example/a/b/");
         assert_eq!(norm("http://e.example/../../x"), "http://e.example/x");
         assert_eq!(norm("http://e.example//login"), "http://e.example/login");
@@ -602,14 +719,29 @@ mod tests {
     #[test]
     fn ip_literals() {
         assert_eq!(norm("http://192.0.2.1:80/"), "http://192.0.2.1/");
-        assert_eq!(norm("http://[2001:DB8:0::1]:8080/x"), "http://[2001:db8::1]:8080/x");
+        assert_eq!(
+            norm("http://[2001:DB8:0::1]:8080/x"),
+            "http://[2001:db8::1]:8080/x"
+        );
         assert_eq!(norm("http://[2001:db8::1]/"), "http://[2001:db8::1]/");
     }
 
     fn urls_in(text: &str) -> Vec<String> {
         let mut rules = UrlRules::default();
-        let cfg = UrlsConfig { domains: vec!["x.example".into()], ..UrlsConfig::default() };
-        rules.add(&RuleRef { index: 0, name: "r".into() }, 0, &cfg).unwrap();
+        let cfg = UrlsConfig {
+            domains: vec!["x.example".into()],
+            ..UrlsConfig::default()
+        };
+        rules
+            .add(
+                &RuleRef {
+                    index: 0,
+                    name: "r".into(),
+                },
+                0,
+                &cfg,
+            )
+            .unwrap();
         let mut v = Vec::new();
         rules.each_url(text, |u| {
             v.push(u.to_string());
@@ -622,17 +754,30 @@ mod tests {
     fn extraction_from_text() {
         assert_eq!(
             urls_in("see https://a.example/x, and (www.b.example/y). Also http://c.example/p_(q)."),
-            ["https://a.example/x", "http://www.b.example/y", "http://c.example/p_(q)"]
+            [
+                "https://a.example/x",
+                "http://www.b.example/y",
+                "http://c.example/p_(q)"
+            ]
         );
-        assert_eq!(urls_in("<a href=\"http://a.example/\">x</a>"), ["http://a.example/"]);
-        assert_eq!(urls_in("no urls: awww.x foo.www.bar http: mailto:x@y"), Vec::<String>::new());
+        assert_eq!(
+            urls_in("<a href=\"http://a.example/\">x</a>"),
+            ["http://a.example/"]
+        );
+        assert_eq!(
+            urls_in("no urls: awww.x foo.www.bar http: mailto:x@y"),
+            Vec::<String>::new()
+        );
         assert_eq!(urls_in("http://www.a.example/"), ["http://www.a.example/"]);
         // A URL in a redirect parameter is read on its own and ends the outer one.
         assert_eq!(
             urls_in("https://r.example/go?to=https://evil.example/x"),
             ["https://r.example/go", "https://evil.example/x"]
         );
-        assert_eq!(urls_in("網址：https://a.example/路徑　下一句"), ["https://a.example/%E8%B7%AF%E5%BE%91"]);
+        assert_eq!(
+            urls_in("網址：https://a.example/路徑　下一句"),
+            ["https://a.example/%E8%B7%AF%E5%BE%91"]
+        );
     }
 
     #[test]
@@ -647,29 +792,57 @@ mod tests {
     #[test]
     fn rule_domains_normalise_or_say_why() {
         assert_eq!(rule_domain("Evil.Example."), Ok("evil.example".into()));
-        assert_eq!(rule_domain("bücher.example"), Ok("xn--bcher-kva.example".into()));
+        assert_eq!(
+            rule_domain("bücher.example"),
+            Ok("xn--bcher-kva.example".into())
+        );
         assert_eq!(rule_domain("192.0.2.1"), Ok("192.0.2.1".into()));
         assert_eq!(rule_domain("2001:db8::1"), Ok("[2001:db8::1]".into()));
-        assert!(rule_domain("*.evil.example").unwrap_err().contains("write `evil.example`"));
-        assert!(rule_domain("http://evil.example").unwrap_err().contains("found `:`"));
-        assert!(rule_domain("evil.example/x").unwrap_err().contains("found `/`"));
-        assert!(rule_domain("evil..example").unwrap_err().contains("empty label"));
+        assert!(rule_domain("*.evil.example")
+            .unwrap_err()
+            .contains("write `evil.example`"));
+        assert!(rule_domain("http://evil.example")
+            .unwrap_err()
+            .contains("found `:`"));
+        assert!(rule_domain("evil.example/x")
+            .unwrap_err()
+            .contains("found `/`"));
+        assert!(rule_domain("evil..example")
+            .unwrap_err()
+            .contains("empty label"));
         assert!(rule_domain("ev!l.example").unwrap_err().contains("`!`"));
-        assert!(rule_domain(&format!("{}.example", "a".repeat(64))).unwrap_err().contains("longer than 63"));
+        assert!(rule_domain(&format!("{}.example", "a".repeat(64)))
+            .unwrap_err()
+            .contains("longer than 63"));
         assert!(rule_domain("xn--zz-.example").is_err());
     }
 
     #[test]
     fn rule_suffixes_and_prefixes() {
         assert_eq!(rule_suffix(".ZIP"), Ok(".zip".into()));
-        assert_eq!(rule_suffix("xn--80ak6aa92e.com"), Ok("xn--80ak6aa92e.com".into()));
+        assert_eq!(
+            rule_suffix("xn--80ak6aa92e.com"),
+            Ok("xn--80ak6aa92e.com".into())
+        );
         assert_eq!(rule_suffix(".испытание"), Ok(".xn--80akhbyknj4f".into()));
         assert!(rule_suffix(".").unwrap_err().contains("besides the dot"));
         assert!(rule_suffix(".zip/").unwrap_err().contains("found `/`"));
-        assert_eq!(rule_prefix("Example.com/Login"), Ok(("example.com".into(), "/login".into())));
-        assert_eq!(rule_prefix("https://example.com/a/../log%69n"), Ok(("example.com".into(), "/login".into())));
-        assert!(rule_prefix("example.com").unwrap_err().contains("host/path"));
-        assert!(rule_prefix("example.com/login?x").unwrap_err().contains("queries"));
-        assert!(rule_prefix("exa mple.com/x").unwrap_err().contains("host `exa mple.com`"));
+        assert_eq!(
+            rule_prefix("Example.com/Login"),
+            Ok(("example.com".into(), "/login".into()))
+        );
+        assert_eq!(
+            rule_prefix("https://example.com/a/../log%69n"),
+            Ok(("example.com".into(), "/login".into()))
+        );
+        assert!(rule_prefix("example.com")
+            .unwrap_err()
+            .contains("host/path"));
+        assert!(rule_prefix("example.com/login?x")
+            .unwrap_err()
+            .contains("queries"));
+        assert!(rule_prefix("exa mple.com/x")
+            .unwrap_err()
+            .contains("host `exa mple.com`"));
     }
 }
