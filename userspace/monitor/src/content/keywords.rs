@@ -19,15 +19,29 @@ use crate::content::model::ContentError;
 /// that point are reported (the policy fails closed, never open).
 pub const MAX_ALLOW_SPANS: usize = 4096;
 
-/// Folds `text` for case-insensitive comparison, appending to `out`.
+/// Folds `text` for case-insensitive comparison, appending to `out`. ASCII runs are copied
+/// and lowercased in bulk; other characters one by one.
 pub fn fold_into(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            'ß' | 'ẞ' => out.push_str("ss"),
-            'ς' => out.push('σ'),
-            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
-            c => out.extend(c.to_lowercase()),
+    let mut rest = text;
+    loop {
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(ascii);
+        let from = out.len();
+        out.push_str(run);
+        if let Some(pushed) = out.get_mut(from..) {
+            pushed.make_ascii_lowercase();
         }
+        let mut chars = tail.chars();
+        match chars.next() {
+            None => return,
+            Some('ß' | 'ẞ') => out.push_str("ss"),
+            Some('ς') => out.push('σ'),
+            Some(c) => out.extend(c.to_lowercase()),
+        }
+        rest = chars.as_str();
     }
 }
 

@@ -80,6 +80,9 @@ impl KindSet {
     }
 }
 
+/// Reads the value that starts at a word start, if it is one; returns it redacted.
+type Validator = fn(&[u8], usize) -> Option<String>;
+
 /// The first value of each kind found in a text, redacted.
 pub type Found = [Option<String>; 4];
 
@@ -90,33 +93,37 @@ pub fn scan(text: &str, wanted: KindSet, found: &mut Found) {
         .into_iter()
         .filter(|k| wanted.contains(*k))
         .count();
+    let want = |k: PatternKind, found: &Found| wanted.contains(k) && found[k.index()].is_none();
     let mut i = 0;
-    while i < b.len() && missing > 0 {
+    while missing > 0 {
         let Some(&c) = b.get(i) else { break };
         if !c.is_ascii_alphanumeric() {
             i += 1;
             continue;
         }
-        let word_start = i == 0 || !b.get(i - 1).is_some_and(u8::is_ascii_alphanumeric);
-        if word_start {
-            for k in PatternKind::ALL {
-                let slot = &mut found[k.index()];
-                if !wanted.contains(k) || slot.is_some() {
-                    continue;
-                }
-                let hit = match k {
-                    PatternKind::PaymentCard if c.is_ascii_digit() => card_at(b, i),
-                    PatternKind::UsSsn if c.is_ascii_digit() => ssn_at(b, i),
-                    PatternKind::Iban if c.is_ascii_alphabetic() => iban_at(b, i),
-                    PatternKind::UkNino if c.is_ascii_alphabetic() => nino_at(b, i),
-                    _ => None,
-                };
-                if let Some(r) = hit {
-                    *slot = Some(format!("{} {r}", k.name()));
-                    missing -= 1;
+        // Here `i` starts a word: the loop skips whole words below.
+        let mut tries: [(PatternKind, Validator); 2] = [
+            (PatternKind::PaymentCard, card_at),
+            (PatternKind::UsSsn, ssn_at),
+        ];
+        let candidates = if c.is_ascii_digit() {
+            true
+        } else {
+            // IBANs and NINOs have a digit third or (NINO with a space) fourth.
+            tries = [(PatternKind::Iban, iban_at), (PatternKind::UkNino, nino_at)];
+            digit(b, i + 2).is_some() || digit(b, i + 3).is_some()
+        };
+        if candidates {
+            for (k, at) in tries {
+                if want(k, found) {
+                    if let Some(r) = at(b, i) {
+                        found[k.index()] = Some(format!("{} {r}", k.name()));
+                        missing -= 1;
+                    }
                 }
             }
         }
+        i += 1;
         while b.get(i).is_some_and(u8::is_ascii_alphanumeric) {
             i += 1;
         }
@@ -151,6 +158,10 @@ const CARD_MAX: usize = 19;
 /// Tries card numbers starting at the digit `text[start]`: the windows that end at a group
 /// boundary followed by no letter or digit, shortest first.
 fn card_at(text: &[u8], start: usize) -> Option<String> {
+    // No issuer range starts with 0, 1, 7, 8 or 9.
+    if !matches!(text.get(start), Some(b'2'..=b'6')) {
+        return None;
+    }
     let mut digits = [0u8; CARD_MAX];
     let mut count = 0;
     let mut pos = start;
@@ -266,11 +277,26 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
 
 const IBAN_MAX: usize = 34;
 
+/// [`IBAN_LENGTHS`] indexed by `(first letter - 'A') * 26 + (second - 'A')`; 0 for no IBAN.
+const IBAN_TABLE: [u8; 26 * 26] = {
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let (cc, len) = IBAN_LENGTHS[i];
+        t[(cc[0] - b'A') as usize * 26 + (cc[1] - b'A') as usize] = len as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The IBAN length of the country `cc` (upper case letters).
 fn iban_length(cc: [u8; 2]) -> Option<usize> {
-    IBAN_LENGTHS
-        .iter()
-        .find(|(c, _)| **c == cc)
-        .map(|(_, n)| *n)
+    let [a, b] = cc;
+    if !a.is_ascii_uppercase() || !b.is_ascii_uppercase() {
+        return None;
+    }
+    let len = *IBAN_TABLE.get(usize::from(a - b'A') * 26 + usize::from(b - b'A'))?;
+    (len > 0).then_some(usize::from(len))
 }
 
 /// ISO 7064 MOD 97-10 over the IBAN with its first four characters moved to the end and
@@ -287,6 +313,9 @@ fn iban_mod97(iban: &[u8]) -> u32 {
 }
 
 fn iban_at(text: &[u8], start: usize) -> Option<String> {
+    // Most words are not IBANs: reject on the check digits before anything else.
+    digit(text, start + 2)?;
+    digit(text, start + 3)?;
     let country = [
         text.get(start)?.to_ascii_uppercase(),
         text.get(start + 1)?.to_ascii_uppercase(),
@@ -382,6 +411,10 @@ fn nino_prefix_valid(a: u8, b: u8) -> bool {
 }
 
 fn nino_at(text: &[u8], start: usize) -> Option<String> {
+    // Most words are not NINOs: reject on the first digit before anything else.
+    if digit(text, start + 2).is_none() && digit(text, start + 3).is_none() {
+        return None;
+    }
     let first = text.get(start)?.to_ascii_uppercase();
     let second = text.get(start + 1)?.to_ascii_uppercase();
     if !first.is_ascii_uppercase()
