@@ -117,10 +117,7 @@ pub struct Decision {
 
 impl Decision {
     pub fn allow() -> Decision {
-        Decision {
-            action: Action::Allow,
-            matches: Vec::new(),
-        }
+        Decision { action: Action::Allow, matches: Vec::new() }
     }
 }
 
