@@ -1,0 +1,302 @@
+//! Keyword and phrase rules: every phrase of every rule in one Aho-Corasick automaton, so a
+//! text is read once whatever the number of phrases.
+//!
+//! Case: both the phrases and the text are folded with [`fold_into`] (Unicode lowercase, plus
+//! `ß` -> `ss` and final `ς` -> `σ`, the two common cases where lowercase alone leaves two
+//! spellings of one word). An ASCII text, the common case, is not copied: the automaton
+//! compares ASCII letters case-insensitively itself. A text with any non-ASCII byte is folded
+//! into a scratch buffer first (at most three times the text's size, freed after the message).
+//! Not handled: Unicode normalisation (a precomposed `é` and `e` + combining accent differ),
+//! full-width or look-alike letters.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use super::{Hits, RuleRef};
+use crate::content::model::ContentError;
+
+/// Most `allow` phrase occurrences remembered in one text. Past the bound the later allow
+/// occurrences are still reported as matches, but exempt nothing: log and block phrases after
+/// that point are reported (the policy fails closed, never open).
+pub const MAX_ALLOW_SPANS: usize = 4096;
+
+/// Folds `text` for case-insensitive comparison, appending to `out`. ASCII runs are copied
+/// and lowercased in bulk; other characters one by one.
+pub fn fold_into(text: &str, out: &mut String) {
+    let mut rest = text;
+    loop {
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(ascii);
+        let from = out.len();
+        out.push_str(run);
+        if let Some(pushed) = out.get_mut(from..) {
+            pushed.make_ascii_lowercase();
+        }
+        let mut chars = tail.chars();
+        match chars.next() {
+            None => return,
+            Some('ß' | 'ẞ') => out.push_str("ss"),
+            Some('ς') => out.push('σ'),
+            Some(c) => out.extend(c.to_lowercase()),
+        }
+        rest = chars.as_str();
+    }
+}
+
+pub fn fold(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    fold_into(text, &mut s);
+    s
+}
+
+/// The text as the automaton reads it: the text itself when ASCII, else its folded copy.
+fn haystack<'t>(text: &'t str, scratch: &'t mut String) -> &'t str {
+    if text.is_ascii() {
+        text
+    } else {
+        scratch.clear();
+        fold_into(text, scratch);
+        scratch
+    }
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Whether `hay[start..end]` is neither preceded nor followed by a word character.
+fn whole_word(hay: &str, start: usize, end: usize) -> bool {
+    let before = hay.get(..start).and_then(|s| s.chars().next_back());
+    let after = hay.get(end..).and_then(|s| s.chars().next());
+    !before.is_some_and(is_word_char) && !after.is_some_and(is_word_char)
+}
+
+struct Phrase {
+    rule: usize,
+    whole_word: bool,
+    /// As written in the policy, for the reason.
+    written: Box<str>,
+}
+
+struct Automaton {
+    ac: AhoCorasick,
+    phrases: Vec<Phrase>,
+    /// The distinct rules, to stop reading once all of them matched.
+    rules: Vec<usize>,
+}
+
+impl Automaton {
+    fn build(phrases: Vec<(Phrase, String)>) -> Result<Option<Automaton>, ContentError> {
+        if phrases.is_empty() {
+            return Ok(None);
+        }
+        let (phrases, folded): (Vec<Phrase>, Vec<String>) = phrases.into_iter().unzip();
+        // Standard semantics: the only kind that reports overlapping matches, so "falcon" and
+        // "project falcon" of two rules are both seen in "project falcon".
+        let ac = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(true)
+            .build(&folded)
+            .map_err(|e| ContentError::Automaton(e.to_string()))?;
+        let mut rules: Vec<usize> = phrases.iter().map(|p| p.rule).collect();
+        rules.dedup();
+        Ok(Some(Automaton { ac, phrases, rules }))
+    }
+
+    /// Calls `f(phrase, start, end)` for every whole-word-respecting occurrence in `hay`
+    /// until it returns false.
+    fn each(&self, hay: &str, mut f: impl FnMut(&Phrase, usize, usize) -> bool) {
+        let Ok(iter) = self.ac.try_find_overlapping_iter(hay) else {
+            return;
+        };
+        for m in iter {
+            let Some(p) = self.phrases.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            if p.whole_word && !whole_word(hay, m.start(), m.end()) {
+                continue;
+            }
+            if !f(p, m.start(), m.end()) {
+                return;
+            }
+        }
+    }
+}
+
+/// Where a text came from, for the reason.
+#[derive(Clone, Copy)]
+pub enum Place<'a> {
+    Body,
+    FileName(&'a str),
+}
+
+/// The keyword rules of a policy, compiled.
+#[derive(Default)]
+pub struct Keywords {
+    /// Phrases of `log` and `block` rules.
+    deny: Option<Automaton>,
+    /// Phrases of `allow` rules: an occurrence of a log or block phrase that lies inside an
+    /// occurrence of an allow phrase is exempt ("falcon" blocked, "falcon heavy" allowed).
+    allow: Option<Automaton>,
+}
+
+/// One keyword rule as the compiler hands it over.
+pub struct KeywordRule<'a> {
+    pub index: usize,
+    pub allow: bool,
+    pub whole_word: bool,
+    pub phrases: &'a [String],
+}
+
+/// Collects the phrases of the keyword rules, then builds the automata.
+#[derive(Default)]
+pub struct KeywordsBuilder {
+    deny: Vec<(Phrase, String)>,
+    allow: Vec<(Phrase, String)>,
+}
+
+impl KeywordsBuilder {
+    pub fn add(&mut self, rule: &RuleRef, kr: &KeywordRule<'_>) -> Result<(), ContentError> {
+        if kr.phrases.is_empty() {
+            return Err(ContentError::EmptyList {
+                rule: rule.clone(),
+                field: "keywords",
+            });
+        }
+        for (position, written) in kr.phrases.iter().enumerate() {
+            let folded = fold(written.trim());
+            if folded.is_empty() {
+                return Err(ContentError::EmptyEntry {
+                    rule: rule.clone(),
+                    field: "keywords",
+                    position,
+                });
+            }
+            let phrase = Phrase {
+                rule: kr.index,
+                whole_word: kr.whole_word,
+                written: written.trim().into(),
+            };
+            if kr.allow {
+                &mut self.allow
+            } else {
+                &mut self.deny
+            }
+            .push((phrase, folded));
+        }
+        Ok(())
+    }
+
+    pub fn build(self) -> Result<Keywords, ContentError> {
+        Ok(Keywords {
+            deny: Automaton::build(self.deny)?,
+            allow: Automaton::build(self.allow)?,
+        })
+    }
+}
+
+impl Keywords {
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_none() && self.allow.is_none()
+    }
+
+    /// Records in `hits` every keyword rule that matches `text`.
+    pub(super) fn scan(&self, text: &str, place: Place<'_>, scratch: &mut String, hits: &mut Hits) {
+        if self.is_empty() || text.is_empty() {
+            return;
+        }
+        let hay = haystack(text, scratch);
+        let reason = |p: &Phrase| match place {
+            Place::Body => format!("keyword `{}`", p.written),
+            Place::FileName(n) => {
+                format!("keyword `{}` in file name `{}`", p.written, super::shown(n))
+            }
+        };
+        // Merged allow occurrences, sorted by start, disjoint.
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        if let Some(allow) = &self.allow {
+            let want_spans = self.deny.is_some();
+            let mut pending = allow.rules.iter().filter(|r| !hits.has(**r)).count();
+            allow.each(hay, |p, s, e| {
+                if hits.record(p.rule, || reason(p)) {
+                    pending = pending.saturating_sub(1);
+                }
+                if !want_spans {
+                    return pending > 0;
+                }
+                if spans.len() < MAX_ALLOW_SPANS {
+                    spans.push((s, e));
+                }
+                true
+            });
+            spans.sort_unstable();
+            spans.dedup_by(|next, prev| {
+                // Overlapping or touching spans merge into `prev`.
+                if next.0 <= prev.1 {
+                    prev.1 = prev.1.max(next.1);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        let Some(deny) = &self.deny else { return };
+        let mut pending = deny.rules.iter().filter(|r| !hits.has(**r)).count();
+        if pending == 0 {
+            return;
+        }
+        deny.each(hay, |p, s, e| {
+            if hits.has(p.rule) || exempt(&spans, s, e) {
+                return true;
+            }
+            if hits.record(p.rule, || reason(p)) {
+                pending -= 1;
+            }
+            pending > 0
+        });
+    }
+}
+
+/// Whether `[s, e)` lies inside one of the merged allow spans.
+fn exempt(spans: &[(usize, usize)], s: usize, e: usize) -> bool {
+    let i = spans.partition_point(|sp| sp.0 <= s);
+    i > 0 && spans.get(i - 1).is_some_and(|sp| e <= sp.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_is_lowercase_with_sharp_s_and_final_sigma() {
+        assert_eq!(fold("ÜBER Straße STRASSE"), "über strasse strasse");
+        assert_eq!(fold("ΟΔΟΣ οδος"), "οδοσ οδοσ");
+        assert_eq!(fold("İstanbul"), "i\u{307}stanbul");
+        assert_eq!(fold("Kelvin \u{212A}"), "kelvin k");
+    }
+
+    #[test]
+    fn whole_word_boundaries_are_unicode() {
+        assert!(whole_word("a falcon.", 2, 8));
+        assert!(!whole_word("falcons", 0, 6));
+        assert!(!whole_word("_falcon", 1, 7));
+        assert!(!whole_word("éfalcon", 2, 8));
+        assert!(whole_word("falcon", 0, 6));
+        // Past the end or off a char boundary: no character, so a boundary.
+        assert!(whole_word("x", 5, 9));
+    }
+
+    #[test]
+    fn exemption_needs_containment_in_a_merged_span() {
+        let spans = [(0, 10), (20, 30)];
+        assert!(exempt(&spans, 0, 10));
+        assert!(exempt(&spans, 3, 7));
+        assert!(exempt(&spans, 25, 30));
+        assert!(!exempt(&spans, 8, 12));
+        assert!(!exempt(&spans, 12, 15));
+        assert!(!exempt(&spans, 31, 33));
+        assert!(!exempt(&[], 0, 1));
+    }
+}
