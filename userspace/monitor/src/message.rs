@@ -19,6 +19,7 @@ impl Direction {
         }
     }
 
+    #[must_use]
     pub fn reverse(self) -> Direction {
         match self {
             Direction::ClientToServer => Direction::ServerToClient,

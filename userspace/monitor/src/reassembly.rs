@@ -179,10 +179,19 @@ pub enum EndReason {
 pub enum Event {
     /// `len` bytes at `offset` were skipped under [`GapPolicy::Skip`]; the next data chunk of
     /// this direction starts at `offset + len` or later.
-    Gap { direction: Direction, offset: u64, len: u64, cause: HoleCause },
+    Gap {
+        direction: Direction,
+        offset: u64,
+        len: u64,
+        cause: HoleCause,
+    },
     /// A segment carried bytes that differ from the first copy received: `offset` is the first
     /// differing byte, `len` reaches the last differing byte of that segment.
-    ConflictingOverlap { direction: Direction, offset: u64, len: u64 },
+    ConflictingOverlap {
+        direction: Direction,
+        offset: u64,
+        len: u64,
+    },
     /// The direction reached its FIN: `offset` is its length.
     DirectionClosed { direction: Direction, offset: u64 },
     /// An RST outside the plausible window was ignored; `offset` is where its sequence number
@@ -313,7 +322,10 @@ impl FlowReassembler {
     pub fn new(config: Config, now: u64) -> FlowReassembler {
         FlowReassembler {
             config,
-            streams: [Stream::new(Direction::ClientToServer), Stream::new(Direction::ServerToClient)],
+            streams: [
+                Stream::new(Direction::ClientToServer),
+                Stream::new(Direction::ServerToClient),
+            ],
             ended: None,
             last_seen: now,
         }
@@ -358,26 +370,45 @@ impl FlowReassembler {
         }
         self.last_seen = self.last_seen.max(now);
         if segment.rst {
-            let Some(stream) = self.streams.get_mut(d) else { return self.status() };
+            let Some(stream) = self.streams.get_mut(d) else {
+                return self.status();
+            };
             stream.counters.segments += 1;
             match stream.rst_offset(segment.seq) {
                 Ok(()) => {
-                    self.end(EndReason::Reset { direction: segment.direction }, true, budget, sink);
+                    self.end(
+                        EndReason::Reset {
+                            direction: segment.direction,
+                        },
+                        true,
+                        budget,
+                        sink,
+                    );
                 }
                 Err(offset) => {
                     stream.counters.ignored_rsts += 1;
-                    sink.event(Event::IgnoredRst { direction: segment.direction, offset });
+                    sink.event(Event::IgnoredRst {
+                        direction: segment.direction,
+                        offset,
+                    });
                 }
             }
             return self.status();
         }
-        let result = self.with_stream(d, now, budget, sink, |stream, ctx| stream.on_segment(segment, ctx));
+        let result = self.with_stream(d, now, budget, sink, |stream, ctx| {
+            stream.on_segment(segment, ctx)
+        });
         self.after(result, budget, sink)
     }
 
     /// The ring lost records of this flow (which direction is unknown): the holes present are
     /// resolved now, and in a direction without a hole, a hole left by its next segment is.
-    pub fn ring_loss<S: Sink + ?Sized>(&mut self, now: u64, budget: &mut Budget, sink: &mut S) -> Status {
+    pub fn ring_loss<S: Sink + ?Sized>(
+        &mut self,
+        now: u64,
+        budget: &mut Budget,
+        sink: &mut S,
+    ) -> Status {
         if self.ended.is_some() {
             return self.status();
         }
@@ -392,7 +423,12 @@ impl FlowReassembler {
     }
 
     /// Runs the timers: hole timeouts, FIN grace, idle timeout. Call it periodically.
-    pub fn poll<S: Sink + ?Sized>(&mut self, now: u64, budget: &mut Budget, sink: &mut S) -> Status {
+    pub fn poll<S: Sink + ?Sized>(
+        &mut self,
+        now: u64,
+        budget: &mut Budget,
+        sink: &mut S,
+    ) -> Status {
         if self.ended.is_some() {
             return self.status();
         }
@@ -445,7 +481,9 @@ impl FlowReassembler {
         op: impl FnOnce(&mut Stream, &mut Ctx<'_, S>) -> Result<(), GapInfo>,
     ) -> Result<(), GapInfo> {
         let (first, second) = self.streams.split_at_mut(1);
-        let (Some(a), Some(b)) = (first.first_mut(), second.first_mut()) else { return Ok(()) };
+        let (Some(a), Some(b)) = (first.first_mut(), second.first_mut()) else {
+            return Ok(());
+        };
         let (stream, other) = if d == 0 { (a, b) } else { (b, a) };
         let mut ctx = Ctx {
             config: &self.config,
@@ -459,7 +497,12 @@ impl FlowReassembler {
     }
 
     /// Ends the flow on a dropped gap, or when both directions reached their FIN.
-    fn after<S: Sink + ?Sized>(&mut self, result: Result<(), GapInfo>, budget: &mut Budget, sink: &mut S) -> Status {
+    fn after<S: Sink + ?Sized>(
+        &mut self,
+        result: Result<(), GapInfo>,
+        budget: &mut Budget,
+        sink: &mut S,
+    ) -> Status {
         match result {
             Err(gap) => {
                 let reason = EndReason::GapDropped(DroppedGap {
@@ -480,7 +523,13 @@ impl FlowReassembler {
     }
 
     /// Ends the flow; with `flush`, under `Skip`, held bytes are delivered after their gaps.
-    fn end<S: Sink + ?Sized>(&mut self, reason: EndReason, flush: bool, budget: &mut Budget, sink: &mut S) {
+    fn end<S: Sink + ?Sized>(
+        &mut self,
+        reason: EndReason,
+        flush: bool,
+        budget: &mut Budget,
+        sink: &mut S,
+    ) {
         if flush && self.config.gap_policy == GapPolicy::Skip {
             for d in 0..2 {
                 // Under Skip a gap never fails.

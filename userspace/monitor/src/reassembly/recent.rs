@@ -56,9 +56,13 @@ impl Recent {
     pub(super) fn compare(&self, next: u64, offset: u64, bytes: &[u8]) -> Comparison {
         let mut out = Comparison::default();
         let window_start = next.saturating_sub(self.len as u64);
-        let skip = usize::try_from(window_start.saturating_sub(offset)).unwrap_or(usize::MAX).min(bytes.len());
+        let skip = usize::try_from(window_start.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         out.unchecked = skip as u64;
-        let Some(checked) = bytes.get(skip..) else { return out };
+        let Some(checked) = bytes.get(skip..) else {
+            return out;
+        };
         if checked.is_empty() || self.buf.is_empty() {
             out.unchecked = bytes.len() as u64;
             return out;
@@ -71,7 +75,8 @@ impl Recent {
         let (head_part, tail_part) = checked.split_at(first_len);
         let spans = [
             diff_span(&self.buf[start..start + first_len], head_part),
-            diff_span(&self.buf[..tail_part.len()], tail_part).map(|(a, b)| (a + first_len, b + first_len)),
+            diff_span(&self.buf[..tail_part.len()], tail_part)
+                .map(|(a, b)| (a + first_len, b + first_len)),
         ];
         let differing = count_differing(&self.buf[start..start + first_len], head_part)
             + count_differing(&self.buf[..tail_part.len()], tail_part);

@@ -97,7 +97,7 @@ impl Stream {
     /// comparisons are modulo 2^32, within half the space).
     fn offset_of(&self, seq: u32) -> i64 {
         let next_seq = self.base_seq.wrapping_add(self.next as u32);
-        self.next as i64 + i64::from(seq.wrapping_sub(next_seq).cast_signed())
+        self.next.cast_signed() + i64::from(seq.wrapping_sub(next_seq).cast_signed())
     }
 
     /// Accepts an RST whose sequence number lies between the next byte and one past the
@@ -108,7 +108,7 @@ impl Stream {
         }
         let offset = self.offset_of(seq);
         let high = self.highest.max(self.next) + 1;
-        if offset >= self.next as i64 && offset <= high as i64 {
+        if offset >= self.next.cast_signed() && offset <= high.cast_signed() {
             Ok(())
         } else {
             Err(offset)
@@ -122,20 +122,27 @@ impl Stream {
     ) -> Result<(), GapInfo> {
         self.counters.segments += 1;
         // The SYN takes one sequence number; its data (TCP Fast Open) starts after it.
-        let data_seq = if segment.syn { segment.seq.wrapping_add(1) } else { segment.seq };
+        let data_seq = if segment.syn {
+            segment.seq.wrapping_add(1)
+        } else {
+            segment.seq
+        };
         if !self.started {
             self.started = true;
             self.base_seq = data_seq;
         }
-        let captured = segment.payload.get(..MAX_SEGMENT).unwrap_or(segment.payload);
+        let captured = segment
+            .payload
+            .get(..MAX_SEGMENT)
+            .unwrap_or(segment.payload);
         let wire_len = (segment.wire_len as u64).max(segment.payload.len() as u64);
         let truncated = wire_len - captured.len() as u64;
         self.counters.truncated_bytes += truncated;
         let start = self.offset_of(data_seq);
-        let wire_end = start + wire_len as i64;
+        let wire_end = start + wire_len.cast_signed();
         self.highest = self.highest.max(wire_end.max(0).cast_unsigned());
         // A FIN below the next byte is an old duplicate; the first FIN wins.
-        if segment.fin && wire_end >= self.next as i64 {
+        if segment.fin && wire_end >= self.next.cast_signed() {
             self.set_fin(wire_end.cast_unsigned(), ctx);
         }
 
@@ -145,7 +152,7 @@ impl Stream {
             let cut = offset.unsigned_abs().min(bytes.len() as u64) as usize;
             self.counters.before_start_bytes += cut as u64;
             bytes = bytes.get(cut..).unwrap_or_default();
-            offset += cut as i64;
+            offset += (cut as u64).cast_signed();
         }
         let offset = offset.max(0).cast_unsigned();
         if let Some(fin) = self.fin {
@@ -173,7 +180,12 @@ impl Stream {
     }
 
     /// Places `bytes` at stream `offset` (>= 0, below the FIN).
-    fn accept<S: Sink + ?Sized>(&mut self, offset: u64, bytes: &[u8], ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    fn accept<S: Sink + ?Sized>(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         let mut conflict = ConflictSpan::default();
         let mut overlapped = false;
         let mut equal = 0;
@@ -193,7 +205,14 @@ impl Stream {
         }
 
         if bytes.is_empty() || (start == self.next && self.held.is_empty()) {
-            self.count_overlap(overlapped, bytes.is_empty(), equal, differing, &conflict, ctx);
+            self.count_overlap(
+                overlapped,
+                bytes.is_empty(),
+                equal,
+                differing,
+                &conflict,
+                ctx,
+            );
             if !bytes.is_empty() {
                 // The fast path: in order with nothing held, straight to the sink.
                 self.deliver(bytes, ctx);
@@ -221,8 +240,13 @@ impl Stream {
             let b = chunk_end.min(end);
             if a < b {
                 overlapped = true;
-                let held = chunk.data.get((a - chunk_start) as usize..(b - chunk_start) as usize).unwrap_or_default();
-                let got = bytes.get((a - start) as usize..(b - start) as usize).unwrap_or_default();
+                let held = chunk
+                    .data
+                    .get((a - chunk_start) as usize..(b - chunk_start) as usize)
+                    .unwrap_or_default();
+                let got = bytes
+                    .get((a - start) as usize..(b - start) as usize)
+                    .unwrap_or_default();
                 let diff = count_differing(held, got);
                 differing += diff;
                 equal += (b - a) - diff;
@@ -233,11 +257,20 @@ impl Stream {
         if cur < end {
             regions.push((cur, end));
         }
-        self.count_overlap(overlapped, regions.is_empty(), equal, differing, &conflict, ctx);
+        self.count_overlap(
+            overlapped,
+            regions.is_empty(),
+            equal,
+            differing,
+            &conflict,
+            ctx,
+        );
 
         let mut result = Ok(());
         for &(a, b) in &regions {
-            let piece = bytes.get((a - start) as usize..(b - start) as usize).unwrap_or_default();
+            let piece = bytes
+                .get((a - start) as usize..(b - start) as usize)
+                .unwrap_or_default();
             result = self.place(a, piece, ctx);
             if result.is_err() {
                 break;
@@ -266,12 +299,21 @@ impl Stream {
         self.counters.conflicting_bytes += differing;
         if let Some((first, last)) = conflict.0 {
             self.counters.conflicts += 1;
-            ctx.sink.event(Event::ConflictingOverlap { direction: self.direction, offset: first, len: last - first + 1 });
+            ctx.sink.event(Event::ConflictingOverlap {
+                direction: self.direction,
+                offset: first,
+                len: last - first + 1,
+            });
         }
     }
 
     /// Places new bytes (covering nothing received) at `offset` >= next.
-    fn place<S: Sink + ?Sized>(&mut self, offset: u64, piece: &[u8], ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    fn place<S: Sink + ?Sized>(
+        &mut self,
+        offset: u64,
+        piece: &[u8],
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         if offset < self.next {
             // Cannot happen (new parts lie between held chunks, above next); never deliver twice.
             self.counters.unchecked_bytes += piece.len() as u64;
@@ -280,7 +322,13 @@ impl Stream {
         if offset > self.next && self.make_room(offset, piece.len(), ctx)? {
             self.held_bytes += piece.len();
             self.counters.out_of_order_bytes += piece.len() as u64;
-            self.held.insert(offset, Chunk { data: piece.to_vec(), arrived: ctx.now });
+            self.held.insert(
+                offset,
+                Chunk {
+                    data: piece.to_vec(),
+                    arrived: ctx.now,
+                },
+            );
             self.hole_since.get_or_insert(ctx.now);
             return Ok(());
         }
@@ -291,7 +339,12 @@ impl Stream {
 
     /// Makes room to hold `len` bytes at `offset`, resolving the lowest hole while a cap is
     /// reached. True: the budget was taken; false: the bytes are now in order.
-    fn make_room<S: Sink + ?Sized>(&mut self, offset: u64, len: usize, ctx: &mut Ctx<'_, S>) -> Result<bool, GapInfo> {
+    fn make_room<S: Sink + ?Sized>(
+        &mut self,
+        offset: u64,
+        len: usize,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<bool, GapInfo> {
         loop {
             if self.next >= offset {
                 return Ok(false);
@@ -341,16 +394,31 @@ impl Stream {
     }
 
     /// Resolves the hole at `next` (ending at the first held chunk or at `limit`).
-    fn resolve_lowest<S: Sink + ?Sized>(&mut self, limit: u64, cause: HoleCause, ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    fn resolve_lowest<S: Sink + ?Sized>(
+        &mut self,
+        limit: u64,
+        cause: HoleCause,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         if self.next >= limit {
             return Ok(());
         }
         let hole_end = self.held.keys().next().map_or(limit, |&s| s.min(limit));
         let len = hole_end - self.next;
         if ctx.config.gap_policy == GapPolicy::Drop {
-            return Err(GapInfo { direction: self.direction, offset: self.next, len, cause });
+            return Err(GapInfo {
+                direction: self.direction,
+                offset: self.next,
+                len,
+                cause,
+            });
         }
-        ctx.sink.event(Event::Gap { direction: self.direction, offset: self.next, len, cause });
+        ctx.sink.event(Event::Gap {
+            direction: self.direction,
+            offset: self.next,
+            len,
+            cause,
+        });
         self.counters.gaps += 1;
         self.counters.skipped_bytes += len;
         self.next = hole_end;
@@ -361,7 +429,12 @@ impl Stream {
     }
 
     /// Resolves every hole below `limit`.
-    fn resolve_below<S: Sink + ?Sized>(&mut self, limit: u64, cause: HoleCause, ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    fn resolve_below<S: Sink + ?Sized>(
+        &mut self,
+        limit: u64,
+        cause: HoleCause,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         while self.next < limit {
             self.resolve_lowest(limit, cause, ctx)?;
         }
@@ -369,7 +442,9 @@ impl Stream {
     }
 
     fn held_end(&self) -> Option<u64> {
-        self.held.last_key_value().map(|(s, c)| s + c.data.len() as u64)
+        self.held
+            .last_key_value()
+            .map(|(s, c)| s + c.data.len() as u64)
     }
 
     /// Records the FIN at `fin` and drops what is held at or beyond it.
@@ -398,7 +473,10 @@ impl Stream {
     }
 
     /// Hole timeout and FIN grace; then whether the FIN was reached.
-    pub(super) fn on_timers<S: Sink + ?Sized>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    pub(super) fn on_timers<S: Sink + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         while let (Some(since), Some(first)) = (self.hole_since, self.held.keys().next().copied()) {
             if ctx.now.saturating_sub(since) < ctx.config.hole_timeout_ns {
                 break;
@@ -414,7 +492,10 @@ impl Stream {
         Ok(())
     }
 
-    pub(super) fn on_ring_loss<S: Sink + ?Sized>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), GapInfo> {
+    pub(super) fn on_ring_loss<S: Sink + ?Sized>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), GapInfo> {
         match self.held_end() {
             Some(end) => self.resolve_below(end, HoleCause::RingLoss, ctx)?,
             None => self.loss_pending = true,
@@ -435,7 +516,10 @@ impl Stream {
         if let Some(fin) = self.fin {
             if !self.closed && self.next >= fin {
                 self.closed = true;
-                ctx.sink.event(Event::DirectionClosed { direction: self.direction, offset: fin });
+                ctx.sink.event(Event::DirectionClosed {
+                    direction: self.direction,
+                    offset: fin,
+                });
             }
         }
     }

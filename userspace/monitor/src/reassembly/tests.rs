@@ -33,7 +33,13 @@ impl Sink for Rec {
     }
 
     fn event(&mut self, event: Event) {
-        if let Event::Gap { direction, offset, len, .. } = event {
+        if let Event::Gap {
+            direction,
+            offset,
+            len,
+            ..
+        } = event
+        {
             let end = &mut self.ends[direction.index()];
             assert_eq!(offset, *end, "gap out of order in {direction:?}");
             assert!(len > 0, "empty gap");
@@ -48,14 +54,22 @@ impl Sink for Rec {
 
 impl Rec {
     fn bytes(&self, d: Direction) -> Vec<u8> {
-        self.streams[d.index()].iter().map(|b| b.unwrap_or(b'?')).collect()
+        self.streams[d.index()]
+            .iter()
+            .map(|b| b.unwrap_or(b'?'))
+            .collect()
     }
 
     fn gaps(&self) -> Vec<(Direction, u64, u64, HoleCause)> {
         self.events
             .iter()
             .filter_map(|e| match *e {
-                Event::Gap { direction, offset, len, cause } => Some((direction, offset, len, cause)),
+                Event::Gap {
+                    direction,
+                    offset,
+                    len,
+                    cause,
+                } => Some((direction, offset, len, cause)),
                 _ => None,
             })
             .collect()
@@ -77,15 +91,24 @@ fn seg(direction: Direction, seq: u32, payload: &[u8]) -> Segment<'_> {
 }
 
 fn syn(direction: Direction, seq: u32) -> Segment<'static> {
-    Segment { syn: true, ..Segment::data(direction, seq, &[]) }
+    Segment {
+        syn: true,
+        ..Segment::data(direction, seq, &[])
+    }
 }
 
 fn fin(direction: Direction, seq: u32, payload: &[u8]) -> Segment<'_> {
-    Segment { fin: true, ..Segment::data(direction, seq, payload) }
+    Segment {
+        fin: true,
+        ..Segment::data(direction, seq, payload)
+    }
 }
 
 fn rst(direction: Direction, seq: u32) -> Segment<'static> {
-    Segment { rst: true, ..Segment::data(direction, seq, &[]) }
+    Segment {
+        rst: true,
+        ..Segment::data(direction, seq, &[])
+    }
 }
 
 /// A flow, its budget and its recorder.
@@ -97,12 +120,22 @@ struct Harness {
 
 impl Harness {
     fn new(config: Config) -> Harness {
-        Harness { flow: FlowReassembler::new(config, 0), budget: Budget::new(1 << 20), rec: Rec::default() }
+        Harness {
+            flow: FlowReassembler::new(config, 0),
+            budget: Budget::new(1 << 20),
+            rec: Rec::default(),
+        }
     }
 
     fn feed(&mut self, segment: &Segment<'_>, now: u64) -> Status {
-        let status = self.flow.segment(segment, now, &mut self.budget, &mut self.rec);
-        assert_eq!(self.budget.used(), self.flow.held_bytes(), "budget and held bytes disagree");
+        let status = self
+            .flow
+            .segment(segment, now, &mut self.budget, &mut self.rec);
+        assert_eq!(
+            self.budget.used(),
+            self.flow.held_bytes(),
+            "budget and held bytes disagree"
+        );
         status
     }
 
@@ -118,7 +151,12 @@ impl Harness {
 }
 
 fn patient() -> Config {
-    Config { hole_timeout_ns: u64::MAX, fin_grace_ns: 0, idle_timeout_ns: u64::MAX, ..Config::default() }
+    Config {
+        hole_timeout_ns: u64::MAX,
+        fin_grace_ns: 0,
+        idle_timeout_ns: u64::MAX,
+        ..Config::default()
+    }
 }
 
 #[test]
@@ -194,7 +232,10 @@ fn conflicting_overlaps_keep_the_first_copy_and_are_reported() {
 
 #[test]
 fn retransmissions_older_than_the_window_are_unchecked() {
-    let mut h = Harness::new(Config { recheck_window: 4, ..patient() });
+    let mut h = Harness::new(Config {
+        recheck_window: 4,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 1, b"abcdefgh"), 0);
     h.feed(&seg(C2S, 1, b"XXXXefgY"), 0);
@@ -219,7 +260,10 @@ fn mid_stream_start_takes_the_first_sequence_number() {
 fn syn_takes_one_sequence_number_and_may_carry_data() {
     let mut h = Harness::new(patient());
     // TCP Fast Open: data in the SYN starts at ISN+1.
-    let s = Segment { syn: true, ..seg(C2S, 41, b"GET") };
+    let s = Segment {
+        syn: true,
+        ..seg(C2S, 41, b"GET")
+    };
     h.feed(&s, 0);
     h.feed(&s, 0); // a retransmitted SYN
     h.feed(&syn(S2C, 7000), 0);
@@ -239,7 +283,10 @@ fn fin_with_a_hole_skips_it_and_closes_the_direction() {
     h.feed(&fin(C2S, 9, b"ij"), 0);
     assert_eq!(h.rec.gaps(), vec![(C2S, 3, 3, HoleCause::Fin)]);
     assert_eq!(h.rec.bytes(C2S), b"abc???ghij");
-    assert!(h.rec.events.contains(&Event::DirectionClosed { direction: C2S, offset: 10 }));
+    assert!(h.rec.events.contains(&Event::DirectionClosed {
+        direction: C2S,
+        offset: 10
+    }));
     // Bytes at or beyond the FIN are ignored.
     h.feed(&seg(C2S, 11, b"zz"), 0);
     h.feed(&seg(C2S, 4, b"def"), 0);
@@ -252,16 +299,25 @@ fn fin_with_a_hole_skips_it_and_closes_the_direction() {
 
 #[test]
 fn fin_grace_lets_a_retransmission_fill_the_hole() {
-    let mut h = Harness::new(Config { fin_grace_ns: 100 * MS, ..patient() });
+    let mut h = Harness::new(Config {
+        fin_grace_ns: 100 * MS,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 4, b"def"), 0);
     h.feed(&fin(C2S, 7, b""), MS);
     h.feed(&seg(C2S, 1, b"abc"), 50 * MS);
     assert_eq!(h.rec.bytes(C2S), b"abcdef");
     assert!(h.rec.gaps().is_empty());
-    assert!(h.rec.events.contains(&Event::DirectionClosed { direction: C2S, offset: 6 }));
+    assert!(h.rec.events.contains(&Event::DirectionClosed {
+        direction: C2S,
+        offset: 6
+    }));
 
-    let mut h = Harness::new(Config { fin_grace_ns: 100 * MS, ..patient() });
+    let mut h = Harness::new(Config {
+        fin_grace_ns: 100 * MS,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 4, b"def"), 0);
     h.feed(&fin(C2S, 7, b""), MS);
@@ -294,7 +350,10 @@ fn both_fins_close_the_flow() {
     assert_eq!(h.flow.status(), Status::Open);
     h.feed(&fin(S2C, 21, b""), 0);
     assert_eq!(h.flow.status(), Status::Ended(EndReason::Closed));
-    assert_eq!(h.rec.events.last(), Some(&Event::FlowEnded(EndReason::Closed)));
+    assert_eq!(
+        h.rec.events.last(),
+        Some(&Event::FlowEnded(EndReason::Closed))
+    );
     h.feed(&seg(C2S, 14, b"x"), 0);
     assert_eq!(h.c().after_end_segments, 1);
 }
@@ -305,11 +364,17 @@ fn rst_ends_the_flow_and_flushes_held_bytes_under_skip() {
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 1, b"ab"), 0);
     h.feed(&seg(C2S, 5, b"ef"), 0);
-    assert_eq!(h.feed(&rst(C2S, 7), 0), Status::Ended(EndReason::Reset { direction: C2S }));
+    assert_eq!(
+        h.feed(&rst(C2S, 7), 0),
+        Status::Ended(EndReason::Reset { direction: C2S })
+    );
     assert_eq!(h.rec.gaps(), vec![(C2S, 2, 2, HoleCause::FlowEnd)]);
     assert_eq!(h.rec.bytes(C2S), b"ab??ef");
     assert_eq!(h.budget.used(), 0);
-    assert_eq!(h.feed(&seg(C2S, 7, b"gh"), 0), Status::Ended(EndReason::Reset { direction: C2S }));
+    assert_eq!(
+        h.feed(&seg(C2S, 7, b"gh"), 0),
+        Status::Ended(EndReason::Reset { direction: C2S })
+    );
     assert_eq!(h.rec.bytes(C2S).len(), 6);
 }
 
@@ -323,24 +388,39 @@ fn rst_outside_the_window_is_ignored_and_reported() {
     assert_eq!(
         h.rec.events,
         vec![
-            Event::IgnoredRst { direction: C2S, offset: 99_999 },
-            Event::IgnoredRst { direction: C2S, offset: 1 }
+            Event::IgnoredRst {
+                direction: C2S,
+                offset: 99_999
+            },
+            Event::IgnoredRst {
+                direction: C2S,
+                offset: 1
+            }
         ]
     );
     assert_eq!(h.c().ignored_rsts, 2);
     h.feed(&seg(C2S, 5, b"e"), 0);
     assert_eq!(h.rec.bytes(C2S), b"abcde");
     // An RST from a direction never seen is taken (a refused connection).
-    assert_eq!(h.feed(&rst(S2C, 1234), 0), Status::Ended(EndReason::Reset { direction: S2C }));
+    assert_eq!(
+        h.feed(&rst(S2C, 1234), 0),
+        Status::Ended(EndReason::Reset { direction: S2C })
+    );
 }
 
 #[test]
 fn rst_under_drop_discards_held_bytes() {
-    let mut h = Harness::new(Config { gap_policy: GapPolicy::Drop, ..patient() });
+    let mut h = Harness::new(Config {
+        gap_policy: GapPolicy::Drop,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 5, b"ef"), 0);
     h.feed(&rst(C2S, 3), 0);
-    assert_eq!(h.flow.status(), Status::Ended(EndReason::Reset { direction: C2S }));
+    assert_eq!(
+        h.flow.status(),
+        Status::Ended(EndReason::Reset { direction: C2S })
+    );
     assert!(h.rec.gaps().is_empty());
     assert_eq!(h.c().discarded_bytes, 2);
     assert_eq!(h.budget.used(), 0);
@@ -348,19 +428,28 @@ fn rst_under_drop_discards_held_bytes() {
 
 #[test]
 fn idle_timeout_ends_the_flow() {
-    let mut h = Harness::new(Config { idle_timeout_ns: 10 * MS, ..patient() });
+    let mut h = Harness::new(Config {
+        idle_timeout_ns: 10 * MS,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 3, b"cd"), 5 * MS);
     assert_eq!(h.poll(14 * MS), Status::Open);
     assert_eq!(h.poll(15 * MS), Status::Ended(EndReason::IdleTimeout));
     assert_eq!(h.rec.gaps(), vec![(C2S, 0, 2, HoleCause::FlowEnd)]);
-    assert_eq!(h.rec.events.last(), Some(&Event::FlowEnded(EndReason::IdleTimeout)));
+    assert_eq!(
+        h.rec.events.last(),
+        Some(&Event::FlowEnded(EndReason::IdleTimeout))
+    );
     assert_eq!(h.budget.used(), 0);
 }
 
 #[test]
 fn hole_timeout_skips_holes_by_age() {
-    let mut h = Harness::new(Config { hole_timeout_ns: 10 * MS, ..patient() });
+    let mut h = Harness::new(Config {
+        hole_timeout_ns: 10 * MS,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 3, b"cd"), MS);
     h.feed(&seg(C2S, 7, b"gh"), 6 * MS);
@@ -379,13 +468,25 @@ fn hole_timeout_skips_holes_by_age() {
 
 #[test]
 fn drop_policy_ends_the_flow_on_a_gap() {
-    let mut h = Harness::new(Config { gap_policy: GapPolicy::Drop, hole_timeout_ns: 10 * MS, ..patient() });
+    let mut h = Harness::new(Config {
+        gap_policy: GapPolicy::Drop,
+        hole_timeout_ns: 10 * MS,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 1, b"ab"), 0);
     h.feed(&seg(C2S, 5, b"ef"), 0);
-    let gap = DroppedGap { direction: C2S, offset: 2, len: 2, cause: HoleCause::Timeout };
+    let gap = DroppedGap {
+        direction: C2S,
+        offset: 2,
+        len: 2,
+        cause: HoleCause::Timeout,
+    };
     assert_eq!(h.poll(10 * MS), Status::Ended(EndReason::GapDropped(gap)));
-    assert_eq!(h.rec.events, vec![Event::FlowEnded(EndReason::GapDropped(gap))]);
+    assert_eq!(
+        h.rec.events,
+        vec![Event::FlowEnded(EndReason::GapDropped(gap))]
+    );
     assert_eq!(h.rec.bytes(C2S), b"ab");
     assert_eq!(h.budget.used(), 0);
     assert_eq!(h.c().discarded_bytes, 2);
@@ -393,7 +494,10 @@ fn drop_policy_ends_the_flow_on_a_gap() {
 
 #[test]
 fn per_flow_byte_cap_skips_the_lowest_hole() {
-    let mut h = Harness::new(Config { max_held_bytes: 4, ..patient() });
+    let mut h = Harness::new(Config {
+        max_held_bytes: 4,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 3, b"cd"), 0);
     h.feed(&seg(S2C, 100, b"A"), 0);
@@ -413,7 +517,10 @@ fn per_flow_byte_cap_skips_the_lowest_hole() {
 
 #[test]
 fn per_flow_chunk_cap() {
-    let mut h = Harness::new(Config { max_held_chunks: 2, ..patient() });
+    let mut h = Harness::new(Config {
+        max_held_chunks: 2,
+        ..patient()
+    });
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 3, b"c"), 0);
     h.feed(&seg(C2S, 5, b"e"), 0);
@@ -427,7 +534,9 @@ fn shared_budget_caps_all_flows_and_returns_to_zero() {
     let config = patient();
     let mut budget = Budget::new(10);
     let mut recs: Vec<Rec> = (0..3).map(|_| Rec::default()).collect();
-    let mut flows: Vec<FlowReassembler> = (0..3).map(|_| FlowReassembler::new(config.clone(), 0)).collect();
+    let mut flows: Vec<FlowReassembler> = (0..3)
+        .map(|_| FlowReassembler::new(config.clone(), 0))
+        .collect();
     for (i, (flow, rec)) in flows.iter_mut().zip(&mut recs).enumerate() {
         let d = if i == 1 { S2C } else { C2S };
         flow.segment(&syn(d, 0), 0, &mut budget, rec);
@@ -446,7 +555,10 @@ fn shared_budget_caps_all_flows_and_returns_to_zero() {
     assert_eq!(recs[0].bytes(C2S), b"????efgh");
     assert_eq!(flows[0].held_bytes(), 1);
     assert_eq!(budget.used(), 7);
-    assert_eq!(budget.used(), flows.iter().map(FlowReassembler::held_bytes).sum::<usize>());
+    assert_eq!(
+        budget.used(),
+        flows.iter().map(FlowReassembler::held_bytes).sum::<usize>()
+    );
     for flow in flows {
         flow.release(&mut budget);
     }
@@ -455,12 +567,20 @@ fn shared_budget_caps_all_flows_and_returns_to_zero() {
 
 #[test]
 fn budget_caps_under_drop_end_the_flow() {
-    let mut h = Harness::new(Config { gap_policy: GapPolicy::Drop, ..patient() });
+    let mut h = Harness::new(Config {
+        gap_policy: GapPolicy::Drop,
+        ..patient()
+    });
     h.budget = Budget::new(3);
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 2, b"bc"), 0);
     let status = h.feed(&seg(C2S, 5, b"ef"), 0);
-    let gap = DroppedGap { direction: C2S, offset: 0, len: 1, cause: HoleCause::BudgetCap };
+    let gap = DroppedGap {
+        direction: C2S,
+        offset: 0,
+        len: 1,
+        cause: HoleCause::BudgetCap,
+    };
     assert_eq!(status, Status::Ended(EndReason::GapDropped(gap)));
     assert_eq!(h.budget.used(), 0);
 }
@@ -469,14 +589,20 @@ fn budget_caps_under_drop_end_the_flow() {
 fn truncated_segment_skips_its_tail() {
     let mut h = Harness::new(patient());
     h.feed(&syn(C2S, 0), 0);
-    let cut = Segment { wire_len: 10, ..seg(C2S, 1, b"abcd") };
+    let cut = Segment {
+        wire_len: 10,
+        ..seg(C2S, 1, b"abcd")
+    };
     h.feed(&cut, 0);
     assert_eq!(h.rec.gaps(), vec![(C2S, 4, 6, HoleCause::Truncated)]);
     h.feed(&seg(C2S, 11, b"kl"), 0);
     assert_eq!(h.rec.bytes(C2S), b"abcd??????kl");
     assert_eq!(h.c().truncated_bytes, 6);
     // Out of order: the holes below the truncated segment go too.
-    let cut = Segment { wire_len: 5, ..seg(C2S, 20, b"tu") };
+    let cut = Segment {
+        wire_len: 5,
+        ..seg(C2S, 20, b"tu")
+    };
     h.feed(&cut, 0);
     assert_eq!(h.rec.gaps().len(), 3);
     assert_eq!(h.rec.gaps()[1], (C2S, 12, 7, HoleCause::Truncated));
@@ -506,7 +632,10 @@ fn finish_flushes_and_release_returns_the_counters() {
     let mut h = Harness::new(patient());
     h.feed(&syn(C2S, 0), 0);
     h.feed(&seg(C2S, 3, b"cd"), 0);
-    assert_eq!(h.flow.finish(&mut h.budget, &mut h.rec), Status::Ended(EndReason::Finished));
+    assert_eq!(
+        h.flow.finish(&mut h.budget, &mut h.rec),
+        Status::Ended(EndReason::Finished)
+    );
     assert_eq!(h.rec.bytes(C2S), b"??cd");
     let counters = h.flow.release(&mut h.budget);
     assert_eq!(counters[C2S.index()].delivered_bytes, 2);
@@ -538,7 +667,10 @@ struct Plan {
 
 /// "First copy wins" per byte, in arrival order: the bytes received and, per arrival, the
 /// first and last conflicting offsets.
-fn model(len: usize, arrivals: &[(u64, Vec<u8>)]) -> (Vec<Option<u8>>, Vec<Option<(u64, u64)>>) {
+/// Per arrival, its first and last conflicting offset.
+type ConflictSpans = Vec<Option<(u64, u64)>>;
+
+fn model(len: usize, arrivals: &[(u64, Vec<u8>)]) -> (Vec<Option<u8>>, ConflictSpans) {
     let mut got = vec![None; len];
     let mut conflicts = Vec::new();
     for (offset, bytes) in arrivals {
@@ -565,7 +697,15 @@ fn plan(drops: bool) -> impl Strategy<Value = Plan> {
         0u32..4000,
         proptest::collection::vec(any::<u8>(), 0..1500),
         proptest::collection::vec(0usize..48, 1..200),
-        proptest::collection::vec((any::<prop::sample::Index>(), 0usize..64, any::<bool>(), any::<u8>()), 0..12),
+        proptest::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                0usize..64,
+                any::<bool>(),
+                any::<u8>(),
+            ),
+            0..12,
+        ),
         proptest::collection::vec(any::<bool>(), 200),
         any::<u64>(),
     )
@@ -599,11 +739,17 @@ fn plan(drops: bool) -> impl Strategy<Value = Plan> {
             // Deterministic shuffle from the seed (Fisher-Yates with an LCG).
             let mut state = seed | 1;
             for j in (1..arrivals.len()).rev() {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let k = ((state >> 33) % (j as u64 + 1)) as usize;
                 arrivals.swap(j, k);
             }
-            Plan { isn: u32::MAX - back, stream, arrivals }
+            Plan {
+                isn: u32::MAX - back,
+                stream,
+                arrivals,
+            }
         })
 }
 
