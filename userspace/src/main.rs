@@ -72,6 +72,11 @@ enum Cmd {
         #[arg(required = true)]
         captures: Vec<PathBuf>,
     },
+    /// The compliance archive: verify its chain and seals, search it, export it.
+    Archive {
+        #[command(subcommand)]
+        cmd: ArchiveCmd,
+    },
     /// Counters of a running instance.
     Stats {
         #[arg(long, default_value = control::DEFAULT_PATH)]
@@ -80,6 +85,187 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where `imfw run` keeps the archive and its sealing key unless the policy says otherwise.
+const ARCHIVE_DIR: &str = "/var/lib/imfw/archive";
+const ARCHIVE_KEY: &str = "/var/lib/imfw/archive.key";
+/// Exit status of `imfw archive verify` on an archive that fails verification.
+const EXIT_TAMPERED: u8 = 3;
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Check every record's hash chain, every seal and the head file. Exit status 3 when
+    /// anything was changed, removed, reordered or inserted.
+    Verify {
+        #[command(flatten)]
+        at: ArchiveAt,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records that match every filter given, one line each.
+    Search {
+        #[command(flatten)]
+        at: ArchiveAt,
+        #[command(flatten)]
+        filter: ArchiveFilter,
+    },
+    /// Records that match every filter given, as stored: one JSON object per line.
+    Export {
+        #[command(flatten)]
+        at: ArchiveAt,
+        #[command(flatten)]
+        filter: ArchiveFilter,
+    },
+}
+
+#[derive(clap::Args)]
+struct ArchiveAt {
+    /// Archive directory.
+    #[arg(long, default_value = ARCHIVE_DIR)]
+    dir: PathBuf,
+    /// Sealing key file (verify only).
+    #[arg(long, default_value = ARCHIVE_KEY)]
+    key: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ArchiveFilter {
+    /// Records at or after this time: UNIX seconds, or YYYY-MM-DD[THH:MM[:SS]] in UTC.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<u64>,
+    /// Records before this time (same forms).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<u64>,
+    /// App id (xmpp, irc, mqtt, ...).
+    #[arg(long)]
+    app: Option<String>,
+    /// Part of a sender or recipient (case-insensitive).
+    #[arg(long)]
+    party: Option<String>,
+    /// Part of a message body (case-insensitive).
+    #[arg(long)]
+    text: Option<String>,
+}
+
+impl ArchiveFilter {
+    fn filter(self) -> imfw_monitor::archive::Filter {
+        imfw_monitor::archive::Filter { from: self.from, until: self.until, app: self.app, party: self.party, text: self.text }
+    }
+}
+
+/// A time on the command line, in UNIX milliseconds: UNIX seconds, or a UTC date and time.
+fn parse_time(text: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("`{text}` is not a time; expected UNIX seconds or YYYY-MM-DD[THH:MM[:SS]] (UTC)");
+    if let Ok(secs) = text.parse::<u64>() {
+        return secs.checked_mul(1000).ok_or_else(bad);
+    }
+    let (date, time) = text.split_once(['T', ' ']).unwrap_or((text, "00:00:00"));
+    let d: Vec<&str> = date.split('-').collect();
+    let t: Vec<&str> = time.trim_end_matches('Z').split(':').collect();
+    let [y, m, day] = d.as_slice() else { return Err(bad()) };
+    let (y, m, day): (i64, i64, i64) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, day.parse().map_err(|_| bad())?);
+    let num = |s: Option<&&str>, max: i64| -> std::result::Result<i64, String> {
+        let v = s.map_or(Ok(0), |s| s.parse::<i64>().map_err(|_| bad()))?;
+        if (0..=max).contains(&v) { Ok(v) } else { Err(bad()) }
+    };
+    let (hh, mm, ss) = (num(t.first(), 23)?, num(t.get(1), 59)?, num(t.get(2), 60)?);
+    if t.len() > 3 || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    // Days from 1970-01-01 of a proleptic Gregorian date (the civil-from-days inverse).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).ok().and_then(|s| s.checked_mul(1000)).ok_or_else(bad)
+}
+
+fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode> {
+    use imfw_monitor::archive::{self, Event};
+    match cmd {
+        ArchiveCmd::Verify { at, json } => {
+            let key = archive::SealKey::load(&at.key).with_context(|| format!("reading the sealing key {}", at.key.display()))?;
+            let report = archive::verify(&at.dir, &key).with_context(|| format!("reading the archive {}", at.dir.display()))?;
+            if json {
+                let problems: Vec<serde_json::Value> = report
+                    .problems
+                    .iter()
+                    .map(|p| serde_json::json!({"segment": p.segment, "offset": p.offset, "seq": p.seq, "problem": p.kind.to_string()}))
+                    .collect();
+                let out = serde_json::json!({
+                    "ok": report.is_ok(), "segments": report.segments.len(), "records": report.records,
+                    "seals": report.seals, "last_sealed_seq": report.last_sealed_seq,
+                    "unsealed_records": report.unsealed_records, "recoveries": report.recoveries.len(),
+                    "retention_cuts": report.retentions.len(), "problems_total": report.problems_total, "problems": problems,
+                });
+                println!("{out}");
+            } else {
+                println!(
+                    "{}: {} segments, {} records, {} seals (last sealed record {}), {} records after the last seal, {} recoveries after a crash, {} retention cuts",
+                    at.dir.display(),
+                    report.segments.len(),
+                    report.records,
+                    report.seals,
+                    report.last_sealed_seq.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                    report.unsealed_records,
+                    report.recoveries.len(),
+                    report.retentions.len(),
+                );
+                for p in &report.problems {
+                    let seg = p.segment.map_or_else(String::new, |s| format!("segment {s} "));
+                    let off = p.offset.map_or_else(String::new, |o| format!("offset {o} "));
+                    let seq = p.seq.map_or_else(String::new, |s| format!("record {s} "));
+                    println!("PROBLEM {seg}{off}{seq}: {}", p.kind);
+                }
+                println!("{}", if report.is_ok() { "verified" } else { "FAILED: the archive was altered" });
+            }
+            Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TAMPERED) })
+        }
+        ArchiveCmd::Search { at, filter } => {
+            let mut out = std::io::stdout().lock();
+            for hit in archive::search(&at.dir, &filter.filter())? {
+                let hit = match hit {
+                    Ok(h) => h,
+                    Err(e) => {
+                        log::warn!("{e}");
+                        continue;
+                    }
+                };
+                let r = &hit.record;
+                let mark = if r.incomplete { " (incomplete)" } else { "" };
+                let line = match &r.event {
+                    Event::Message { app, flow, message, decision } => format!(
+                        "{} #{} {app} {flow} {} -> {}: {:?}{mark} [{:?}{}]",
+                        r.time,
+                        r.seq,
+                        message.sender.as_deref().unwrap_or("?"),
+                        message.recipients.join(","),
+                        message.body,
+                        decision.action,
+                        decision.matches.iter().map(|m| format!(" {}: {}", m.rule, m.reason)).collect::<String>(),
+                    ),
+                    other => format!("{} #{} {}", r.time, r.seq, serde_json::to_string(other).unwrap_or_default()),
+                };
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ArchiveCmd::Export { at, filter } => {
+            let mut out = std::io::stdout().lock();
+            let stats = archive::export(&at.dir, &filter.filter(), &mut out)?;
+            if stats.skipped > 0 {
+                log::warn!("{} unreadable records skipped; run `imfw archive verify`", stats.skipped);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -106,6 +292,7 @@ fn main() -> ExitCode {
         Cmd::Run { policy, iface, control, flows } => run(&policy, &iface, &control, flows),
         Cmd::Classify { policy, json, captures } => classify_cmd(policy.as_deref(), json, &captures),
         Cmd::Stats { control, json } => stats(&control, json),
+        Cmd::Archive { cmd } => archive_cmd(cmd),
     };
     match result {
         Ok(code) => code,
@@ -290,4 +477,19 @@ fn stats(control_path: &Path, json: bool) -> Result<ExitCode> {
         println!("  {k:<20} {n:>12}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_on_the_command_line() {
+        assert_eq!(super::parse_time("0"), Ok(0));
+        assert_eq!(super::parse_time("1700000000"), Ok(1_700_000_000_000));
+        assert_eq!(super::parse_time("1970-01-02"), Ok(86_400_000));
+        assert_eq!(super::parse_time("2026-11-25T22:21:50Z"), Ok(1_795_645_310_000));
+        assert_eq!(super::parse_time("2000-03-01 00:00"), Ok(951_868_800_000));
+        for bad in ["2026-13-01", "2026-11-25T25:00", "yesterday", "2026-11", "-5"] {
+            assert!(super::parse_time(bad).is_err(), "{bad}");
+        }
+    }
 }

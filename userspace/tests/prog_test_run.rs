@@ -751,6 +751,30 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     let e = r.entry(&conn.syn()).unwrap();
     assert_eq!((e.app, Verdict::from_u8(e.verdict)), (0, Verdict::Allow));
     assert_eq!(r.run(&conn.server(b"reply")), XDP_PASS);
+    // A split hello with Encrypted Client Hello and an unclaimed outer name: app `ech` (allowed
+    // by default), decided by the controller as the kernel would have.
+    let conn = Conn::v4(49004, 443);
+    let mut hidden = ClientHello::new("public.example");
+    hidden.post_quantum = true;
+    hidden.ech = true;
+    hidden.order = ExtOrder::SniLast;
+    let hidden = hidden.build();
+    open(&r, &conn, &[]);
+    let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
+    tcp.seq = 12000;
+    let first = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &hidden[..1448])));
+    tcp.seq = 12000 + 1448;
+    let second = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &hidden[1448..])));
+    r.run(&first);
+    r.run(&second);
+    let mut decided = Vec::new();
+    for ev in r.dp.drain_events() {
+        if let Event::Payload(p) = ev {
+            decided.extend(ctl.on_payload(&p, &mut r.dp, &r.c).unwrap());
+        }
+    }
+    assert_eq!(decided.len(), 1);
+    assert_decided(&r, &conn, "ech", Method::Ech, Verdict::Allow);
 }
 
 /// `pending: drop`: segments the controller is deciding are copied to it and dropped; once it
@@ -816,11 +840,11 @@ fn encrypted_client_hello_is_an_explicit_policy_choice() {
     assert_eq!(open(&r, &c, &[ClientHello::new("public.example").build()]), XDP_PASS);
     assert_eq!(r.entry(&c.syn()).expect("flow").app, 0);
 
-    let r = rig("version: 1\ndefaults: {action: allow}\napps: {ech: drop}\nrules:\n  - {from: [192.0.2.0/24], apps: all, action: drop}\n");
+    let r = rig("version: 1\ndefaults: {action: allow}\napps: {ech: drop}\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: all, action: drop}\n");
     let c = Conn::v4(41005, 443);
     assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_DROP, "apps: {{ech: drop}}");
     assert_decided(&r, &c, "ech", Method::Ech, Verdict::Drop);
-    let r = rig("version: 1\ndefaults: {action: allow}\nrules:\n  - {from: [192.0.2.0/24], apps: all, action: drop}\n");
+    let r = rig("version: 1\ndefaults: {action: allow}\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: all, action: drop}\n");
     let c = Conn::v4(41006, 443);
     assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_PASS, "`all` does not cover hidden names");
     assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);

@@ -335,6 +335,18 @@ fn rule_precedence_with_nested_networks() {
 }
 
 #[test]
+fn hidden_names_are_allowed_unless_the_policy_names_ech() {
+    let ech = imfw_common::app::APP_ECH;
+    let (_, c) = ok("version: 1\ndefaults: {action: drop}\n");
+    assert_eq!(verdict(&c, "192.0.2.9", ech), Verdict::Allow, "defaults.action is about IM apps");
+    let (_, c) = ok("version: 1\napps: {ech: drop}\n");
+    assert_eq!(verdict(&c, "192.0.2.9", ech), Verdict::Drop);
+    let (_, c) = ok("version: 1\nrules:\n  - {name: lab, from: [192.0.2.0/24], apps: [ech], action: monitor}\n");
+    assert_eq!(verdict(&c, "192.0.2.9", ech), Verdict::Monitor);
+    assert_eq!(verdict(&c, "198.51.100.9", ech), Verdict::Allow);
+}
+
+#[test]
 fn ipv6_rules_share_class_numbering() {
     let (_, c) = ok("version: 1\nrules:\n  - name: r\n    from: [192.0.2.0/24, 2001:db8:1::/48, 2001:db8:1:2::1]\n    apps: [irc]\n    action: drop\n");
     assert_eq!(c.src4.len(), 1);
@@ -349,7 +361,9 @@ fn all_means_every_app_but_not_unclassified() {
     let (_, c) = ok("version: 1\ndefaults:\n  unclassified: drop\ncatalogue:\n  mychat:\n    domains: [chat.example.com]\nrules:\n  - name: lockdown\n    from: [192.0.2.0/24]\n    apps: all\n    action: monitor\n");
     let mychat = c.app_id("mychat").unwrap_or_default();
     for (app, _) in &c.apps {
-        assert_eq!(verdict(&c, "192.0.2.9", *app), Verdict::Monitor, "app {app}");
+        // Hidden names (`ech`) are not IM: `all` leaves them to their own (allow) default.
+        let want = if *app == imfw_common::app::APP_ECH { Verdict::Allow } else { Verdict::Monitor };
+        assert_eq!(verdict(&c, "192.0.2.9", *app), want, "app {app}");
         assert_eq!(verdict(&c, "203.0.113.1", *app), Verdict::Allow, "app {app}");
     }
     assert!(c.apps.iter().any(|(a, _)| *a == mychat));
