@@ -41,7 +41,17 @@ pub struct PayloadEvent {
     /// `DIR_CLIENT` or `DIR_SERVER`.
     pub dir: u8,
     pub client_is_a: u8,
+    /// The payload's length in the packet (`len` is less when the copy was cut to
+    /// `PAYLOAD_EVENT_DATA`); at most 65535.
+    pub wire_len: u16,
+    /// TCP flags of the segment (SYN, FIN, RST matter to reassembly); 0 for UDP.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 5],
     pub data: [u8; PAYLOAD_EVENT_DATA],
 }
 
-const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 56 + PAYLOAD_EVENT_DATA);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 64 + PAYLOAD_EVENT_DATA);
+
+/// A segment of a flow with verdict `monitor`, copied for the controller's content policy
+/// (same layout as `PayloadEvent`).
+pub const EVENT_STREAM: u32 = 3;

@@ -31,6 +31,9 @@ pub const FLAG_SERVER_SPOKE_FIRST: u8 = 1;
 pub const FLAG_PAYLOAD_SEEN: u8 = 2;
 /// The controller is reassembling this flow's client payload: later client segments go to it.
 pub const FLAG_CONTROLLER: u8 = 4;
+/// A monitored flow whose content cannot be read (TLS, compression): the controller set it
+/// to stop the copies.
+pub const FLAG_NO_COPY: u8 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -59,7 +62,9 @@ pub struct FlowEntry {
     /// decides the flow when the payload names nothing: a server name, when there is one,
     /// outranks the address (a shared cloud address serves many names).
     pub addr_app: u16,
-    pub _pad: [u8; 2],
+    /// Segments of this monitored flow the ring buffer had no room for (saturating): the
+    /// controller reads it to account the loss to the flow.
+    pub copies_lost: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);

@@ -48,4 +48,5 @@ pub const STUN_MAX: u32 = 1024;
 pub const SRC_CLASSES: u32 = 64;
 pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;
 pub const REDIRECT_SLOTS: u32 = 16;
-pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Room for about 2,000 copied segments between two reads by the controller.
+pub const EVENTS_BYTES: u32 = 1 << 22;

@@ -166,9 +166,14 @@ pub enum Stat {
     ToController = 12,
     /// Payloads that could not be handed over because the ring buffer was full.
     ToControllerLost = 13,
+    /// Segments of monitored flows copied to the controller for content inspection.
+    Streamed = 14,
+    /// Segments of monitored flows not copied because the ring buffer was full (each also
+    /// counted in its flow's `copies_lost`).
+    StreamLost = 15,
 }
 
-pub const STATS: u32 = 14;
+pub const STATS: u32 = 16;
 
 impl Stat {
     pub const ALL: [Stat; STATS as usize] = [
@@ -186,6 +191,8 @@ impl Stat {
         Stat::InspectorMissing,
         Stat::ToController,
         Stat::ToControllerLost,
+        Stat::Streamed,
+        Stat::StreamLost,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -204,6 +211,8 @@ impl Stat {
             Stat::InspectorMissing => "inspector_missing",
             Stat::ToController => "to_controller",
             Stat::ToControllerLost => "to_controller_lost",
+            Stat::Streamed => "streamed",
+            Stat::StreamLost => "stream_lost",
         }
     }
 }

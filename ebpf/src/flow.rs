@@ -4,20 +4,21 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
     config::Config,
-    event::{EVENT_CLASSIFIED, FlowEvent},
-    flow::{DIR_CLIENT, DIR_SERVER, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
+    flow::{DIR_CLIENT, DIR_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{Method, Stat, Verdict},
 };
 
 use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
+    copy::{Copy, copy},
     finish,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_stat,
         count_verdict, policy,
     },
-    parse::{Pkt, TCP_ACK, TCP_SYN},
+    parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// A one-way flow (the other side never sends payload) is given up after this many of its
@@ -53,6 +54,8 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     dir,
                     client_first: client_first as u8,
                     server_port: pkt.key.server(e.client_is_a != 0).1,
+                    tcp_flags: pkt.tcp_flags,
+                    _pad: [0; 3],
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {
@@ -67,7 +70,38 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             count_stat(Stat::InspectorMissing);
         }
     }
+    if e.verdict == Verdict::Monitor as u8 && pkt.key.proto == IPPROTO_TCP && e.flags & FLAG_NO_COPY == 0 {
+        stream(ctx, pkt, e);
+    }
     finish(cfg, e, len)
+}
+
+/// Copies a segment of a monitored flow (payload, or a bare FIN or RST) to the controller,
+/// which reassembles it and applies the content policy. A copy the ring has no room for is
+/// counted, in total and in the flow's `copies_lost`: the controller then knows the stream
+/// has a hole it will not fill, never silently.
+#[inline(always)]
+fn stream(ctx: &XdpContext, pkt: &Pkt, e: &mut FlowEntry) {
+    if pkt.payload_len == 0 && pkt.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
+    let c = Copy {
+        kind: EVENT_STREAM,
+        key: pkt.key,
+        payload_off: pkt.payload_off as u32,
+        payload_len: pkt.payload_len as u32,
+        seq: pkt.seq,
+        dir,
+        client_is_a: e.client_is_a,
+        tcp_flags: pkt.tcp_flags,
+    };
+    if copy(ctx, &c) {
+        count_stat(Stat::Streamed);
+    } else {
+        count_stat(Stat::StreamLost);
+        e.copies_lost = e.copies_lost.saturating_add(1);
+    }
 }
 
 #[inline(always)]

@@ -8,18 +8,19 @@ use imfw_common::{
     verdict::{Method, Stat, Verdict},
 };
 
-use aya_ebpf::helpers::generated::bpf_xdp_load_bytes;
 use imfw_common::{
     config::Config,
     maps::{JUMP_ECH, JUMP_NAMES},
-    event::{EVENT_PAYLOAD, PAYLOAD_EVENT_DATA, PayloadEvent},
-    flow::{DIR_CLIENT, FLAG_CONTROLLER},
+    event::{EVENT_PAYLOAD, EVENT_STREAM},
+    flow::{DIR_CLIENT, FLAG_CONTROLLER, FLAG_NO_COPY, FlowEntry},
 };
 
 use crate::{
+    copy::{Copy, copy},
     finish,
+    parse::IPPROTO_TCP,
     flow::{decide, give_up},
-    maps::{IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict},
+    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict},
     matching::{self, Outcome, Sigs},
 };
 
@@ -28,33 +29,44 @@ use crate::{
 /// answer to learn from (the flow goes on).
 #[inline(always)]
 fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
-    let Some(mut slot) = IMFW_EVENTS.reserve::<PayloadEvent>(0) else {
-        count_stat(Stat::ToControllerLost);
+    let c = Copy {
+        kind: EVENT_PAYLOAD,
+        key: job.key,
+        payload_off: job.payload_off,
+        payload_len: job.payload_len,
+        seq: job.seq,
+        dir: job.dir,
+        client_is_a,
+        tcp_flags: 0,
+    };
+    count_stat(if copy(ctx, &c) { Stat::ToController } else { Stat::ToControllerLost });
+}
+
+/// The payload that decided a flow `monitor` is its content's first segment: it goes to the
+/// controller like the segments after it (see `flow::stream`). Only in the signature stage,
+/// where the protocols with readable content (XMPP, IRC, MQTT) are decided: after the name
+/// matchers' loops, its branches would multiply their verifier states past the limit; flows
+/// the later stages decide are TLS or HTTP, whose content starts with the next segment.
+#[inline(always)]
+fn stream_first(ctx: &XdpContext, job: &Job, e: &mut FlowEntry) {
+    if e.verdict != Verdict::Monitor as u8 || job.key.proto != IPPROTO_TCP || e.flags & FLAG_NO_COPY != 0 {
         return;
+    }
+    let c = Copy {
+        kind: EVENT_STREAM,
+        key: job.key,
+        payload_off: job.payload_off,
+        payload_len: job.payload_len,
+        seq: job.seq,
+        dir: job.dir,
+        client_is_a: e.client_is_a,
+        tcp_flags: job.tcp_flags,
     };
-    let ev = slot.as_mut_ptr();
-    let want = job.payload_len as usize & 0xffff;
-    let want = if want > PAYLOAD_EVENT_DATA { PAYLOAD_EVENT_DATA } else { want };
-    // In [1, PAYLOAD_EVENT_DATA] for the helper's size argument.
-    let n = (want.wrapping_sub(1) & (PAYLOAD_EVENT_DATA - 1)) + 1;
-    // SAFETY: `ev` points at the reserved record; the helper writes at most n bytes into its
-    // data array, which holds PAYLOAD_EVENT_DATA.
-    let rc = unsafe {
-        (*ev).kind = EVENT_PAYLOAD;
-        (*ev).ifindex = ctx.ingress_ifindex() as u32;
-        (*ev).key = job.key;
-        (*ev).seq = job.seq;
-        (*ev).len = n as u16;
-        (*ev).dir = job.dir;
-        (*ev).client_is_a = client_is_a;
-        bpf_xdp_load_bytes(ctx.ctx, job.payload_off, (*ev).data.as_mut_ptr().cast(), n as u32)
-    };
-    if rc == 0 {
-        slot.submit(0);
-        count_stat(Stat::ToController);
+    if copy(ctx, &c) {
+        count_stat(Stat::Streamed);
     } else {
-        slot.discard(0);
-        count_stat(Stat::ToControllerLost);
+        count_stat(Stat::StreamLost);
+        e.copies_lost = e.copies_lost.saturating_add(1);
     }
 }
 
@@ -63,7 +75,7 @@ fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
 /// paths do not multiply with the parsers' paths.
 #[xdp]
 pub fn imfw_inspect(ctx: XdpContext) -> u32 {
-    stage(&ctx, |ctx, cfg, job, scratch| match matching::signatures(ctx, cfg, job, scratch) {
+    stage(&ctx, true, |ctx, cfg, job, scratch| match matching::signatures(ctx, cfg, job, scratch) {
         Sigs::Found(app, method) => Outcome::Found(app, method),
         Sigs::Nothing => Outcome::Nothing,
         Sigs::Continue => {
@@ -78,7 +90,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, |ctx, cfg, job, scratch| match matching::names(cfg, job, scratch) {
+    stage(&ctx, false, |ctx, cfg, job, scratch| match matching::names(cfg, job, scratch) {
         Outcome::NamedTls => {
             // SAFETY: on success this does not return; the ECH stage counts and enforces the packet.
             unsafe { IMFW_JUMP.tail_call(ctx, JUMP_ECH) };
@@ -93,13 +105,13 @@ pub fn imfw_names(ctx: XdpContext) -> u32 {
 /// Encrypted Client Hello?
 #[xdp]
 pub fn imfw_ech(ctx: XdpContext) -> u32 {
-    stage(&ctx, |_, _, job, scratch| matching::hidden(job, scratch))
+    stage(&ctx, false, |_, _, job, scratch| matching::hidden(job, scratch))
 }
 
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
 /// the flow from its outcome, then counts and enforces the packet as the main program would.
 #[inline(always)]
-fn stage(ctx: &XdpContext, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scratch) -> Outcome) -> u32 {
+fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scratch) -> Outcome) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (Some(cfg), Some(scratch)) = (config(), IMFW_SCRATCH.get_ptr_mut(0)) else {
         return xdp_action::XDP_PASS;
@@ -151,6 +163,9 @@ fn stage(ctx: &XdpContext, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scr
             give_up(ctx, &job.key, e);
         }
         Outcome::Nothing => {}
+    }
+    if stream {
+        stream_first(ctx, &job, e);
     }
     finish(cfg, e, len)
 }

@@ -63,6 +63,8 @@ pub struct Job {
     pub client_first: u8,
     /// The server's port (host order).
     pub server_port: u16,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per-CPU working memory of the inspector.

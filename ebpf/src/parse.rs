@@ -10,14 +10,16 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IPv6 extension headers walked before giving up (RFC 8200 §4.1 recommends an order in which
 /// each appears at most once or twice; six covers hop-by-hop, destination (twice), routing,
 /// fragment and AH).
 const IPV6_EXT_MAX: usize = 6;
 
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP or UDP packet's place in its flow.

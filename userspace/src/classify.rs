@@ -75,6 +75,8 @@ pub fn classify_capture(path: &Path, compiled: &Compiled) -> Result<CaptureRepor
                 Event::Payload(p) => {
                     controller.on_payload(&p, &mut dp, compiled)?;
                 }
+                // Content of monitored flows: classification does not need it.
+                Event::Stream(_) => {}
             }
         }
         let Some(t) = packet::tuple(frame) else { continue };

@@ -12,7 +12,7 @@ use aya::{
 };
 use imfw_common::{
     config::Config,
-    event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, FlowEvent, PayloadEvent},
+    event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::AppMatch,
@@ -382,6 +382,8 @@ impl Drop for Dataplane {
 pub enum Event {
     Classified(FlowEvent),
     Payload(Box<PayloadEvent>),
+    /// A segment of a monitored flow, for the content path.
+    Stream(Box<PayloadEvent>),
 }
 
 /// Decodes one ring-buffer record by its kind.
@@ -395,6 +397,9 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
         }
         EVENT_PAYLOAD if bytes.len() >= size_of::<PayloadEvent>() => {
             Some(Event::Payload(Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) })))
+        }
+        EVENT_STREAM if bytes.len() >= size_of::<PayloadEvent>() => {
+            Some(Event::Stream(Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) })))
         }
         _ => None,
     }

@@ -411,6 +411,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                                     Ok(None) => {}
                                     Err(e) => log::error!("controller: {e:#}"),
                                 },
+                                Event::Stream(_) => {}
                             }
                         }
                     }

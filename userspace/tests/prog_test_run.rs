@@ -372,7 +372,7 @@ fn classifications_are_reported_once_per_flow() {
         .into_iter()
         .filter_map(|e| match e {
             imfw::dataplane::Event::Classified(c) => Some(c),
-            imfw::dataplane::Event::Payload(_) => None,
+            imfw::dataplane::Event::Payload(_) | imfw::dataplane::Event::Stream(_) => None,
         })
         .collect();
     assert_eq!(events.len(), 1, "one event per classification");
@@ -820,6 +820,55 @@ apps: {signal: drop}
 /// of its domains (and a subdomain), a flow to the first address of each of its networks, and
 /// a STUN message with each of its attributes is classified as that app. (Signatures have
 /// their own tests above, with real openers.)
+/// Monitored TCP flows: every segment from the one that decided the flow on (payload, FIN,
+/// RST) is copied to the controller with its sequence number, direction and flags; a flow
+/// the controller marks `FLAG_NO_COPY` is not; a full ring is counted in the flow.
+#[test]
+fn monitored_flows_stream_their_segments_to_the_controller() {
+    use imfw::dataplane::Event;
+    use imfw_common::flow::FLAG_NO_COPY;
+    let mut r = rig("version: 1\ndefaults: {action: allow}\napps: {irc: monitor}\n");
+    r.dp.drain_events();
+    let c = Conn::v4(42001, 6667);
+    let reg = protocols::irc_registration("alice");
+    open(&r, &c, &[reg.clone()]);
+    assert_decided(&r, &c, "irc", Method::Signature, Verdict::Monitor);
+    let mut tcp = Tcp::new(c.sport, c.cport, tcp_flags::ACK | tcp_flags::PSH);
+    tcp.seq = 777;
+    let reply = b":irc.example 001 alice :Welcome\r\n";
+    let from_server = Ethernet::default().encode(0x0800, &Ipv4::new(SERVER4, CLIENT4, 6).encode(&tcp.encode(c.s, c.c, reply)));
+    assert_eq!(r.run(&from_server), XDP_PASS);
+    let fin = c.frame(true, tcp_flags::ACK | tcp_flags::FIN, &[]);
+    assert_eq!(r.run(&fin), XDP_PASS);
+    assert_eq!(r.run(&c.frame(true, tcp_flags::ACK, &[])), XDP_PASS, "a bare ACK is not copied");
+    let streamed: Vec<_> = r.dp.drain_events().into_iter().filter_map(|e| if let Event::Stream(p) = e { Some(p) } else { None }).collect();
+    assert_eq!(streamed.len(), 3, "registration, reply, FIN");
+    assert_eq!((streamed[0].dir, &streamed[0].data[..usize::from(streamed[0].len)]), (imfw_common::flow::DIR_CLIENT, &reg[..]));
+    assert_eq!(usize::from(streamed[0].wire_len), reg.len());
+    assert_eq!((streamed[1].dir, streamed[1].seq, &streamed[1].data[..usize::from(streamed[1].len)]), (imfw_common::flow::DIR_SERVER, 777, &reply[..]));
+    assert_eq!((streamed[2].len, streamed[2].tcp_flags & tcp_flags::FIN), (0, tcp_flags::FIN));
+    assert_eq!(r.stat(Stat::Streamed), 3);
+    // The controller stops the copies of a flow it cannot read.
+    let mut e = r.entry(&c.syn()).expect("flow");
+    e.flags |= FLAG_NO_COPY;
+    let t = packet::tuple(&c.syn()).expect("tuple");
+    r.dp.set_flow(&t.key(), &e).expect("write the flow");
+    r.run(&c.client(b"PRIVMSG #a :hi\r\n"));
+    assert!(r.dp.drain_events().iter().all(|e| !matches!(e, Event::Stream(_))));
+    // Copies the ring has no room for are counted, in total and in the flow.
+    let c = Conn::v4(42002, 6667);
+    open(&r, &c, &[reg]);
+    let line = c.client(&[b'x'; 1400]);
+    let mut sent = 0;
+    while r.stat(Stat::StreamLost) == 0 && sent < 10_000 {
+        r.run(&line);
+        sent += 1;
+    }
+    assert!(r.stat(Stat::StreamLost) > 0, "the 4 MiB ring filled after {sent} copies");
+    assert!(r.entry(&c.syn()).expect("flow").copies_lost > 0);
+    r.dp.drain_events();
+}
+
 /// Encrypted Client Hello: a claimed outer name still decides; an unclaimed one leaves the
 /// decision to the server's address, and without one to the policy's `ech` entry.
 #[test]
