@@ -84,7 +84,78 @@ pub struct Policy {
     pub catalogue: Vec<(String, CatalogueEntry)>,
     /// Apps the policy defines, with their ids (from `CUSTOM_FIRST`).
     pub custom_apps: Vec<(u16, String)>,
+    /// `content:` compiled: the rules every message of a monitored flow goes through.
+    pub content: std::sync::Arc<imfw_monitor::content::ContentPolicy>,
+    pub monitor: Monitor,
     source: Source,
+}
+
+/// `monitor:` with every absent key filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Monitor {
+    pub on_gap: model::OnGap,
+    pub archive: std::path::PathBuf,
+    pub archive_key: std::path::PathBuf,
+    /// 0: kept forever.
+    pub retention_days: u32,
+    pub max_flows: usize,
+    pub memory_bytes: usize,
+}
+
+impl Default for Monitor {
+    fn default() -> Monitor {
+        Monitor {
+            on_gap: model::OnGap::Skip,
+            archive: "/var/lib/imfw/archive".into(),
+            archive_key: "/var/lib/imfw/archive.key".into(),
+            retention_days: 0,
+            max_flows: 16_384,
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Checks `monitor:` and fills in its defaults.
+fn monitor_settings(m: &model::MonitorSection, src: &Source, errs: &mut PolicyErrors) -> Monitor {
+    let mut out = Monitor::default();
+    if let Some(g) = m.on_gap {
+        out.on_gap = g;
+    }
+    for (key, value, slot) in [("archive", &m.archive, &mut out.archive), ("archive_key", &m.archive_key, &mut out.archive_key)] {
+        if let Some(v) = value {
+            if v.is_empty() || !v.starts_with('/') {
+                errs.0.push(src.err(&join("monitor", key), format!("`{v}` is not an absolute path; expected one such as /var/lib/imfw/{key}")));
+            } else {
+                *slot = v.into();
+            }
+        }
+    }
+    let mut range = |key: &str, v: Option<i64>, lo: i64, hi: i64| -> Option<i64> {
+        let v = v?;
+        if (lo..=hi).contains(&v) {
+            Some(v)
+        } else {
+            errs.0.push(src.err(&join("monitor", key), format!("{key} {v} is out of range; expected {lo} to {hi}")));
+            None
+        }
+    };
+    if let Some(d) = range("retention_days", m.retention_days, 0, 36_500) {
+        out.retention_days = u32::try_from(d).unwrap_or(0);
+    }
+    if let Some(n) = range("max_flows", m.max_flows, 1, 1_000_000) {
+        out.max_flows = usize::try_from(n).unwrap_or(1);
+    }
+    if let Some(mb) = range("memory_mb", m.memory_mb, 1, 65_536) {
+        out.memory_bytes = usize::try_from(mb).unwrap_or(1) << 20;
+    }
+    out
+}
+
+/// The `content.rules[N]` a content-policy error names, for its line and column.
+fn content_error_path(message: &str) -> String {
+    let Some(start) = message.find("content.rules[") else { return "content".to_owned() };
+    let digits: String = message[start + 14..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<usize>().map_or_else(|_| "content".to_owned(), |i| index("content.rules", i))
 }
 
 impl Policy {
@@ -186,6 +257,16 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
 
     check_rules(&file.rules, &defaults, &src, &known, &mut errs);
 
+    let content = match imfw_monitor::content::ContentPolicy::compile(&file.content) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = e.to_string();
+            errs.0.push(src.err(&content_error_path(&message), message));
+            imfw_monitor::content::ContentPolicy::default()
+        }
+    };
+    let monitor = monitor_settings(&file.monitor, &src, &mut errs);
+
     let policy = Policy {
         file: file_name.to_owned(),
         hash: sha256_hex(source),
@@ -194,6 +275,8 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
         rules: file.rules,
         catalogue: file.catalogue.0,
         custom_apps,
+        content: std::sync::Arc::new(content),
+        monitor,
         source: src,
     };
     // Compile even when there are errors already, so that one run lists them all; compilation

@@ -421,4 +421,36 @@ pub(crate) struct PolicyFile {
     pub rules: Vec<Rule>,
     #[serde(default, deserialize_with = "nullable")]
     pub catalogue: OrderedMap<CatalogueEntry>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub content: imfw_monitor::content::model::ContentConfig,
+    #[serde(default, deserialize_with = "nullable")]
+    pub monitor: MonitorSection,
+}
+
+/// What happens to a monitored stream that lost bytes for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    /// Go on after the hole; the archive marks the flow's later records incomplete.
+    #[default]
+    Skip,
+    /// Block the flow (drop verdict, TCP RST to both ends).
+    Drop,
+}
+
+/// `monitor:`: the content path for flows with verdict `monitor`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of monitor settings: on_gap, archive, archive_key, retention_days, max_flows, memory_mb")]
+pub struct MonitorSection {
+    pub on_gap: Option<OnGap>,
+    /// Directory of the compliance archive.
+    pub archive: Option<String>,
+    /// The archive's sealing key file (created, mode 0600, when absent).
+    pub archive_key: Option<String>,
+    /// Whole segments older than this are deleted (0 or absent: kept forever).
+    pub retention_days: Option<i64>,
+    /// Monitored flows reassembled at once.
+    pub max_flows: Option<i64>,
+    /// Bytes held out of order, all flows together, in MiB.
+    pub memory_mb: Option<i64>,
 }

@@ -472,3 +472,37 @@ fn pending_choice_reaches_the_config() {
     assert_eq!((e[0].line, e[0].column), (3, 12), "{}", e[0]);
     assert!(e[0].message.contains("allow") && e[0].message.contains("drop"), "{}", e[0]);
 }
+
+#[test]
+fn content_rules_and_monitor_settings() {
+    let (p, _) = ok("version: 1
+apps: {xmpp: monitor}
+content:
+  rules:
+    - {name: secrets, action: block, keywords: [project falcon]}
+    - {name: cards, action: log, patterns: [payment_card]}
+monitor: {on_gap: drop, archive: /srv/imfw/archive, retention_days: 90, max_flows: 100, memory_mb: 64}
+");
+    assert_eq!(p.content.len(), 2);
+    assert_eq!(p.monitor.on_gap, super::model::OnGap::Drop);
+    assert_eq!(p.monitor.archive, std::path::PathBuf::from("/srv/imfw/archive"));
+    assert_eq!((p.monitor.retention_days, p.monitor.max_flows, p.monitor.memory_bytes), (90, 100, 64 << 20));
+    let (p, _) = ok("version: 1\n");
+    assert!(p.content.is_empty());
+    assert_eq!(p.monitor, super::Monitor::default());
+}
+
+#[test]
+fn content_errors_name_the_rule_line() {
+    let e = one_error(
+        "version: 1\ncontent:\n  rules:\n    - {name: a, action: block, keywords: [x]}\n    - {name: b, action: block, patterns: [visa]}\n",
+        5,
+        7,
+        "unknown pattern `visa`",
+    );
+    assert!(e.message.contains("content.rules[1] (b)"), "{e}");
+    one_error("version: 1\ncontent:\n  rules:\n    - {name: a, action: shout, keywords: [x]}\n", 4, 25, "shout");
+    one_error("version: 1\nmonitor: {retention_days: -1}\n", 2, 27, "retention_days -1 is out of range");
+    one_error("version: 1\nmonitor: {archive: relative/dir}\n", 2, 20, "not an absolute path");
+    one_error("version: 1\nmonitor: {on_gap: maybe}\n", 2, 19, "maybe");
+}
