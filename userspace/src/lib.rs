@@ -12,3 +12,4 @@ pub mod events;
 pub mod packet;
 pub mod policy;
 pub mod quic;
+pub mod rst;
