@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod catalogue;
 pub mod classify;
+pub mod content_path;
 pub mod control;
 pub mod controller;
 pub mod dataplane;

@@ -334,9 +334,14 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -> Result<ExitCode> {
-    let Some(compiled) = load_policy(policy_path) else {
-        log::error!("refusing to start: {} is not a valid policy", policy_path.display());
-        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    let loaded = policy::load(policy_path).and_then(|p| p.compile().map(|c| (p, c)));
+    let (policy_full, compiled) = match loaded {
+        Ok(pc) => pc,
+        Err(errors) => {
+            eprintln!("{errors}");
+            log::error!("refusing to start: {} is not a valid policy", policy_path.display());
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
     };
     for i in ifaces {
         if let Err(e) = imfw::dataplane::ifindex(i) {
@@ -361,6 +366,15 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
     }
     let ring = dp.take_events().ok_or_else(|| anyhow!("event ring already taken"))?;
     let mut controller = Controller::new(&compiled);
+    // The content path of monitored flows, with its compliance archive.
+    let mut content = match imfw::content_path::ContentPath::open(&policy_full, wall_ms(), Box::new(imfw::rst::reset_both)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("refusing to start: {e:#}");
+            dp.detach_all()?;
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared = Arc::new(Mutex::new(control::Shared {
         dataplane: dp,
@@ -378,8 +392,17 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         log::info!("ready: policy {} on {}", policy_path.display(), ifaces.join(","));
         let clock = Instant::now();
         let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
+        let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = second.tick() => {
+                    // Reassembly timeouts, archive seals, ring losses of monitored flows.
+                    if let Ok(mut s) = shared.lock() {
+                        if let Err(e) = content.tick(&mut s.dataplane, mono_ns(clock), wall_ms()) {
+                            log::error!("content path: {e:#}");
+                        }
+                    }
+                }
                 _ = expiry.tick() => {
                     // Learned DNS addresses whose TTL ran out leave the app networks.
                     if let Ok(mut s) = shared.lock() {
@@ -411,7 +434,11 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                                     Ok(None) => {}
                                     Err(e) => log::error!("controller: {e:#}"),
                                 },
-                                Event::Stream(_) => {}
+                                Event::Stream(p) => {
+                                    if let Err(e) = content.on_stream(p, &mut s.dataplane, &s.compiled, mono_ns(clock), wall_ms()) {
+                                        log::error!("content path: {e:#}");
+                                    }
+                                }
                             }
                         }
                     }
@@ -422,10 +449,24 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
     });
     let _ = std::fs::remove_file(control_path);
     let detach = shared.lock().map_err(|_| anyhow!("state poisoned"))?.dataplane.detach_all();
+    match content.close(wall_ms()) {
+        Ok(stats) => log::info!("content path: {stats:?}"),
+        Err(e) => log::error!("content path: {e:#}"),
+    }
     result?;
     detach?;
     log::info!("detached; exiting");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Wall-clock milliseconds since the UNIX epoch, for the archive's records.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Monotonic nanoseconds since `start`, for reassembly timeouts.
+fn mono_ns(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn classify_cmd(policy_path: Option<&Path>, json: bool, captures: &[PathBuf]) -> Result<ExitCode> {
