@@ -52,7 +52,9 @@ use crate::archive::{Archive, ArchiveError, Entry, FlowId};
 use crate::content::ContentPolicy;
 use crate::message::{self, Direction, Message, Protocol};
 use crate::parsers::{Parser, StreamState};
-use crate::reassembly::{self, Budget, EndReason, Event, FlowReassembler, HoleCause, Segment, Sink};
+use crate::reassembly::{
+    self, Budget, EndReason, Event, FlowReassembler, HoleCause, Segment, Sink,
+};
 
 /// Limits of a [`Monitor`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,7 +173,9 @@ struct Flow {
 enum FlowState {
     Live(Box<Live>),
     /// Blocked, stopped or ended at `since_ns`: later segments are ignored.
-    Done { since_ns: u64 },
+    Done {
+        since_ns: u64,
+    },
 }
 
 struct Live {
@@ -329,7 +333,9 @@ fn state_reason(s: StreamState) -> &'static str {
         StreamState::Readable | StreamState::Resyncing => "readable",
         StreamState::Encrypted => "switched to TLS (STARTTLS, or TLS from the first byte)",
         StreamState::Compressed => "stream compression negotiated (XEP-0138)",
-        StreamState::Unparseable => "framing lost (bytes missing or malformed) with no boundary to resume at",
+        StreamState::Unparseable => {
+            "framing lost (bytes missing or malformed) with no boundary to resume at"
+        }
     }
 }
 
@@ -594,9 +600,15 @@ impl Monitor {
             now_ms,
         };
         for (id, flow) in &mut self.flows {
-            drive(&mut ctx, *id, flow, Some(&mut *out), |reasm, budget, sink| {
-                reasm.poll(now_ns, budget, sink);
-            });
+            drive(
+                &mut ctx,
+                *id,
+                flow,
+                Some(&mut *out),
+                |reasm, budget, sink| {
+                    reasm.poll(now_ns, budget, sink);
+                },
+            );
         }
         let idle = self.config.reassembly.idle_timeout_ns;
         let lru = &mut self.lru;

@@ -195,7 +195,11 @@ fn next_seq_follows_delivery_across_the_wrap_and_counts_the_fin() {
     assert_eq!(h.flow.next_offset(C2S), 8);
     assert_eq!(h.flow.next_seq(C2S), Some(6));
     h.feed(&fin(C2S, 6, b""), 0);
-    assert_eq!(h.flow.next_seq(C2S), Some(7), "six bytes after the wrap, plus the FIN");
+    assert_eq!(
+        h.flow.next_seq(C2S),
+        Some(7),
+        "six bytes after the wrap, plus the FIN"
+    );
     // A direction first seen mid-stream starts at its first segment.
     h.feed(&seg(S2C, 5000, b"hello"), 0);
     assert_eq!(h.flow.next_seq(S2C), Some(5005));

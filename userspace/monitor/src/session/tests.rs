@@ -55,7 +55,14 @@ impl Conv {
         self.writes.push((dir, bytes.to_vec()));
     }
 
-    fn message(&mut self, dir: Direction, bytes: &[u8], sender: Option<&str>, to: &str, body: &str) {
+    fn message(
+        &mut self,
+        dir: Direction,
+        bytes: &[u8],
+        sender: Option<&str>,
+        to: &str,
+        body: &str,
+    ) {
         let start = self.len[dir.index()];
         self.raw(dir, bytes);
         self.expected.push(Expect {
@@ -88,15 +95,22 @@ impl Conv {
             .replace('&', "&amp;")
             .replace('<', "&lt;")
             .replace('>', "&gt;");
-        let stanza =
-            format!("<message from='{from}' to='{to}' type='chat'><body>{escaped}</body></message>");
+        let stanza = format!(
+            "<message from='{from}' to='{to}' type='chat'><body>{escaped}</body></message>"
+        );
         self.message(dir, stanza.as_bytes(), Some(from), to, body);
     }
 
     fn irc(nick: &str) -> Conv {
         let mut c = Conv::new(Protocol::Irc);
-        c.raw(C2S, format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes());
-        c.raw(S2C, format!(":irc.example 001 {nick} :Welcome\r\n").as_bytes());
+        c.raw(
+            C2S,
+            format!("NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n").as_bytes(),
+        );
+        c.raw(
+            S2C,
+            format!(":irc.example 001 {nick} :Welcome\r\n").as_bytes(),
+        );
         c
     }
 
@@ -129,14 +143,6 @@ impl Conv {
         let text = String::from_utf8_lossy(payload).into_owned();
         self.message(dir, &mqtt_packet(0x30, &body), sender, topic, &text);
     }
-
-    fn stream(&self, dir: Direction) -> Vec<u8> {
-        self.writes
-            .iter()
-            .filter(|w| w.0 == dir)
-            .flat_map(|w| w.1.iter().copied())
-            .collect()
-    }
 }
 
 fn mqtt_string(s: &[u8]) -> Vec<u8> {
@@ -166,7 +172,9 @@ fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
 /// A chat body of about `len` bytes, different for each `n`.
 fn body(n: usize, len: usize) -> String {
     let mut s = format!("message {n}:");
-    let words = ["lorem", "ipsum", "dolor", "sit", "amet", "café", "naïve", "zebra"];
+    let words = [
+        "lorem", "ipsum", "dolor", "sit", "amet", "café", "naïve", "zebra",
+    ];
     let mut i = n;
     while s.len() < len {
         s.push(' ');
@@ -181,9 +189,19 @@ fn xmpp_conversation() -> Conv {
     for n in 0..30 {
         let len = [40, 300, 1500, 3500, 120][n % 5];
         if n % 3 == 2 {
-            c.xmpp_chat(S2C, "romeo@example.net/orchard", "juliet@example.com/balcony", &body(n, len));
+            c.xmpp_chat(
+                S2C,
+                "romeo@example.net/orchard",
+                "juliet@example.com/balcony",
+                &body(n, len),
+            );
         } else {
-            c.xmpp_chat(C2S, "juliet@example.com/balcony", "romeo@example.net", &body(n, len));
+            c.xmpp_chat(
+                C2S,
+                "juliet@example.com/balcony",
+                "romeo@example.net",
+                &body(n, len),
+            );
         }
     }
     c
@@ -196,7 +214,11 @@ fn irc_conversation() -> Conv {
         if n % 4 == 1 {
             c.irc_hear("bob", "#ops", &body(n, len));
         } else {
-            c.irc_say("alice", if n % 5 == 0 { "bob" } else { "#ops" }, &body(n, len));
+            c.irc_say(
+                "alice",
+                if n % 5 == 0 { "bob" } else { "#ops" },
+                &body(n, len),
+            );
         }
     }
     c
@@ -356,9 +378,14 @@ impl TempDir {
     }
 
     fn archive(&self) -> Archive {
-        Archive::open(&self.0, SealKey::from_bytes(KEY), ArchiveConfig::default(), T0)
-            .unwrap()
-            .0
+        Archive::open(
+            &self.0,
+            SealKey::from_bytes(KEY),
+            ArchiveConfig::default(),
+            T0,
+        )
+        .unwrap()
+        .0
     }
 
     fn records(&self) -> Vec<Record> {
@@ -417,12 +444,7 @@ fn config() -> MonitorConfig {
 }
 
 /// Feeds `segs` one microsecond apart; returns the actions with the index of their segment.
-fn feed(
-    m: &mut Monitor,
-    meta: &FlowMeta,
-    segs: &[Wire],
-    t_ns: &mut u64,
-) -> Vec<(usize, Action)> {
+fn feed(m: &mut Monitor, meta: &FlowMeta, segs: &[Wire], t_ns: &mut u64) -> Vec<(usize, Action)> {
     let mut actions = Vec::new();
     let mut out = Vec::new();
     for (i, w) in segs.iter().enumerate() {
@@ -458,7 +480,15 @@ fn rows(expected: &[Expect], dir: Direction) -> Vec<Row> {
     expected
         .iter()
         .filter(|e| e.dir == dir)
-        .map(|e| (e.dir, e.sender.clone(), e.recipients.clone(), e.body.clone(), false))
+        .map(|e| {
+            (
+                e.dir,
+                e.sender.clone(),
+                e.recipients.clone(),
+                e.body.clone(),
+                false,
+            )
+        })
         .collect()
 }
 
@@ -534,13 +564,22 @@ fn the_disorder_really_reorders_and_retransmits() {
     let segs = wire(&irc_conversation(), true);
     let mixed = disorder(segs.clone());
     assert!(mixed.len() > segs.len() + 3);
-    let seqs = |d: Direction, s: &[Wire]| s.iter().filter(|w| w.dir == d).map(|w| w.seq).collect::<Vec<_>>();
+    let seqs = |d: Direction, s: &[Wire]| {
+        s.iter()
+            .filter(|w| w.dir == d)
+            .map(|w| w.seq)
+            .collect::<Vec<_>>()
+    };
     assert_ne!(seqs(C2S, &segs), seqs(C2S, &mixed));
 }
 
 /// Where the first message containing `needle` ends, and the segment that completes it.
 fn completing_segment(conv: &Conv, segs: &[Wire], needle: &str) -> (Direction, usize) {
-    let e = conv.expected.iter().find(|e| e.body.contains(needle)).unwrap();
+    let e = conv
+        .expected
+        .iter()
+        .find(|e| e.body.contains(needle))
+        .unwrap();
     let isn = ISN[e.dir.index()];
     let last = isn.wrapping_add(1).wrapping_add(e.end as u32 - 1);
     let i = segs
@@ -624,7 +663,10 @@ fn a_block_rule_blocks_once_with_the_rst_sequence_numbers() {
         .collect();
     assert!(passed.iter().any(|e| e.body.contains("Falcon")));
     assert!(passed.len() < conv.expected.len());
-    assert!(passed.iter().filter(|e| e.dir == C2S).all(|e| e.end <= end_of_k));
+    assert!(passed
+        .iter()
+        .filter(|e| e.dir == C2S)
+        .all(|e| e.end <= end_of_k));
     for d in [C2S, S2C] {
         assert_eq!(of_dir(&got, d), rows(&passed, d));
     }
@@ -706,15 +748,25 @@ fn a_lost_segment_is_a_gap_and_later_messages_are_incomplete() {
         .expected
         .iter()
         .filter(|e| e.dir == C2S && (e.end <= lost_start || e.start > lost_end))
-        .map(|e| (C2S, e.sender.clone(), e.recipients.clone(), e.body.clone(), e.start >= lost_end))
+        .map(|e| {
+            (
+                C2S,
+                e.sender.clone(),
+                e.recipients.clone(),
+                e.body.clone(),
+                e.start >= lost_end,
+            )
+        })
         .collect();
     assert!(expect_c2s.len() < rows(&conv.expected, C2S).len());
     assert_eq!(of_dir(&got, C2S), expect_c2s);
     // The server's side lost nothing.
     let s2c: Vec<(Option<String>, String)> =
         of_dir(&got, S2C).into_iter().map(|r| (r.1, r.3)).collect();
-    let expect_s2c: Vec<(Option<String>, String)> =
-        rows(&conv.expected, S2C).into_iter().map(|r| (r.1, r.3)).collect();
+    let expect_s2c: Vec<(Option<String>, String)> = rows(&conv.expected, S2C)
+        .into_iter()
+        .map(|r| (r.1, r.3))
+        .collect();
     assert_eq!(s2c, expect_s2c);
     assert_eq!(flow_events(&records, meta.id), ["gap", "end"]);
     t.verify_ok();
@@ -738,7 +790,10 @@ fn under_gap_policy_drop_a_lost_segment_blocks_the_flow() {
     let Action::Block { reason, rst, .. } = &actions[0] else {
         panic!("{actions:?}");
     };
-    assert!(reason.contains("lost bytes") && reason.contains("drop"), "{reason}");
+    assert!(
+        reason.contains("lost bytes") && reason.contains("drop"),
+        "{reason}"
+    );
     // The client's side was delivered up to the hole.
     assert_eq!(rst.unwrap().client_next, lost.seq);
     assert_eq!(m.stats().blocked, 1);
@@ -849,7 +904,11 @@ fn the_least_recently_active_flow_is_evicted() {
     let segs = wire(&conv, false);
     assert_eq!(segs.len(), 7);
     let mut t_ns = 0;
-    let (a, b, c) = (meta(1, Protocol::Irc), meta(2, Protocol::Irc), meta(3, Protocol::Irc));
+    let (a, b, c) = (
+        meta(1, Protocol::Irc),
+        meta(2, Protocol::Irc),
+        meta(3, Protocol::Irc),
+    );
     feed(&mut m, &a, &segs[..2], &mut t_ns);
     // Flow b holds its last segment beyond a hole when it is evicted.
     let mut b_segs = segs[..4].to_vec();
@@ -863,7 +922,10 @@ fn the_least_recently_active_flow_is_evicted() {
     assert_eq!(stats.evictions, 1);
     assert_eq!(stats.tracked, 2);
     assert_eq!(stats.flows, 2);
-    assert_eq!(stats.held_bytes, 0, "the evicted flow's held bytes went back");
+    assert_eq!(
+        stats.held_bytes, 0,
+        "the evicted flow's held bytes went back"
+    );
     m.close(T0 + 1000).unwrap();
     let records = t.records();
     // b was finished: its hole became a gap and what it held was parsed.
@@ -938,4 +1000,287 @@ fn a_policy_reload_applies_to_the_next_message() {
         })
         .collect();
     assert_eq!(decisions, [message::Action::Allow, message::Action::Block]);
+}
+
+#[test]
+fn a_conflicting_retransmission_is_recorded_as_an_anomaly() {
+    let mut conv = Conv::irc("alice");
+    conv.irc_say("alice", "#a", "meet at noon");
+    let mut segs = wire(&conv, false);
+    let last = segs.last().unwrap().clone();
+    assert!(last.payload.ends_with(b"noon\r\n"));
+    let mut forged = last.clone();
+    let n = forged.payload.len();
+    forged.payload[n - 6..n - 2].copy_from_slice(b"nine");
+    segs.push(forged);
+    let t = TempDir::new("conflict");
+    let mut m = Monitor::new(config(), no_rules(), Some(t.archive()));
+    let meta = meta(1, Protocol::Irc);
+    let mut t_ns = 0;
+    assert!(feed(&mut m, &meta, &segs, &mut t_ns).is_empty());
+    assert_eq!(m.stats().conflicts, 1);
+    m.close(T0 + 1000).unwrap();
+    let records = t.records();
+    assert_eq!(flow_events(&records, meta.id), ["anomaly", "end"]);
+    let reason = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Rec::FlowAnomaly { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains("conflicting retransmission"), "{reason}");
+    // The first copy wins, as in the receiver.
+    assert_eq!(messages(&records, meta.id)[0].3, "meet at noon");
+    t.verify_ok();
+}
+
+#[test]
+fn archive_errors_are_counted_and_the_pipeline_goes_on() {
+    // A message whose record exceeds the archive's line limit once JSON-escaped.
+    let mut conv = Conv::mqtt("big");
+    conv.mqtt_publish(C2S, "big", "t", &vec![1u8; 300_000]);
+    conv.mqtt_publish(C2S, "big", "t", b"small one");
+    let segs = wire(&conv, true);
+    let t = TempDir::new("archive-error");
+    let mut m = Monitor::new(config(), no_rules(), Some(t.archive()));
+    let meta = meta(1, Protocol::Mqtt);
+    let mut t_ns = 0;
+    assert!(feed(&mut m, &meta, &segs, &mut t_ns).is_empty());
+    let stats = m.stats();
+    assert_eq!(stats.messages, 2);
+    assert_eq!(stats.archive_errors, 1);
+    assert!(
+        stats
+            .last_archive_error
+            .as_deref()
+            .unwrap()
+            .contains("exceeds"),
+        "{stats:?}"
+    );
+    m.close(T0 + 1000).unwrap();
+    let records = t.records();
+    let got = messages(&records, meta.id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].3, "small one");
+    t.verify_ok();
+}
+
+#[test]
+fn unknown_flows_ring_losses_and_rsts_create_nothing() {
+    let mut m = Monitor::new(config(), no_rules(), None);
+    let mut out = Vec::new();
+    m.ring_loss(&flow_id(9), 1, T0, &mut out);
+    let rst = Segment {
+        rst: true,
+        ..Segment::data(C2S, 5, &[])
+    };
+    m.segment(&meta(9, Protocol::Irc), &rst, 2, T0, &mut out);
+    m.end_flow(&flow_id(9), T0);
+    assert!(out.is_empty());
+    let stats = m.stats();
+    assert_eq!(
+        (stats.tracked, stats.flows_started, stats.ignored_segments),
+        (0, 0, 1)
+    );
+}
+
+#[test]
+fn tombstones_absorb_late_copies_then_expire() {
+    let mut conv = Conv::irc("alice");
+    conv.irc_say("alice", "#a", "hello");
+    let segs = wire(&conv, true);
+    let mut m = Monitor::new(config(), no_rules(), None);
+    let meta = meta(1, Protocol::Irc);
+    let mut t_ns = 0;
+    feed(&mut m, &meta, &segs, &mut t_ns);
+    let ended_at = t_ns;
+    assert_eq!((m.stats().flows, m.stats().tracked), (0, 1));
+    // A late retransmission does not start a new flow in mid-stream.
+    feed(&mut m, &meta, &segs[2..3], &mut t_ns);
+    let stats = m.stats();
+    assert_eq!(
+        (stats.flows_started, stats.ignored_segments, stats.messages),
+        (1, 1, 1)
+    );
+    let mut out = Vec::new();
+    let idle = config().reassembly.idle_timeout_ns;
+    m.poll(ended_at + idle - 1, T0, &mut out);
+    assert_eq!(m.stats().tracked, 1);
+    m.poll(ended_at + idle, T0, &mut out);
+    assert_eq!(m.stats().tracked, 0);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn end_flow_parses_what_is_held_and_records_the_end() {
+    let t = TempDir::new("end-flow");
+    let mut m = Monitor::new(config(), no_rules(), Some(t.archive()));
+    let mut conv = Conv::irc("alice");
+    conv.irc_say("alice", "#a", "one");
+    conv.raw(S2C, b"PING :x\r\n");
+    conv.irc_say("alice", "#a", "two");
+    conv.irc_say("alice", "#a", "three");
+    let segs = wire(&conv, false);
+    let meta = meta(1, Protocol::Irc);
+    let mut t_ns = 0;
+    // The client's "one" segment is lost; "two three" is held behind it.
+    let kept: Vec<Wire> = segs
+        .iter()
+        .filter(|w| !w.payload.ends_with(b"one\r\n"))
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), segs.len() - 1);
+    feed(&mut m, &meta, &kept, &mut t_ns);
+    assert!(m.stats().held_bytes > 0);
+    m.end_flow(&meta.id, T0 + 10);
+    let stats = m.stats();
+    assert_eq!(
+        (
+            stats.flows,
+            stats.tracked,
+            stats.held_bytes,
+            stats.evictions
+        ),
+        (0, 0, 0, 0)
+    );
+    m.close(T0 + 20).unwrap();
+    let records = t.records();
+    assert_eq!(flow_events(&records, meta.id), ["gap", "end"]);
+    let bodies: Vec<String> = messages(&records, meta.id)
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(bodies, ["three"]);
+    t.verify_ok();
+}
+
+#[test]
+fn close_ends_live_flows_and_seals() {
+    let t = TempDir::new("close");
+    let mut m = Monitor::new(config(), no_rules(), Some(t.archive()));
+    let conv = xmpp_conversation();
+    let segs = wire(&conv, false);
+    let mut t_ns = 0;
+    feed(&mut m, &meta(1, Protocol::Xmpp), &segs, &mut t_ns);
+    feed(
+        &mut m,
+        &meta(2, Protocol::Xmpp),
+        &segs[..segs.len() / 2],
+        &mut t_ns,
+    );
+    let stats = m.close(T0 + 1000).unwrap();
+    assert_eq!((stats.flows, stats.tracked), (0, 0));
+    let records = t.records();
+    assert_eq!(flow_events(&records, flow_id(1)), ["end"]);
+    assert_eq!(flow_events(&records, flow_id(2)), ["end"]);
+    assert_eq!(messages(&records, flow_id(1)).len(), conv.expected.len());
+    assert!(matches!(
+        records.last().unwrap().event,
+        Rec::Seal { closing: true, .. }
+    ));
+    t.verify_ok();
+}
+
+/// Random segments for a few flows: wild sequence numbers, flags and bytes that look like
+/// the protocols, mixed with ring losses, polls and ends.
+#[derive(Clone, Debug)]
+enum Op {
+    Seg {
+        flow: u16,
+        c2s: bool,
+        seq: u32,
+        flags: u8,
+        payload: Vec<u8>,
+        truncated: u16,
+    },
+    Loss(u16),
+    Poll(u32),
+    End(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let bytes = prop_oneof![
+        Just(b"PRIVMSG #a :project falcon\r\n".to_vec()),
+        Just(b"<message from='a' to='b'><body>hi</body></message>".to_vec()),
+        Just(vec![0x30, 0x05, 0x00, 0x01, b't', b'x', b'y']),
+        Just(vec![0x16, 0x03, 0x01]),
+        Just(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..200),
+    ];
+    prop_oneof![
+        8 => (0u16..4, any::<bool>(), 0u32..3000, any::<u8>(), bytes, 0u16..3)
+            .prop_map(|(flow, c2s, seq, flags, payload, truncated)| Op::Seg {
+                flow,
+                c2s,
+                seq: seq.wrapping_add(u32::MAX - 1000),
+                flags,
+                payload,
+                truncated,
+            }),
+        1 => (0u16..4).prop_map(Op::Loss),
+        1 => (0u32..5000).prop_map(Op::Poll),
+        1 => (0u16..4).prop_map(Op::End),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_input_never_panics_and_returns_every_held_byte(
+        ops in proptest::collection::vec(op(), 1..120),
+        drop_gaps in any::<bool>(),
+    ) {
+        let mut cfg = MonitorConfig {
+            max_flows: 3,
+            total_budget_bytes: 2000,
+            ..MonitorConfig::default()
+        };
+        cfg.reassembly.max_held_bytes = 1500;
+        cfg.reassembly.hole_timeout_ns = 1_000_000_000;
+        cfg.reassembly.idle_timeout_ns = 3_000_000_000;
+        if drop_gaps {
+            cfg.reassembly.gap_policy = GapPolicy::Drop;
+        }
+        let mut m = Monitor::new(cfg, policy(FALCON), None);
+        let protocols = [Protocol::Irc, Protocol::Xmpp, Protocol::Mqtt, Protocol::Irc];
+        let mut out = Vec::new();
+        let mut now = 0u64;
+        for op in ops {
+            now += 1_000_000;
+            match op {
+                Op::Seg { flow, c2s, seq, flags, payload, truncated } => {
+                    let seg = Segment {
+                        direction: if c2s { C2S } else { S2C },
+                        seq,
+                        syn: flags & 1 != 0,
+                        fin: flags & 2 != 0,
+                        rst: flags & 4 != 0 && flags & 8 != 0,
+                        payload: &payload,
+                        wire_len: payload.len() as u32 + u32::from(truncated),
+                    };
+                    let meta = meta(flow, protocols[usize::from(flow)]);
+                    m.segment(&meta, &seg, now, T0, &mut out);
+                }
+                Op::Loss(flow) => m.ring_loss(&flow_id(flow), now, T0, &mut out),
+                Op::Poll(ms) => {
+                    now += u64::from(ms) * 1_000_000;
+                    m.poll(now, T0, &mut out);
+                }
+                Op::End(flow) => m.end_flow(&flow_id(flow), T0),
+            }
+            let stats = m.stats();
+            prop_assert!(stats.tracked <= 3);
+            prop_assert!(stats.flows <= stats.tracked);
+            prop_assert!(stats.held_bytes <= 2000);
+        }
+        // At most one action per flow start.
+        let stats = m.stats();
+        prop_assert!(out.len() as u64 <= stats.flows_started);
+        prop_assert_eq!(stats.blocked + stats.stopped, out.len() as u64);
+        let done = m.close(T0).unwrap();
+        prop_assert_eq!(done.held_bytes, 0);
+        prop_assert_eq!(done.flows, 0);
+    }
 }
