@@ -42,6 +42,12 @@
 //! [`MonitorStats::last_archive_error`]) and the record is lost; the pipeline goes on, since
 //! blocking must not depend on the disk.
 
+#![expect(
+    clippy::similar_names,
+    reason = "now_ns (monotonic, for the reassembly) and now_ms (wall clock, for the archive) \
+              are the controller's names"
+)]
+
 #[cfg(test)]
 mod tests;
 
@@ -360,9 +366,8 @@ fn rst_seqs(reasm: &FlowReassembler) -> Option<RstSeqs> {
     })
 }
 
-/// Runs `op` on a live flow's reassembler with the flow's sink, then acts on what happened:
-/// block, end, stop copying, or record a direction that became unreadable. `out` is `None`
-/// when the flow is going away anyway (end, eviction, close): no action is emitted then.
+/// Runs `op` on a live flow's reassembler with the flow's sink, then acts on what happened
+/// (see [`conclude`]) and releases the flow when it is over.
 fn drive(
     ctx: &mut Ctx<'_>,
     id: FlowId,
@@ -373,26 +378,64 @@ fn drive(
     let FlowState::Live(live) = &mut flow.state else {
         return;
     };
-    let Live {
-        app,
-        reasm,
-        parser,
-        unreadable,
-    } = &mut **live;
-    let mut sink = FlowSink {
-        flow: id,
-        app,
-        parser,
-        policy: ctx.policy,
-        rec: ctx.rec,
-        now_ms: ctx.now_ms,
-        block: None,
-        ended: None,
+    let (block, ended) = {
+        let Live {
+            app, reasm, parser, ..
+        } = &mut **live;
+        let mut sink = FlowSink {
+            flow: id,
+            app,
+            parser,
+            policy: ctx.policy,
+            rec: ctx.rec,
+            now_ms: ctx.now_ms,
+            block: None,
+            ended: None,
+        };
+        op(reasm, ctx.budget, &mut sink);
+        (sink.block, sink.ended)
     };
-    op(reasm, ctx.budget, &mut sink);
-    let (block, ended) = (sink.block, sink.ended);
+    let outcome = Outcome { block, ended };
+    if conclude(ctx.rec, ctx.now_ms, id, live, outcome, out) {
+        ctx.rec.append(
+            ctx.now_ms,
+            &Entry::FlowEnd {
+                app: &live.app,
+                flow: id,
+            },
+        );
+        let state = std::mem::replace(
+            &mut flow.state,
+            FlowState::Done {
+                since_ns: ctx.now_ns,
+            },
+        );
+        if let FlowState::Live(live) = state {
+            live.reasm.release(ctx.budget);
+            ctx.rec.stats.flows = ctx.rec.stats.flows.saturating_sub(1);
+        }
+    }
+}
 
-    let block = block.or_else(|| match ended {
+/// What one call on a flow's reassembler brought.
+struct Outcome {
+    /// Why the first blocking message blocked.
+    block: Option<String>,
+    ended: Option<EndReason>,
+}
+
+/// Blocks, stops copying, or records a direction that became unreadable; true when the flow
+/// is over. `out` is `None` when the flow is going away anyway (end, eviction, close): no
+/// action is emitted then.
+fn conclude(
+    rec: &mut Recorder,
+    now_ms: u64,
+    id: FlowId,
+    live: &mut Live,
+    outcome: Outcome,
+    out: Option<&mut Vec<Action>>,
+) -> bool {
+    let block = outcome.block.or_else(|| match outcome.ended {
         Some(EndReason::GapDropped(g)) => Some(format!(
             "stream lost bytes, policy drop: {} bytes of {} at offset {} ({})",
             g.len,
@@ -402,9 +445,7 @@ fn drive(
         )),
         _ => None,
     });
-    let now_ms = ctx.now_ms;
-    let rec = &mut *ctx.rec;
-    let mut finished = ended.is_some();
+    let app = live.app.as_str();
     match (block, out) {
         (Some(reason), Some(out)) => {
             rec.stats.blocked += 1;
@@ -419,58 +460,46 @@ fn drive(
             out.push(Action::Block {
                 flow: id,
                 reason,
-                rst: rst_seqs(reasm),
+                rst: rst_seqs(&live.reasm),
             });
-            finished = true;
+            true
         }
-        (_, out) if !finished => {
-            if !parser.is_inspectable() {
-                let reason = unreadable_reason(parser);
-                rec.stats.stopped += 1;
-                rec.append(
-                    now_ms,
-                    &Entry::FlowAnomaly {
-                        app,
-                        flow: id,
-                        reason: &reason,
-                    },
-                );
-                if let Some(out) = out {
-                    out.push(Action::StopCopy { flow: id, reason });
-                }
-                finished = true;
-            } else {
-                for d in [Direction::ClientToServer, Direction::ServerToClient] {
-                    let state = parser.state(d);
-                    let noted = unreadable.get_mut(d.index());
-                    if let Some(noted) = noted.filter(|n| !**n && !state.is_inspectable()) {
-                        *noted = true;
-                        let reason = format!("{} unreadable: {}", dir_name(d), state_reason(state));
-                        rec.append(
-                            now_ms,
-                            &Entry::FlowAnomaly {
-                                app,
-                                flow: id,
-                                reason: &reason,
-                            },
-                        );
-                    }
+        _ if outcome.ended.is_some() => true,
+        (_, out) if !live.parser.is_inspectable() => {
+            let reason = unreadable_reason(&live.parser);
+            rec.stats.stopped += 1;
+            rec.append(
+                now_ms,
+                &Entry::FlowAnomaly {
+                    app,
+                    flow: id,
+                    reason: &reason,
+                },
+            );
+            if let Some(out) = out {
+                out.push(Action::StopCopy { flow: id, reason });
+            }
+            true
+        }
+        _ => {
+            // One direction may be lost while the other is still read (an MQTT hole).
+            for d in [Direction::ClientToServer, Direction::ServerToClient] {
+                let state = live.parser.state(d);
+                let noted = live.unreadable.get_mut(d.index());
+                if let Some(noted) = noted.filter(|n| !**n && !state.is_inspectable()) {
+                    *noted = true;
+                    let reason = format!("{} unreadable: {}", dir_name(d), state_reason(state));
+                    rec.append(
+                        now_ms,
+                        &Entry::FlowAnomaly {
+                            app,
+                            flow: id,
+                            reason: &reason,
+                        },
+                    );
                 }
             }
-        }
-        _ => {}
-    }
-    if finished {
-        rec.append(now_ms, &Entry::FlowEnd { app, flow: id });
-        let state = std::mem::replace(
-            &mut flow.state,
-            FlowState::Done {
-                since_ns: ctx.now_ns,
-            },
-        );
-        if let FlowState::Live(live) = state {
-            live.reasm.release(ctx.budget);
-            rec.stats.flows = rec.stats.flows.saturating_sub(1);
+            false
         }
     }
 }

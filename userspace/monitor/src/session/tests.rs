@@ -564,13 +564,13 @@ fn the_disorder_really_reorders_and_retransmits() {
     let segs = wire(&irc_conversation(), true);
     let mixed = disorder(segs.clone());
     assert!(mixed.len() > segs.len() + 3);
-    let seqs = |d: Direction, s: &[Wire]| {
+    let order = |d: Direction, s: &[Wire]| {
         s.iter()
             .filter(|w| w.dir == d)
             .map(|w| w.seq)
             .collect::<Vec<_>>()
     };
-    assert_ne!(seqs(C2S, &segs), seqs(C2S, &mixed));
+    assert_ne!(order(C2S, &segs), order(C2S, &mixed));
 }
 
 /// Where the first message containing `needle` ends, and the segment that completes it.
@@ -619,7 +619,7 @@ fn a_block_rule_blocks_once_with_the_rst_sequence_numbers() {
             .iter()
             .filter(|w| w.dir == d)
             .map(Wire::end)
-            .last()
+            .next_back()
             .unwrap()
     };
     assert_eq!(actions.len(), 1, "{actions:?}");
@@ -904,19 +904,19 @@ fn the_least_recently_active_flow_is_evicted() {
     let segs = wire(&conv, false);
     assert_eq!(segs.len(), 7);
     let mut t_ns = 0;
-    let (a, b, c) = (
+    let (fa, fb, fc) = (
         meta(1, Protocol::Irc),
         meta(2, Protocol::Irc),
         meta(3, Protocol::Irc),
     );
-    feed(&mut m, &a, &segs[..2], &mut t_ns);
+    feed(&mut m, &fa, &segs[..2], &mut t_ns);
     // Flow b holds its last segment beyond a hole when it is evicted.
     let mut b_segs = segs[..4].to_vec();
     b_segs.push(segs[6].clone());
-    feed(&mut m, &b, &b_segs, &mut t_ns);
-    feed(&mut m, &a, &segs[2..], &mut t_ns);
+    feed(&mut m, &fb, &b_segs, &mut t_ns);
+    feed(&mut m, &fa, &segs[2..], &mut t_ns);
     assert!(m.stats().held_bytes > 0);
-    let actions = feed(&mut m, &c, &segs, &mut t_ns);
+    let actions = feed(&mut m, &fc, &segs, &mut t_ns);
     assert!(actions.is_empty());
     let stats = m.stats();
     assert_eq!(stats.evictions, 1);
@@ -929,23 +929,23 @@ fn the_least_recently_active_flow_is_evicted() {
     m.close(T0 + 1000).unwrap();
     let records = t.records();
     // b was finished: its hole became a gap and what it held was parsed.
-    assert_eq!(flow_events(&records, b.id), ["gap", "end"]);
+    assert_eq!(flow_events(&records, fb.id), ["gap", "end"]);
     let b_end = records
         .iter()
-        .position(|r| matches!(&r.event, Rec::FlowEnd { flow, .. } if *flow == b.id))
+        .position(|r| matches!(&r.event, Rec::FlowEnd { flow, .. } if *flow == fb.id))
         .unwrap();
     let c_first = records
         .iter()
-        .position(|r| r.event_flow() == Some(c.id))
+        .position(|r| r.event_flow() == Some(fc.id))
         .unwrap();
     assert!(b_end < c_first, "b ended before c started");
     // After the gap IRC resumes at the next line: "second" is skipped, "third" read.
-    let b_msgs = messages(&records, b.id);
+    let b_msgs = messages(&records, fb.id);
     assert_eq!(b_msgs.len(), 1);
     assert_eq!(b_msgs[0].3, "third");
     assert!(b_msgs[0].4, "after the gap");
-    assert_eq!(messages(&records, a.id).len(), 3);
-    assert_eq!(messages(&records, c.id).len(), 3);
+    assert_eq!(messages(&records, fa.id).len(), 3);
+    assert_eq!(messages(&records, fc.id).len(), 3);
     t.verify_ok();
 }
 
