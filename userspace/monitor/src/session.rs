@@ -11,7 +11,8 @@
 //!   [`Parser::gap`]; under [`GapPolicy::Drop`](crate::reassembly::GapPolicy::Drop) a hole ends
 //!   the flow and becomes an [`Action::Block`] (the monitor cannot vouch for what passed);
 //! - a retransmission that differs from the first copy: counted and recorded as
-//!   [`Entry::FlowAnomaly`], since it shows the monitor and the receiver different streams;
+//!   [`Entry::FlowAnomaly`] (the first 16 of a flow), since it shows the monitor and the
+//!   receiver different streams;
 //! - the end of the flow (FIN both ways, RST, idle): [`Entry::FlowEnd`].
 //!
 //! A message the policy blocks: [`Entry::FlowBlocked`], one [`Action::Block`] with the
@@ -190,6 +191,8 @@ struct Live {
     parser: Parser,
     /// A direction that became unreadable was recorded.
     unreadable: [bool; 2],
+    /// Conflicting retransmissions seen.
+    conflicts: u32,
 }
 
 /// Where records and counters go.
@@ -235,7 +238,12 @@ struct FlowSink<'a> {
     /// Why the first blocking message blocked.
     block: Option<String>,
     ended: Option<EndReason>,
+    conflicts: &'a mut u32,
 }
+
+/// Conflicting retransmissions recorded per flow; later ones are only counted
+/// ([`MonitorStats::conflicts`]), so that a peer cannot fill the archive with them.
+const MAX_CONFLICT_RECORDS: u32 = 16;
 
 impl Sink for FlowSink<'_> {
     fn data(&mut self, direction: Direction, offset: u64, bytes: &[u8]) {
@@ -293,9 +301,18 @@ impl Sink for FlowSink<'_> {
                 len,
             } => {
                 self.rec.stats.conflicts += 1;
+                *self.conflicts += 1;
+                if *self.conflicts > MAX_CONFLICT_RECORDS {
+                    return;
+                }
+                let more = if *self.conflicts == MAX_CONFLICT_RECORDS {
+                    "; further conflicts of this flow are only counted"
+                } else {
+                    ""
+                };
                 let reason = format!(
                     "conflicting retransmission: {} bytes {offset}..{} differ from the first copy \
-                     (the receiver may see other content than the monitor)",
+                     (the receiver may see other content than the monitor){more}",
                     dir_name(direction),
                     offset.saturating_add(len),
                 );
@@ -380,7 +397,11 @@ fn drive(
     };
     let (block, ended) = {
         let Live {
-            app, reasm, parser, ..
+            app,
+            reasm,
+            parser,
+            conflicts,
+            ..
         } = &mut **live;
         let mut sink = FlowSink {
             flow: id,
@@ -391,6 +412,7 @@ fn drive(
             now_ms: ctx.now_ms,
             block: None,
             ended: None,
+            conflicts,
         };
         op(reasm, ctx.budget, &mut sink);
         (sink.block, sink.ended)
@@ -570,6 +592,7 @@ impl Monitor {
                 reasm: FlowReassembler::new(self.config.reassembly.clone(), now_ns),
                 parser: Parser::new(meta.protocol),
                 unreadable: [false; 2],
+                conflicts: 0,
             };
             self.flows.insert(
                 id,

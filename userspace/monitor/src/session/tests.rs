@@ -1012,16 +1012,21 @@ fn a_conflicting_retransmission_is_recorded_as_an_anomaly() {
     let mut forged = last.clone();
     let n = forged.payload.len();
     forged.payload[n - 6..n - 2].copy_from_slice(b"nine");
-    segs.push(forged);
+    // Sent again and again: recorded up to the cap, then only counted.
+    for _ in 0..MAX_CONFLICT_RECORDS + 5 {
+        segs.push(forged.clone());
+    }
     let t = TempDir::new("conflict");
     let mut m = Monitor::new(config(), no_rules(), Some(t.archive()));
     let meta = meta(1, Protocol::Irc);
     let mut t_ns = 0;
     assert!(feed(&mut m, &meta, &segs, &mut t_ns).is_empty());
-    assert_eq!(m.stats().conflicts, 1);
+    assert_eq!(m.stats().conflicts, u64::from(MAX_CONFLICT_RECORDS) + 5);
     m.close(T0 + 1000).unwrap();
     let records = t.records();
-    assert_eq!(flow_events(&records, meta.id), ["anomaly", "end"]);
+    let mut expect = vec!["anomaly"; MAX_CONFLICT_RECORDS as usize];
+    expect.push("end");
+    assert_eq!(flow_events(&records, meta.id), expect);
     let reason = records
         .iter()
         .find_map(|r| match &r.event {
@@ -1030,6 +1035,15 @@ fn a_conflicting_retransmission_is_recorded_as_an_anomaly() {
         })
         .unwrap();
     assert!(reason.contains("conflicting retransmission"), "{reason}");
+    let last = records
+        .iter()
+        .rev()
+        .find_map(|r| match &r.event {
+            Rec::FlowAnomaly { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(last.ends_with("only counted"), "{last}");
     // The first copy wins, as in the receiver.
     assert_eq!(messages(&records, meta.id)[0].3, "meet at noon");
     t.verify_ok();
