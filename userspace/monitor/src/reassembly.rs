@@ -353,6 +353,14 @@ impl FlowReassembler {
         self.stream(direction).next
     }
 
+    /// The sequence number the receiver of `direction` expects next, as far as this flow
+    /// delivered: that of the first byte not delivered yet, or one past the FIN once the
+    /// direction is closed. `None` before the direction's first segment. An RST needs it
+    /// (RFC 5961 section 3.2: only an RST at exactly the expected number is accepted at once).
+    pub fn next_seq(&self, direction: Direction) -> Option<u32> {
+        self.stream(direction).next_seq()
+    }
+
     /// Feeds one segment copied by XDP at `now`.
     pub fn segment<S: Sink + ?Sized>(
         &mut self,

@@ -136,6 +136,14 @@ pub enum Entry<'a> {
     },
     /// The flow ended (FIN, RST or idle expiry); ends the `incomplete` marking.
     FlowEnd { app: &'a str, flow: FlowId },
+    /// Something the monitor noticed about the flow besides its messages: an evasion attempt
+    /// (a retransmission that differs from the first copy), or why its content can no longer
+    /// be read (TLS, compression, lost framing).
+    FlowAnomaly {
+        app: &'a str,
+        flow: FlowId,
+        reason: &'a str,
+    },
 }
 
 impl Entry<'_> {
@@ -145,7 +153,8 @@ impl Entry<'_> {
             | Entry::FlowBlocked { flow, .. }
             | Entry::FlowReset { flow, .. }
             | Entry::FlowGap { flow, .. }
-            | Entry::FlowEnd { flow, .. } => flow,
+            | Entry::FlowEnd { flow, .. }
+            | Entry::FlowAnomaly { flow, .. } => flow,
         }
     }
 }
@@ -180,6 +189,11 @@ pub enum Event {
     FlowEnd {
         app: String,
         flow: FlowId,
+    },
+    FlowAnomaly {
+        app: String,
+        flow: FlowId,
+        reason: String,
     },
     /// Authenticates the chain up to `head` (the previous record's hash). `closing` marks a
     /// clean shutdown.
@@ -218,7 +232,8 @@ impl Event {
             | Event::FlowBlocked { app, .. }
             | Event::FlowReset { app, .. }
             | Event::FlowGap { app, .. }
-            | Event::FlowEnd { app, .. } => Some(app),
+            | Event::FlowEnd { app, .. }
+            | Event::FlowAnomaly { app, .. } => Some(app),
             Event::Seal { .. } | Event::Recovery { .. } | Event::Retention { .. } => None,
         }
     }

@@ -340,6 +340,66 @@ fn gap_marks_later_messages_of_its_flow_incomplete() {
 }
 
 #[test]
+fn anomaly_records_read_back_and_keep_the_incomplete_marking() {
+    let t = TempDir::new("anomaly");
+    let key = t.key();
+    let (mut a, _) = Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0).unwrap();
+    let m = message("a@x", &["b@x"], "hi");
+    let d = Decision::allow();
+    a.append(
+        T0,
+        &Entry::FlowGap {
+            app: "xmpp",
+            flow: flow(1),
+            direction: Direction::ClientToServer,
+            bytes: 10,
+        },
+    )
+    .unwrap();
+    let anomaly = Entry::FlowAnomaly {
+        app: "xmpp",
+        flow: flow(1),
+        reason: "conflicting retransmission",
+    };
+    assert_eq!(anomaly.flow(), flow(1));
+    a.append(T0 + 1, &anomaly).unwrap();
+    a.append(
+        T0 + 2,
+        &Entry::Message {
+            app: "xmpp",
+            flow: flow(1),
+            message: &m,
+            decision: &d,
+        },
+    )
+    .unwrap();
+    a.close(T0 + 3).unwrap();
+    let records: Vec<Record> = search(
+        &t.dir(),
+        &Filter {
+            app: Some("XMPP".into()),
+            ..Filter::default()
+        },
+    )
+    .unwrap()
+    .map(|h| h.unwrap().record)
+    .collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[1].event,
+        Event::FlowAnomaly {
+            app: "xmpp".into(),
+            flow: flow(1),
+            reason: "conflicting retransmission".into(),
+        }
+    );
+    assert_eq!(records[1].event.app(), Some("xmpp"));
+    // An anomaly neither starts nor ends the incomplete marking.
+    assert!(records[2].incomplete);
+    assert!(verify(&t.dir(), &key).unwrap().is_ok());
+}
+
+#[test]
 fn rotation_by_size_and_age_keeps_one_chain() {
     let t = TempDir::new("rotate");
     let key = t.key();

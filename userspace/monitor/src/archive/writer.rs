@@ -318,7 +318,7 @@ impl Archive {
             Entry::FlowEnd { .. } | Entry::FlowReset { .. } => {
                 self.gapped.remove(&flow);
             }
-            Entry::Message { .. } | Entry::FlowBlocked { .. } => {}
+            Entry::Message { .. } | Entry::FlowBlocked { .. } | Entry::FlowAnomaly { .. } => {}
         }
         if self.unsealed >= self.config.seal_max_records || self.seal_time_due(time) {
             self.seal_inner(time, false)?;

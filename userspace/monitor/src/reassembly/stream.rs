@@ -89,6 +89,16 @@ impl Stream {
         }
     }
 
+    /// Sequence number of the next byte not yet delivered, one past the FIN once the
+    /// direction is closed (the FIN takes one number); `None` before the first segment.
+    pub(super) fn next_seq(&self) -> Option<u32> {
+        self.started.then(|| {
+            self.base_seq
+                .wrapping_add(self.next as u32)
+                .wrapping_add(u32::from(self.closed))
+        })
+    }
+
     pub(super) fn held_chunks(&self) -> usize {
         self.held.len()
     }

@@ -179,6 +179,33 @@ fn in_order_across_the_wrap_is_delivered_without_holding() {
 }
 
 #[test]
+fn next_seq_follows_delivery_across_the_wrap_and_counts_the_fin() {
+    let mut h = Harness::new(patient());
+    assert_eq!(h.flow.next_seq(C2S), None);
+    let isn = u32::MAX - 2;
+    h.feed(&syn(C2S, isn), 0);
+    assert_eq!(h.flow.next_seq(C2S), Some(u32::MAX - 1));
+    assert_eq!(h.flow.next_seq(S2C), None);
+    h.feed(&seg(C2S, u32::MAX - 1, b"abcd"), 0);
+    assert_eq!(h.flow.next_seq(C2S), Some(2));
+    // Held beyond a hole: not delivered, so not counted.
+    h.feed(&seg(C2S, 4, b"xy"), 0);
+    assert_eq!(h.flow.next_seq(C2S), Some(2));
+    h.feed(&seg(C2S, 2, b"zz"), 0);
+    assert_eq!(h.flow.next_offset(C2S), 8);
+    assert_eq!(h.flow.next_seq(C2S), Some(6));
+    h.feed(&fin(C2S, 6, b""), 0);
+    assert_eq!(
+        h.flow.next_seq(C2S),
+        Some(7),
+        "six bytes after the wrap, plus the FIN"
+    );
+    // A direction first seen mid-stream starts at its first segment.
+    h.feed(&seg(S2C, 5000, b"hello"), 0);
+    assert_eq!(h.flow.next_seq(S2C), Some(5005));
+}
+
+#[test]
 fn out_of_order_is_held_until_the_hole_fills() {
     let mut h = Harness::new(patient());
     h.feed(&syn(C2S, 100), 0);
