@@ -869,6 +869,76 @@ fn monitored_flows_stream_their_segments_to_the_controller() {
     r.dp.drain_events();
 }
 
+/// The content path end to end through the real program: an IRC flow with verdict monitor is
+/// copied, reassembled and parsed; a clean message is archived; a message with a blocked
+/// keyword sets the flow's verdict to drop (the next packet is dropped in XDP), resets both
+/// ends with the sequence numbers the peers expect, and the archive records it and verifies.
+#[test]
+fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
+    use std::sync::{Arc, Mutex};
+    use imfw::{content_path::ContentPath, dataplane::Event};
+    use imfw_monitor::archive::{self, Archive, ArchiveConfig, Event as Rec, SealKey};
+    let text = "version: 1\napps: {irc: monitor}\ncontent:\n  rules:\n    - {name: secrets, action: block, keywords: [project falcon]}\n";
+    let policy = policy::parse(text, "t.yaml").expect("policy");
+    let mut r = rig(text);
+    r.dp.drain_events();
+    let dir = std::env::temp_dir().join(format!("imfw-archive-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let key = SealKey::from_bytes([7; 32]);
+    let (arch, _) = Archive::open(&dir, key.clone(), ArchiveConfig::default(), 1_000).expect("archive");
+    let resets = Arc::new(Mutex::new(Vec::new()));
+    let rec = resets.clone();
+    let mut cp = ContentPath::with_archive(&policy, Some(arch), Box::new(move |c, s, cn, sn| {
+        rec.lock().unwrap().push((c, s, cn, sn));
+        Ok(())
+    }));
+    let c = Conn::v4(42101, 6667);
+    let frame = |from_client: bool, seq: u32, payload: &[u8]| {
+        let (src, dst, sp, dp) = if from_client { (c.c, c.s, c.cport, c.sport) } else { (c.s, c.c, c.sport, c.cport) };
+        let mut t = Tcp::new(sp, dp, tcp_flags::ACK | tcp_flags::PSH);
+        t.seq = seq;
+        let (IpAddr::V4(a), IpAddr::V4(b)) = (src, dst) else { unreachable!() };
+        Ethernet::default().encode(0x0800, &Ipv4::new(a, b, 6).encode(&t.encode(src, dst, payload)))
+    };
+    let mut feed = |r: &mut Rig, cp: &mut ContentPath| {
+        for ev in r.dp.drain_events() {
+            if let Event::Stream(p) = ev {
+                cp.on_stream(&p, &mut r.dp, &r.c, 1, 2_000).expect("content path");
+            }
+        }
+    };
+    let reg = b"NICK alice\r\nUSER alice 0 * :Alice\r\n".to_vec();
+    assert_eq!(r.run(&c.syn()), XDP_PASS);
+    assert_eq!(r.run(&frame(true, 1000, &reg)), XDP_PASS);
+    let welcome = b":irc.example 001 alice :Welcome\r\n".to_vec();
+    assert_eq!(r.run(&frame(false, 5000, &welcome)), XDP_PASS);
+    let clean = b"PRIVMSG #ops :lunch at noon\r\n".to_vec();
+    let c_next = 1000 + u32::try_from(reg.len()).unwrap();
+    assert_eq!(r.run(&frame(true, c_next, &clean)), XDP_PASS);
+    feed(&mut r, &mut cp);
+    assert_decided(&r, &c, "irc", Method::Signature, Verdict::Monitor);
+    let bad = b"PRIVMSG #ops :the Project Falcon numbers\r\n".to_vec();
+    let c_next = c_next + u32::try_from(clean.len()).unwrap();
+    assert_eq!(r.run(&frame(true, c_next, &bad)), XDP_PASS, "the segment itself already passed");
+    feed(&mut r, &mut cp);
+    let e = r.entry(&c.syn()).expect("flow");
+    assert_eq!(Verdict::from_u8(e.verdict), Verdict::Drop, "the controller set the drop verdict");
+    assert_eq!(r.run(&frame(false, 5000 + u32::try_from(welcome.len()).unwrap(), b"PING :x\r\n")), XDP_DROP);
+    let resets = resets.lock().unwrap().clone();
+    let s_next = 5000 + u32::try_from(welcome.len()).unwrap();
+    assert_eq!(resets.len(), 1);
+    assert_eq!((resets[0].2, resets[0].3), (c_next + u32::try_from(bad.len()).unwrap(), s_next), "RST sequence numbers");
+    assert_eq!(resets[0].0.port(), 42101);
+    cp.close(3_000).expect("close");
+    let report = archive::verify(&dir, &key).expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let records: Vec<_> = archive::search(&dir, &archive::Filter::default()).expect("search").filter_map(Result::ok).map(|h| h.record.event).collect();
+    let bodies: Vec<_> = records.iter().filter_map(|e| if let Rec::Message { message, .. } = e { Some(message.body.clone()) } else { None }).collect();
+    assert_eq!(bodies, vec!["lunch at noon".to_owned(), "the Project Falcon numbers".to_owned()]);
+    assert!(records.iter().any(|e| matches!(e, Rec::FlowBlocked { reason, .. } if reason.contains("secrets"))), "{records:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Encrypted Client Hello: a claimed outer name still decides; an unclaimed one leaves the
 /// decision to the server's address, and without one to the policy's `ech` entry.
 #[test]

@@ -679,6 +679,16 @@ impl Monitor {
         }
     }
 
+    /// Deletes whole archive segments older than `max_age_ms` (an authenticated retention
+    /// record marks the cut); `None` without an archive.
+    pub fn retain(
+        &mut self,
+        now_ms: u64,
+        max_age_ms: u64,
+    ) -> Option<Result<crate::archive::RetentionReport, ArchiveError>> {
+        self.rec.archive.as_mut().map(|a| a.retain(now_ms, max_age_ms))
+    }
+
     /// The flow left the controller's table: held bytes are parsed (after their gaps, under
     /// `Skip`), the flow's end is recorded, and all its state goes.
     pub fn end_flow(&mut self, flow: &FlowId, now_ms: u64) {
