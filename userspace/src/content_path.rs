@@ -67,10 +67,16 @@ pub struct ContentPath {
 
 impl ContentPath {
     /// Opens the archive (recovering it after a crash: the recovery is logged) and the
-    /// monitor with the policy's settings.
+    /// monitor with the policy's settings. A policy that monitors nothing needs no archive.
     pub fn open(p: &policy::Policy, now_ms: u64, reset: Resetter) -> Result<ContentPath> {
+        if !p.monitors() {
+            return Ok(ContentPath::with_archive(p, None, reset));
+        }
         let m = &p.monitor;
         std::fs::create_dir_all(&m.archive).with_context(|| format!("creating the archive directory {}", m.archive.display()))?;
+        if let Some(parent) = m.archive_key.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
         let key = SealKey::load_or_create(&m.archive_key).with_context(|| format!("the archive key {}", m.archive_key.display()))?;
         let (archive, report) = Archive::open(&m.archive, key, ArchiveConfig::default(), now_ms)
             .with_context(|| format!("opening the archive {} (check it with `imfw archive verify`)", m.archive.display()))?;

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::run_checked;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/tcpdump for the lab, python3
-/// for the accuracy scorer.
+/// for the accuracy scorer, ngircd (a real IRC server) for the content-policy test.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,6 +22,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "python3",
+    "ngircd",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

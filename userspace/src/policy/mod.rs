@@ -164,6 +164,14 @@ impl Policy {
         compile::compile(self, catalogue::builtin()?)
     }
 
+    /// Whether any flow can get the verdict `monitor` (then the content path and its archive
+    /// are needed).
+    pub fn monitors(&self) -> bool {
+        self.defaults.action == Action::Monitor
+            || self.apps.iter().any(|(_, a)| *a == Action::Monitor)
+            || self.rules.iter().any(|r| r.action == Action::Monitor)
+    }
+
     /// Every app id and name this policy knows (built-in and custom).
     pub fn app_names(&self) -> Vec<(u16, String)> {
         compile::app_table(&self.custom_apps)
