@@ -24,7 +24,9 @@ pub struct Config {
     /// Non-zero: DNS answers (UDP from port 53) are copied to the controller, which learns the
     /// addresses of IM apps' names from them.
     pub learn_dns: u32,
-    pub _pad: u32,
+    /// Non-zero: payload segments of monitored flows are held (dropped, copied) until the
+    /// controller has read them; the sender's retransmission then passes.
+    pub monitor_hold: u32,
 }
 
 impl Config {
@@ -36,7 +38,7 @@ impl Config {
         ready: 0,
         pending_action: ACTION_PASS,
         learn_dns: 0,
-        _pad: 0,
+        monitor_hold: 0,
     };
 }
 

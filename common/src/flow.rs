@@ -34,6 +34,10 @@ pub const FLAG_CONTROLLER: u8 = 4;
 /// A monitored flow whose content cannot be read (TLS, compression): the controller set it
 /// to stop the copies.
 pub const FLAG_NO_COPY: u8 = 8;
+/// `cleared[0]` (client to server) is valid.
+pub const FLAG_CLEARED_CLIENT: u8 = 16;
+/// `cleared[1]` (server to client) is valid.
+pub const FLAG_CLEARED_SERVER: u8 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -65,9 +69,13 @@ pub struct FlowEntry {
     /// Segments of this monitored flow the ring buffer had no room for (saturating): the
     /// controller reads it to account the loss to the flow.
     pub copies_lost: u16,
+    /// With `monitor.hold`: the sequence number up to which the content policy has read each
+    /// direction (client's, server's), valid once `FLAG_CLEARED_*` is set. Segments below it
+    /// pass; others are copied and held.
+    pub cleared: [u32; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 40);
 
 /// Direction of a packet relative to the flow's client.
 pub const DIR_CLIENT: u8 = 1;

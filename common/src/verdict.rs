@@ -114,13 +114,16 @@ pub enum DropReason {
     RedirectFailed = 3,
     /// The controller is deciding the flow and the policy says `pending: drop`.
     Pending = 4,
+    /// A segment of a monitored flow held until the content policy has read it
+    /// (`monitor.hold`); the sender retransmits it and the copy that follows passes.
+    Held = 5,
 }
 
-pub const DROP_REASONS: u32 = 5;
+pub const DROP_REASONS: u32 = 6;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS as usize] =
-        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed, DropReason::Pending];
+        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed, DropReason::Pending, DropReason::Held];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -128,6 +131,7 @@ impl DropReason {
             DropReason::Unparsed => "unparsed",
             DropReason::Fragment => "fragment",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::Held => "held",
             DropReason::Pending => "pending",
         }
     }

@@ -5,8 +5,8 @@ use imfw_common::{
     app::APP_NONE,
     config::Config,
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
-    flow::{DIR_CLIENT, DIR_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
-    verdict::{Method, Stat, Verdict},
+    flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    verdict::{DropReason, Method, Stat, Verdict},
 };
 
 use imfw_common::maps::JUMP_INSPECT;
@@ -15,8 +15,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     maps::{
-        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_stat,
-        count_verdict, policy,
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_drop,
+        count_stat, count_verdict, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -71,37 +71,61 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
         }
     }
     if e.verdict == Verdict::Monitor as u8 && pkt.key.proto == IPPROTO_TCP && e.flags & FLAG_NO_COPY == 0 {
-        stream(ctx, pkt, e);
+        let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
+        let c = Copy {
+            kind: EVENT_STREAM,
+            key: pkt.key,
+            payload_off: pkt.payload_off as u32,
+            payload_len: pkt.payload_len as u32,
+            seq: pkt.seq,
+            dir,
+            client_is_a: e.client_is_a,
+            tcp_flags: pkt.tcp_flags,
+        };
+        if stream(ctx, cfg, &c, e) {
+            return held(e, len);
+        }
     }
     finish(cfg, e, len)
+}
+
+/// A held segment of a monitored flow: dropped now, counted under its own reason.
+#[inline(always)]
+pub fn held(e: &FlowEntry, len: u64) -> u32 {
+    count_verdict(e.app, Verdict::Monitor as u8, len);
+    count_drop(DropReason::Held, len);
+    xdp_action::XDP_DROP
 }
 
 /// Copies a segment of a monitored flow (payload, or a bare FIN or RST) to the controller,
 /// which reassembles it and applies the content policy. A copy the ring has no room for is
 /// counted, in total and in the flow's `copies_lost`: the controller then knows the stream
 /// has a hole it will not fill, never silently.
+///
+/// With `monitor_hold`, a payload segment the controller has not read yet is held: true
+/// means drop it. The sender retransmits it; once the controller has read it and raised the
+/// direction's `cleared` mark, that copy passes without being copied again.
 #[inline(always)]
-fn stream(ctx: &XdpContext, pkt: &Pkt, e: &mut FlowEntry) {
-    if pkt.payload_len == 0 && pkt.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
-        return;
+pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bool {
+    if c.payload_len == 0 && c.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return false;
     }
-    let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
-    let c = Copy {
-        kind: EVENT_STREAM,
-        key: pkt.key,
-        payload_off: pkt.payload_off as u32,
-        payload_len: pkt.payload_len as u32,
-        seq: pkt.seq,
-        dir,
-        client_is_a: e.client_is_a,
-        tcp_flags: pkt.tcp_flags,
-    };
-    if copy(ctx, &c) {
+    let hold = cfg.monitor_hold != 0 && c.payload_len > 0;
+    if hold {
+        let (flag, mark) = if c.dir == DIR_CLIENT { (FLAG_CLEARED_CLIENT, e.cleared[0]) } else { (FLAG_CLEARED_SERVER, e.cleared[1]) };
+        let end = c.seq.wrapping_add(c.payload_len);
+        // Read already when its end is at or below the mark (sequence arithmetic).
+        if e.flags & flag != 0 && (mark.wrapping_sub(end) as i32) >= 0 {
+            return false;
+        }
+    }
+    if copy(ctx, c) {
         count_stat(Stat::Streamed);
     } else {
         count_stat(Stat::StreamLost);
         e.copies_lost = e.copies_lost.saturating_add(1);
     }
+    hold
 }
 
 #[inline(always)]

@@ -19,7 +19,7 @@ use crate::{
     copy::{Copy, copy},
     finish,
     parse::IPPROTO_TCP,
-    flow::{decide, give_up},
+    flow::{decide, give_up, held, stream},
     maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict},
     matching::{self, Outcome, Sigs},
 };
@@ -43,14 +43,15 @@ fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
 }
 
 /// The payload that decided a flow `monitor` is its content's first segment: it goes to the
-/// controller like the segments after it (see `flow::stream`). Only in the signature stage,
-/// where the protocols with readable content (XMPP, IRC, MQTT) are decided: after the name
-/// matchers' loops, its branches would multiply their verifier states past the limit; flows
-/// the later stages decide are TLS or HTTP, whose content starts with the next segment.
+/// controller like the segments after it (see `flow::stream`), and is held like them. Only
+/// in the signature stage, where the protocols with readable content (XMPP, IRC, MQTT) are
+/// decided: after the name matchers' loops, its branches would multiply their verifier
+/// states past the limit; flows the later stages decide are TLS or HTTP, whose content
+/// starts with the next segment.
 #[inline(always)]
-fn stream_first(ctx: &XdpContext, job: &Job, e: &mut FlowEntry) {
+fn stream_first(ctx: &XdpContext, cfg: &Config, job: &Job, e: &mut FlowEntry) -> bool {
     if e.verdict != Verdict::Monitor as u8 || job.key.proto != IPPROTO_TCP || e.flags & FLAG_NO_COPY != 0 {
-        return;
+        return false;
     }
     let c = Copy {
         kind: EVENT_STREAM,
@@ -62,12 +63,7 @@ fn stream_first(ctx: &XdpContext, job: &Job, e: &mut FlowEntry) {
         client_is_a: e.client_is_a,
         tcp_flags: job.tcp_flags,
     };
-    if copy(ctx, &c) {
-        count_stat(Stat::Streamed);
-    } else {
-        count_stat(Stat::StreamLost);
-        e.copies_lost = e.copies_lost.saturating_add(1);
-    }
+    stream(ctx, cfg, &c, e)
 }
 
 /// The first inspection stage: byte signatures. A payload they do not decide goes on to
@@ -164,8 +160,8 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         }
         Outcome::Nothing => {}
     }
-    if stream {
-        stream_first(ctx, &job, e);
+    if stream && stream_first(ctx, cfg, &job, e) {
+        return held(e, len);
     }
     finish(cfg, e, len)
 }

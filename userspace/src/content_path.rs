@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use hashbrown::HashMap;
 use imfw_common::{
     event::PayloadEvent,
-    flow::{DIR_CLIENT, FLAG_NO_COPY, FlowKey},
+    flow::{DIR_CLIENT, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FlowKey},
     verdict::Verdict,
 };
 use imfw_monitor::{
@@ -60,6 +60,8 @@ pub struct ContentPath {
     actions: Vec<Action>,
     retention_ms: u64,
     next_retention_ms: u64,
+    /// `monitor.hold`: raise each direction's cleared mark as segments are read.
+    hold: bool,
     /// Segments of flows that left the table before their copy was read.
     pub orphans: u64,
     pub resets_failed: u64,
@@ -107,6 +109,7 @@ impl ContentPath {
             actions: Vec::new(),
             retention_ms: u64::from(m.retention_days) * 86_400_000,
             next_retention_ms: 0,
+            hold: m.hold,
             orphans: 0,
             resets_failed: 0,
         }
@@ -157,7 +160,22 @@ impl ContentPath {
             wire_len: u32::from(ev.wire_len),
         };
         self.monitor.segment(meta, &seg, now_ns, now_ms, &mut self.actions);
-        self.enforce(dp)
+        let id = meta.id;
+        self.enforce(dp)?;
+        if self.hold && !seg.payload.is_empty() {
+            // The held segment was read and allowed: raise the mark so its retransmission passes.
+            if let Some(mark) = self.monitor.read_up_to(&id, seg.direction) {
+                if let Some(mut e) = dp.flow(&key)? {
+                    let (i, flag) = if ev.dir == DIR_CLIENT { (0, FLAG_CLEARED_CLIENT) } else { (1, FLAG_CLEARED_SERVER) };
+                    if e.flags & flag == 0 || e.cleared[i] != mark {
+                        e.cleared[i] = mark;
+                        e.flags |= flag;
+                        dp.set_flow(&key, &e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Once a second or so: timeouts, the archive's seals, ring losses, flows that left the table.

@@ -679,6 +679,16 @@ impl Monitor {
         }
     }
 
+    /// The sequence number up to which `direction` of a live flow has been read (delivered
+    /// to the parser, and every message it completed evaluated): segments ending at or below
+    /// it may pass. `None` for a flow that is not live (blocked, stopped, unknown).
+    pub fn read_up_to(&self, flow: &FlowId, direction: Direction) -> Option<u32> {
+        match &self.flows.get(flow)?.state {
+            FlowState::Live(live) => live.reasm.next_seq(direction),
+            FlowState::Done { .. } => None,
+        }
+    }
+
     /// Deletes whole archive segments older than `max_age_ms` (an authenticated retention
     /// record marks the cut); `None` without an archive.
     pub fn retain(

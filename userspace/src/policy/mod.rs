@@ -94,6 +94,9 @@ pub struct Policy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Monitor {
     pub on_gap: model::OnGap,
+    /// Segments wait in XDP (dropped, then retransmitted by the sender) until the content
+    /// policy has read them, so a blocked message never reaches the other side.
+    pub hold: bool,
     pub archive: std::path::PathBuf,
     pub archive_key: std::path::PathBuf,
     /// 0: kept forever.
@@ -106,6 +109,7 @@ impl Default for Monitor {
     fn default() -> Monitor {
         Monitor {
             on_gap: model::OnGap::Skip,
+            hold: true,
             archive: "/var/lib/imfw/archive".into(),
             archive_key: "/var/lib/imfw/archive.key".into(),
             retention_days: 0,
@@ -120,6 +124,9 @@ fn monitor_settings(m: &model::MonitorSection, src: &Source, errs: &mut PolicyEr
     let mut out = Monitor::default();
     if let Some(g) = m.on_gap {
         out.on_gap = g;
+    }
+    if let Some(h) = m.hold {
+        out.hold = h;
     }
     for (key, value, slot) in [("archive", &m.archive, &mut out.archive), ("archive_key", &m.archive_key, &mut out.archive_key)] {
         if let Some(v) = value {

@@ -440,9 +440,11 @@ pub enum OnGap {
 
 /// `monitor:`: the content path for flows with verdict `monitor`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping of monitor settings: on_gap, archive, archive_key, retention_days, max_flows, memory_mb")]
+#[serde(deny_unknown_fields, expecting = "a mapping of monitor settings: on_gap, hold, archive, archive_key, retention_days, max_flows, memory_mb")]
 pub struct MonitorSection {
     pub on_gap: Option<OnGap>,
+    /// Hold each segment until the content policy has read it (default true).
+    pub hold: Option<bool>,
     /// Directory of the compliance archive.
     pub archive: Option<String>,
     /// The archive's sealing key file (created, mode 0600, when absent).
