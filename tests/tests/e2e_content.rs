@@ -1,10 +1,11 @@
-//! End-to-end content policy with a real IRC server: Debian's ngircd in the lab's server
-//! namespace, scripted clients speaking IRC from the client namespace, `imfw run` on the
-//! gateway monitoring IRC. A clean message is delivered and archived; a message with a blocked
-//! keyword and a DCC offer of a blocked file type never reach the recipient, their sender's
-//! connection is reset, and the archive records both blocks; the archive verifies after the
-//! run and fails verification after a byte of it is changed. Needs root, ngircd and the
-//! release binary (`cargo xtask test` provides all three).
+//! End-to-end content policy with real servers in the lab's server namespace: Debian's
+//! ngircd (IRC) and mosquitto (MQTT), with scripted IRC clients and mosquitto's own clients in
+//! the client namespace and `imfw run` on the gateway monitoring them. A clean message is
+//! delivered and archived; a message with a blocked keyword (and, over IRC, a DCC offer of a
+//! blocked file type) never reaches the recipient, the sender's connection is reset, and the
+//! archive records the block; the archive verifies after the run and fails verification
+//! after a byte of it is changed. Needs root, the servers and the release binary (`cargo
+//! xtask test` provides all of them).
 use std::{
     fs,
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
@@ -62,7 +63,6 @@ fn start_ngircd(lab: &Lab, dir: &TempDir) -> Ngircd {
 
 /// A scripted IRC client: registers, then sends and reads lines.
 struct Irc {
-    nick: String,
     w: TcpStream,
     r: BufReader<TcpStream>,
 }
@@ -83,7 +83,7 @@ impl Irc {
         };
         s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
         let r = BufReader::new(s.try_clone().expect("clone"));
-        let mut c = Irc { nick: nick.to_owned(), w: s, r };
+        let mut c = Irc { w: s, r };
         c.send(&format!("NICK {nick}\r\nUSER {nick} 0 * :{nick} of the lab\r\n")).expect("register");
         assert!(c.wait_for(" 001 ", EXPECT).is_some(), "{nick}: no welcome from ngircd");
         c
@@ -203,4 +203,92 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     fs::write(&seg, bytes).expect("tamper");
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
     assert_eq!(code, 3, "verify after tampering:\n{out}");
+}
+
+/// A child process killed on drop (a broker, a subscriber).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
+    use std::io::Read as _;
+    if let Err(e) = require_root() {
+        panic!("{e:#}");
+    }
+    let dir = TempDir::new("imfw-mqtt").expect("temp dir");
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("archive.key");
+    let conf = dir.path().join("mosquitto.conf");
+    fs::write(&conf, format!("listener 1883 {SERVER4}\nallow_anonymous true\npersistence false\n")).expect("write mosquitto.conf");
+    let mut lab = Lab::new().expect("lab");
+    let _broker = Proc(
+        lab.server
+            .command("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (Debian package mosquitto; `cargo xtask test` installs it)"),
+    );
+    let policy = format!(
+        "version: 1\napps: {{mqtt: monitor}}\ncontent:\n  rules:\n    - {{name: secrets, action: block, keywords: [project falcon]}}\n\
+         monitor: {{archive: {}, archive_key: {}}}\n",
+        archive.display(),
+        key.display()
+    );
+    if let Err(e) = lab.start_imfw(&policy) {
+        panic!("{e:#}");
+    }
+    let host = SERVER4.to_string();
+    let publish = |text: &str| {
+        output_within(
+            lab.client.command("mosquitto_pub").args(["-h", &host, "-t", "lab/chat", "-i", "alice", "-m", text]),
+            Duration::from_secs(20),
+        )
+    };
+    // The broker may take a moment to listen: the first clean publish is retried.
+    let deadline = Instant::now() + EXPECT;
+    while !publish("warming up").is_ok_and(|o| o.status.success()) {
+        assert!(Instant::now() < deadline, "mosquitto_pub never got through\n{}", lab.imfw_log_tail());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut sub = Proc(
+        lab.client
+            .command("mosquitto_sub")
+            .args(["-h", &host, "-t", "lab/chat", "-i", "bob", "-v", "-W", "20"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let clean = publish("lunch at noon?").expect("mosquitto_pub");
+    assert!(clean.status.success(), "clean publish failed: {}", clean.stderr);
+    let _ = publish("the Project Falcon numbers are in");
+    std::thread::sleep(NEVER);
+    let _ = sub.0.kill();
+    let mut got = String::new();
+    if let Some(mut out) = sub.0.stdout.take() {
+        let _ = out.read_to_string(&mut got);
+    }
+    assert!(got.contains("lab/chat lunch at noon?"), "the subscriber missed the clean message: {got:?}\n{}", lab.imfw_log_tail());
+    assert!(!got.contains("Falcon"), "the blocked message reached the subscriber: {got:?}");
+    let status = lab.stop_imfw().expect("stop imfw");
+    assert!(status.success(), "imfw exited with {status}");
+    let (a, k) = (archive.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
+    assert_eq!(code, 0, "verify after the run:\n{out}");
+    let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "mqtt"]);
+    for needle in ["lunch at noon?", "lab/chat", "alice", "secrets"] {
+        assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
+    }
 }

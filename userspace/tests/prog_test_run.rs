@@ -352,8 +352,13 @@ apps: {irc: redirect, xmpp: monitor}
     assert_eq!(open(&r, &irc, &[protocols::irc_registration("bob")]), XDP_REDIRECT);
     assert_decided(&r, &irc, "irc", Method::Signature, Verdict::Redirect);
     assert_eq!(r.run(&irc.server(b":srv 001 bob :hi\r\n")), XDP_REDIRECT);
+    // Monitored segments are held until the controller has read them (`monitor.hold`).
     let xmpp = Conn::v6(37002, 443);
-    assert_eq!(open(&r, &xmpp, &[protocols::xmpp_stream_header("example.net")]), XDP_PASS);
+    assert_eq!(open(&r, &xmpp, &[protocols::xmpp_stream_header("example.net")]), XDP_DROP);
+    assert_decided(&r, &xmpp, "xmpp", Method::Signature, Verdict::Monitor);
+    assert_eq!(r.dp.snapshot().expect("snapshot").drop_reason(DropReason::Held).packets, 1);
+    let r = rig("version: 1\napps: {xmpp: monitor}\nmonitor: {hold: false}\n");
+    assert_eq!(open(&r, &xmpp, &[protocols::xmpp_stream_header("example.net")]), XDP_PASS, "hold: false");
     assert_decided(&r, &xmpp, "xmpp", Method::Signature, Verdict::Monitor);
 }
 
@@ -827,7 +832,7 @@ apps: {signal: drop}
 fn monitored_flows_stream_their_segments_to_the_controller() {
     use imfw::dataplane::Event;
     use imfw_common::flow::FLAG_NO_COPY;
-    let mut r = rig("version: 1\ndefaults: {action: allow}\napps: {irc: monitor}\n");
+    let mut r = rig("version: 1\ndefaults: {action: allow}\napps: {irc: monitor}\nmonitor: {hold: false}\n");
     r.dp.drain_events();
     let c = Conn::v4(42001, 6667);
     let reg = protocols::irc_registration("alice");
@@ -866,6 +871,35 @@ fn monitored_flows_stream_their_segments_to_the_controller() {
     }
     assert!(r.stat(Stat::StreamLost) > 0, "the 4 MiB ring filled after {sent} copies");
     assert!(r.entry(&c.syn()).expect("flow").copies_lost > 0);
+    r.dp.drain_events();
+}
+
+/// `monitor.hold`: a monitored segment is copied and dropped until the controller raises the
+/// direction's cleared mark; then its retransmission passes, uncopied, and new bytes are held.
+#[test]
+fn held_segments_pass_once_the_controller_has_read_them() {
+    use imfw::dataplane::Event;
+    use imfw_common::flow::FLAG_CLEARED_CLIENT;
+    let mut r = rig("version: 1\napps: {irc: monitor}\n");
+    r.dp.drain_events();
+    let c = Conn::v4(42201, 6667);
+    let reg = protocols::irc_registration("alice");
+    assert_eq!(open(&r, &c, &[reg.clone()]), XDP_DROP, "held");
+    assert_eq!(r.run(&c.client(&reg)), XDP_DROP, "still held: not read yet");
+    let copies = r.dp.drain_events().into_iter().filter(|e| matches!(e, Event::Stream(_))).count();
+    assert_eq!(copies, 2, "each transmission is copied until read");
+    let t = packet::tuple(&c.syn()).expect("tuple");
+    let mut e = r.entry(&c.syn()).expect("flow");
+    // Conn's segments all carry the same sequence number (see `Conn::frame`).
+    let seq = Tcp::new(c.cport, c.sport, 0).seq;
+    e.cleared[0] = seq.wrapping_add(u32::try_from(reg.len()).unwrap());
+    e.flags |= FLAG_CLEARED_CLIENT;
+    r.dp.set_flow(&t.key(), &e).expect("write the mark");
+    assert_eq!(r.run(&c.client(&reg)), XDP_PASS, "the retransmission of read bytes passes");
+    assert!(r.dp.drain_events().iter().all(|e| !matches!(e, Event::Stream(_))), "and is not copied again");
+    let longer = [reg.clone(), b"PRIVMSG #a :hi\r\n".to_vec()].concat();
+    assert_eq!(r.run(&c.client(&longer)), XDP_DROP, "bytes past the mark are held");
+    assert_eq!(r.dp.snapshot().expect("snapshot").drop_reason(DropReason::Held).packets, 3);
     r.dp.drain_events();
 }
 
@@ -908,19 +942,24 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
         }
     };
     let reg = b"NICK alice\r\nUSER alice 0 * :Alice\r\n".to_vec();
+    // Each segment is held (`monitor.hold`) until the content path has read it; the sender's
+    // retransmission then passes.
+    let mut deliver = |r: &mut Rig, cp: &mut ContentPath, f: &[u8]| {
+        let first = r.run(f);
+        feed(r, cp);
+        (first, r.run(f))
+    };
     assert_eq!(r.run(&c.syn()), XDP_PASS);
-    assert_eq!(r.run(&frame(true, 1000, &reg)), XDP_PASS);
+    assert_eq!(deliver(&mut r, &mut cp, &frame(true, 1000, &reg)), (XDP_DROP, XDP_PASS));
     let welcome = b":irc.example 001 alice :Welcome\r\n".to_vec();
-    assert_eq!(r.run(&frame(false, 5000, &welcome)), XDP_PASS);
+    assert_eq!(deliver(&mut r, &mut cp, &frame(false, 5000, &welcome)), (XDP_DROP, XDP_PASS));
     let clean = b"PRIVMSG #ops :lunch at noon\r\n".to_vec();
     let c_next = 1000 + u32::try_from(reg.len()).unwrap();
-    assert_eq!(r.run(&frame(true, c_next, &clean)), XDP_PASS);
-    feed(&mut r, &mut cp);
+    assert_eq!(deliver(&mut r, &mut cp, &frame(true, c_next, &clean)), (XDP_DROP, XDP_PASS));
     assert_decided(&r, &c, "irc", Method::Signature, Verdict::Monitor);
     let bad = b"PRIVMSG #ops :the Project Falcon numbers\r\n".to_vec();
     let c_next = c_next + u32::try_from(clean.len()).unwrap();
-    assert_eq!(r.run(&frame(true, c_next, &bad)), XDP_PASS, "the segment itself already passed");
-    feed(&mut r, &mut cp);
+    assert_eq!(deliver(&mut r, &mut cp, &frame(true, c_next, &bad)), (XDP_DROP, XDP_DROP), "never delivered");
     let e = r.entry(&c.syn()).expect("flow");
     assert_eq!(Verdict::from_u8(e.verdict), Verdict::Drop, "the controller set the drop verdict");
     assert_eq!(r.run(&frame(false, 5000 + u32::try_from(welcome.len()).unwrap(), b"PING :x\r\n")), XDP_DROP);

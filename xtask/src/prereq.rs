@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::run_checked;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/tcpdump for the lab, python3
-/// for the accuracy scorer, ngircd (a real IRC server) for the content-policy test.
+/// for the accuracy scorer, ngircd and mosquitto (real IRC and MQTT servers, with mosquitto's
+/// clients) for the content-policy tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +24,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "python3",
     "ngircd",
+    "mosquitto",
+    "mosquitto-clients",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
