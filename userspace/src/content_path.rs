@@ -125,6 +125,7 @@ impl ContentPath {
     }
 
     /// One copied segment.
+    #[expect(clippy::similar_names, reason = "now_ns (monotonic) and now_ms (wall clock) are two clocks on purpose")]
     pub fn on_stream(&mut self, ev: &PayloadEvent, dp: &mut Dataplane, compiled: &policy::Compiled, now_ns: u64, now_ms: u64) -> Result<()> {
         let key = ev.key;
         if !self.flows.contains_key(&key) {
@@ -133,18 +134,15 @@ impl ContentPath {
                 return Ok(());
             };
             let app = compiled.app_name(e.app).unwrap_or("?").to_owned();
-            let known = match readable(&app) {
-                Some(protocol) => {
-                    let id = flow_id(&key, ev.client_is_a != 0);
-                    self.keys.insert(id, key);
-                    Known::Read(FlowMeta { id, app, protocol })
-                }
-                None => {
-                    e.flags |= FLAG_NO_COPY;
-                    dp.set_flow(&key, &e)?;
-                    log::info!("{}: {app} content is not readable (encrypted); copies stopped", flow_id(&key, ev.client_is_a != 0));
-                    Known::Unreadable
-                }
+            let known = if let Some(protocol) = readable(&app) {
+                let id = flow_id(&key, ev.client_is_a != 0);
+                self.keys.insert(id, key);
+                Known::Read(FlowMeta { id, app, protocol })
+            } else {
+                e.flags |= FLAG_NO_COPY;
+                dp.set_flow(&key, &e)?;
+                log::info!("{}: {app} content is not readable (encrypted); copies stopped", flow_id(&key, ev.client_is_a != 0));
+                Known::Unreadable
             };
             self.flows.insert(key, known);
         }
@@ -179,6 +177,7 @@ impl ContentPath {
     }
 
     /// Once a second or so: timeouts, the archive's seals, ring losses, flows that left the table.
+    #[expect(clippy::similar_names, reason = "now_ns (monotonic) and now_ms (wall clock) are two clocks on purpose")]
     pub fn tick(&mut self, dp: &mut Dataplane, now_ns: u64, now_ms: u64) -> Result<()> {
         let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
         for key in keys {
