@@ -398,8 +398,12 @@ fn validate_signature(sig: &Signature, src: &Source, sp: &str, errs: &mut Policy
     }
     if let Some(mask) = &sig.mask {
         if mask.0.len() == sig.bytes.0.len() {
-            if mask.0.iter().all(|b| *b == 0) {
-                errs.0.push(src.err(&join(sp, "mask"), "the mask is all zero, so the signature would match anything"));
+            let exact_size = sig.max_len.is_some_and(|m| m == sig.min_len);
+            if mask.0.iter().all(|b| *b == 0) && !(exact_size && sig.ports.is_some()) {
+                errs.0.push(src.err(
+                    &join(sp, "mask"),
+                    "the mask is all zero, so the signature would match anything; a size-only signature needs an exact size (min_len = max_len) and ports",
+                ));
             }
         } else {
             errs.0.push(src.err(

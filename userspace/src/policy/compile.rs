@@ -128,7 +128,7 @@ fn verdict_action(v: Verdict, slot: u8) -> PolicyAction {
 fn sig_usable(sig: &Signature) -> bool {
     (0..=i64::from(SIG_OFFSET_MAX)).contains(&sig.offset)
         && sig.mask.as_ref().is_none_or(|m| m.0.len() == sig.bytes.0.len())
-        && sig.mask16().iter().any(|b| *b != 0)
+        && (sig.mask16().iter().any(|b| *b != 0) || (sig.max_len == Some(sig.min_len) && sig.ports.is_some()))
 }
 
 struct Builder<'a> {
@@ -173,7 +173,9 @@ impl<'a> Builder<'a> {
                             continue;
                         }
                         shapes.push((offset, mask));
-                        let len = mask.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+                        // An all-zero mask is a size-only signature (a handshake of random
+                        // bytes): it needs one byte present, its checks do the rest.
+                        let len = mask.iter().rposition(|b| *b != 0).map_or(1, |p| p + 1);
                         self.out.sig_classes.push(SigClass { offset, len: len as u16, _pad: 0, mask });
                         shapes.len() - 1
                     };

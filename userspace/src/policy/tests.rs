@@ -506,3 +506,15 @@ fn content_errors_name_the_rule_line() {
     one_error("version: 1\nmonitor: {archive: relative/dir}\n", 2, 20, "not an absolute path");
     one_error("version: 1\nmonitor: {on_gap: maybe}\n", 2, 19, "maybe");
 }
+
+#[test]
+fn size_only_signatures_need_an_exact_size_and_ports() {
+    let base = "version: 1\ncatalogue:\n  mychat:\n    signatures:\n      - {name: s, bytes: \"00\", mask: \"00\"";
+    one_error(&format!("{base}, min_len: 48, max_len: 48}}\n"), 5, 38, "size-only signature needs an exact size");
+    one_error(&format!("{base}, min_len: 40, max_len: 48, ports: 9000}}\n"), 5, 38, "mask is all zero");
+    // One size-only signature per offset and direction: its key is all zero bytes, and the
+    // built-in Threema handshake holds offset 0 for the client.
+    one_error(&format!("{base}, min_len: 48, max_len: 48, ports: 9000}}\n"), 5, 9, "matches the same bytes as signature `threema-client-hello`");
+    let (_, c) = ok(&format!("{base}, offset: 1, min_len: 48, max_len: 48, ports: 9000}}\n"));
+    assert!(c.sigs.iter().any(|(_, v)| v.min_len == 48 && v.max_len == 48 && v.port_lo == 9000));
+}
