@@ -1,8 +1,8 @@
 //! End-to-end content policy with real servers in the lab's server namespace: Debian's
-//! ngircd (IRC) and mosquitto (MQTT), with scripted IRC clients and mosquitto's own clients in
-//! the client namespace and `imfw run` on the gateway monitoring them. A clean message is
-//! delivered and archived; a message with a blocked keyword (and, over IRC, a DCC offer of a
-//! blocked file type) never reaches the recipient, the sender's connection is reset, and the
+//! ngircd (IRC), mosquitto (MQTT) and prosody (XMPP), with scripted IRC and XMPP clients and
+//! mosquitto's own clients in the client namespace and `imfw run` on the gateway monitoring
+//! them. A clean message is delivered and archived; a message with a blocked keyword (and a
+//! DCC or out-of-band file offer of a blocked file type) never reaches the recipient, the sender's connection is reset, and the
 //! archive records the block; the archive verifies after the run and fails verification
 //! after a byte of it is changed. Needs root, the servers and the release binary (`cargo
 //! xtask test` provides all of them).
@@ -289,6 +289,173 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     assert_eq!(code, 0, "verify after the run:\n{out}");
     let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "mqtt"]);
     for needle in ["lunch at noon?", "lab/chat", "alice", "secrets"] {
+        assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
+    }
+}
+
+/// A scripted XMPP client (RFC 6120/6121 without TLS: SASL PLAIN, resource binding, presence).
+struct Xmpp {
+    s: TcpStream,
+    got: String,
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Xmpp {
+    const HEADER: &'static str = "<?xml version='1.0'?><stream:stream to='lab.example' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+    fn connect(lab: &Lab, user: &str) -> Xmpp {
+        let dst = SocketAddr::new(SERVER4.into(), 5222);
+        let deadline = Instant::now() + EXPECT;
+        let s = loop {
+            match lab.client_connect(dst, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => panic!("{user}: connecting to prosody: {e:#}"),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let mut c = Xmpp { s, got: String::new() };
+        c.send(Self::HEADER).expect("stream");
+        assert!(c.wait_for("</stream:features>", EXPECT), "{user}: no stream features: {}", c.got);
+        let auth = base64(format!("\0{user}\0lab-secret").as_bytes());
+        c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>")).expect("auth");
+        assert!(c.wait_for("<success", EXPECT), "{user}: SASL failed: {}", c.got);
+        c.send(Self::HEADER).expect("restart");
+        assert!(c.wait_for("</stream:features>", EXPECT), "{user}: no features after SASL: {}", c.got);
+        c.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>lab</resource></bind></iq>").expect("bind");
+        assert!(c.wait_for("</jid>", EXPECT), "{user}: bind failed: {}", c.got);
+        c.send("<presence/>").expect("presence");
+        c
+    }
+
+    fn send(&mut self, text: &str) -> std::io::Result<()> {
+        self.s.write_all(text.as_bytes())
+    }
+
+    /// Reads until `needle` has arrived (in anything read since the connection opened).
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
+        use std::io::Read as _;
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while !self.got.contains(needle) && Instant::now() < deadline {
+            match self.s.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return false,
+            }
+        }
+        self.got.contains(needle)
+    }
+
+    fn is_reset_within(&mut self, limit: Duration) -> bool {
+        use std::io::Read as _;
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+fn start_prosody(lab: &Lab, dir: &TempDir) -> Proc {
+    let data = dir.path().join("data");
+    let accounts = data.join("lab%2eexample").join("accounts");
+    fs::create_dir_all(&accounts).expect("prosody data dir");
+    for user in ["alice", "bob", "carol"] {
+        fs::write(accounts.join(format!("{user}.dat")), "return {\n\t[\"password\"] = \"lab-secret\";\n};\n").expect("account");
+    }
+    let conf = dir.path().join("prosody.cfg.lua");
+    fs::write(
+        &conf,
+        format!(
+            "run_as_root = true\ndaemonize = false\npidfile = \"{pid}\"\ndata_path = \"{data}\"\n\
+             interfaces = {{ \"{SERVER4}\" }}\nc2s_ports = {{ 5222 }}\ns2s_ports = {{ }}\n\
+             modules_enabled = {{ \"roster\"; \"saslauth\"; \"disco\"; \"ping\" }}\nmodules_disabled = {{ \"s2s\"; \"tls\" }}\n\
+             c2s_require_encryption = false\nallow_unencrypted_plain_auth = true\nauthentication = \"internal_plain\"\n\
+             log = {{ info = \"{log}\" }}\nVirtualHost \"lab.example\"\n",
+            pid = dir.path().join("prosody.pid").display(),
+            data = data.display(),
+            log = dir.path().join("prosody.log").display(),
+        ),
+    )
+    .expect("write prosody.cfg.lua");
+    Proc(
+        lab.server
+            .command("prosody")
+            .arg("--config")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prosody (Debian package prosody; `cargo xtask test` installs it)"),
+    )
+}
+
+#[test]
+fn xmpp_through_the_gateway_is_archived_and_blocked_by_content() {
+    if let Err(e) = require_root() {
+        panic!("{e:#}");
+    }
+    let dir = TempDir::new("imfw-xmpp").expect("temp dir");
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("archive.key");
+    let mut lab = Lab::new().expect("lab");
+    let _server = start_prosody(&lab, &dir);
+    let policy = format!(
+        "version: 1\napps: {{xmpp: monitor}}\ncontent:\n  rules:\n    - {{name: secrets, action: block, keywords: [project falcon]}}\n    \
+         - {{name: no-executables, action: block, files: {{extensions: [exe]}}}}\nmonitor: {{archive: {}, archive_key: {}}}\n",
+        archive.display(),
+        key.display()
+    );
+    if let Err(e) = lab.start_imfw(&policy) {
+        panic!("{e:#}");
+    }
+    let log = || fs::read_to_string(dir.path().join("prosody.log")).unwrap_or_default();
+    let mut bob = Xmpp::connect(&lab, "bob");
+    let mut alice = Xmpp::connect(&lab, "alice");
+    alice.send("<message to='bob@lab.example' type='chat'><body>lunch at noon?</body></message>").expect("send");
+    assert!(bob.wait_for("lunch at noon?", EXPECT), "bob did not get alice's message: {}\nprosody: {}\n{}", bob.got, log(), lab.imfw_log_tail());
+    alice.send("<message to='bob@lab.example' type='chat'><body>the Project Falcon numbers</body></message>").expect("send");
+    assert!(!bob.wait_for("Falcon", NEVER), "the blocked message reached bob");
+    assert!(alice.is_reset_within(EXPECT), "alice's connection was not reset\n{}", lab.imfw_log_tail());
+    let mut carol = Xmpp::connect(&lab, "carol");
+    carol
+        .send("<message to='bob@lab.example' type='chat'><body>invoice attached</body><x xmlns='jabber:x:oob'><url>http://files.lab.example/invoice.exe</url></x></message>")
+        .expect("send");
+    assert!(!bob.wait_for("invoice", NEVER), "the blocked file offer reached bob");
+    assert!(carol.is_reset_within(EXPECT), "carol's connection was not reset\n{}", lab.imfw_log_tail());
+    drop((alice, bob, carol));
+    let status = lab.stop_imfw().expect("stop imfw");
+    assert!(status.success(), "imfw exited with {status}");
+    let (a, k) = (archive.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
+    assert_eq!(code, 0, "verify after the run:\n{out}");
+    let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "xmpp"]);
+    for needle in ["lunch at noon?", "alice@lab.example", "bob@lab.example", "secrets", "no-executables"] {
         assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
     }
 }

@@ -12,8 +12,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::run_checked;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/tcpdump for the lab, python3
-/// for the accuracy scorer, ngircd and mosquitto (real IRC and MQTT servers, with mosquitto's
-/// clients) for the content-policy tests.
+/// for the accuracy scorer, ngircd, mosquitto and prosody (real IRC, MQTT and XMPP servers,
+/// with mosquitto's clients) for the content-policy tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ngircd",
     "mosquitto",
     "mosquitto-clients",
+    "prosody",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
