@@ -230,14 +230,11 @@ pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], 
     best
 }
 
-/// Finds the server name in a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3) that starts at
-/// `buf[0]` with `len` bytes present. Returns the name's offset and length.
-///
-/// Only the first record is read; a ClientHello split over segments is found here only when
-/// the server name extension lies in the part present.
+/// The extensions of a TLS ClientHello record (RFC 8446 §4.1.2) at `buf[0]` with `len`
+/// bytes present (`len <= SCRATCH_LEN`): the offset of the first extension and where the
+/// extensions end (the declared end, or the bytes present if fewer).
 #[inline(always)]
-pub fn tls_sni(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
-    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+fn hello_extensions(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
     // Record: handshake(22), legacy version 3.x; handshake type client_hello(1).
     if len < 47 || at(buf, 0) != 0x16 || at(buf, 1) != 3 || at(buf, 2) > 4 || at(buf, 5) != 1 {
         return None;
@@ -260,7 +257,18 @@ pub fn tls_sni(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
     }
     let ext_end_declared = p + 2 + be16(buf, p);
     let ext_end = if ext_end_declared < len { ext_end_declared } else { len };
-    p += 2;
+    Some((p + 2, ext_end))
+}
+
+/// Finds the server name in a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3) that starts at
+/// `buf[0]` with `len` bytes present. Returns the name's offset and length.
+///
+/// Only the first record is read; a ClientHello split over segments is found here only when
+/// the server name extension lies in the part present.
+#[inline(always)]
+pub fn tls_sni(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
+    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+    let (mut p, ext_end) = hello_extensions(buf, len)?;
     let mut n = 0;
     while n < 64 {
         if p + 4 > ext_end {
@@ -294,29 +302,10 @@ pub const TLS_EXT_ECH: usize = 0xfe0d;
 #[inline(always)]
 pub fn tls_has_ech(buf: &[u8; SCRATCH_LEN], len: usize) -> bool {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    if len < 47 || at(buf, 0) != 0x16 || at(buf, 5) != 1 {
-        return false;
-    }
-    let sid_len = at(buf, 43) as usize;
-    if sid_len > 32 {
-        return false;
-    }
-    let mut p = 44 + sid_len;
-    if p + 2 > len {
-        return false;
-    }
-    p += 2 + be16(buf, p);
-    if p + 1 > len {
-        return false;
-    }
-    p += 1 + at(buf, p) as usize;
-    if p + 2 > len {
-        return false;
-    }
-    p += 2;
+    let Some((mut p, ext_end)) = hello_extensions(buf, len) else { return false };
     let mut n = 0;
     while n < 64 {
-        if p + 4 > len {
+        if p + 4 > ext_end {
             return false;
         }
         if be16(buf, p) == TLS_EXT_ECH {

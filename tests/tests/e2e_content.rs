@@ -26,17 +26,17 @@ const EXPECT: Duration = Duration::from_secs(10);
 /// How long a recipient listens for a message that must never arrive.
 const NEVER: Duration = Duration::from_secs(3);
 
-/// ngircd in the server namespace, killed on drop.
-struct Ngircd(Child);
+/// A child process killed on drop (a server, a subscriber).
+struct Proc(Child);
 
-impl Drop for Ngircd {
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_ngircd(lab: &Lab, dir: &TempDir) -> Ngircd {
+fn start_ngircd(lab: &Lab, dir: &TempDir) -> Proc {
     let conf = dir.path().join("ngircd.conf");
     fs::write(
         &conf,
@@ -58,7 +58,23 @@ fn start_ngircd(lab: &Lab, dir: &TempDir) -> Ngircd {
         .stderr(Stdio::null())
         .spawn()
         .expect("start ngircd (Debian package ngircd; `cargo xtask test` installs it)");
-    Ngircd(child)
+    Proc(child)
+}
+
+/// A TCP connection from the client namespace to the lab server's `port`, retried while the
+/// server starts (at most [`EXPECT`]); reads time out after 200 ms so that waits stay bounded.
+fn connect_to_server(lab: &Lab, port: u16, who: &str) -> TcpStream {
+    let dst = SocketAddr::new(SERVER4.into(), port);
+    let deadline = Instant::now() + EXPECT;
+    let s = loop {
+        match lab.client_connect(dst, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!("{who}: connecting to port {port}: {e:#}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    s
 }
 
 /// A scripted IRC client: registers, then sends and reads lines.
@@ -69,19 +85,7 @@ struct Irc {
 
 impl Irc {
     fn connect(lab: &Lab, nick: &str) -> Irc {
-        let dst = SocketAddr::new(SERVER4.into(), IRC_PORT);
-        let deadline = Instant::now() + EXPECT;
-        let s = loop {
-            match lab.client_connect(dst, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{nick}: connecting to ngircd: {e:#}"),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let s = connect_to_server(lab, IRC_PORT, nick);
         let r = BufReader::new(s.try_clone().expect("clone"));
         let mut c = Irc { w: s, r };
         c.send(&format!("NICK {nick}\r\nUSER {nick} 0 * :{nick} of the lab\r\n")).expect("register");
@@ -205,16 +209,6 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     assert_eq!(code, 3, "verify after tampering:\n{out}");
 }
 
-/// A child process killed on drop (a broker, a subscriber).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     use std::io::Read as _;
@@ -320,16 +314,7 @@ impl Xmpp {
     const HEADER: &'static str = "<?xml version='1.0'?><stream:stream to='lab.example' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
     fn connect(lab: &Lab, user: &str) -> Xmpp {
-        let dst = SocketAddr::new(SERVER4.into(), 5222);
-        let deadline = Instant::now() + EXPECT;
-        let s = loop {
-            match lab.client_connect(dst, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                Err(e) => panic!("{user}: connecting to prosody: {e:#}"),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let s = connect_to_server(lab, 5222, user);
         let mut c = Xmpp { s, got: String::new() };
         c.send(Self::HEADER).expect("stream");
         assert!(c.wait_for("</stream:features>", EXPECT), "{user}: no stream features: {}", c.got);

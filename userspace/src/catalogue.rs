@@ -192,6 +192,12 @@ impl Signature {
         m
     }
 
+    /// A signature whose mask is all zero matches by size alone; that is allowed only with an
+    /// exact size and ports.
+    pub fn size_only_allowed(&self) -> bool {
+        self.max_len == Some(self.min_len) && self.ports.is_some()
+    }
+
     /// The bytes under the mask, padded with zeros to `SIG_LEN`.
     pub fn masked16(&self) -> [u8; SIG_LEN] {
         let mask = self.mask16();
@@ -398,8 +404,7 @@ fn validate_signature(sig: &Signature, src: &Source, sp: &str, errs: &mut Policy
     }
     if let Some(mask) = &sig.mask {
         if mask.0.len() == sig.bytes.0.len() {
-            let exact_size = sig.max_len.is_some_and(|m| m == sig.min_len);
-            if mask.0.iter().all(|b| *b == 0) && !(exact_size && sig.ports.is_some()) {
+            if mask.0.iter().all(|b| *b == 0) && !sig.size_only_allowed() {
                 errs.0.push(src.err(
                     &join(sp, "mask"),
                     "the mask is all zero, so the signature would match anything; a size-only signature needs an exact size (min_len = max_len) and ports",

@@ -395,11 +395,9 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
         EVENT_CLASSIFIED if bytes.len() >= size_of::<FlowEvent>() => {
             Some(Event::Classified(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) }))
         }
-        EVENT_PAYLOAD if bytes.len() >= size_of::<PayloadEvent>() => {
-            Some(Event::Payload(Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) })))
-        }
-        EVENT_STREAM if bytes.len() >= size_of::<PayloadEvent>() => {
-            Some(Event::Stream(Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) })))
+        EVENT_PAYLOAD | EVENT_STREAM if bytes.len() >= size_of::<PayloadEvent>() => {
+            let p = Box::new(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<PayloadEvent>()) });
+            Some(if kind == EVENT_STREAM { Event::Stream(p) } else { Event::Payload(p) })
         }
         _ => None,
     }

@@ -128,7 +128,7 @@ fn verdict_action(v: Verdict, slot: u8) -> PolicyAction {
 fn sig_usable(sig: &Signature) -> bool {
     (0..=i64::from(SIG_OFFSET_MAX)).contains(&sig.offset)
         && sig.mask.as_ref().is_none_or(|m| m.0.len() == sig.bytes.0.len())
-        && (sig.mask16().iter().any(|b| *b != 0) || (sig.max_len == Some(sig.min_len) && sig.ports.is_some()))
+        && (sig.mask16().iter().any(|b| *b != 0) || sig.size_only_allowed())
 }
 
 struct Builder<'a> {

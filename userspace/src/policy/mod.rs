@@ -158,12 +158,6 @@ fn monitor_settings(m: &model::MonitorSection, src: &Source, errs: &mut PolicyEr
     out
 }
 
-/// The `content.rules[N]` a content-policy error names, for its line and column.
-fn content_error_path(message: &str) -> String {
-    let Some(start) = message.find("content.rules[") else { return "content".to_owned() };
-    let digits: String = message[start + 14..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse::<usize>().map_or_else(|_| "content".to_owned(), |i| index("content.rules", i))
-}
 
 impl Policy {
     /// The map contents. A policy that [`parse`] accepted always compiles.
@@ -275,8 +269,8 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
     let content = match imfw_monitor::content::ContentPolicy::compile(&file.content) {
         Ok(c) => c,
         Err(e) => {
-            let message = e.to_string();
-            errs.0.push(src.err(&content_error_path(&message), message));
+            let path = e.rule_index().map_or_else(|| "content".to_owned(), |i| index("content.rules", i));
+            errs.0.push(src.err(&path, e.to_string()));
             imfw_monitor::content::ContentPolicy::default()
         }
     };

@@ -237,6 +237,27 @@ pub enum ContentError {
     Automaton(String),
 }
 
+impl ContentError {
+    /// Index of the rule the error is about (`content.rules[N]`), for locating it in the file.
+    pub fn rule_index(&self) -> Option<usize> {
+        match self {
+            ContentError::EmptyName { index } => Some(*index),
+            ContentError::DuplicateName { rule, .. }
+            | ContentError::NoMatcher { rule }
+            | ContentError::SeveralMatchers { rule, .. }
+            | ContentError::EmptyList { rule, .. }
+            | ContentError::EmptyEntry { rule, .. }
+            | ContentError::WholeWordWithoutKeywords { rule }
+            | ContentError::UnknownPattern { rule, .. }
+            | ContentError::BadSize { rule, .. }
+            | ContentError::BadUrlMatcher { rule, .. }
+            | ContentError::BadExtension { rule, .. }
+            | ContentError::UnknownSizeWithoutSize { rule } => Some(rule.index),
+            ContentError::Automaton(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
