@@ -211,7 +211,6 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
 
 #[test]
 fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
-    use std::io::Read as _;
     if let Err(e) = require_root() {
         panic!("{e:#}");
     }
@@ -257,23 +256,42 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     let mut sub = Proc(
         lab.client
             .command("mosquitto_sub")
-            .args(["-h", &host, "-t", "lab/chat", "-i", "bob", "-v", "-W", "20"])
+            .args(["-h", &host, "-t", "lab/chat", "-i", "bob", "-v", "-W", "60"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto_sub"),
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The subscriber's lines, read on a thread (it ends with the subscriber).
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let out = sub.0.stdout.take().expect("subscriber stdout");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let seen = |needle: &str| lines.lock().is_ok_and(|l| l.contains(needle));
+    // Held segments make the subscription take a few retransmissions: publish until it has.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen("lab/chat ready") {
+        assert!(Instant::now() < deadline, "the subscriber never subscribed\n{}", lab.imfw_log_tail());
+        let _ = publish("ready");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let clean = publish("lunch at noon?").expect("mosquitto_pub");
     assert!(clean.status.success(), "clean publish failed: {}", clean.stderr);
+    let deadline = Instant::now() + EXPECT;
+    while !seen("lab/chat lunch at noon?") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = publish("the Project Falcon numbers are in");
     std::thread::sleep(NEVER);
-    let _ = sub.0.kill();
-    let mut got = String::new();
-    if let Some(mut out) = sub.0.stdout.take() {
-        let _ = out.read_to_string(&mut got);
-    }
+    let got = lines.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(got.contains("lab/chat lunch at noon?"), "the subscriber missed the clean message: {got:?}\n{}", lab.imfw_log_tail());
     assert!(!got.contains("Falcon"), "the blocked message reached the subscriber: {got:?}");
     let status = lab.stop_imfw().expect("stop imfw");
