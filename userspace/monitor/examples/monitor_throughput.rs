@@ -3,7 +3,7 @@
 //! every message into a temporary directory.
 //!
 //! ```text
-//! cargo run --release -p imfw-monitor --example monitor_throughput [-- --quick]
+//! cargo run --release -p imfw-monitor --example monitor_throughput [-- --quick] [--no-archive | --breakdown]
 //! ```
 //!
 //! The last line of output is one JSON object for `cargo xtask bench`.
@@ -499,8 +499,20 @@ fn main() {
         mix.payload_bytes as f64 / 1e6
     );
 
+    if std::env::args().any(|a| a == "--breakdown") {
+        let (t_parse, t_eval, n) = breakdown(&mix);
+        println!(
+            "breakdown: parsers alone {:.3} s, content policy alone {:.3} s over {n} messages",
+            t_parse.as_secs_f64(),
+            t_eval.as_secs_f64()
+        );
+        return;
+    }
     let (t_plain, s_plain) = run(&mix, None);
     report("no archive", &mix, t_plain, &s_plain);
+    if std::env::args().any(|a| a == "--no-archive") {
+        return;
+    }
 
     let dir: PathBuf =
         std::env::temp_dir().join(format!("imfw-monitor-bench-{}", std::process::id()));

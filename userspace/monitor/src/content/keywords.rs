@@ -9,7 +9,7 @@
 //! Not handled: Unicode normalisation (a precomposed `é` and `e` + combining accent differ),
 //! full-width or look-alike letters.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use super::{Hits, RuleRef};
 use crate::content::model::ContentError;
@@ -51,9 +51,27 @@ pub fn fold(text: &str) -> String {
     s
 }
 
-/// The text as the automaton reads it: the text itself when ASCII, else its folded copy.
-fn haystack<'t>(text: &'t str, scratch: &'t mut String) -> &'t str {
-    if text.is_ascii() {
+/// The characters outside ASCII whose fold contains an ASCII letter (`ß` -> `ss`, the Kelvin
+/// sign -> `k`, `İ` -> `i` + combining dot). A test checks the list against every character.
+const FOLDS_TO_ASCII: [char; 4] = ['ß', 'ẞ', '\u{212A}', 'İ'];
+
+/// Whether `text` holds one of [`FOLDS_TO_ASCII`]. Their UTF-8 forms start with 0xC3, 0xC4,
+/// 0xE1 or 0xE2; most non-ASCII text in Latin scripts has only the first of these.
+fn has_ascii_fold(text: &str) -> bool {
+    let b = text.as_bytes();
+    let hit = |i: usize| {
+        text.get(i..)
+            .and_then(|t| t.chars().next())
+            .is_some_and(|c| FOLDS_TO_ASCII.contains(&c))
+    };
+    memchr::memchr3_iter(0xC3, 0xC4, 0xE1, b).any(hit) || memchr::memchr_iter(0xE2, b).any(hit)
+}
+
+/// The text as the automaton reads it: the text itself when ASCII, or when every phrase is
+/// ASCII and no character of the text folds to ASCII (the automaton folds ASCII case itself,
+/// and other characters cannot take part in a match); else its folded copy.
+fn haystack<'t>(text: &'t str, ascii_phrases: bool, scratch: &'t mut String) -> &'t str {
+    if text.is_ascii() || (ascii_phrases && !has_ascii_fold(text)) {
         text
     } else {
         scratch.clear();
@@ -98,6 +116,9 @@ impl Automaton {
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
+            // A DFA: one table lookup per byte, the fastest for the tens to thousands of
+            // phrases a policy holds.
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&folded)
             .map_err(|e| ContentError::Automaton(e.to_string()))?;
         let mut rules: Vec<usize> = phrases.iter().map(|p| p.rule).collect();
@@ -140,6 +161,8 @@ pub struct Keywords {
     /// Phrases of `allow` rules: an occurrence of a log or block phrase that lies inside an
     /// occurrence of an allow phrase is exempt ("falcon" blocked, "falcon heavy" allowed).
     allow: Option<Automaton>,
+    /// Every phrase is ASCII once folded: most texts need no folded copy.
+    ascii_phrases: bool,
 }
 
 /// One keyword rule as the compiler hands it over.
@@ -190,7 +213,9 @@ impl KeywordsBuilder {
     }
 
     pub fn build(self) -> Result<Keywords, ContentError> {
+        let ascii_phrases = self.deny.iter().chain(&self.allow).all(|(_, f)| f.is_ascii());
         Ok(Keywords {
+            ascii_phrases,
             deny: Automaton::build(self.deny)?,
             allow: Automaton::build(self.allow)?,
         })
@@ -207,7 +232,7 @@ impl Keywords {
         if self.is_empty() || text.is_empty() {
             return;
         }
-        let hay = haystack(text, scratch);
+        let hay = haystack(text, self.ascii_phrases, scratch);
         let reason = |p: &Phrase| match place {
             Place::Body => format!("keyword `{}`", p.written),
             Place::FileName(n) => {
@@ -275,6 +300,25 @@ mod tests {
         assert_eq!(fold("ΟΔΟΣ οδος"), "οδοσ οδοσ");
         assert_eq!(fold("İstanbul"), "i\u{307}stanbul");
         assert_eq!(fold("Kelvin \u{212A}"), "kelvin k");
+    }
+
+    #[test]
+    fn folds_to_ascii_lists_every_such_character() {
+        let mut folded = String::new();
+        for c in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
+            folded.clear();
+            fold_into(c.encode_utf8(&mut [0; 4]), &mut folded);
+            assert_eq!(
+                folded.bytes().any(|b| b.is_ascii()),
+                FOLDS_TO_ASCII.contains(&c),
+                "{c:?} folds to {folded:?}"
+            );
+        }
+        for c in FOLDS_TO_ASCII {
+            let s = format!("caf\u{e9} {c} \u{e9}");
+            assert!(has_ascii_fold(&s), "{s}");
+        }
+        assert!(!has_ascii_fold("café naïve déjà vu \u{2014} \u{1e00}"));
     }
 
     #[test]

@@ -95,7 +95,26 @@ pub fn scan(text: &str, wanted: KindSet, found: &mut Found) {
         .count();
     let want = |k: PatternKind, found: &Found| wanted.contains(k) && found[k.index()].is_none();
     let mut i = 0;
+    // Every value has an ASCII digit among its first four characters (a card or SSN starts
+    // with one, an IBAN has its check digits third and fourth, a NINO its first digit third,
+    // or fourth after a space): words that start more than three bytes before the next digit
+    // cannot be one, and a text without digits is done at once.
+    let mut next_digit = 0;
     while missing > 0 {
+        if next_digit < i {
+            let Some(d) = find_digit(b, i) else { break };
+            next_digit = d;
+        }
+        if next_digit > i + 3 {
+            i = next_digit - 3;
+            // Inside a word that started earlier: that word cannot be a value either.
+            if b.get(i - 1).is_some_and(u8::is_ascii_alphanumeric) {
+                while b.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+                    i += 1;
+                }
+            }
+            continue;
+        }
         let Some(&c) = b.get(i) else { break };
         if !c.is_ascii_alphanumeric() {
             i += 1;
@@ -128,6 +147,34 @@ pub fn scan(text: &str, wanted: KindSet, found: &mut Found) {
             i += 1;
         }
     }
+}
+
+/// The index of the first ASCII digit at or after `from`. Eight bytes at a time: a text
+/// without digits, the common case, costs about a cycle per eight bytes.
+fn find_digit(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let rest = b.get(from..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut base = from;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Bytes 0x30..=0x39 become 0..=9: a byte below 10 flags its high bit (exact for
+        // the lowest flagged byte, which is all that is read).
+        let t = x ^ (ONES * 0x30);
+        let flagged = t.wrapping_sub(ONES * 10) & !t & HIGH;
+        if flagged != 0 {
+            return Some(base + (flagged.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(u8::is_ascii_digit)
+        .map(|p| base + p)
 }
 
 fn digit(b: &[u8], i: usize) -> Option<u8> {
@@ -461,6 +508,56 @@ mod tests {
         found[kind.index()]
             .take()
             .map(|r| r.trim_start_matches(kind.name()).trim_start().to_string())
+    }
+
+    /// The scan without the digit skip: tries every word start.
+    fn scan_every_word(text: &str, wanted: KindSet) -> Found {
+        let b = text.as_bytes();
+        let mut found = Found::default();
+        let mut i = 0;
+        while let Some(&c) = b.get(i) {
+            if c.is_ascii_alphanumeric() && (i == 0 || !alnum_at(b, i - 1)) {
+                let tries: [(PatternKind, Validator); 4] = [
+                    (PatternKind::PaymentCard, card_at),
+                    (PatternKind::UsSsn, ssn_at),
+                    (PatternKind::Iban, iban_at),
+                    (PatternKind::UkNino, nino_at),
+                ];
+                for (k, at) in tries {
+                    if wanted.contains(k) && found[k.index()].is_none() {
+                        if let Some(r) = at(b, i) {
+                            found[k.index()] = Some(format!("{} {r}", k.name()));
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        found
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn find_digit_is_the_first_ascii_digit(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            from in 0usize..90,
+        ) {
+            let naive = b.iter().enumerate().skip(from).find(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i);
+            proptest::prop_assert_eq!(find_digit(&b, from), naive);
+        }
+
+        #[test]
+        fn the_digit_skip_finds_what_every_word_finds(
+            text in "([A-Za-z]{1,6}|[0-9]{1,5}|DE89 3704 0044 0532 0130 00|4111 1111 1111 1111|123-45-6789|AB 12 34 56 C|[ -./é])*",
+        ) {
+            let mut all = KindSet::default();
+            for k in PatternKind::ALL {
+                all.insert(k);
+            }
+            let mut found = Found::default();
+            scan(&text, all, &mut found);
+            proptest::prop_assert_eq!(found, scan_every_word(&text, all));
+        }
     }
 
     #[test]

@@ -30,7 +30,6 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use idna::AsciiDenyList;
 
 use super::{model::UrlsConfig, RuleRef};
@@ -271,6 +270,47 @@ fn floor_boundary(s: &str, n: usize) -> usize {
     (0..=n).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
 }
 
+/// Where URLs start in `b`, in order: at `https:`, `http:` (any case) and at a `www.` that does
+/// not continue a word, a host (`a.www.x`) or a path (`//www.` after a scheme). The scan
+/// stops only at `:` and `.`, rare in chat text, and looks back from there.
+fn anchors(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let ends_with = |end: usize, word: &[u8]| {
+        end.checked_sub(word.len())
+            .and_then(|s| b.get(s..end))
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    let mut after = 0;
+    memchr::memchr2_iter(b':', b'.', b).filter_map(move |p| {
+        let start = if b.get(p) == Some(&b':') {
+            if ends_with(p, b"https") {
+                p - 5
+            } else if ends_with(p, b"http") {
+                p - 4
+            } else {
+                return None;
+            }
+        } else if ends_with(p, b"www") {
+            let s = p - 3;
+            let continues = s > 0
+                && b.get(s - 1).is_some_and(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, b'.' | b'-' | b'_' | b'/' | b'\\' | b'@')
+                });
+            if continues {
+                return None;
+            }
+            s
+        } else {
+            return None;
+        };
+        // Anchors do not overlap: `www.` inside `https://www.` is refused above already.
+        (start >= after).then(|| {
+            after = p + 1;
+            start
+        })
+    })
+}
+
 /// Where the URL that starts at `start` ends: at whitespace, a control character, `<`, `>`,
 /// `"` or a backtick, at `limit`, or [`MAX_URL_LEN`] bytes on; then trailing punctuation that
 /// ends a sentence (and a `)` or `]` that closes nothing in the URL) is left out.
@@ -339,8 +379,8 @@ pub struct UrlRules {
     domains: HashMap<Box<str>, Vec<usize>>,
     suffixes: Vec<(Box<str>, usize)>,
     prefixes: Vec<Prefix>,
-    /// `http:`, `https:`, `www.`; `None` when there are no URL rules.
-    anchors: Option<AhoCorasick>,
+    /// There is at least one URL rule: texts are searched for URLs.
+    any: bool,
 }
 
 /// Normalises a domain of a rule; the error says why it is not one.
@@ -504,40 +544,20 @@ impl UrlRules {
                 }
             }
         }
-        if self.anchors.is_none() {
-            let ac = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostFirst)
-                .ascii_case_insensitive(true)
-                .build(["https:", "http:", "www."])
-                .map_err(|e| ContentError::Automaton(e.to_string()))?;
-            self.anchors = Some(ac);
-        }
+        self.any = true;
         Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.anchors.is_none()
+        !self.any
     }
 
     /// Calls `f` with every URL in `text` until it returns false.
     pub fn each_url(&self, text: &str, mut f: impl FnMut(&Url) -> bool) {
-        let Some(ac) = &self.anchors else { return };
-        let b = text.as_bytes();
-        let Ok(iter) = ac.try_find_iter(text) else {
+        if !self.any {
             return;
-        };
-        // A `www.` inside a word, a host (`a.www.x`) or right after `//` is not a new URL.
-        let mut starts = iter
-            .filter(|m| {
-                m.pattern().as_usize() != 2
-                    || m.start() == 0
-                    || !b.get(m.start() - 1).is_some_and(|c| {
-                        c.is_ascii_alphanumeric()
-                            || matches!(c, b'.' | b'-' | b'_' | b'/' | b'\\' | b'@')
-                    })
-            })
-            .map(|m| m.start())
-            .peekable();
+        }
+        let mut starts = anchors(text.as_bytes()).peekable();
         while let Some(start) = starts.next() {
             let limit = starts.peek().copied().unwrap_or(text.len());
             let end = token_end(text, start, limit);
@@ -603,6 +623,37 @@ impl UrlRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The anchors as an Aho-Corasick automaton finds them (leftmost-first, case-insensitive),
+    /// with the same refusal of a `www.` that continues something.
+    fn anchors_model(text: &str) -> Vec<usize> {
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+            .ascii_case_insensitive(true)
+            .build(["https:", "http:", "www."])
+            .unwrap();
+        let b = text.as_bytes();
+        ac.find_iter(text)
+            .filter(|m| {
+                m.pattern().as_usize() != 2
+                    || m.start() == 0
+                    || !b.get(m.start() - 1).is_some_and(|c| {
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, b'.' | b'-' | b'_' | b'/' | b'\\' | b'@')
+                    })
+            })
+            .map(|m| m.start())
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn anchors_are_found_as_the_automaton_finds_them(
+            text in "(https?|HTTP|www|WwW|w|s|:|\\.|/|-|@|x|é| ){0,40}",
+        ) {
+            proptest::prop_assert_eq!(anchors(text.as_bytes()).collect::<Vec<_>>(), anchors_model(&text));
+        }
+    }
 
     fn norm(s: &str) -> String {
         parse(s).map_or_else(|| "-".into(), |u| u.to_string())
