@@ -52,8 +52,10 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use crate::archive::{Archive, ArchiveError, Entry, FlowId};
 use crate::content::ContentPolicy;
@@ -172,8 +174,12 @@ pub struct Monitor {
 }
 
 struct Flow {
-    /// Key of the flow in [`Monitor::lru`].
+    /// Key of the flow in [`Monitor::lru`]: the clock of an earlier activity. It is moved
+    /// only when it lags [`LRU_LAG`] behind `last`, and made exact when the flow comes up for
+    /// eviction, so the order of evictions is exactly least recently active first.
     stamp: u64,
+    /// The clock of the flow's last activity.
+    last: u64,
     state: FlowState,
 }
 
@@ -240,6 +246,10 @@ struct FlowSink<'a> {
     ended: Option<EndReason>,
     conflicts: &'a mut u32,
 }
+
+/// How far (in segments of all flows) a flow's key in the LRU index may lag its last activity
+/// before it is moved: most segments then cost no index update.
+const LRU_LAG: u64 = 4096;
 
 /// Conflicting retransmissions recorded per flow; later ones are only counted
 /// ([`MonitorStats::conflicts`]), so that a peer cannot fill the archive with them.
@@ -572,11 +582,14 @@ impl Monitor {
         stats.payload_bytes += seg.payload.len() as u64;
         let id = meta.id;
         if let Some(flow) = self.flows.get_mut(&id) {
-            if flow.stamp != self.clock {
-                self.lru.remove(&flow.stamp);
+            if flow.last != self.clock {
                 self.clock += 1;
-                flow.stamp = self.clock;
-                self.lru.insert(self.clock, id);
+                flow.last = self.clock;
+                if flow.last - flow.stamp >= LRU_LAG {
+                    self.lru.remove(&flow.stamp);
+                    flow.stamp = flow.last;
+                    self.lru.insert(flow.stamp, id);
+                }
             }
         } else {
             if seg.rst {
@@ -598,6 +611,7 @@ impl Monitor {
                 id,
                 Flow {
                     stamp: self.clock,
+                    last: self.clock,
                     state: FlowState::Live(Box::new(live)),
                 },
             );
@@ -737,6 +751,14 @@ impl Monitor {
             let Some((_, victim)) = self.lru.pop_first() else {
                 break;
             };
+            // A key that lags is put right and the next oldest looked at: every key is at
+            // most its flow's last activity, so an exact key at the front is the least
+            // recently active flow.
+            if let Some(f) = self.flows.get_mut(&victim).filter(|f| f.stamp != f.last) {
+                f.stamp = f.last;
+                self.lru.insert(f.stamp, victim);
+                continue;
+            }
             if let Some(f) = self.flows.remove(&victim) {
                 if matches!(f.state, FlowState::Live(_)) {
                     self.rec.stats.evictions += 1;

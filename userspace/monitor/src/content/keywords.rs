@@ -9,7 +9,7 @@
 //! Not handled: Unicode normalisation (a precomposed `é` and `e` + combining accent differ),
 //! full-width or look-alike letters.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 use super::{Hits, RuleRef};
 use crate::content::model::ContentError;
@@ -98,8 +98,91 @@ struct Phrase {
     written: Box<str>,
 }
 
+/// The log-2 of the bits in [`Grams::bits`]: 8 KiB, which stays in the L1 cache.
+const GRAM_LOG: u32 = 16;
+/// Most distinct phrase starts the filter takes (a sixteenth of its bits set at worst); a
+/// policy with more is searched by the automaton alone.
+const MAX_GRAMS: usize = 4096;
+
+/// The first four bytes of a window, with bit 5 of every byte set: ASCII letters compare
+/// without case, and the few other bytes this merges only cost a failed comparison.
+fn gram(window: [u8; 4]) -> u32 {
+    u32::from_le_bytes(window) | 0x2020_2020
+}
+
+fn gram_bit(g: u32) -> usize {
+    (g.wrapping_mul(0x9E37_79B1) >> (32 - GRAM_LOG)) as usize
+}
+
+/// A filter in front of the phrase comparison: one bit per hashed first four bytes of a
+/// phrase. Chat text is mostly words, and ordinary words share their letters with the phrases
+/// (which defeats the automaton's rare-byte prefilter), but they seldom share whole
+/// four-byte starts: a text is read about three times faster than by the automaton.
+struct Grams {
+    bits: Box<[u64]>,
+    /// Phrases by their first four bytes (as [`gram`] makes them).
+    by_gram: hashbrown::HashMap<u32, Vec<usize>>,
+    /// The folded phrases, by phrase index.
+    folded: Vec<Box<[u8]>>,
+}
+
+impl Grams {
+    fn build(folded: &[String]) -> Option<Grams> {
+        let mut by_gram: hashbrown::HashMap<u32, Vec<usize>> = hashbrown::HashMap::new();
+        for (i, f) in folded.iter().enumerate() {
+            let head: [u8; 4] = f.as_bytes().get(..4)?.try_into().ok()?;
+            by_gram.entry(gram(head)).or_default().push(i);
+        }
+        if by_gram.len() > MAX_GRAMS {
+            return None;
+        }
+        let mut bits = vec![0u64; (1 << GRAM_LOG) / 64].into_boxed_slice();
+        for g in by_gram.keys() {
+            let b = gram_bit(*g);
+            if let Some(w) = bits.get_mut(b / 64) {
+                *w |= 1 << (b % 64);
+            }
+        }
+        Some(Grams {
+            bits,
+            by_gram,
+            folded: folded.iter().map(|f| f.as_bytes().into()).collect(),
+        })
+    }
+
+    /// Calls `f(phrase, start, end)` for every occurrence in `hay`, in order of start, until
+    /// it returns false.
+    fn each(&self, hay: &[u8], mut f: impl FnMut(usize, usize, usize) -> bool) {
+        for (start, w) in hay.windows(4).enumerate() {
+            let g = gram([w[0], w[1], w[2], w[3]]);
+            let b = gram_bit(g);
+            if self.bits.get(b / 64).is_none_or(|word| word & (1 << (b % 64)) == 0) {
+                continue;
+            }
+            let Some(list) = self.by_gram.get(&g) else {
+                continue;
+            };
+            for &p in list {
+                let Some(phrase) = self.folded.get(p) else {
+                    continue;
+                };
+                let end = start + phrase.len();
+                if hay
+                    .get(start..end)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(phrase))
+                    && !f(p, start, end)
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 struct Automaton {
     ac: AhoCorasick,
+    /// The fast path when every phrase has four bytes or more (see [`Grams`]).
+    grams: Option<Grams>,
     phrases: Vec<Phrase>,
     /// The distinct rules, to stop reading once all of them matched.
     rules: Vec<usize>,
@@ -116,30 +199,39 @@ impl Automaton {
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
-            // A DFA: one table lookup per byte, the fastest for the tens to thousands of
-            // phrases a policy holds.
-            .kind(Some(AhoCorasickKind::DFA))
             .build(&folded)
             .map_err(|e| ContentError::Automaton(e.to_string()))?;
+        let grams = Grams::build(&folded);
         let mut rules: Vec<usize> = phrases.iter().map(|p| p.rule).collect();
         rules.dedup();
-        Ok(Some(Automaton { ac, phrases, rules }))
+        Ok(Some(Automaton {
+            ac,
+            grams,
+            phrases,
+            rules,
+        }))
     }
 
     /// Calls `f(phrase, start, end)` for every whole-word-respecting occurrence in `hay`
     /// until it returns false.
     fn each(&self, hay: &str, mut f: impl FnMut(&Phrase, usize, usize) -> bool) {
+        let mut found = |i: usize, start: usize, end: usize| {
+            let Some(p) = self.phrases.get(i) else {
+                return true;
+            };
+            if p.whole_word && !whole_word(hay, start, end) {
+                return true;
+            }
+            f(p, start, end)
+        };
+        if let Some(grams) = &self.grams {
+            return grams.each(hay.as_bytes(), found);
+        }
         let Ok(iter) = self.ac.try_find_overlapping_iter(hay) else {
             return;
         };
         for m in iter {
-            let Some(p) = self.phrases.get(m.pattern().as_usize()) else {
-                continue;
-            };
-            if p.whole_word && !whole_word(hay, m.start(), m.end()) {
-                continue;
-            }
-            if !f(p, m.start(), m.end()) {
+            if !found(m.pattern().as_usize(), m.start(), m.end()) {
                 return;
             }
         }
@@ -300,6 +392,44 @@ mod tests {
         assert_eq!(fold("ΟΔΟΣ οδος"), "οδοσ οδοσ");
         assert_eq!(fold("İstanbul"), "i\u{307}stanbul");
         assert_eq!(fold("Kelvin \u{212A}"), "kelvin k");
+    }
+
+    fn occurrences(a: &Automaton, hay: &str) -> Vec<(String, usize, usize)> {
+        let mut v = Vec::new();
+        a.each(hay, |p, s, e| {
+            v.push((p.written.to_string(), s, e));
+            true
+        });
+        v.sort();
+        v
+    }
+
+    proptest::proptest! {
+        /// The four-byte filter finds exactly what the automaton finds.
+        #[test]
+        fn the_gram_filter_finds_what_the_automaton_finds(
+            phrases in proptest::collection::vec(("[abAB é_]{4,9}", proptest::bool::ANY), 1..8),
+            hay in "[abAB é_.]{0,80}",
+        ) {
+            let list: Vec<(Phrase, String)> = phrases
+                .iter()
+                .enumerate()
+                .map(|(i, (w, whole))| {
+                    let phrase = Phrase { rule: i, whole_word: *whole, written: w.as_str().into() };
+                    (phrase, fold(w))
+                })
+                .filter(|(_, f)| f.len() >= 4)
+                .collect();
+            proptest::prop_assume!(!list.is_empty());
+            let mut a = Automaton::build(list).unwrap().unwrap();
+            proptest::prop_assert!(a.grams.is_some());
+            // The folded text, and the text as written (ASCII case is the searchers' job).
+            let folded = fold(&hay);
+            let fast = [occurrences(&a, &folded), occurrences(&a, &hay)];
+            a.grams = None;
+            proptest::prop_assert_eq!(&fast[0], &occurrences(&a, &folded));
+            proptest::prop_assert_eq!(&fast[1], &occurrences(&a, &hay));
+        }
     }
 
     #[test]

@@ -26,11 +26,25 @@ impl Recent {
         if capacity == 0 || bytes.is_empty() {
             return;
         }
-        if self.buf.len() != capacity {
-            self.buf = vec![0; capacity];
+        if self.buf.len() > capacity {
+            self.buf.clear();
             self.head = 0;
             self.len = 0;
         }
+        // Growing: the ring is a plain buffer until it reaches the capacity, so a short flow
+        // neither allocates nor touches the whole window.
+        if self.buf.len() < capacity && self.head == self.buf.len() {
+            let room = capacity - self.buf.len();
+            let (now, rest) = bytes.split_at(bytes.len().min(room));
+            self.buf.extend_from_slice(now);
+            self.head = self.buf.len() % capacity;
+            self.len += now.len();
+            if rest.is_empty() {
+                return;
+            }
+            return self.push(capacity, rest);
+        }
+        let capacity = self.buf.len();
         let n = bytes.len();
         if n >= capacity {
             self.buf.copy_from_slice(&bytes[n - capacity..]);
@@ -106,4 +120,59 @@ pub(super) fn count_differing(a: &[u8], b: &[u8]) -> u64 {
         return 0;
     }
     a.iter().zip(b).filter(|(x, y)| x != y).count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The ring against a model that keeps every byte since the last clear: the
+        /// comparison of any re-received range ending at `next` is the same.
+        #[test]
+        fn the_ring_compares_like_a_full_history(
+            capacity in 1usize..40,
+            ops in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..50), any::<bool>(), 0usize..60, any::<u8>()),
+                1..30,
+            ),
+        ) {
+            let mut ring = Recent::default();
+            let mut history: Vec<u8> = Vec::new();
+            let mut next = 0u64;
+            for (bytes, clear, back, flip) in ops {
+                if clear {
+                    ring.clear();
+                    history.clear();
+                }
+                ring.push(capacity, &bytes);
+                history.extend_from_slice(&bytes);
+                next += bytes.len() as u64;
+                // Re-receive the last `back` bytes (some never delivered since the clear),
+                // one of them changed.
+                let back = back.min(usize::try_from(next).unwrap());
+                let offset = next - back as u64;
+                let known = history.len().min(capacity);
+                let mut again: Vec<u8> = (0..back)
+                    .map(|i| {
+                        let from_end = back - i;
+                        if from_end <= history.len() { history[history.len() - from_end] } else { 0 }
+                    })
+                    .collect();
+                if let Some(b) = again.first_mut() {
+                    *b ^= flip;
+                }
+                let cmp = ring.compare(next, offset, &again);
+                let unchecked = back.saturating_sub(known);
+                prop_assert_eq!(cmp.unchecked, unchecked as u64);
+                let checked = &again[unchecked..];
+                let model = &history[history.len() - checked.len()..];
+                prop_assert_eq!(cmp.differing, count_differing(model, checked));
+                prop_assert_eq!(cmp.equal + cmp.differing, checked.len() as u64);
+                prop_assert_eq!(cmp.span.map(|(a, b)| (a - unchecked, b - unchecked)), diff_span(model, checked));
+            }
+        }
+    }
 }
