@@ -185,6 +185,34 @@ impl ImfwProc {
         Stats::parse(&out.stdout)
     }
 
+    /// `imfw status --control SOCK`, parsed.
+    pub fn status(&self) -> Result<Value> {
+        let out = output_within(
+            Command::new(&self.bin)
+                .arg("status")
+                .arg("--control")
+                .arg(&self.control),
+            Duration::from_secs(10),
+        )?;
+        if !out.status.success() {
+            bail!("imfw status exited {}: {}", out.status, out.stderr.trim());
+        }
+        Ok(serde_json::from_str(&out.stdout)?)
+    }
+
+    /// Sends SIGHUP (reload the policy file) to the running controller.
+    pub fn hangup(&self) -> Result<()> {
+        let Some(child) = self.child.as_ref() else {
+            bail!("imfw is not running");
+        };
+        let pid = libc::pid_t::try_from(child.id())?;
+        // SAFETY: kill(2) with a pid of our own child, which has not been waited for.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            bail!("kill -HUP {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -209,6 +209,71 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     assert_eq!(code, 3, "verify after tampering:\n{out}");
 }
 
+/// Polls `imfw status` until `field` reaches `want` or [`EXPECT`] passes.
+fn wait_status(lab: &Lab, field: &str, want: u64) -> bool {
+    let deadline = Instant::now() + EXPECT;
+    while Instant::now() < deadline {
+        if lab.imfw().status().is_ok_and(|v| v[field].as_u64() == Some(want)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn sighup_reloads_content_rules_and_a_bad_file_changes_nothing() {
+    if let Err(e) = require_root() {
+        panic!("{e:#}");
+    }
+    let dir = TempDir::new("imfw-reload").expect("temp dir");
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("archive.key");
+    let mut lab = Lab::new().expect("lab");
+    let _ircd = start_ngircd(&lab, &dir);
+    let policy = |words: &str| {
+        format!(
+            "version: 1\napps: {{irc: monitor}}\ncontent:\n  rules:\n    - {{name: secrets, action: block, keywords: [{words}]}}\n\
+             monitor: {{archive: {}, archive_key: {}}}\n",
+            archive.display(),
+            key.display()
+        )
+    };
+    if let Err(e) = lab.start_imfw(&policy("project falcon")) {
+        panic!("{e:#}");
+    }
+    let mut bob = Irc::connect(&lab, "bob");
+    let mut alice = Irc::connect(&lab, "alice");
+    alice.send("PRIVMSG bob :the heron audit is due\r\n").expect("send");
+    assert!(bob.wait_for("heron audit is due", EXPECT).is_some(), "not blocked yet\n{}", lab.imfw_log_tail());
+
+    // A broken file: refused, counted, and the running rules stay.
+    let file = lab.imfw().policy_path().to_path_buf();
+    fs::write(&file, "version: 1\napps: {irc: monitr}\n").expect("write the bad policy");
+    lab.imfw().hangup().expect("SIGHUP");
+    assert!(wait_status(&lab, "reloads_failed", 1), "the bad reload was not counted\n{}", lab.imfw_log_tail());
+    assert!(lab.imfw_log_tail().contains("reload refused"), "{}", lab.imfw_log_tail());
+    alice.send("PRIVMSG bob :the heron audit moved\r\n").expect("send");
+    assert!(bob.wait_for("heron audit moved", EXPECT).is_some(), "a refused reload changed the rules\n{}", lab.imfw_log_tail());
+    alice.send("PRIVMSG bob :project falcon is go\r\n").expect("send");
+    assert!(bob.wait_for("falcon", NEVER).is_none(), "the old rule went away with the bad file");
+    assert!(alice.is_reset_within(EXPECT), "alice was not reset by the old rule\n{}", lab.imfw_log_tail());
+
+    // A good file: its rule applies to the next message.
+    fs::write(&file, policy("heron audit")).expect("write the new policy");
+    lab.imfw().hangup().expect("SIGHUP");
+    assert!(wait_status(&lab, "reloads", 1), "the good reload did not take\n{}", lab.imfw_log_tail());
+    let mut carol = Irc::connect(&lab, "carol");
+    carol.send("PRIVMSG bob :project falcon is fine now\r\n").expect("send");
+    assert!(bob.wait_for("falcon is fine", EXPECT).is_some(), "the dropped rule still applies\n{}", lab.imfw_log_tail());
+    carol.send("PRIVMSG bob :the heron audit numbers\r\n").expect("send");
+    assert!(bob.wait_for("heron audit numbers", NEVER).is_none(), "the reloaded rule did not block");
+    assert!(carol.is_reset_within(EXPECT), "carol was not reset\n{}", lab.imfw_log_tail());
+    drop((alice, bob, carol));
+    let status = lab.stop_imfw().expect("stop imfw");
+    assert!(status.success(), "imfw exited with {status}");
+}
+
 #[test]
 fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     if let Err(e) = require_root() {

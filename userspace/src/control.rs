@@ -24,6 +24,9 @@ pub struct Shared {
     pub compiled: Compiled,
     pub policy_file: String,
     pub started: Instant,
+    /// Policy reloads (SIGHUP) that took effect, and those refused for a bad file.
+    pub reloads: u64,
+    pub reloads_failed: u64,
 }
 
 /// Binds the socket, replacing a stale one left by a dead controller but never one that a
@@ -81,6 +84,8 @@ fn answer(cmd: &str, shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
                 "policy": s.policy_file,
                 "policy_hash": s.compiled.hash,
                 "uptime_s": s.started.elapsed().as_secs(),
+                "reloads": s.reloads,
+                "reloads_failed": s.reloads_failed,
             })
         }
         other => serde_json::json!({"error": format!("unknown request {other:?}; expected stats or status")}),

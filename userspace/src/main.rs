@@ -77,6 +77,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ArchiveCmd,
     },
+    /// State of a running instance: interfaces, policy file and hash, uptime, reloads.
+    Status {
+        #[arg(long, default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+    },
     /// Counters of a running instance.
     Stats {
         #[arg(long, default_value = control::DEFAULT_PATH)]
@@ -295,6 +300,10 @@ fn main() -> ExitCode {
         Cmd::Check { policy } => return check(&policy),
         Cmd::Run { policy, iface, control, flows } => run(&policy, &iface, &control, flows),
         Cmd::Classify { policy, json, captures } => classify_cmd(policy.as_deref(), json, &captures),
+        Cmd::Status { control } => control::request(&control, "status").map(|v| {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
+            ExitCode::SUCCESS
+        }),
         Cmd::Stats { control, json } => stats(&control, json),
         Cmd::Archive { cmd } => archive_cmd(cmd),
     };
@@ -386,6 +395,8 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         compiled,
         policy_file: policy_path.display().to_string(),
         started: Instant::now(),
+        reloads: 0,
+        reloads_failed: 0,
     }));
     let result = rt.block_on(async {
         let listener = control::bind(control_path)?;
@@ -394,6 +405,8 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the event ring: {e}"))?;
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+        let mut running_monitor = policy_full.monitor.clone();
         log::info!("ready: policy {} on {}", policy_path.display(), ifaces.join(","));
         let clock = Instant::now();
         let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
@@ -414,6 +427,11 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                         if let Err(e) = controller.tick(clock.elapsed().as_secs(), &mut s.dataplane) {
                             log::error!("controller: {e:#}");
                         }
+                    }
+                }
+                _ = hup.recv() => {
+                    if let Ok(mut s) = shared.lock() {
+                        reload(policy_path, &mut s, &mut running_monitor, &mut content);
                     }
                 }
                 _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
@@ -462,6 +480,44 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
     detach?;
     log::info!("detached; exiting");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reads and checks the whole policy file again. A file with any error is refused
+/// (the errors are logged as `imfw check` prints them, counted) and the running policy stays.
+/// A good file's content rules take effect for every message completed from now on. Changes
+/// to the apps, rules or monitor settings are reported as needing a restart: the data plane's
+/// maps are not rewritten in place yet, since a switch that half-applied would let packets see
+/// half of each policy.
+fn reload(path: &Path, s: &mut control::Shared, running_monitor: &mut policy::Monitor, content: &mut imfw::content_path::ContentPath) {
+    let loaded = policy::load(path).and_then(|p| p.compile().map(|c| (p, c)));
+    let (p, c) = match loaded {
+        Ok(pc) => pc,
+        Err(errors) => {
+            s.reloads_failed += 1;
+            log::error!("reload refused, the running policy stays in force: {} is not a valid policy\n{errors}", path.display());
+            return;
+        }
+    };
+    content.set_policy(&p);
+    s.reloads += 1;
+    let maps_changed = Compiled { hash: s.compiled.hash.clone(), ..c.clone() } != s.compiled;
+    let monitor_changed = p.monitor != *running_monitor;
+    log::info!(
+        "reloaded {}: {} content rules in force (policy {})",
+        path.display(),
+        p.content.len(),
+        p.hash.get(..12).unwrap_or(&p.hash)
+    );
+    if maps_changed {
+        log::warn!("reload: the apps, rules or defaults changed; they take effect at the next restart (content rules are in force now)");
+    }
+    if monitor_changed {
+        log::warn!("reload: the monitor settings changed; they take effect at the next restart");
+    }
+    if !maps_changed && !monitor_changed {
+        s.compiled.hash = c.hash;
+        *running_monitor = p.monitor;
+    }
 }
 
 /// Wall-clock milliseconds since the UNIX epoch, for the archive's records.
