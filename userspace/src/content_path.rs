@@ -62,6 +62,8 @@ pub struct ContentPath {
     next_retention_ms: u64,
     /// `monitor.hold`: raise each direction's cleared mark as segments are read.
     hold: bool,
+    /// Cleared marks to raise after the batch: (flow, direction) -> sequence number.
+    release: HashMap<(FlowKey, usize), u32>,
     /// Segments of flows that left the table before their copy was read.
     pub orphans: u64,
     pub resets_failed: u64,
@@ -110,6 +112,7 @@ impl ContentPath {
             retention_ms: u64::from(m.retention_days) * 86_400_000,
             next_retention_ms: 0,
             hold: m.hold,
+            release: HashMap::new(),
             orphans: 0,
             resets_failed: 0,
         }
@@ -161,16 +164,37 @@ impl ContentPath {
         let id = meta.id;
         self.enforce(dp)?;
         if self.hold && !seg.payload.is_empty() {
-            // The held segment was read and allowed: raise the mark so its retransmission passes.
+            // The held segment was read and allowed; its mark is raised by `release`, once
+            // the archive holds what it carried.
             if let Some(mark) = self.monitor.read_up_to(&id, seg.direction) {
-                if let Some(mut e) = dp.flow(&key)? {
-                    let (i, flag) = if ev.dir == DIR_CLIENT { (0, FLAG_CLEARED_CLIENT) } else { (1, FLAG_CLEARED_SERVER) };
-                    if e.flags & flag == 0 || e.cleared[i] != mark {
-                        e.cleared[i] = mark;
-                        e.flags |= flag;
-                        dp.set_flow(&key, &e)?;
-                    }
-                }
+                self.release.insert((key, seg.direction.index()), mark);
+            }
+        }
+        Ok(())
+    }
+
+    /// After each batch of copies: writes the archive's buffered records, then raises the
+    /// cleared marks of the segments read, so that their retransmissions pass. A message thus
+    /// reaches its recipient only after its record was handed to the kernel: a controller
+    /// killed at any point loses no record of a delivered message (only a machine crash can
+    /// lose the unsealed tail, which the next start reports). One map update per flow and
+    /// direction per batch.
+    pub fn release(&mut self, dp: &mut Dataplane) -> Result<()> {
+        if self.release.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.monitor.flush_archive() {
+            // The records stay counted as archive errors; holding the flows would not bring
+            // them back, and the messages were checked by the content policy.
+            log::error!("archive: {e}");
+        }
+        for ((key, dir), mark) in self.release.drain() {
+            let Some(mut e) = dp.flow(&key)? else { continue };
+            let (i, flag) = if dir == 0 { (0, FLAG_CLEARED_CLIENT) } else { (1, FLAG_CLEARED_SERVER) };
+            if e.flags & flag == 0 || e.cleared[i] != mark {
+                e.cleared[i] = mark;
+                e.flags |= flag;
+                dp.set_flow(&key, &e)?;
             }
         }
         Ok(())

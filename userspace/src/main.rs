@@ -464,6 +464,9 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                                 }
                             }
                         }
+                        if let Err(e) = content.release(&mut s.dataplane) {
+                            log::error!("content path: {e:#}");
+                        }
                     }
                 }
             }

@@ -940,6 +940,7 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
                 cp.on_stream(&p, &mut r.dp, &r.c, 1, 2_000).expect("content path");
             }
         }
+        cp.release(&mut r.dp).expect("release");
     };
     let reg = b"NICK alice\r\nUSER alice 0 * :Alice\r\n".to_vec();
     // Each segment is held (`monitor.hold`) until the content path has read it; the sender's

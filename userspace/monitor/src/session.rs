@@ -563,6 +563,15 @@ impl Monitor {
         self.policy = policy;
     }
 
+    /// Writes the archive's buffered records to its file (no fsync: they survive a crash
+    /// of the controller, not of the machine). Nothing to do without an archive.
+    pub fn flush_archive(&mut self) -> Result<(), ArchiveError> {
+        match &mut self.rec.archive {
+            Some(a) => a.flush(),
+            None => Ok(()),
+        }
+    }
+
     pub fn config(&self) -> &MonitorConfig {
         &self.config
     }
