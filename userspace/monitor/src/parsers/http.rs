@@ -160,9 +160,11 @@ fn too_large(offset: u64, limit: usize) -> ParseError {
 
 impl HttpParser {
     pub(crate) fn state(&self, dir: Direction) -> StreamState {
-        match self.sides[dir.index()].phase {
+        let side = &self.sides[dir.index()];
+        match side.phase {
             Phase::Upgraded => StreamState::Unparseable,
             Phase::Resync => StreamState::Resyncing,
+            _ if side.gapped => StreamState::Resyncing,
             _ => StreamState::Readable,
         }
     }
@@ -291,7 +293,9 @@ impl HttpParser {
         let line = trim_eol(side.buf.get(side.line_start..).unwrap_or_default());
         match side.phase {
             Phase::Resync => {
-                if is_start_line(dir, line) {
+                if let Some(at) = start_line_within(dir, line) {
+                    side.buf.drain(..at);
+                    side.buf_start += at as u64;
                     side.phase = Phase::Head;
                     side.line_start = side.buf.len();
                 } else {
@@ -617,6 +621,38 @@ fn is_start_line(dir: Direction, line: &[u8]) -> bool {
                 && line[9..12].iter().all(u8::is_ascii_digit)
                 && line.get(12).is_none_or(|&b| b == b' ')
         }
+    }
+}
+
+/// Methods recognised at the end of a word when resynchronising (RFC 9110 section 9).
+const METHODS: [&[u8]; 8] = [
+    b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"HEAD", b"OPTIONS", b"CONNECT",
+];
+
+/// Where a start line begins in `line` when resynchronising. A body does not end with a line
+/// end, so after lost bytes the next start line is often glued to the end of a body: a
+/// request line is found by its version at the end and a known method before its target, a
+/// status line by its version.
+fn start_line_within(dir: Direction, line: &[u8]) -> Option<usize> {
+    if is_start_line(dir, line) {
+        return Some(0);
+    }
+    match dir {
+        Direction::ClientToServer => {
+            let version_at = line.len().checked_sub(9)?;
+            if line[version_at] != b' ' || !is_version(&line[version_at + 1..]) {
+                return None;
+            }
+            let target_at = memchr::memrchr(b' ', &line[..version_at])?;
+            let word = &line[..target_at];
+            let at = METHODS
+                .iter()
+                .find(|m| word.ends_with(m))
+                .map(|m| target_at - m.len())?;
+            is_start_line(dir, &line[at..]).then_some(at)
+        }
+        Direction::ServerToClient => memchr::memmem::find_iter(line, b"HTTP/1.")
+            .find(|&at| is_start_line(dir, &line[at..])),
     }
 }
 
