@@ -19,6 +19,7 @@ pub mod msnp;
 pub mod oscar;
 pub mod xmpp;
 pub mod ymsg;
+mod frames;
 
 use thiserror::Error;
 
