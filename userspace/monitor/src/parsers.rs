@@ -12,6 +12,7 @@
 //! parsing goes on after it. Lost bytes are announced with [`Parser::gap`]; whether a direction
 //! can still be read is [`Parser::state`].
 
+mod frames;
 pub mod http;
 pub mod irc;
 pub mod mqtt;
@@ -19,7 +20,6 @@ pub mod msnp;
 pub mod oscar;
 pub mod xmpp;
 pub mod ymsg;
-mod frames;
 
 use thiserror::Error;
 
@@ -113,7 +113,8 @@ pub struct Parser {
 
 /// First byte of a TLS record carrying a handshake message (RFC 8446 section 5.1). It is not
 /// a valid first byte for any of the plain-text protocols: an XMPP stream starts with `<` or
-/// whitespace, an IRC line with a letter, `:` or `@`, and an MQTT CONNECT with 0x10.
+/// whitespace, an IRC line with a letter, `:` or `@`, an MQTT CONNECT with 0x10, an HTTP
+/// message with a method or `HTTP/`, MSNP with `VER`, YMSG with `Y` and OSCAR with `*`.
 pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
 
 impl Parser {

@@ -52,10 +52,14 @@ enum Phase {
     /// Dropping lines until one reads as a start line (after lost bytes or a broken head).
     Resync,
     /// A `Content-Length` body, up to the stream offset `end`.
-    Body { end: u64 },
+    Body {
+        end: u64,
+    },
     /// A chunk-size line (RFC 9112 section 7.1).
     ChunkSize,
-    ChunkData { end: u64 },
+    ChunkData {
+        end: u64,
+    },
     /// The line end after a chunk's data.
     ChunkEnd,
     /// Trailer fields after the last chunk, up to an empty line.
@@ -224,7 +228,11 @@ impl HttpParser {
                         }
                     }
                 }
-                Phase::Head | Phase::Resync | Phase::ChunkSize | Phase::ChunkEnd | Phase::Trailer => {
+                Phase::Head
+                | Phase::Resync
+                | Phase::ChunkSize
+                | Phase::ChunkEnd
+                | Phase::Trailer => {
                     let nl = memchr(b'\n', rest);
                     let take = nl.map_or(rest.len(), |n| n + 1);
                     i += take;
@@ -237,11 +245,16 @@ impl HttpParser {
                         _ => MAX_HEAD,
                     };
                     if side.buf.len() + take > limit {
-                        let start = if side.buf.is_empty() { here } else { side.buf_start };
+                        let start = if side.buf.is_empty() {
+                            here
+                        } else {
+                            side.buf_start
+                        };
                         match side.phase {
-                            Phase::Head => errors.push(too_large(start, MAX_HEAD)),
+                            Phase::Head | Phase::Trailer => {
+                                errors.push(too_large(start, MAX_HEAD));
+                            }
                             Phase::Resync => {}
-                            Phase::Trailer => errors.push(too_large(start, MAX_HEAD)),
                             _ => errors.push(malformed(start, "chunk-size line too long")),
                         }
                         side.resync(nl.is_none());
@@ -331,12 +344,12 @@ impl HttpParser {
                 }
             }
             Phase::ChunkSize => {
-                let size = chunk_size(line);
+                let chunk = chunk_size(line);
                 let at = side.buf_start;
                 // The chunk's data starts right after its size line.
                 let data_start = at + side.buf.len() as u64;
                 side.buf.clear();
-                match size {
+                match chunk {
                     Some(0) => side.phase = Phase::Trailer,
                     Some(n) => {
                         side.phase = Phase::ChunkData {
@@ -374,6 +387,10 @@ impl HttpParser {
         }
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "request and response framing rules side by side"
+    )]
     /// A complete head `head` (start line, fields, empty line) starting at stream offset
     /// `start`.
     fn head(
@@ -520,7 +537,7 @@ impl HttpParser {
                 truncated: cur.truncated,
                 content_type: &cur.content_type,
                 start: cur.start,
-                body_start: cur.body_start,
+                bytes_start: cur.body_start,
             };
             match &cur.route {
                 api::Route::None => {}
@@ -556,7 +573,7 @@ impl HttpParser {
         // Each body holds whole stanzas: the XMPP parser starts afresh at each (a broken one
         // does not spill into the next), keeping what it learnt (the bound JID).
         self.bosh.gap(dir);
-        let start = body.body_start + at as u64;
+        let start = body.bytes_start + at as u64;
         self.bosh.feed(dir, start, inner, out, errors);
         if !self.bosh.state(dir).is_inspectable() {
             // XEP-0206 section 5: TLS and compression are not negotiated inside BOSH; a
@@ -651,8 +668,9 @@ fn start_line_within(dir: Direction, line: &[u8]) -> Option<usize> {
                 .map(|m| target_at - m.len())?;
             is_start_line(dir, &line[at..]).then_some(at)
         }
-        Direction::ServerToClient => memchr::memmem::find_iter(line, b"HTTP/1.")
-            .find(|&at| is_start_line(dir, &line[at..])),
+        Direction::ServerToClient => {
+            memchr::memmem::find_iter(line, b"HTTP/1.").find(|&at| is_start_line(dir, &line[at..]))
+        }
     }
 }
 

@@ -36,8 +36,8 @@ const MAX_PARTICIPANTS: usize = 64;
 
 /// Commands followed by a payload whose byte count is their last parameter.
 const PAYLOAD_COMMANDS: [&[u8]; 19] = [
-    b"MSG", b"UUM", b"UBM", b"SDG", b"NOT", b"GCF", b"UUX", b"UBX", b"ADL", b"RML", b"FQY",
-    b"QRY", b"UUN", b"UBN", b"PUT", b"DEL", b"NFY", b"IPG", b"PAG",
+    b"MSG", b"UUM", b"UBM", b"SDG", b"NOT", b"GCF", b"UUX", b"UBX", b"ADL", b"RML", b"FQY", b"QRY",
+    b"UUN", b"UBN", b"PUT", b"DEL", b"NFY", b"IPG", b"PAG",
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,7 +171,11 @@ impl MsnpParser {
                         continue;
                     }
                     if side.buf.len() + take > MAX_LINE + 1 {
-                        let start = if side.buf.is_empty() { here } else { side.buf_start };
+                        let start = if side.buf.is_empty() {
+                            here
+                        } else {
+                            side.buf_start
+                        };
                         errors.push(too_large(start, MAX_LINE));
                         side.buf.clear();
                         side.skip_line = nl.is_none();
@@ -215,7 +219,11 @@ impl MsnpParser {
             }
         }
         let cmd = words[0];
-        if cmd.len() != 3 || !cmd.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        if cmd.len() != 3
+            || !cmd
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
             errors.push(ParseError::Malformed {
                 protocol: Protocol::Msnp,
                 offset: start,
@@ -341,7 +349,11 @@ impl MsnpParser {
             }
         };
         let ct = header(headers, b"Content-Type").unwrap_or_default();
-        let media = ct.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        let media = ct
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
         let (kind, text, attachments) = if media.eq_ignore_ascii_case(b"text/plain") {
             (MessageKind::Chat, utf8_or_latin1(body), Vec::new())
         } else if media.eq_ignore_ascii_case(b"text/x-msmsgsinvite") {
@@ -486,10 +498,34 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                e(C2S, MessageKind::Chat, "alice@hotmail.com", "bob@hotmail.com", "hello bob é"),
-                e(S2C, MessageKind::Chat, "bob@hotmail.com", "alice@hotmail.com", "hi alice"),
-                e(C2S, MessageKind::FileOffer, "alice@hotmail.com", "bob@hotmail.com", ""),
-                e(C2S, MessageKind::Chat, "alice@hotmail.com", "carol@live.com", "sdg!!"),
+                e(
+                    C2S,
+                    MessageKind::Chat,
+                    "alice@hotmail.com",
+                    "bob@hotmail.com",
+                    "hello bob é"
+                ),
+                e(
+                    S2C,
+                    MessageKind::Chat,
+                    "bob@hotmail.com",
+                    "alice@hotmail.com",
+                    "hi alice"
+                ),
+                e(
+                    C2S,
+                    MessageKind::FileOffer,
+                    "alice@hotmail.com",
+                    "bob@hotmail.com",
+                    ""
+                ),
+                e(
+                    C2S,
+                    MessageKind::Chat,
+                    "alice@hotmail.com",
+                    "carol@live.com",
+                    "sdg!!"
+                ),
                 e(C2S, MessageKind::Chat, "alice@hotmail.com", "", "anyone?"),
             ]
         );
@@ -557,7 +593,8 @@ mod tests {
         p.feed(S2C, 0, &first[..10], &mut out).unwrap();
         p.gap(S2C);
         assert_eq!(p.state(S2C), StreamState::Resyncing);
-        p.feed(S2C, 500, b"tail of something\r\n", &mut out).unwrap();
+        p.feed(S2C, 500, b"tail of something\r\n", &mut out)
+            .unwrap();
         p.feed(S2C, 519, &second, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(p.state(S2C), StreamState::Readable);

@@ -106,7 +106,9 @@ fn flap(dir: Direction, start: u64, frame: &[u8], me: &mut Option<String>, out: 
     if channel != 2 {
         return;
     }
-    let (Some(family), Some(subtype), Some(flags), Some(_id)) = (r.u16(), r.u16(), r.u16(), r.u32()) else {
+    let (Some(family), Some(subtype), Some(flags), Some(_id)) =
+        (r.u16(), r.u16(), r.u16(), r.u32())
+    else {
         return;
     };
     if flags & 0x8000 != 0 {
@@ -156,7 +158,8 @@ fn icbm(dir: Direction, start: u64, r: &mut Reader, me: Option<&str>) -> Option<
             let mut frags = Reader::new(tlv(&tlvs, 0x0002)?);
             let mut text = String::new();
             while !frags.is_empty() {
-                let (Some(id), Some(_ver), Some(len)) = (frags.u8(), frags.u8(), frags.u16()) else {
+                let (Some(id), Some(_ver), Some(len)) = (frags.u8(), frags.u8(), frags.u16())
+                else {
                     break;
                 };
                 let Some(data) = frags.take(usize::from(len)) else {
@@ -233,7 +236,9 @@ fn tlvs_all<'a>(r: &mut Reader<'a>) -> Vec<(u16, &'a [u8])> {
 fn decode(charset: u16, bytes: &[u8]) -> String {
     match charset {
         0x0002 => {
-            let units = bytes.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            let units = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
             char::decode_utf16(units)
                 .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
                 .collect()
@@ -325,12 +330,28 @@ mod tests {
         signon.extend(tlv(0x0001, b"alice123"));
         let c = [
             flap(1, 1, &signon),
-            flap(2, 2, &icbm(6, 1, "bob456", &[text_tlv(0, b"<HTML>hi bob</HTML>"), tlv(0x0003, &[])].concat())),
-            flap(2, 3, &icbm(6, 2, "bob456", &file_offer(b"tax.pdf", 123_456))),
+            flap(
+                2,
+                2,
+                &icbm(
+                    6,
+                    1,
+                    "bob456",
+                    &[text_tlv(0, b"<HTML>hi bob</HTML>"), tlv(0x0003, &[])].concat(),
+                ),
+            ),
+            flap(
+                2,
+                3,
+                &icbm(6, 2, "bob456", &file_offer(b"tax.pdf", 123_456)),
+            ),
             flap(5, 4, &[]),
         ]
         .concat();
-        let utf16: Vec<u8> = "h\u{e9}llo \u{263a}".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let utf16: Vec<u8> = "h\u{e9}llo \u{263a}"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
         let s = [
             flap(2, 1, &icbm(7, 1, "bob456", &text_tlv(2, &utf16))),
             flap(2, 2, &icbm(7, 1, "carol", &text_tlv(3, b"caf\xe9"))),
@@ -340,21 +361,43 @@ mod tests {
         let msgs = assert_split_invariant(Protocol::Oscar, &[(C2S, &c), (S2C, &s)]);
         let got: Vec<_> = msgs
             .iter()
-            .map(|m| (m.direction, m.kind, m.sender.clone().unwrap_or_default(), m.recipients.join(","), m.body.clone()))
+            .map(|m| {
+                (
+                    m.direction,
+                    m.kind,
+                    m.sender.clone().unwrap_or_default(),
+                    m.recipients.join(","),
+                    m.body.clone(),
+                )
+            })
             .collect();
         let e = |d, k, s: &str, r: &str, b: &str| (d, k, s.to_owned(), r.to_owned(), b.to_owned());
-        use MessageKind::{Chat, FileOffer};
         assert_eq!(
             got,
             vec![
-                e(C2S, Chat, "alice123", "bob456", "<HTML>hi bob</HTML>"),
-                e(C2S, FileOffer, "alice123", "bob456", "here it is"),
-                e(S2C, Chat, "bob456", "alice123", "héllo ☺"),
-                e(S2C, Chat, "carol", "alice123", "café"),
+                e(
+                    C2S,
+                    MessageKind::Chat,
+                    "alice123",
+                    "bob456",
+                    "<HTML>hi bob</HTML>"
+                ),
+                e(
+                    C2S,
+                    MessageKind::FileOffer,
+                    "alice123",
+                    "bob456",
+                    "here it is"
+                ),
+                e(S2C, MessageKind::Chat, "bob456", "alice123", "héllo ☺"),
+                e(S2C, MessageKind::Chat, "carol", "alice123", "café"),
             ]
         );
         let a = &msgs[1].attachments[0];
-        assert_eq!((a.transfer, a.name.as_str(), a.size), (TransferKind::OscarRendezvous, "tax.pdf", Some(123_456)));
+        assert_eq!(
+            (a.transfer, a.name.as_str(), a.size),
+            (TransferKind::OscarRendezvous, "tax.pdf", Some(123_456))
+        );
     }
 
     #[test]
@@ -381,7 +424,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].body, "kept");
         // A hole across a frame end: the direction is lost.
-        p.feed(S2C, (a.len() + b.len() + 50) as u64, &b, &mut out).unwrap();
+        p.feed(S2C, (a.len() + b.len() + 50) as u64, &b, &mut out)
+            .unwrap();
         assert_eq!(p.state(S2C), StreamState::Unparseable);
         assert!(p.is_inspectable(), "the other direction is still read");
         // A frame without its marker.

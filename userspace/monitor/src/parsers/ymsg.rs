@@ -94,10 +94,15 @@ fn pairs(payload: &[u8]) -> Vec<(u32, &[u8])> {
     out
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm per service, each short")]
 fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
     let service = u16::from_be_bytes([frame[10], frame[11]]);
     let kv = pairs(frame.get(HEADER..).unwrap_or_default());
-    let get = |k: u32| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| utf8_or_latin1(v));
+    let get = |k: u32| {
+        kv.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| utf8_or_latin1(v))
+    };
     let c2s = dir == Direction::ClientToServer;
     let msg = |kind, sender: Option<String>, recipients: Vec<String>, body, attachments| Message {
         protocol: Protocol::Ymsg,
@@ -115,7 +120,7 @@ fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
             // (5) and text (14) in that order; a live message has one of each in any order.
             let texts = kv.iter().filter(|(k, _)| *k == 14).count();
             let (mut from, mut to) = (None, None);
-            for (n, (k, v)) in kv.iter().enumerate() {
+            for (k, v) in &kv {
                 match k {
                     1 if c2s || from.is_none() => from = Some(utf8_or_latin1(v)),
                     4 if !c2s || from.is_none() => from = Some(utf8_or_latin1(v)),
@@ -126,13 +131,22 @@ fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
                             continue;
                         }
                         let (sender, recipient) = if texts == 1 {
-                            let sender = if c2s { get(1).or_else(|| get(4)) } else { get(4).or_else(|| get(1)) };
+                            let sender = if c2s {
+                                get(1).or_else(|| get(4))
+                            } else {
+                                get(4).or_else(|| get(1))
+                            };
                             (sender, get(5))
                         } else {
                             (from.clone(), to.clone())
                         };
-                        let _ = n;
-                        out.push(msg(MessageKind::Chat, sender, recipient.into_iter().collect(), text, Vec::new()));
+                        out.push(msg(
+                            MessageKind::Chat,
+                            sender,
+                            recipient.into_iter().collect(),
+                            text,
+                            Vec::new(),
+                        ));
                     }
                     _ => {}
                 }
@@ -142,14 +156,30 @@ fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
             let Some(text) = get(14).filter(|t| !t.is_empty()) else {
                 return;
             };
-            let sender = if c2s { get(1) } else { get(3).or_else(|| get(1)) };
-            out.push(msg(MessageKind::Chat, sender, get(57).into_iter().collect(), text, Vec::new()));
+            let sender = if c2s {
+                get(1)
+            } else {
+                get(3).or_else(|| get(1))
+            };
+            out.push(msg(
+                MessageKind::Chat,
+                sender,
+                get(57).into_iter().collect(),
+                text,
+                Vec::new(),
+            ));
         }
         SERVICE_CHAT_MESSAGE => {
             let Some(text) = get(117).filter(|t| !t.is_empty()) else {
                 return;
             };
-            out.push(msg(MessageKind::Chat, get(109), get(104).into_iter().collect(), text, Vec::new()));
+            out.push(msg(
+                MessageKind::Chat,
+                get(109),
+                get(104).into_iter().collect(),
+                text,
+                Vec::new(),
+            ));
         }
         SERVICE_FILE_TRANSFER | SERVICE_P2P_FILE | SERVICE_FILE_TRANSFER_15 => {
             let mut attachments: Vec<Attachment> = Vec::new();
@@ -164,7 +194,9 @@ fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
                     }),
                     28 => {
                         if let Some(a) = attachments.last_mut().filter(|a| a.size.is_none()) {
-                            a.size = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse().ok());
+                            a.size = std::str::from_utf8(v)
+                                .ok()
+                                .and_then(|s| s.trim().parse().ok());
                         }
                     }
                     20 => {
@@ -178,9 +210,19 @@ fn packet(dir: Direction, start: u64, frame: &[u8], out: &mut Vec<Message>) {
             if attachments.is_empty() {
                 return;
             }
-            let sender = if c2s { get(1).or_else(|| get(4)) } else { get(4).or_else(|| get(1)) };
+            let sender = if c2s {
+                get(1).or_else(|| get(4))
+            } else {
+                get(4).or_else(|| get(1))
+            };
             let body = get(14).unwrap_or_default();
-            out.push(msg(MessageKind::FileOffer, sender, get(5).into_iter().collect(), body, attachments));
+            out.push(msg(
+                MessageKind::FileOffer,
+                sender,
+                get(5).into_iter().collect(),
+                body,
+                attachments,
+            ));
         }
         _ => {}
     }
@@ -217,46 +259,125 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one conversation, spelled out")]
     fn conversation() {
         let c = [
-            ymsg(0x4b, &[(4, b"alice"), (5, b"bob"), (13, b"1"), (49, b"TYPING")]),
-            ymsg(SERVICE_MESSAGE, &[(1, b"alice"), (5, b"bob"), (14, b"hi bob \xe9"), (97, b"0"), (63, b";0")]),
-            ymsg(SERVICE_FILE_TRANSFER_15, &[(1, b"alice"), (5, b"bob"), (265, b"id1"), (222, b"1"), (27, b"plan.doc"), (28, b"4096"), (27, b"b.png"), (28, b"9")]),
-            ymsg(SERVICE_CONF_MESSAGE, &[(1, b"alice"), (53, b"bob"), (57, b"team-room"), (14, b"conf hello"), (97, b"1")]),
+            ymsg(
+                0x4b,
+                &[(4, b"alice"), (5, b"bob"), (13, b"1"), (49, b"TYPING")],
+            ),
+            ymsg(
+                SERVICE_MESSAGE,
+                &[
+                    (1, b"alice"),
+                    (5, b"bob"),
+                    (14, b"hi bob \xe9"),
+                    (97, b"0"),
+                    (63, b";0"),
+                ],
+            ),
+            ymsg(
+                SERVICE_FILE_TRANSFER_15,
+                &[
+                    (1, b"alice"),
+                    (5, b"bob"),
+                    (265, b"id1"),
+                    (222, b"1"),
+                    (27, b"plan.doc"),
+                    (28, b"4096"),
+                    (27, b"b.png"),
+                    (28, b"9"),
+                ],
+            ),
+            ymsg(
+                SERVICE_CONF_MESSAGE,
+                &[
+                    (1, b"alice"),
+                    (53, b"bob"),
+                    (57, b"team-room"),
+                    (14, b"conf hello"),
+                    (97, b"1"),
+                ],
+            ),
         ]
         .concat();
         let s = [
-            ymsg(SERVICE_MESSAGE, &[(5, b"alice"), (4, b"bob"), (14, b"yo \xc3\xa9"), (97, b"1")]),
+            ymsg(
+                SERVICE_MESSAGE,
+                &[(5, b"alice"), (4, b"bob"), (14, b"yo \xc3\xa9"), (97, b"1")],
+            ),
             // Offline messages: two in one packet.
-            ymsg(SERVICE_MESSAGE, &[(5, b"alice"), (31, b"6"), (32, b"6"), (4, b"carol"), (14, b"off1"), (31, b"6"), (4, b"dave"), (14, b"off2")]),
-            ymsg(SERVICE_CHAT_MESSAGE, &[(104, b"Lobby:1"), (109, b"eve"), (117, b"chat room text")]),
-            ymsg(SERVICE_FILE_TRANSFER, &[(5, b"alice"), (4, b"bob"), (14, b"take this"), (27, b"x.zip"), (28, b"77"), (20, b"http://fs.example/x.zip")]),
+            ymsg(
+                SERVICE_MESSAGE,
+                &[
+                    (5, b"alice"),
+                    (31, b"6"),
+                    (32, b"6"),
+                    (4, b"carol"),
+                    (14, b"off1"),
+                    (31, b"6"),
+                    (4, b"dave"),
+                    (14, b"off2"),
+                ],
+            ),
+            ymsg(
+                SERVICE_CHAT_MESSAGE,
+                &[(104, b"Lobby:1"), (109, b"eve"), (117, b"chat room text")],
+            ),
+            ymsg(
+                SERVICE_FILE_TRANSFER,
+                &[
+                    (5, b"alice"),
+                    (4, b"bob"),
+                    (14, b"take this"),
+                    (27, b"x.zip"),
+                    (28, b"77"),
+                    (20, b"http://fs.example/x.zip"),
+                ],
+            ),
         ]
         .concat();
         let msgs = assert_split_invariant(Protocol::Ymsg, &[(C2S, &c), (S2C, &s)]);
         let got: Vec<_> = msgs
             .iter()
-            .map(|m| (m.direction, m.kind, m.sender.clone().unwrap_or_default(), m.recipients.join(","), m.body.clone()))
+            .map(|m| {
+                (
+                    m.direction,
+                    m.kind,
+                    m.sender.clone().unwrap_or_default(),
+                    m.recipients.join(","),
+                    m.body.clone(),
+                )
+            })
             .collect();
         let e = |d, k, s: &str, r: &str, b: &str| (d, k, s.to_owned(), r.to_owned(), b.to_owned());
-        use MessageKind::{Chat, FileOffer};
         assert_eq!(
             got,
             vec![
-                e(C2S, Chat, "alice", "bob", "hi bob é"),
-                e(C2S, FileOffer, "alice", "bob", ""),
-                e(C2S, Chat, "alice", "team-room", "conf hello"),
-                e(S2C, Chat, "bob", "alice", "yo é"),
-                e(S2C, Chat, "carol", "alice", "off1"),
-                e(S2C, Chat, "dave", "alice", "off2"),
-                e(S2C, Chat, "eve", "Lobby:1", "chat room text"),
-                e(S2C, FileOffer, "bob", "alice", "take this"),
+                e(C2S, MessageKind::Chat, "alice", "bob", "hi bob é"),
+                e(C2S, MessageKind::FileOffer, "alice", "bob", ""),
+                e(C2S, MessageKind::Chat, "alice", "team-room", "conf hello"),
+                e(S2C, MessageKind::Chat, "bob", "alice", "yo é"),
+                e(S2C, MessageKind::Chat, "carol", "alice", "off1"),
+                e(S2C, MessageKind::Chat, "dave", "alice", "off2"),
+                e(S2C, MessageKind::Chat, "eve", "Lobby:1", "chat room text"),
+                e(S2C, MessageKind::FileOffer, "bob", "alice", "take this"),
             ]
         );
-        let files: Vec<_> = msgs[1].attachments.iter().map(|a| (a.name.as_str(), a.size)).collect();
+        let files: Vec<_> = msgs[1]
+            .attachments
+            .iter()
+            .map(|a| (a.name.as_str(), a.size))
+            .collect();
         assert_eq!(files, vec![("plan.doc", Some(4096)), ("b.png", Some(9))]);
-        assert_eq!(msgs[7].attachments[0].url.as_deref(), Some("http://fs.example/x.zip"));
-        assert_eq!(msgs[7].attachments[0].transfer, TransferKind::YmsgFileTransfer);
+        assert_eq!(
+            msgs[7].attachments[0].url.as_deref(),
+            Some("http://fs.example/x.zip")
+        );
+        assert_eq!(
+            msgs[7].attachments[0].transfer,
+            TransferKind::YmsgFileTransfer
+        );
         assert!(c[msgs[1].stream_offset as usize..].starts_with(b"YMSG"));
     }
 
@@ -298,7 +419,9 @@ pub(crate) mod tests {
         let text = vec![b'a'; u16::MAX as usize - 20];
         let big = ymsg(SERVICE_MESSAGE, &[(1, b"me"), (14, &text)]);
         assert!(big.len() <= MAX_PACKET);
-        let (msgs, errs) = run_split(Protocol::Ymsg, &[(C2S, &big)], &|len| (0..len).step_by(4096).collect());
+        let (msgs, errs) = run_split(Protocol::Ymsg, &[(C2S, &big)], &|len| {
+            (0..len).step_by(4096).collect()
+        });
         assert!(errs.is_empty());
         assert_eq!(msgs[0].body.len(), text.len());
     }

@@ -31,15 +31,34 @@ const MAX_PARTS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Route {
     None,
-    MatrixSend { room: String, event_type: String },
-    MattermostPost { path: String },
-    MattermostFiles { path: String, channel: Option<String> },
+    MatrixSend {
+        room: String,
+        event_type: String,
+    },
+    MattermostPost {
+        path: String,
+    },
+    MattermostFiles {
+        path: String,
+        channel: Option<String>,
+    },
     RocketPostMessage,
     RocketSendMessage,
-    RocketUpload { rid: String },
-    SlackChat { path: String, query: String },
-    SlackFilesUpload { path: String, query: String },
-    SlackUploadUrl { path: String, query: String },
+    RocketUpload {
+        rid: String,
+    },
+    SlackChat {
+        path: String,
+        query: String,
+    },
+    SlackFilesUpload {
+        path: String,
+        query: String,
+    },
+    SlackUploadUrl {
+        path: String,
+        query: String,
+    },
     BoshRequest,
     BoshResponse,
 }
@@ -63,7 +82,7 @@ pub(super) struct Body<'a> {
     /// Stream offset of the request line.
     pub start: u64,
     /// Stream offset of the body's first byte.
-    pub body_start: u64,
+    pub bytes_start: u64,
 }
 
 /// The media type without parameters, lowercased.
@@ -127,7 +146,12 @@ fn message(
     }
 }
 
-fn upload(name: String, size: Option<u64>, mime: Option<String>, url: Option<String>) -> Attachment {
+fn upload(
+    name: String,
+    size: Option<u64>,
+    mime: Option<String>,
+    url: Option<String>,
+) -> Attachment {
     Attachment {
         transfer: TransferKind::HttpUpload,
         name,
@@ -144,6 +168,7 @@ fn non_empty(s: &str) -> Option<String> {
 /// Decides what a request is and what of its body is needed. Uploads whose body is the file
 /// itself are reported here, from the head, so that a policy can act before the file is
 /// through.
+#[expect(clippy::too_many_lines, reason = "one routing table")]
 pub(super) fn route(req: &Request, start: u64, out: &mut Vec<Message>) -> (Route, Want) {
     let (path, query) = split_target(req.target);
     let path_text = lossy(path).into_owned();
@@ -151,16 +176,22 @@ pub(super) fn route(req: &Request, start: u64, out: &mut Vec<Message>) -> (Route
     let post = req.method == b"POST";
     let put = req.method == b"PUT";
     let ct = req.content_type;
-    let raw_upload = |name: String, url: Option<String>, recipient: String, out: &mut Vec<Message>| {
-        out.push(message(
-            MessageKind::FileOffer,
-            None,
-            vec![recipient],
-            String::new(),
-            vec![upload(name, req.content_length, non_empty(media_type(ct).as_str()), url)],
-            start,
-        ));
-    };
+    let raw_upload =
+        |name: String, url: Option<String>, recipient: String, out: &mut Vec<Message>| {
+            out.push(message(
+                MessageKind::FileOffer,
+                None,
+                vec![recipient],
+                String::new(),
+                vec![upload(
+                    name,
+                    req.content_length,
+                    non_empty(media_type(ct).as_str()),
+                    url,
+                )],
+                start,
+            ));
+        };
     match segs.as_slice() {
         [b"_matrix", b"client", _, b"rooms", room, b"send", event_type, ..] if put || post => (
             Route::MatrixSend {
@@ -176,18 +207,30 @@ pub(super) fn route(req: &Request, start: u64, out: &mut Vec<Message>) -> (Route
         }
         [b"_matrix", b"media", _, b"upload", server, media] if put => {
             let name = query_param(query, "filename").unwrap_or_default();
-            let url = format!("mxc://{}/{}", pct_decode(server, false), pct_decode(media, false));
+            let url = format!(
+                "mxc://{}/{}",
+                pct_decode(server, false),
+                pct_decode(media, false)
+            );
             raw_upload(name, Some(url), path_text, out);
             (Route::None, Want::Discard)
         }
-        [b"api", b"v4", b"posts"] if post => (Route::MattermostPost { path: path_text }, Want::Whole),
+        [b"api", b"v4", b"posts"] if post => {
+            (Route::MattermostPost { path: path_text }, Want::Whole)
+        }
         [b"api", b"v4", b"posts", _] | [b"api", b"v4", b"posts", _, b"patch"] if put => {
             (Route::MattermostPost { path: path_text }, Want::Whole)
         }
         [b"api", b"v4", b"files"] if post => {
             let channel = query_param(query, "channel_id");
             if is_multipart(ct) {
-                (Route::MattermostFiles { path: path_text, channel }, Want::Prefix)
+                (
+                    Route::MattermostFiles {
+                        path: path_text,
+                        channel,
+                    },
+                    Want::Prefix,
+                )
             } else {
                 let name = query_param(query, "filename").unwrap_or_default();
                 raw_upload(name, None, channel.unwrap_or(path_text), out);
@@ -206,15 +249,22 @@ pub(super) fn route(req: &Request, start: u64, out: &mut Vec<Message>) -> (Route
             let path = path_text;
             let query = lossy(query).into_owned();
             match *method {
-                b"chat.postMessage" | b"chat.postEphemeral" | b"chat.meMessage"
-                | b"chat.scheduleMessage" | b"chat.update" => {
-                    (Route::SlackChat { path, query }, Want::Whole)
-                }
+                b"chat.postMessage"
+                | b"chat.postEphemeral"
+                | b"chat.meMessage"
+                | b"chat.scheduleMessage"
+                | b"chat.update" => (Route::SlackChat { path, query }, Want::Whole),
                 b"files.upload" => (
                     Route::SlackFilesUpload { path, query },
-                    if is_multipart(ct) { Want::Prefix } else { Want::Whole },
+                    if is_multipart(ct) {
+                        Want::Prefix
+                    } else {
+                        Want::Whole
+                    },
                 ),
-                b"files.getUploadURLExternal" => (Route::SlackUploadUrl { path, query }, Want::Whole),
+                b"files.getUploadURLExternal" => {
+                    (Route::SlackUploadUrl { path, query }, Want::Whole)
+                }
                 _ => (Route::None, Want::Discard),
             }
         }
@@ -224,7 +274,12 @@ pub(super) fn route(req: &Request, start: u64, out: &mut Vec<Message>) -> (Route
 }
 
 /// Reads the messages of a complete request body.
-pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> Result<(), &'static str> {
+#[expect(clippy::too_many_lines, reason = "one arm per API call, each short")]
+pub(super) fn interpret(
+    route: &Route,
+    body: &Body,
+    out: &mut Vec<Message>,
+) -> Result<(), &'static str> {
     let start = body.start;
     match route {
         Route::None | Route::BoshRequest | Route::BoshResponse => Ok(()),
@@ -262,7 +317,14 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             if text.is_empty() && attachments.is_empty() {
                 return Ok(());
             }
-            out.push(message(kind, None, vec![room.clone()], text, attachments, start));
+            out.push(message(
+                kind,
+                None,
+                vec![room.clone()],
+                text,
+                attachments,
+                start,
+            ));
             Ok(())
         }
         Route::MattermostPost { path } => {
@@ -274,7 +336,14 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .map(|id| upload(String::new(), None, None, Some(format!("/api/v4/files/{id}"))))
+                .map(|id| {
+                    upload(
+                        String::new(),
+                        None,
+                        None,
+                        Some(format!("/api/v4/files/{id}")),
+                    )
+                })
                 .collect();
             let channel = non_empty(str_of(&v, "channel_id")).unwrap_or_else(|| path.clone());
             push_chat(out, None, channel, text, attachments, start);
@@ -284,11 +353,23 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             let parts = multipart(body)?;
             let channel = channel
                 .clone()
-                .or_else(|| parts.iter().find(|p| p.name == "channel_id" && p.filename.is_none()).map(|p| lossy(p.data).into_owned()))
+                .or_else(|| {
+                    parts
+                        .iter()
+                        .find(|p| p.name == "channel_id" && p.filename.is_none())
+                        .map(|p| lossy(p.data).into_owned())
+                })
                 .unwrap_or_else(|| path.clone());
             let files = file_parts(&parts);
             if !files.is_empty() {
-                out.push(message(MessageKind::FileOffer, None, vec![channel], String::new(), files, start));
+                out.push(message(
+                    MessageKind::FileOffer,
+                    None,
+                    vec![channel],
+                    String::new(),
+                    files,
+                    start,
+                ));
             }
             Ok(())
         }
@@ -300,7 +381,14 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             };
             let sender = non_empty(str_of(&v, "alias"));
             let attachments = rocket_attachments(&v);
-            push_chat(out, sender, room.to_owned(), str_of(&v, "text").to_owned(), attachments, start);
+            push_chat(
+                out,
+                sender,
+                room.to_owned(),
+                str_of(&v, "text").to_owned(),
+                attachments,
+                start,
+            );
             Ok(())
         }
         Route::RocketSendMessage => {
@@ -310,7 +398,14 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             };
             let attachments = rocket_attachments(m);
             let sender = non_empty(str_of(m, "alias"));
-            push_chat(out, sender, str_of(m, "rid").to_owned(), str_of(m, "msg").to_owned(), attachments, start);
+            push_chat(
+                out,
+                sender,
+                str_of(m, "rid").to_owned(),
+                str_of(m, "msg").to_owned(),
+                attachments,
+                start,
+            );
             Ok(())
         }
         Route::RocketUpload { rid } => {
@@ -324,7 +419,11 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
                 .join("\n");
             let files = file_parts(&parts);
             if !files.is_empty() || !text.is_empty() {
-                let kind = if files.is_empty() { MessageKind::Chat } else { MessageKind::FileOffer };
+                let kind = if files.is_empty() {
+                    MessageKind::Chat
+                } else {
+                    MessageKind::FileOffer
+                };
                 out.push(message(kind, None, vec![rid.clone()], text, files, start));
             }
             Ok(())
@@ -334,10 +433,15 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             let mut text = args.get("text").unwrap_or_default();
             if text.is_empty() {
                 // Messages built only from blocks: their text objects (Block Kit).
-                if let Some(Value::Array(blocks)) = args.json.as_ref().and_then(|v| v.get("blocks")) {
+                if let Some(Value::Array(blocks)) = args.json.as_ref().and_then(|v| v.get("blocks"))
+                {
                     text = blocks
                         .iter()
-                        .filter_map(|b| b.get("text").and_then(|t| t.get("text")).and_then(Value::as_str))
+                        .filter_map(|b| {
+                            b.get("text")
+                                .and_then(|t| t.get("text"))
+                                .and_then(Value::as_str)
+                        })
                         .collect::<Vec<_>>()
                         .join("\n");
                 }
@@ -355,14 +459,25 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
                     .filter(|p| p.filename.is_none())
                     .map(|p| (p.name.clone(), lossy(p.data).into_owned()))
                     .collect();
-                (Args { json: None, pairs: fields }, files)
+                (
+                    Args {
+                        json: None,
+                        pairs: fields,
+                    },
+                    files,
+                )
             } else {
                 (Args::read(body, query)?, Vec::new())
             };
             if files.is_empty() {
                 // Text content given as the `content` argument instead of a file.
                 if let Some(content) = args.get("content") {
-                    files.push(upload(String::new(), Some(content.len() as u64), None, None));
+                    files.push(upload(
+                        String::new(),
+                        Some(content.len() as u64),
+                        None,
+                        None,
+                    ));
                 }
             }
             if let Some(name) = args.get("filename") {
@@ -375,11 +490,24 @@ pub(super) fn interpret(route: &Route, body: &Body, out: &mut Vec<Message>) -> R
             }
             let recipients: Vec<String> = args
                 .get("channels")
-                .map(|c| c.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect())
+                .map(|c| {
+                    c.split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .filter(|c: &Vec<String>| !c.is_empty())
                 .unwrap_or_else(|| vec![path.clone()]);
             let text = args.get("initial_comment").unwrap_or_default();
-            out.push(message(MessageKind::FileOffer, None, recipients, text, files, start));
+            out.push(message(
+                MessageKind::FileOffer,
+                None,
+                recipients,
+                text,
+                files,
+                start,
+            ));
             Ok(())
         }
         Route::SlackUploadUrl { path, query } => {
@@ -413,7 +541,11 @@ fn push_chat(
     if text.is_empty() && attachments.is_empty() {
         return;
     }
-    let kind = if text.is_empty() { MessageKind::FileOffer } else { MessageKind::Chat };
+    let kind = if text.is_empty() {
+        MessageKind::FileOffer
+    } else {
+        MessageKind::Chat
+    };
     out.push(message(kind, sender, vec![room], text, attachments, start));
 }
 
@@ -427,7 +559,12 @@ fn rocket_attachments(v: &Value) -> Vec<Attachment> {
             let url = ["title_link", "image_url", "audio_url", "video_url"]
                 .iter()
                 .find_map(|k| a.get(*k).and_then(Value::as_str).filter(|s| !s.is_empty()))?;
-            Some(upload(str_of(a, "title").to_owned(), None, None, Some(url.to_owned())))
+            Some(upload(
+                str_of(a, "title").to_owned(),
+                None,
+                None,
+                Some(url.to_owned()),
+            ))
         })
         .collect()
 }
@@ -463,7 +600,10 @@ impl Args {
             pairs = form(body.bytes);
         }
         pairs.extend(form(query.as_bytes()));
-        Ok(Args { json: json_v, pairs })
+        Ok(Args {
+            json: json_v,
+            pairs,
+        })
     }
 
     fn get(&self, key: &str) -> Option<String> {
@@ -472,12 +612,18 @@ impl Args {
                 Value::String(s) => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
                 Value::Array(a) => Some(
-                    a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
                 ),
                 _ => None,
             };
         }
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -494,7 +640,10 @@ fn form(bytes: &[u8]) -> Vec<(String, String)> {
 }
 
 fn query_param(query: &[u8], name: &str) -> Option<String> {
-    form(query).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    form(query)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
 
 /// Percent-decoding (RFC 3986 section 2.1); `+` is a space in form data. Invalid escapes are
@@ -571,7 +720,10 @@ fn params(value: &[u8]) -> Vec<(String, String)> {
 }
 
 fn param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {
-    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// One part of a `multipart/form-data` body (RFC 7578).
@@ -613,7 +765,8 @@ fn multipart<'a>(body: &Body<'a>) -> Result<Vec<Part<'a>>, &'static str> {
             break;
         };
         let head_start = at + eol + 1;
-        let Some(head_len) = memmem::find(&bytes[head_start.min(bytes.len())..], b"\r\n\r\n") else {
+        let Some(head_len) = memmem::find(&bytes[head_start.min(bytes.len())..], b"\r\n\r\n")
+        else {
             break;
         };
         let head = &bytes[head_start..head_start + head_len];
@@ -628,7 +781,7 @@ fn multipart<'a>(body: &Body<'a>) -> Result<Vec<Part<'a>>, &'static str> {
             let value = line[colon + 1..].trim_ascii();
             if field.eq_ignore_ascii_case(b"content-disposition") {
                 let p = params(value);
-                name = param(&p, "name").unwrap_or_default().to_owned();
+                param(&p, "name").unwrap_or_default().clone_into(&mut name);
                 filename = param(&p, "filename*")
                     .map(ext_value)
                     .or_else(|| param(&p, "filename").map(str::to_owned));
@@ -637,22 +790,33 @@ fn multipart<'a>(body: &Body<'a>) -> Result<Vec<Part<'a>>, &'static str> {
             }
         }
         let tail = &bytes[data_start.min(bytes.len())..];
-        match finder.find(tail) {
-            Some(n) => {
-                parts.push(Part { name, filename, content_type, data: &tail[..n], size: n as u64 });
-                at = data_start + n + delim.len();
-            }
-            None => {
-                let size = if body.truncated {
-                    let closing = delim.len() as u64 + 4;
-                    body.len.saturating_sub(data_start as u64).saturating_sub(closing)
-                } else {
-                    tail.len() as u64
-                };
-                parts.push(Part { name, filename, content_type, data: tail, size });
-                break;
-            }
-        }
+        let Some(n) = finder.find(tail) else {
+            // The last part runs to the end of what was kept.
+            let size = if body.truncated {
+                let closing = delim.len() as u64 + 4;
+                body.len
+                    .saturating_sub(data_start as u64)
+                    .saturating_sub(closing)
+            } else {
+                tail.len() as u64
+            };
+            parts.push(Part {
+                name,
+                filename,
+                content_type,
+                data: tail,
+                size,
+            });
+            break;
+        };
+        parts.push(Part {
+            name,
+            filename,
+            content_type,
+            data: &tail[..n],
+            size: n as u64,
+        });
+        at = data_start + n + delim.len();
     }
     Ok(parts)
 }
@@ -686,7 +850,10 @@ pub(super) fn bosh_inner(bytes: &[u8]) -> Option<(usize, &[u8])> {
         i += bytes[i..].iter().position(|b| !b.is_ascii_whitespace())?;
     }
     let tag = bytes.get(i..)?.strip_prefix(b"<body")?;
-    if !tag.first().is_some_and(|&b| b.is_ascii_whitespace() || b == b'>' || b == b'/') {
+    if !tag
+        .first()
+        .is_some_and(|&b| b.is_ascii_whitespace() || b == b'>' || b == b'/')
+    {
         return None;
     }
     // The end of the start tag: the first `>` outside a quoted attribute value.
@@ -737,7 +904,10 @@ mod tests {
 
     #[test]
     fn percent_and_form_decoding() {
-        assert_eq!(pct_decode(b"%21abc%3Aexample.org", false), "!abc:example.org");
+        assert_eq!(
+            pct_decode(b"%21abc%3Aexample.org", false),
+            "!abc:example.org"
+        );
         assert_eq!(pct_decode(b"a+b%2", true), "a b%2");
         assert_eq!(pct_decode(b"%zz%", false), "%zz%");
         assert_eq!(
@@ -755,13 +925,17 @@ mod tests {
     #[test]
     fn targets() {
         assert_eq!(split_target(b"/a/b?x=1"), (&b"/a/b"[..], &b"x=1"[..]));
-        assert_eq!(split_target(b"http://h.example:8008/_matrix?q"), (&b"/_matrix"[..], &b"q"[..]));
+        assert_eq!(
+            split_target(b"http://h.example:8008/_matrix?q"),
+            (&b"/_matrix"[..], &b"q"[..])
+        );
         assert_eq!(split_target(b"http://h.example"), (&b"/"[..], &b""[..]));
     }
 
     #[test]
     fn bosh_wrapper() {
-        let b = b"<body rid='1' xmlns='http://jabber.org/protocol/httpbind' a='x>y'><message/></body>";
+        let b =
+            b"<body rid='1' xmlns='http://jabber.org/protocol/httpbind' a='x>y'><message/></body>";
         let (at, inner) = bosh_inner(b).unwrap();
         assert_eq!(inner, b"<message/>");
         assert_eq!(&b[at..at + 10], b"<message/>");

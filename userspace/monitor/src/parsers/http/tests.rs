@@ -72,7 +72,12 @@ fn ok(body: &str) -> Vec<u8> {
 type Summary = (MessageKind, Option<String>, Vec<String>, String);
 
 fn summary(m: &Message) -> Summary {
-    (m.kind, m.sender.clone(), m.recipients.clone(), m.body.clone())
+    (
+        m.kind,
+        m.sender.clone(),
+        m.recipients.clone(),
+        m.body.clone(),
+    )
 }
 
 fn s(kind: MessageKind, sender: Option<&str>, to: &[&str], body: &str) -> Summary {
@@ -85,6 +90,7 @@ fn s(kind: MessageKind, sender: Option<&str>, to: &[&str], body: &str) -> Summar
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one conversation, spelled out")]
 fn chat_apis() {
     let mut c1 = json_req(
         "PUT",
@@ -153,19 +159,28 @@ fn chat_apis() {
     ];
     let msgs = assert_split_invariant(Protocol::Http, script);
     let got: Vec<Summary> = msgs.iter().map(summary).collect();
-    use MessageKind::{Chat, FileOffer, Notice};
     assert_eq!(
         got,
         vec![
-            s(Chat, None, &["!room:matrix.example"], "hello matrix"),
-            s(Notice, None, &["!r:m.example"], "bot says"),
-            s(FileOffer, None, &["!r:m.example"], "caption"),
-            s(FileOffer, None, &["/_matrix/media/v3/upload"], ""),
-            s(Chat, None, &["ch1"], "mattermost hi"),
-            s(Chat, Some("bot"), &["#general"], "rocket hi"),
-            s(Chat, None, &["R1"], "rocket two"),
-            s(Chat, None, &["C123"], "slack form!"),
-            s(Chat, None, &["C9"], "from blocks"),
+            s(
+                MessageKind::Chat,
+                None,
+                &["!room:matrix.example"],
+                "hello matrix"
+            ),
+            s(MessageKind::Notice, None, &["!r:m.example"], "bot says"),
+            s(MessageKind::FileOffer, None, &["!r:m.example"], "caption"),
+            s(
+                MessageKind::FileOffer,
+                None,
+                &["/_matrix/media/v3/upload"],
+                ""
+            ),
+            s(MessageKind::Chat, None, &["ch1"], "mattermost hi"),
+            s(MessageKind::Chat, Some("bot"), &["#general"], "rocket hi"),
+            s(MessageKind::Chat, None, &["R1"], "rocket two"),
+            s(MessageKind::Chat, None, &["C123"], "slack form!"),
+            s(MessageKind::Chat, None, &["C9"], "from blocks"),
         ]
     );
     assert!(msgs.iter().all(|m| m.protocol == Protocol::Http));
@@ -263,7 +278,10 @@ fn multipart_uploads() {
         s(MessageKind::FileOffer, None, &["ROOM1"], "see attached")
     );
     assert_eq!(names(&msgs[0]), vec![("report.pdf".into(), Some(1234))]);
-    assert_eq!(msgs[0].attachments[0].mime.as_deref(), Some("application/pdf"));
+    assert_eq!(
+        msgs[0].attachments[0].mime.as_deref(),
+        Some("application/pdf")
+    );
     assert_eq!(msgs[1].recipients, vec!["chan7".to_owned()]);
     assert_eq!(
         names(&msgs[1]),
@@ -334,8 +352,7 @@ fn bosh() {
     )
     .into_bytes();
     resp2.extend_from_slice(incoming);
-    let script: &[(Direction, &[u8])] =
-        &[(C2S, &open), (S2C, &resp), (C2S, &send), (S2C, &resp2)];
+    let script: &[(Direction, &[u8])] = &[(C2S, &open), (S2C, &resp), (C2S, &send), (S2C, &resp2)];
     let msgs = assert_split_invariant(Protocol::Http, script);
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert_eq!(msgs[0].protocol, Protocol::Xmpp);
@@ -358,7 +375,12 @@ fn bosh_cannot_be_blinded_by_an_inner_tls_switch() {
     )
     .into_bytes();
     resp.extend_from_slice(proceed);
-    let ask = req("POST", "/bosh", "Content-Type: text/xml\r\n", b"<body rid='1'/>");
+    let ask = req(
+        "POST",
+        "/bosh",
+        "Content-Type: text/xml\r\n",
+        b"<body rid='1'/>",
+    );
     let send = req(
         "POST",
         "/bosh",
@@ -382,7 +404,11 @@ fn upgrade_to_websocket_is_unreadable() {
     assert_eq!(p.state(C2S), StreamState::Unparseable);
     assert_eq!(p.state(S2C), StreamState::Unparseable);
     assert!(!p.is_inspectable());
-    let post = json_req("POST", "/api/v1/chat.postMessage", r#"{"channel":"a","text":"b"}"#);
+    let post = json_req(
+        "POST",
+        "/api/v1/chat.postMessage",
+        r#"{"channel":"a","text":"b"}"#,
+    );
     p.feed(C2S, up.len() as u64, &post, &mut out).unwrap();
     assert!(out.is_empty());
 
@@ -393,9 +419,15 @@ fn upgrade_to_websocket_is_unreadable() {
     p.feed(C2S, 0, connect, &mut out).unwrap();
     p.feed(S2C, 0, refused, &mut out).unwrap();
     assert!(p.is_inspectable());
-    p.feed(C2S, connect.len() as u64, connect, &mut out).unwrap();
-    p.feed(S2C, refused.len() as u64, b"HTTP/1.1 200 OK\r\n\r\n", &mut out)
+    p.feed(C2S, connect.len() as u64, connect, &mut out)
         .unwrap();
+    p.feed(
+        S2C,
+        refused.len() as u64,
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(p.error_count(), 0);
     assert!(!p.is_inspectable());
 }
@@ -406,7 +438,11 @@ fn responses_to_head_and_no_body_statuses() {
     // so the next response is read at once.
     let c = [
         req("HEAD", "/x", "", b""),
-        json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"t"}"#),
+        json_req(
+            "POST",
+            "/api/chat.postMessage",
+            r#"{"channel":"C","text":"t"}"#,
+        ),
     ]
     .concat();
     let s2c = b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
@@ -416,20 +452,26 @@ fn responses_to_head_and_no_body_statuses() {
     p.feed(S2C, 0, s2c, &mut out).unwrap();
     assert_eq!(p.error_count(), 0);
     assert_eq!(p.state(S2C), StreamState::Readable);
-    p.feed(S2C, s2c.len() as u64, b"HTTP/1.1 204 No Content\r\n\r\n", &mut out)
-        .unwrap();
+    p.feed(
+        S2C,
+        s2c.len() as u64,
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(p.error_count(), 0);
     assert_eq!(out.len(), 1);
 }
 
 #[test]
 fn oversized_items_are_skipped_and_parsing_resumes() {
-    let big = format!(
-        r#"{{"channel":"C","text":"{}"}}"#,
-        "x".repeat(MAX_BODY)
-    );
+    let big = format!(r#"{{"channel":"C","text":"{}"}}"#, "x".repeat(MAX_BODY));
     let mut c = json_req("POST", "/api/chat.postMessage", &big);
-    c.extend(json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"next"}"#));
+    c.extend(json_req(
+        "POST",
+        "/api/chat.postMessage",
+        r#"{"channel":"C","text":"next"}"#,
+    ));
     // A head over the bound: its body length is unknown, the next request line is found.
     let mut long_head = b"POST /api/chat.postMessage HTTP/1.1\r\n".to_vec();
     for i in 0..2000 {
@@ -437,7 +479,11 @@ fn oversized_items_are_skipped_and_parsing_resumes() {
     }
     long_head.extend_from_slice(b"\r\n");
     c.extend_from_slice(&long_head);
-    c.extend(json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"last"}"#));
+    c.extend(json_req(
+        "POST",
+        "/api/chat.postMessage",
+        r#"{"channel":"C","text":"last"}"#,
+    ));
     for chunk in [777usize, usize::MAX] {
         let (msgs, errs) = run_split(Protocol::Http, &[(C2S, &c)], &|len| {
             (0..len).step_by(chunk.min(len)).collect()
@@ -452,7 +498,11 @@ fn oversized_items_are_skipped_and_parsing_resumes() {
     }
     let mut p = Parser::new(Protocol::Http);
     let _ = p.feed(C2S, 0, &c, &mut Vec::new());
-    assert_eq!(p.error_count(), 2, "the body and the head over their bounds");
+    assert_eq!(
+        p.error_count(),
+        2,
+        "the body and the head over their bounds"
+    );
     // A chunked body over the bound.
     let mut c = chunked(
         "POST",
@@ -461,7 +511,11 @@ fn oversized_items_are_skipped_and_parsing_resumes() {
         big.as_bytes(),
         60_000,
     );
-    c.extend(json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"after"}"#));
+    c.extend(json_req(
+        "POST",
+        "/api/chat.postMessage",
+        r#"{"channel":"C","text":"after"}"#,
+    ));
     let (msgs, errs) = run_whole(Protocol::Http, &[(C2S, &c)]);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].body, "after");
@@ -470,8 +524,16 @@ fn oversized_items_are_skipped_and_parsing_resumes() {
 
 #[test]
 fn gaps() {
-    let first = json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"lost"}"#);
-    let second = json_req("POST", "/api/chat.postMessage", r#"{"channel":"C","text":"kept"}"#);
+    let first = json_req(
+        "POST",
+        "/api/chat.postMessage",
+        r#"{"channel":"C","text":"lost"}"#,
+    );
+    let second = json_req(
+        "POST",
+        "/api/chat.postMessage",
+        r#"{"channel":"C","text":"kept"}"#,
+    );
     // A hole inside a body with a known length: that message is lost, the next is read.
     let mut p = Parser::new(Protocol::Http);
     let mut out = Vec::new();
