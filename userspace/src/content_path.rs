@@ -45,6 +45,12 @@ pub fn readable(app: &str) -> Option<Protocol> {
         "xmpp" => Some(Protocol::Xmpp),
         "irc" => Some(Protocol::Irc),
         "mqtt" => Some(Protocol::Mqtt),
+        // Chat web APIs over plain HTTP (self-hosted servers on http://); over TLS the parser
+        // reports the flow encrypted at its first byte and its copies stop.
+        "matrix" | "mattermost" | "rocketchat" | "slack" => Some(Protocol::Http),
+        "msn" => Some(Protocol::Msnp),
+        "ymsg" => Some(Protocol::Ymsg),
+        "oscar" => Some(Protocol::Oscar),
         _ => None,
     }
 }

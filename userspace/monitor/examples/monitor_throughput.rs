@@ -231,6 +231,7 @@ fn conversation(
             w.push((C2S, mqtt_packet(0x10, &body)));
             w.push((S2C, mqtt_packet(0x20, &[0, 0])));
         }
+        other => unreachable!("the mix holds XMPP, IRC and MQTT flows, not {other:?}"),
     }
     for i in 0..messages {
         // Runs of a few messages per side, as chats go.
@@ -271,6 +272,7 @@ fn conversation(
                 p.extend_from_slice(body.as_bytes());
                 mqtt_packet(0x30, &p)
             }
+            other => unreachable!("the mix holds XMPP, IRC and MQTT flows, not {other:?}"),
         };
         w.push((dir, bytes));
     }
@@ -359,6 +361,7 @@ fn build(flows: u32, messages: u32) -> Mix {
             Protocol::Xmpp => (5222, "xmpp"),
             Protocol::Irc => (6667, "irc"),
             Protocol::Mqtt => (1883, "mqtt"),
+            other => unreachable!("the mix holds XMPP, IRC and MQTT flows, not {other:?}"),
         };
         let client = std::net::SocketAddr::from((
             [10, 0, (n >> 8) as u8, n as u8],

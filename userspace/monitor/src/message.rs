@@ -35,6 +35,14 @@ pub enum Protocol {
     Xmpp,
     Irc,
     Mqtt,
+    /// Plain-HTTP chat APIs (Matrix, Mattermost, Rocket.Chat, Slack; XMPP over BOSH).
+    Http,
+    /// MSN Messenger (MSNP).
+    Msnp,
+    /// Yahoo Messenger (YMSG).
+    Ymsg,
+    /// AIM/ICQ (OSCAR).
+    Oscar,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +70,15 @@ pub enum TransferKind {
     XmppHttpUpload,
     /// A URL sent as out-of-band data (XEP-0066).
     OutOfBand,
+    /// A file uploaded to, or referenced in a post of, a chat web API (Matrix media and
+    /// `m.file` events, Mattermost files, Rocket.Chat uploads and attachments, Slack files).
+    HttpUpload,
+    /// MSN Messenger `text/x-msmsgsinvite` file-transfer invitation.
+    MsnInvite,
+    /// Yahoo Messenger file-transfer service packet.
+    YmsgFileTransfer,
+    /// AIM/ICQ ICBM channel 2 rendezvous proposing a file transfer.
+    OscarRendezvous,
 }
 
 /// A file offered or sent in a message.

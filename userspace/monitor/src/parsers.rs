@@ -5,14 +5,21 @@
 //! directions as they arrive, in chunks that may split anywhere (inside a UTF-8 sequence, an XML
 //! entity, an MQTT length field). Feeding the same bytes in any split gives the same messages.
 //!
-//! Every buffer is bounded; the bounds are [`xmpp::MAX_STANZA`], [`irc::MAX_LINE`] and
-//! [`mqtt::MAX_PACKET`]. An item beyond its bound is dropped with [`ParseError::TooLarge`] and
+//! Every buffer is bounded; the bounds are [`xmpp::MAX_STANZA`], [`irc::MAX_LINE`],
+//! [`mqtt::MAX_PACKET`], [`http::MAX_HEAD`] and [`http::MAX_BODY`], [`msnp::MAX_LINE`] and
+//! [`msnp::MAX_PAYLOAD`]; YMSG and OSCAR frames carry a 16-bit length, so they are bounded by
+//! their format ([`ymsg::MAX_PACKET`], [`oscar::MAX_FRAME`]). An item beyond its bound is dropped with [`ParseError::TooLarge`] and
 //! parsing goes on after it. Lost bytes are announced with [`Parser::gap`]; whether a direction
 //! can still be read is [`Parser::state`].
 
+mod frames;
+pub mod http;
 pub mod irc;
 pub mod mqtt;
+pub mod msnp;
+pub mod oscar;
 pub mod xmpp;
+pub mod ymsg;
 
 use thiserror::Error;
 
@@ -52,7 +59,9 @@ pub enum StreamState {
     /// XMPP stream compression (XEP-0138) was negotiated: nothing after it is inspected.
     Compressed,
     /// Bytes were lost or the framing broke where the protocol gives no way to find the next
-    /// message boundary (MQTT): nothing more is parsed in this direction.
+    /// message boundary (MQTT, OSCAR); or the connection left the protocol for one without a
+    /// parser (HTTP `101 Switching Protocols` to a WebSocket or h2c, a `CONNECT` tunnel):
+    /// nothing more is parsed in this direction.
     Unparseable,
 }
 
@@ -84,6 +93,10 @@ enum Engine {
     Xmpp(xmpp::XmppParser),
     Irc(irc::IrcParser),
     Mqtt(mqtt::MqttParser),
+    Http(Box<http::HttpParser>),
+    Msnp(msnp::MsnpParser),
+    Ymsg(ymsg::YmsgParser),
+    Oscar(oscar::OscarParser),
 }
 
 /// The parser of one flow, both directions.
@@ -100,7 +113,8 @@ pub struct Parser {
 
 /// First byte of a TLS record carrying a handshake message (RFC 8446 section 5.1). It is not
 /// a valid first byte for any of the plain-text protocols: an XMPP stream starts with `<` or
-/// whitespace, an IRC line with a letter, `:` or `@`, and an MQTT CONNECT with 0x10.
+/// whitespace, an IRC line with a letter, `:` or `@`, an MQTT CONNECT with 0x10, an HTTP
+/// message with a method or `HTTP/`, MSNP with `VER`, YMSG with `Y` and OSCAR with `*`.
 pub(crate) const TLS_HANDSHAKE: u8 = 0x16;
 
 impl Parser {
@@ -109,6 +123,10 @@ impl Parser {
             Protocol::Xmpp => Engine::Xmpp(xmpp::XmppParser::default()),
             Protocol::Irc => Engine::Irc(irc::IrcParser::default()),
             Protocol::Mqtt => Engine::Mqtt(mqtt::MqttParser::default()),
+            Protocol::Http => Engine::Http(Box::default()),
+            Protocol::Msnp => Engine::Msnp(msnp::MsnpParser::default()),
+            Protocol::Ymsg => Engine::Ymsg(ymsg::YmsgParser::default()),
+            Protocol::Oscar => Engine::Oscar(oscar::OscarParser::default()),
         };
         Parser {
             protocol,
@@ -173,6 +191,10 @@ impl Parser {
             Engine::Xmpp(p) => p.feed(dir, offset, data, out, &mut errors),
             Engine::Irc(p) => p.feed(dir, offset, data, out, &mut errors),
             Engine::Mqtt(p) => p.feed(dir, offset, data, out, &mut errors),
+            Engine::Http(p) => p.feed(dir, offset, data, out, &mut errors),
+            Engine::Msnp(p) => p.feed(dir, offset, data, out, &mut errors),
+            Engine::Ymsg(p) => p.feed(dir, offset, data, out, &mut errors),
+            Engine::Oscar(p) => p.feed(dir, offset, data, out, &mut errors),
         }
         self.errors += errors.count;
         errors.first.map_or(Ok(()), Err)
@@ -186,6 +208,10 @@ impl Parser {
             Engine::Xmpp(p) => p.gap(dir),
             Engine::Irc(p) => p.gap(dir),
             Engine::Mqtt(p) => p.gap(dir),
+            Engine::Http(p) => p.gap(dir),
+            Engine::Msnp(p) => p.gap(dir),
+            Engine::Ymsg(p) => p.gap(dir),
+            Engine::Oscar(p) => p.gap(dir),
         }
     }
 
@@ -198,6 +224,10 @@ impl Parser {
             Engine::Xmpp(p) => p.state(dir),
             Engine::Irc(p) => p.state(dir),
             Engine::Mqtt(p) => p.state(dir),
+            Engine::Http(p) => p.state(dir),
+            Engine::Msnp(p) => p.state(dir),
+            Engine::Ymsg(p) => p.state(dir),
+            Engine::Oscar(p) => p.state(dir),
         }
     }
 
@@ -294,7 +324,15 @@ mod tests {
 
     #[test]
     fn tls_from_the_first_byte_is_not_inspected() {
-        for protocol in [Protocol::Xmpp, Protocol::Irc, Protocol::Mqtt] {
+        for protocol in [
+            Protocol::Xmpp,
+            Protocol::Irc,
+            Protocol::Mqtt,
+            Protocol::Http,
+            Protocol::Msnp,
+            Protocol::Ymsg,
+            Protocol::Oscar,
+        ] {
             let mut p = Parser::new(protocol);
             let mut out = Vec::new();
             p.feed(
