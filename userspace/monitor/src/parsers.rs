@@ -59,10 +59,11 @@ pub enum StreamState {
     /// XMPP stream compression (XEP-0138) was negotiated: nothing after it is inspected.
     Compressed,
     /// Bytes were lost or the framing broke where the protocol gives no way to find the next
-    /// message boundary (MQTT, OSCAR); or the connection left the protocol for one without a
-    /// parser (HTTP `101 Switching Protocols` to a WebSocket or h2c, a `CONNECT` tunnel):
-    /// nothing more is parsed in this direction.
+    /// message boundary (MQTT, OSCAR): nothing more is parsed in this direction.
     Unparseable,
+    /// The connection left the protocol for one without a parser (HTTP `101 Switching
+    /// Protocols` to a WebSocket or h2c, a `CONNECT` tunnel): nothing more is parsed.
+    Upgraded,
 }
 
 impl StreamState {

@@ -14,7 +14,7 @@
 //! reported as [`Protocol::Xmpp`] messages, with the JIDs of the stanzas.
 //!
 //! A `101 Switching Protocols` answer (WebSocket, h2c) or a successful `CONNECT` ends the
-//! HTTP conversation: both directions become [`StreamState::Unparseable`].
+//! HTTP conversation: both directions become [`StreamState::Upgraded`].
 
 mod api;
 
@@ -166,7 +166,7 @@ impl HttpParser {
     pub(crate) fn state(&self, dir: Direction) -> StreamState {
         let side = &self.sides[dir.index()];
         match side.phase {
-            Phase::Upgraded => StreamState::Unparseable,
+            Phase::Upgraded => StreamState::Upgraded,
             Phase::Resync => StreamState::Resyncing,
             _ if side.gapped => StreamState::Resyncing,
             _ => StreamState::Readable,

@@ -401,8 +401,8 @@ fn upgrade_to_websocket_is_unreadable() {
     assert_eq!(p.state(C2S), StreamState::Readable);
     let sw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello";
     p.feed(S2C, 0, sw, &mut out).unwrap();
-    assert_eq!(p.state(C2S), StreamState::Unparseable);
-    assert_eq!(p.state(S2C), StreamState::Unparseable);
+    assert_eq!(p.state(C2S), StreamState::Upgraded);
+    assert_eq!(p.state(S2C), StreamState::Upgraded);
     assert!(!p.is_inspectable());
     let post = json_req(
         "POST",
