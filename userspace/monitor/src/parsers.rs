@@ -248,7 +248,7 @@ impl Parser {
 /// UTF-8 with invalid sequences replaced by U+FFFD; validating first is much faster than the
 /// replacing decoder on the common, valid input.
 pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(s) => std::borrow::Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(bytes),
     }
@@ -257,7 +257,7 @@ pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Text as UTF-8 when it is, else as Latin-1 (IRC predates UTF-8; RFC 2812 section 2.2 leaves
 /// the character set open, and Latin-1 maps every byte to a character).
 pub(crate) fn utf8_or_latin1(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
     }
