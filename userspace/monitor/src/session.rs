@@ -696,7 +696,10 @@ impl Monitor {
         now_ms: u64,
         max_age_ms: u64,
     ) -> Option<Result<crate::archive::RetentionReport, ArchiveError>> {
-        self.rec.archive.as_mut().map(|a| a.retain(now_ms, max_age_ms))
+        self.rec
+            .archive
+            .as_mut()
+            .map(|a| a.retain(now_ms, max_age_ms))
     }
 
     /// The flow left the controller's table: held bytes are parsed (after their gaps, under

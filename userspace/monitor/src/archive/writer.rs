@@ -13,6 +13,7 @@ use super::format::{
     chain_hash, decode_line, encode_line, BodyOut, Entry, Event, FlowId, Hash, UnixMillis,
 };
 use super::key::SealKey;
+use super::lock::lock_dir;
 use super::reader::{last_line, list_segments, segment_path, sync_dir, LineEnd, LineReader};
 use super::{io_err, ArchiveError};
 
@@ -93,9 +94,11 @@ const GENESIS: Start = Start {
     prev: Hash::ZERO,
 };
 
-/// An open archive directory; the only writer (nothing locks the directory: run one).
+/// An open archive directory; the only writer (it holds the directory's lock).
 pub struct Archive {
     dir: PathBuf,
+    /// Holds the directory's `flock` until the archive is dropped (see [`lock_dir`]).
+    _lock: File,
     key: SealKey,
     config: ArchiveConfig,
     file: File,
@@ -136,14 +139,16 @@ impl Archive {
     ) -> Result<(Archive, OpenReport), ArchiveError> {
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // Before reading anything: another writer could be appending or recovering.
+        let lock = lock_dir(&dir)?;
         let segments = list_segments(&dir)?;
         match read_anchor(&dir, &key)? {
             AnchorState::Valid(anchor) => {
-                Archive::resume(dir, key, config, now, &anchor, &segments)
+                Archive::resume(dir, lock, key, config, now, &anchor, &segments)
             }
             AnchorState::Invalid(reason) => Err(ArchiveError::AnchorInvalid { dir, reason }),
             AnchorState::Missing if segments.is_empty() || only_torn_genesis(&dir, &segments) => {
-                Archive::create(dir, key, config, now)
+                Archive::create(dir, lock, key, config, now)
             }
             AnchorState::Missing => Err(ArchiveError::AnchorMissing { dir }),
         }
@@ -151,6 +156,7 @@ impl Archive {
 
     fn create(
         dir: PathBuf,
+        lock: File,
         key: SealKey,
         config: ArchiveConfig,
         now: UnixMillis,
@@ -162,7 +168,7 @@ impl Archive {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut archive = Archive::new(dir, key, config, file, GENESIS);
+        let mut archive = Archive::new(dir, lock, key, config, file, GENESIS);
         archive.seal_inner(now, false)?;
         Ok((
             archive,
@@ -173,9 +179,17 @@ impl Archive {
         ))
     }
 
-    fn new(dir: PathBuf, key: SealKey, config: ArchiveConfig, file: File, start: Start) -> Archive {
+    fn new(
+        dir: PathBuf,
+        lock: File,
+        key: SealKey,
+        config: ArchiveConfig,
+        file: File,
+        start: Start,
+    ) -> Archive {
         Archive {
             dir,
+            _lock: lock,
             key,
             buf: Vec::with_capacity(config.write_buffer_bytes.min(16 << 20)),
             config,
@@ -198,6 +212,7 @@ impl Archive {
 
     fn resume(
         dir: PathBuf,
+        lock: File,
         key: SealKey,
         config: ArchiveConfig,
         now: UnixMillis,
@@ -265,7 +280,7 @@ impl Archive {
             seq: anchor.start_seq,
             prev: anchor.start_prev,
         };
-        let mut archive = Archive::new(dir, key, config, file, start);
+        let mut archive = Archive::new(dir, lock, key, config, file, start);
         archive.segment = last;
         archive.segment_len = segment_len;
         archive.segment_first_time = first_time(&path).map_err(io_err(&path))?;
