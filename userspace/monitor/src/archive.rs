@@ -65,6 +65,7 @@
 //! interrupted.
 
 mod anchor;
+mod encode;
 mod format;
 mod key;
 mod lock;

@@ -9,8 +9,10 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::anchor::{read_anchor, write_anchor, Anchor, AnchorState};
+use super::encode::write_body;
 use super::format::{
-    chain_hash, decode_line, encode_line, BodyOut, Entry, Event, FlowId, Hash, UnixMillis,
+    chain_hash, decode_line, encode_line, encode_line_with, BodyOut, Entry, Event, FlowId, Hash,
+    UnixMillis,
 };
 use super::key::SealKey;
 use super::lock::lock_dir;
@@ -321,7 +323,7 @@ impl Archive {
         let incomplete = matches!(entry, Entry::Message { .. })
             && !self.gapped.is_empty()
             && self.gapped.contains(&flow);
-        let seq = self.push(time, incomplete, entry)?;
+        let seq = self.push_entry(time, incomplete, entry)?;
         match entry {
             Entry::FlowGap { .. } => {
                 if self.gapped.len() < MAX_GAPPED_FLOWS || self.gapped.contains(&flow) {
@@ -516,13 +518,40 @@ impl Archive {
             event,
         };
         self.head = encode_line(&mut self.buf, &body, |bytes| chain_hash(&prev, bytes))?;
+        self.pushed(time, before);
+        Ok(seq)
+    }
+
+    /// [`Archive::push`] for the controller's entries, through the direct encoder.
+    fn push_entry(
+        &mut self,
+        time: UnixMillis,
+        incomplete: bool,
+        entry: &Entry<'_>,
+    ) -> Result<u64, ArchiveError> {
+        let seq = self.next_seq;
+        let before = self.buf.len();
+        let prev = self.head;
+        self.head = encode_line_with(
+            &mut self.buf,
+            |out| {
+                write_body(out, seq, time, incomplete, entry);
+                Ok(())
+            },
+            |bytes| chain_hash(&prev, bytes),
+        )?;
+        self.pushed(time, before);
+        Ok(seq)
+    }
+
+    /// Book-keeping after a record was added to the buffer at `before`.
+    fn pushed(&mut self, time: UnixMillis, before: usize) {
         self.segment_len += (self.buf.len() - before) as u64;
         self.next_seq += 1;
         self.unsealed += 1;
         self.buf_first_time.get_or_insert(time);
         self.oldest_unsealed.get_or_insert(time);
         self.segment_first_time.get_or_insert(time);
-        Ok(seq)
     }
 
     fn push_housekeeping(&mut self, time: UnixMillis, event: Event) -> Result<u64, ArchiveError> {
