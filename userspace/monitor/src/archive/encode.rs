@@ -289,22 +289,25 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `word` is zero (exact for "any"; Hacker's Delight 6-1).
-fn has_zero(word: u64) -> bool {
-    word.wrapping_sub(ONES) & !word & HIGHS != 0
+/// The high bit of each zero byte of `word` (Hacker's Delight 6-1). A borrow can set a bit
+/// above a zero byte but never below the lowest one, so the lowest bit set is exact.
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGHS
 }
 
-/// Whether any of the 8 bytes needs an escape: below 0x20, `"` or `\`. Bytes of 0x80 and
-/// above (UTF-8 sequences) never do, and none of the three tests flags them.
-fn word_needs_escape(word: u64) -> bool {
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+/// The high bit of each byte that needs an escape (below 0x20, `"` or `\`), exact for the
+/// lowest such byte as in [`zero_bytes`]. Bytes of 0x80 and above (UTF-8 sequences) never
+/// need one and none of the three tests flags them.
+fn escape_bytes(word: u64) -> u64 {
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
     control
-        || has_zero(word ^ (ONES * u64::from(b'"')))
-        || has_zero(word ^ (ONES * u64::from(b'\\')))
+        | zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
 }
 
-fn byte_needs_escape(byte: u8) -> bool {
-    byte < 0x20 || byte == b'"' || byte == b'\\'
+/// The index of the lowest flagged byte of a little-endian word.
+fn lowest(flags: u64) -> usize {
+    (flags.trailing_zeros() / 8) as usize
 }
 
 /// The index of the first byte that needs an escape, eight bytes at a time.
@@ -312,19 +315,18 @@ fn next_escape(bytes: &[u8]) -> Option<usize> {
     let mut words = bytes.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut words {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        if word_needs_escape(word) {
-            if let Some(i) = chunk.iter().position(|&b| byte_needs_escape(b)) {
-                return Some(base + i);
-            }
+        let flags = escape_bytes(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+        if flags != 0 {
+            return Some(base + lowest(flags));
         }
         base += 8;
     }
-    words
-        .remainder()
-        .iter()
-        .position(|&b| byte_needs_escape(b))
-        .map(|i| base + i)
+    // The last 1 to 7 bytes, padded with spaces (which need no escape).
+    let rest = words.remainder();
+    let mut tail = [b' '; 8];
+    tail.iter_mut().zip(rest).for_each(|(t, &b)| *t = b);
+    let flags = escape_bytes(u64::from_le_bytes(tail));
+    (flags != 0).then(|| base + lowest(flags))
 }
 
 fn write_escape(out: &mut Vec<u8>, byte: u8) {
