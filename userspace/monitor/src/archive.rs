@@ -4,7 +4,10 @@
 //! # Layout
 //!
 //! A directory holds append-only segment files `archive-000001.log`, `archive-000002.log`, …
-//! and one head file `archive.head`. The seal key lives elsewhere (see [`SealKey`]).
+//! and one head file `archive.head`. The seal key lives elsewhere (see [`SealKey`]). One
+//! [`Archive`] at a time writes a directory: it holds an exclusive `flock` on `archive.lock`
+//! (which names its pid) and [`Archive::open`] fails with [`ArchiveError::Locked`] while
+//! another holds it. Readers ([`verify`], [`search`], [`export`]) take no lock.
 //!
 //! Every segment line is one record, a JSON object on one line:
 //!
@@ -62,8 +65,10 @@
 //! interrupted.
 
 mod anchor;
+mod encode;
 mod format;
 mod key;
+mod lock;
 mod reader;
 mod search;
 mod verify;
@@ -102,8 +107,15 @@ pub enum ArchiveError {
         offset: u64,
         what: String,
     },
+    /// Another [`Archive`] (in this or another process) has the directory open for writing.
+    #[error("{}: the archive is open for writing by another process ({}); one writer per directory", dir.display(), holder(*pid))]
+    Locked { dir: PathBuf, pid: Option<u32> },
     #[error("an earlier write failed, the archive's state on disk is unknown: open it again")]
     Poisoned,
+}
+
+fn holder(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ArchiveError {

@@ -285,13 +285,27 @@ pub(crate) fn encode_line<T: Serialize>(
     body: &T,
     seal: impl FnOnce(&[u8]) -> Hash,
 ) -> Result<Hash, super::ArchiveError> {
+    encode_line_with(
+        out,
+        |out| serde_json::to_writer(out, body).map_err(super::ArchiveError::Encode),
+        seal,
+    )
+}
+
+/// [`encode_line`] with the body written by `write_body`; the hash is computed over the body
+/// bytes where they lie in `out`, so they are neither copied nor serialised twice.
+pub(crate) fn encode_line_with(
+    out: &mut Vec<u8>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), super::ArchiveError>,
+    seal: impl FnOnce(&[u8]) -> Hash,
+) -> Result<Hash, super::ArchiveError> {
     let start = out.len();
     out.extend_from_slice(PREFIX);
     out.extend_from_slice(&[b'0'; HEX_LEN]);
     out.extend_from_slice(MID);
-    if let Err(e) = serde_json::to_writer(&mut *out, body) {
+    if let Err(e) = write_body(out) {
         out.truncate(start);
-        return Err(super::ArchiveError::Encode(e));
+        return Err(e);
     }
     let size = out.len() - start + SUFFIX.len();
     if size > MAX_LINE_BYTES {

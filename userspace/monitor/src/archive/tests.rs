@@ -1337,3 +1337,96 @@ fn extreme_numbers_in_names_and_records_do_not_panic() {
     assert!(!report.is_ok());
     let _ = Archive::open(t.dir(), key, ArchiveConfig::default(), T0);
 }
+
+// ---- one writer per directory ----
+
+#[test]
+fn a_second_writer_is_refused_until_the_first_is_closed_or_dropped() {
+    let t = TempDir::new("lock");
+    let key = t.key();
+    let (mut a, _) = Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0).unwrap();
+    append_message(&mut a, T0 + 1, "alice@example.org", "first writer");
+
+    let err = Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0 + 2).err();
+    let Some(ArchiveError::Locked { dir, pid }) = err else {
+        panic!("expected Locked, got {err:?}");
+    };
+    assert_eq!(dir, t.dir());
+    assert_eq!(pid, Some(std::process::id()));
+    let text = ArchiveError::Locked { dir, pid }.to_string();
+    assert!(text.contains(&t.dir().display().to_string()), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+    // The refused attempt touched nothing: the first writer goes on and closes cleanly.
+    append_message(
+        &mut a,
+        T0 + 3,
+        "alice@example.org",
+        "still the first writer",
+    );
+    a.close(T0 + 4).unwrap();
+
+    let (mut b, report) =
+        Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0 + 5).unwrap();
+    assert_eq!(report.recovery, None);
+    assert!(matches!(
+        Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0 + 6),
+        Err(ArchiveError::Locked { .. })
+    ));
+    append_message(&mut b, T0 + 6, "alice@example.org", "second writer");
+    // Dropped without closing (a crash, as far as the archive knows): the lock goes too.
+    drop(b);
+    let (c, report) =
+        Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0 + 7).unwrap();
+    assert!(report.recovery.is_some());
+    c.close(T0 + 8).unwrap();
+    let report = verify(&t.dir(), &key).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(bodies(&t.dir(), &Filter::default()).len(), 3);
+}
+
+#[test]
+fn a_stale_lock_file_does_not_block_and_gets_our_pid() {
+    let t = TempDir::new("stale-lock");
+    let key = t.key();
+    fs::create_dir_all(t.dir()).unwrap();
+    let lock_path = t.dir().join("archive.lock");
+    fs::write(
+        &lock_path,
+        "not a pid, and longer than any pid could ever be\n",
+    )
+    .unwrap();
+    let (a, _) = Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0).unwrap();
+    assert_eq!(
+        fs::read_to_string(&lock_path).unwrap(),
+        format!("{}\n", std::process::id())
+    );
+    a.close(T0 + 1).unwrap();
+}
+
+#[test]
+fn readers_ignore_the_lock_file_while_a_writer_holds_it() {
+    let t = TempDir::new("lock-readers");
+    let key = fixture(&t, 6);
+    let (mut a, _) =
+        Archive::open(t.dir(), key.clone(), ArchiveConfig::default(), T0 + 10).unwrap();
+    append_message(&mut a, T0 + 11, "alice@example.org", "while locked");
+    a.seal(T0 + 12).unwrap();
+    assert!(t.dir().join("archive.lock").exists());
+
+    let report = verify(&t.dir(), &key).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.unsealed_records, 0);
+    let found = bodies(&t.dir(), &Filter::default());
+    assert_eq!(found.len(), 7);
+    assert_eq!(found.last().map(String::as_str), Some("while locked"));
+    let mut out = Vec::new();
+    let stats = export(&t.dir(), &Filter::default(), &mut out).unwrap();
+    assert!(stats.records > 7 && stats.skipped == 0, "{stats:?}");
+    a.close(T0 + 13).unwrap();
+    // Left behind after the writer is gone, it is still just ignored.
+    let report = verify(&t.dir(), &key).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}

@@ -9,10 +9,13 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::anchor::{read_anchor, write_anchor, Anchor, AnchorState};
+use super::encode::write_body;
 use super::format::{
-    chain_hash, decode_line, encode_line, BodyOut, Entry, Event, FlowId, Hash, UnixMillis,
+    chain_hash, decode_line, encode_line, encode_line_with, BodyOut, Entry, Event, FlowId, Hash,
+    UnixMillis,
 };
 use super::key::SealKey;
+use super::lock::lock_dir;
 use super::reader::{last_line, list_segments, segment_path, sync_dir, LineEnd, LineReader};
 use super::{io_err, ArchiveError};
 
@@ -93,9 +96,11 @@ const GENESIS: Start = Start {
     prev: Hash::ZERO,
 };
 
-/// An open archive directory; the only writer (nothing locks the directory: run one).
+/// An open archive directory; the only writer (it holds the directory's lock).
 pub struct Archive {
     dir: PathBuf,
+    /// Holds the directory's `flock` until the archive is dropped (see [`lock_dir`]).
+    _lock: File,
     key: SealKey,
     config: ArchiveConfig,
     file: File,
@@ -136,14 +141,16 @@ impl Archive {
     ) -> Result<(Archive, OpenReport), ArchiveError> {
         let dir = dir.as_ref().to_owned();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // Before reading anything: another writer could be appending or recovering.
+        let lock = lock_dir(&dir)?;
         let segments = list_segments(&dir)?;
         match read_anchor(&dir, &key)? {
             AnchorState::Valid(anchor) => {
-                Archive::resume(dir, key, config, now, &anchor, &segments)
+                Archive::resume(dir, lock, key, config, now, &anchor, &segments)
             }
             AnchorState::Invalid(reason) => Err(ArchiveError::AnchorInvalid { dir, reason }),
             AnchorState::Missing if segments.is_empty() || only_torn_genesis(&dir, &segments) => {
-                Archive::create(dir, key, config, now)
+                Archive::create(dir, lock, key, config, now)
             }
             AnchorState::Missing => Err(ArchiveError::AnchorMissing { dir }),
         }
@@ -151,6 +158,7 @@ impl Archive {
 
     fn create(
         dir: PathBuf,
+        lock: File,
         key: SealKey,
         config: ArchiveConfig,
         now: UnixMillis,
@@ -162,7 +170,7 @@ impl Archive {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut archive = Archive::new(dir, key, config, file, GENESIS);
+        let mut archive = Archive::new(dir, lock, key, config, file, GENESIS);
         archive.seal_inner(now, false)?;
         Ok((
             archive,
@@ -173,9 +181,17 @@ impl Archive {
         ))
     }
 
-    fn new(dir: PathBuf, key: SealKey, config: ArchiveConfig, file: File, start: Start) -> Archive {
+    fn new(
+        dir: PathBuf,
+        lock: File,
+        key: SealKey,
+        config: ArchiveConfig,
+        file: File,
+        start: Start,
+    ) -> Archive {
         Archive {
             dir,
+            _lock: lock,
             key,
             buf: Vec::with_capacity(config.write_buffer_bytes.min(16 << 20)),
             config,
@@ -198,6 +214,7 @@ impl Archive {
 
     fn resume(
         dir: PathBuf,
+        lock: File,
         key: SealKey,
         config: ArchiveConfig,
         now: UnixMillis,
@@ -265,7 +282,7 @@ impl Archive {
             seq: anchor.start_seq,
             prev: anchor.start_prev,
         };
-        let mut archive = Archive::new(dir, key, config, file, start);
+        let mut archive = Archive::new(dir, lock, key, config, file, start);
         archive.segment = last;
         archive.segment_len = segment_len;
         archive.segment_first_time = first_time(&path).map_err(io_err(&path))?;
@@ -306,7 +323,7 @@ impl Archive {
         let incomplete = matches!(entry, Entry::Message { .. })
             && !self.gapped.is_empty()
             && self.gapped.contains(&flow);
-        let seq = self.push(time, incomplete, entry)?;
+        let seq = self.push_entry(time, incomplete, entry)?;
         match entry {
             Entry::FlowGap { .. } => {
                 if self.gapped.len() < MAX_GAPPED_FLOWS || self.gapped.contains(&flow) {
@@ -501,13 +518,40 @@ impl Archive {
             event,
         };
         self.head = encode_line(&mut self.buf, &body, |bytes| chain_hash(&prev, bytes))?;
+        self.pushed(time, before);
+        Ok(seq)
+    }
+
+    /// [`Archive::push`] for the controller's entries, through the direct encoder.
+    fn push_entry(
+        &mut self,
+        time: UnixMillis,
+        incomplete: bool,
+        entry: &Entry<'_>,
+    ) -> Result<u64, ArchiveError> {
+        let seq = self.next_seq;
+        let before = self.buf.len();
+        let prev = self.head;
+        self.head = encode_line_with(
+            &mut self.buf,
+            |out| {
+                write_body(out, seq, time, incomplete, entry);
+                Ok(())
+            },
+            |bytes| chain_hash(&prev, bytes),
+        )?;
+        self.pushed(time, before);
+        Ok(seq)
+    }
+
+    /// Book-keeping after a record was added to the buffer at `before`.
+    fn pushed(&mut self, time: UnixMillis, before: usize) {
         self.segment_len += (self.buf.len() - before) as u64;
         self.next_seq += 1;
         self.unsealed += 1;
         self.buf_first_time.get_or_insert(time);
         self.oldest_unsealed.get_or_insert(time);
         self.segment_first_time.get_or_insert(time);
-        Ok(seq)
     }
 
     fn push_housekeeping(&mut self, time: UnixMillis, event: Event) -> Result<u64, ArchiveError> {
