@@ -369,7 +369,9 @@ fn state_reason(s: StreamState) -> &'static str {
         StreamState::Unparseable => {
             "framing lost (bytes missing or malformed) with no boundary to resume at"
         }
-        StreamState::Upgraded => "switched to another protocol (WebSocket, h2c or a CONNECT tunnel)",
+        StreamState::Upgraded => {
+            "switched to another protocol (WebSocket, h2c or a CONNECT tunnel)"
+        }
     }
 }
 

@@ -212,6 +212,10 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Xmpp => "xmpp",
         Protocol::Irc => "irc",
         Protocol::Mqtt => "mqtt",
+        Protocol::Http => "http",
+        Protocol::Msnp => "msnp",
+        Protocol::Ymsg => "ymsg",
+        Protocol::Oscar => "oscar",
     }
 }
 
@@ -237,6 +241,10 @@ fn transfer_name(t: TransferKind) -> &'static str {
         TransferKind::XmppJingle => "xmpp_jingle",
         TransferKind::XmppHttpUpload => "xmpp_http_upload",
         TransferKind::OutOfBand => "out_of_band",
+        TransferKind::HttpUpload => "http_upload",
+        TransferKind::MsnInvite => "msn_invite",
+        TransferKind::YmsgFileTransfer => "ymsg_file_transfer",
+        TransferKind::OscarRendezvous => "oscar_rendezvous",
     }
 }
 
@@ -416,6 +424,10 @@ mod tests {
                 TransferKind::XmppJingle,
                 TransferKind::XmppHttpUpload,
                 TransferKind::OutOfBand,
+                TransferKind::HttpUpload,
+                TransferKind::MsnInvite,
+                TransferKind::YmsgFileTransfer,
+                TransferKind::OscarRendezvous,
             ]),
             name in text(),
             size in any::<Option<u64>>(),
@@ -436,7 +448,15 @@ mod tests {
 
     prop_compose! {
         fn message()(
-            protocol in prop::sample::select(vec![Protocol::Xmpp, Protocol::Irc, Protocol::Mqtt]),
+            protocol in prop::sample::select(vec![
+                Protocol::Xmpp,
+                Protocol::Irc,
+                Protocol::Mqtt,
+                Protocol::Http,
+                Protocol::Msnp,
+                Protocol::Ymsg,
+                Protocol::Oscar,
+            ]),
             direction in direction(),
             kind in prop::sample::select(vec![
                 MessageKind::Chat,

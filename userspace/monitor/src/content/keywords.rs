@@ -173,7 +173,11 @@ impl Grams {
             let b = gram_bit(g);
             let at = q;
             q += self.stride;
-            if self.bits.get(b / 64).is_none_or(|word| word & (1 << (b % 64)) == 0) {
+            if self
+                .bits
+                .get(b / 64)
+                .is_none_or(|word| word & (1 << (b % 64)) == 0)
+            {
                 continue;
             }
             let Some(list) = self.by_gram.get(&g) else {
@@ -322,7 +326,11 @@ impl KeywordsBuilder {
     }
 
     pub fn build(self) -> Result<Keywords, ContentError> {
-        let ascii_phrases = self.deny.iter().chain(&self.allow).all(|(_, f)| f.is_ascii());
+        let ascii_phrases = self
+            .deny
+            .iter()
+            .chain(&self.allow)
+            .all(|(_, f)| f.is_ascii());
         Ok(Keywords {
             ascii_phrases,
             deny: Automaton::build(self.deny)?,
