@@ -347,7 +347,20 @@ struct Mix {
     metas: Vec<FlowMeta>,
     /// All flows interleaved, one segment of each in turn, as a gateway sees them.
     wires: Vec<Wire>,
+    /// The payloads one after the other in that order, as the controller reads them from the
+    /// ring buffer: `wires[i]` holds `spans[i]` of it.
+    ring: Vec<u8>,
+    spans: Vec<(usize, usize)>,
     payload_bytes: u64,
+}
+
+impl Mix {
+    fn payload(&self, i: usize) -> &[u8] {
+        self.spans
+            .get(i)
+            .and_then(|&(at, len)| self.ring.get(at..at + len))
+            .unwrap_or_default()
+    }
 }
 
 fn build(flows: u32, messages: u32) -> Mix {
@@ -389,9 +402,17 @@ fn build(flows: u32, messages: u32) -> Mix {
         }
     }
     let payload_bytes = wires.iter().map(|w| w.payload.len() as u64).sum();
+    let mut ring = Vec::with_capacity(usize::try_from(payload_bytes).unwrap_or(0));
+    let mut spans = Vec::with_capacity(wires.len());
+    for w in &mut wires {
+        spans.push((ring.len(), w.payload.len()));
+        ring.append(&mut w.payload);
+    }
     Mix {
         metas,
         wires,
+        ring,
+        spans,
         payload_bytes,
     }
 }
@@ -417,8 +438,8 @@ fn run(mix: &Mix, archive: Option<Archive>) -> (Duration, MonitorStats) {
             syn: w.syn,
             fin: w.fin,
             rst: false,
-            payload: &w.payload,
-            wire_len: u32::try_from(w.payload.len()).unwrap_or(u32::MAX),
+            payload: mix.payload(i),
+            wire_len: u32::try_from(mix.payload(i).len()).unwrap_or(u32::MAX),
         };
         monitor.segment(meta, &seg, now_ns, now_ms, &mut out);
         if i % 1_000_000 == 999_999 {
@@ -449,15 +470,16 @@ fn breakdown(mix: &Mix) -> (Duration, Duration, usize) {
     let mut offsets = vec![[0u64; 2]; mix.metas.len()];
     let mut msgs: Vec<Message> = Vec::new();
     let start = Instant::now();
-    for w in &mix.wires {
+    for (i, w) in mix.wires.iter().enumerate() {
         let (Some(p), Some(off)) = (parsers.get_mut(w.flow), offsets.get_mut(w.flow)) else {
             continue;
         };
         let Some(o) = off.get_mut(w.dir.index()) else {
             continue;
         };
-        let _ = p.feed(w.dir, *o, &w.payload, &mut msgs);
-        *o += w.payload.len() as u64;
+        let payload = mix.payload(i);
+        let _ = p.feed(w.dir, *o, payload, &mut msgs);
+        *o += payload.len() as u64;
     }
     let parse = start.elapsed();
     let policy = policy();

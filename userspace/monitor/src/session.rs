@@ -593,6 +593,7 @@ impl Monitor {
         stats.segments += 1;
         stats.payload_bytes += seg.payload.len() as u64;
         let id = meta.id;
+        // One table lookup for a known flow, the common case.
         if let Some(flow) = self.flows.get_mut(&id) {
             if flow.last != self.clock {
                 self.clock += 1;
@@ -603,40 +604,38 @@ impl Monitor {
                     self.lru.insert(flow.stamp, id);
                 }
             }
-        } else {
-            if seg.rst {
-                // Nothing to monitor, and an RST must not create state.
-                stats.ignored_segments += 1;
-                return;
-            }
-            self.make_room(now_ns, now_ms);
-            self.clock += 1;
-            self.lru.insert(self.clock, id);
-            let live = Live {
-                app: meta.app.clone(),
-                reasm: FlowReassembler::new(self.config.reassembly.clone(), now_ns),
-                parser: Parser::new(meta.protocol),
-                unreadable: [false; 2],
-                conflicts: 0,
+            let mut ctx = Ctx {
+                policy: &self.policy,
+                rec: &mut self.rec,
+                budget: &mut self.budget,
+                now_ns,
+                now_ms,
             };
-            self.flows.insert(
-                id,
-                Flow {
-                    stamp: self.clock,
-                    last: self.clock,
-                    state: FlowState::Live(Box::new(live)),
-                },
-            );
-            self.rec.stats.flows_started += 1;
-            self.rec.stats.flows += 1;
-        }
-        let Some(flow) = self.flows.get_mut(&id) else {
+            Monitor::feed(&mut ctx, id, flow, seg, out);
             return;
+        }
+        if seg.rst {
+            // Nothing to monitor, and an RST must not create state.
+            stats.ignored_segments += 1;
+            return;
+        }
+        self.make_room(now_ns, now_ms);
+        self.clock += 1;
+        self.lru.insert(self.clock, id);
+        let live = Live {
+            app: meta.app.clone(),
+            reasm: FlowReassembler::new(self.config.reassembly.clone(), now_ns),
+            parser: Parser::new(meta.protocol),
+            unreadable: [false; 2],
+            conflicts: 0,
         };
-        if matches!(flow.state, FlowState::Done { .. }) {
-            self.rec.stats.ignored_segments += 1;
-            return;
-        }
+        let flow = self.flows.entry(id).insert(Flow {
+            stamp: self.clock,
+            last: self.clock,
+            state: FlowState::Live(Box::new(live)),
+        });
+        self.rec.stats.flows_started += 1;
+        self.rec.stats.flows += 1;
         let mut ctx = Ctx {
             policy: &self.policy,
             rec: &mut self.rec,
@@ -644,7 +643,22 @@ impl Monitor {
             now_ns,
             now_ms,
         };
-        drive(&mut ctx, id, flow, Some(out), |reasm, budget, sink| {
+        Monitor::feed(&mut ctx, id, flow.into_mut(), seg, out);
+    }
+
+    fn feed(
+        ctx: &mut Ctx<'_>,
+        id: FlowId,
+        flow: &mut Flow,
+        seg: &Segment<'_>,
+        out: &mut Vec<Action>,
+    ) {
+        if matches!(flow.state, FlowState::Done { .. }) {
+            ctx.rec.stats.ignored_segments += 1;
+            return;
+        }
+        let now_ns = ctx.now_ns;
+        drive(ctx, id, flow, Some(out), |reasm, budget, sink| {
             reasm.segment(seg, now_ns, budget, sink);
         });
     }

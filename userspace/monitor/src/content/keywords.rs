@@ -54,17 +54,27 @@ pub fn fold(text: &str) -> String {
 /// The characters outside ASCII whose fold contains an ASCII letter (`ß` -> `ss`, the Kelvin
 /// sign -> `k`, `İ` -> `i` + combining dot). A test checks the list against every character.
 const FOLDS_TO_ASCII: [char; 4] = ['ß', 'ẞ', '\u{212A}', 'İ'];
+/// The last byte of each of [`FOLDS_TO_ASCII`] in UTF-8 (a test checks them).
+const FOLD_LAST_BYTES: [u8; 4] = [0x9F, 0x9E, 0xAA, 0xB0];
 
-/// Whether `text` holds one of [`FOLDS_TO_ASCII`]. Their UTF-8 forms start with 0xC3, 0xC4,
-/// 0xE1 or 0xE2; most non-ASCII text in Latin scripts has only the first of these.
+/// Whether `text` holds one of [`FOLDS_TO_ASCII`]. Their UTF-8 forms end with 0x9F, 0xB0,
+/// 0x9E or 0xAA: continuation bytes that accented Latin letters (0xC3 0xA0-0xBF) seldom use,
+/// so the search stops at few places, where the preceding bytes are compared.
 fn has_ascii_fold(text: &str) -> bool {
     let b = text.as_bytes();
-    let hit = |i: usize| {
-        text.get(i..)
-            .and_then(|t| t.chars().next())
-            .is_some_and(|c| FOLDS_TO_ASCII.contains(&c))
+    let ends = |i: usize, seq: &[u8]| {
+        (i + 1)
+            .checked_sub(seq.len())
+            .and_then(|s| b.get(s..=i))
+            .is_some_and(|w| w == seq)
     };
-    memchr::memchr3_iter(0xC3, 0xC4, 0xE1, b).any(hit) || memchr::memchr_iter(0xE2, b).any(hit)
+    let hit = |i: usize| {
+        FOLDS_TO_ASCII
+            .iter()
+            .any(|c| ends(i, c.encode_utf8(&mut [0; 4]).as_bytes()))
+    };
+    let [l0, l1, l2, l3] = FOLD_LAST_BYTES;
+    memchr::memchr3_iter(l0, l1, l2, b).any(hit) || memchr::memchr_iter(l3, b).any(hit)
 }
 
 /// The text as the automaton reads it: the text itself when ASCII, or when every phrase is
@@ -468,6 +478,9 @@ mod tests {
                 FOLDS_TO_ASCII.contains(&c),
                 "{c:?} folds to {folded:?}"
             );
+        }
+        for (c, last) in FOLDS_TO_ASCII.iter().zip(FOLD_LAST_BYTES) {
+            assert_eq!(c.encode_utf8(&mut [0; 4]).as_bytes().last(), Some(&last));
         }
         for c in FOLDS_TO_ASCII {
             let s = format!("caf\u{e9} {c} \u{e9}");
