@@ -154,7 +154,10 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     let _ircd = start_ngircd(&lab, &dir);
     let policy = format!(
         "version: 1\napps: {{irc: monitor}}\ncontent:\n  rules:\n    - {{name: secrets, action: block, keywords: [project falcon]}}\n    \
-         - {{name: no-executables, action: block, files: {{extensions: [exe]}}}}\nmonitor: {{archive: {}, archive_key: {}}}\n",
+         - {{name: no-executables, action: block, files: {{extensions: [exe]}}}}\n    \
+         - {{name: cards, action: block, patterns: [payment_card]}}\n    \
+         - {{name: phishing, action: block, urls: {{domains: [phish.example]}}}}\n\
+         monitor: {{archive: {}, archive_key: {}}}\n",
         archive.display(),
         key.display()
     );
@@ -177,10 +180,20 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     assert!(bob.wait_for("DCC SEND", NEVER).is_none(), "the blocked file offer reached bob");
     assert!(carol.is_reset_within(EXPECT), "carol's connection was not reset\n{}", lab.imfw_log_tail());
 
+    // A card number and a link to a blocked domain: the same.
+    let mut dave = Irc::connect(&lab, "dave");
+    dave.send("PRIVMSG bob :pay with 4111-1111-1111-1111 please\r\n").expect("send");
+    assert!(bob.wait_for("pay with", NEVER).is_none(), "the card number reached bob");
+    assert!(dave.is_reset_within(EXPECT), "dave's connection was not reset\n{}", lab.imfw_log_tail());
+    let mut erin = Irc::connect(&lab, "erin");
+    erin.send("PRIVMSG bob :reset your password at HTTPS://Login.PHISH.example/reset\r\n").expect("send");
+    assert!(bob.wait_for("reset your password", NEVER).is_none(), "the phishing link reached bob");
+    assert!(erin.is_reset_within(EXPECT), "erin's connection was not reset\n{}", lab.imfw_log_tail());
+
     // bob's own connection is untouched.
     bob.send("PRIVMSG bob :note to self\r\n").expect("bob still connected");
     assert!(bob.wait_for("note to self", EXPECT).is_some(), "bob's connection broke");
-    drop((alice, bob, carol));
+    drop((alice, bob, carol, dave, erin));
     let status = lab.stop_imfw().expect("stop imfw");
     assert!(status.success(), "imfw exited with {status}");
 
@@ -188,7 +201,7 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
     assert_eq!(code, 0, "verify after the run:\n{out}");
     let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "irc"]);
-    for needle in ["lunch at noon?", "Project Falcon", "secrets", "no-executables", "note to self"] {
+    for needle in ["lunch at noon?", "Project Falcon", "secrets", "no-executables", "cards", "phishing", "note to self"] {
         assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
     }
     let (_, exported) = imfw(&["archive", "export", "--dir", a, "--party", "alice"]);
