@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
+mod bench;
 mod demo;
 mod prereq;
 mod test;
@@ -26,6 +27,10 @@ enum Cli {
     /// Build the lab (client, gateway, server and recorder namespaces), run imfw on the
     /// gateway, send real IM and web traffic through it and print what got through.
     Demo(demo::Options),
+    /// Measure: cost per packet in XDP against reference programs, new flows and scaling, the
+    /// controller's content path. A table on stdout, `target/bench/results.json` and SVG
+    /// charts; targets are reported as met or not met, never as a failure.
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -42,6 +47,7 @@ fn run() -> Result<()> {
     match Cli::parse() {
         Cli::Test(opts) => test::run(&opts),
         Cli::Demo(opts) => demo::run(&opts),
+        Cli::Bench(opts) => bench::run(&opts),
     }
 }
 
