@@ -534,6 +534,10 @@ fn copy_pass(mix: &Mix, repeat: u32) -> Duration {
     best
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the runs and their report, in the order they are printed"
+)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
