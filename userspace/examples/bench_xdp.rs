@@ -41,7 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Result};
 use imfw::{
     bench_refs::{BenchRefs, Reference},
     dataplane::Dataplane,
@@ -54,9 +54,9 @@ use imfw_common::{
 };
 use imfw_tests::{
     packets::{tcp4, tcp6, tcp_flags, udp4, udp6, with_vlan},
-    protocols::{ClientHello, http_get, irc_registration, mqtt_connect},
+    protocols::{http_get, irc_registration, mqtt_connect, ClientHello},
 };
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 const SCENARIO: &str = "xdp-cost";
 const XDP_DROP: u32 = 1;
@@ -82,7 +82,6 @@ const TELEGRAM4: Ipv4Addr = Ipv4Addr::new(149, 154, 167, 50);
 
 /// How much to measure.
 struct Plan {
-    quick: bool,
     batches: usize,
     /// Runs per call for decided flows.
     repeat: u32,
@@ -97,9 +96,21 @@ struct Plan {
 impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
-            Plan { quick, batches: 5, repeat: 200_000, samples: 1_000, warmup: 300, case_cap: Duration::from_secs(3) }
+            Plan {
+                batches: 7,
+                repeat: 100_000,
+                samples: 1_500,
+                warmup: 300,
+                case_cap: Duration::from_secs(4),
+            }
         } else {
-            Plan { quick, batches: 9, repeat: 1_000_000, samples: 4_000, warmup: 1_000, case_cap: Duration::from_secs(20) }
+            Plan {
+                batches: 11,
+                repeat: 500_000,
+                samples: 4_000,
+                warmup: 1_000,
+                case_cap: Duration::from_secs(20),
+            }
         }
     }
 }
@@ -127,6 +138,15 @@ fn run() -> Result<()> {
     let compiled = policy::parse(policy::default_policy_text(), "policy.yaml")
         .and_then(|p| p.compile())
         .map_err(|e| anyhow!("default policy: {e}"))?;
+    eprintln!(
+        "bench_xdp: default policy: {} signature shapes, {} signatures, {} names, {} STUN attributes, {} + {} app networks",
+        compiled.sig_classes.len(),
+        compiled.sigs.len(),
+        compiled.names.len(),
+        compiled.stun.len(),
+        compiled.addr4.len(),
+        compiled.addr6.len()
+    );
     let started = Instant::now();
     eprintln!(
         "bench_xdp: {} run: {} batches; decided flows {} runs per call; first packets {} new flows per batch",
@@ -137,12 +157,22 @@ fn run() -> Result<()> {
     );
     decided(&plan, &compiled)?;
     first_packets(&plan, &compiled)?;
-    eprintln!("bench_xdp: done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "bench_xdp: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-fn record(name: &str, value: f64, reference: Option<(&str, f64)>, target: Option<Value>, note: &str) -> Result<()> {
-    let mut r = json!({"scenario": SCENARIO, "name": name, "value": round1(value), "unit": "ns/packet"});
+fn record(
+    name: &str,
+    value: f64,
+    reference: Option<(&str, f64)>,
+    target: Option<Value>,
+    note: &str,
+) -> Result<()> {
+    let mut r =
+        json!({"scenario": SCENARIO, "name": name, "value": round1(value), "unit": "ns/packet"});
     if let Some((label, v)) = reference {
         r["ref"] = json!(label);
         r["ref_value"] = json!(round1(v));
@@ -208,8 +238,21 @@ impl L4 {
 }
 
 /// One packet of a flow, from the client (`to_server`) or from the server.
-fn frame(l4: L4, client: IpAddr, cport: u16, server: IpAddr, sport: u16, to_server: bool, flags: u8, payload: &[u8]) -> Result<Vec<u8>> {
-    let (src, sp, dst, dp) = if to_server { (client, cport, server, sport) } else { (server, sport, client, cport) };
+fn frame(
+    l4: L4,
+    client: IpAddr,
+    cport: u16,
+    server: IpAddr,
+    sport: u16,
+    to_server: bool,
+    flags: u8,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let (src, sp, dst, dp) = if to_server {
+        (client, cport, server, sport)
+    } else {
+        (server, sport, client, cport)
+    };
     Ok(match (l4, src, dst) {
         (L4::Tcp, IpAddr::V4(s), IpAddr::V4(d)) => tcp4(s, sp, d, dp, flags, payload),
         (L4::Tcp, IpAddr::V6(s), IpAddr::V6(d)) => tcp6(s, sp, d, dp, flags, payload),
@@ -234,7 +277,8 @@ fn opaque(len: usize) -> Vec<u8> {
 }
 
 fn app_id(c: &Compiled, name: &str) -> Result<u16> {
-    c.app_id(name).ok_or_else(|| anyhow!("app {name} missing from the catalogue"))
+    c.app_id(name)
+        .ok_or_else(|| anyhow!("app {name} missing from the catalogue"))
 }
 
 fn load(compiled: &Compiled) -> Result<(Dataplane, BenchRefs)> {
@@ -272,10 +316,38 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
     let v4 = (IpAddr::V4(CLIENT4), IpAddr::V4(SERVER4));
     let v6 = (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6));
     let shapes = [
-        Shape { name: "decided flow, allowed, IPv4", ref_shape: Some("IPv4"), client: v4.0, server: v4.1, vlan: false, kind: Decided::Allowed },
-        Shape { name: "decided flow, dropped, IPv4", ref_shape: None, client: v4.0, server: v4.1, vlan: false, kind: Decided::Dropped },
-        Shape { name: "decided flow, allowed, IPv6", ref_shape: Some("IPv6"), client: v6.0, server: v6.1, vlan: false, kind: Decided::Allowed },
-        Shape { name: "decided flow, dropped, IPv6", ref_shape: None, client: v6.0, server: v6.1, vlan: false, kind: Decided::Dropped },
+        Shape {
+            name: "decided flow, allowed, IPv4",
+            ref_shape: Some("IPv4"),
+            client: v4.0,
+            server: v4.1,
+            vlan: false,
+            kind: Decided::Allowed,
+        },
+        Shape {
+            name: "decided flow, dropped, IPv4",
+            ref_shape: None,
+            client: v4.0,
+            server: v4.1,
+            vlan: false,
+            kind: Decided::Dropped,
+        },
+        Shape {
+            name: "decided flow, allowed, IPv6",
+            ref_shape: Some("IPv6"),
+            client: v6.0,
+            server: v6.1,
+            vlan: false,
+            kind: Decided::Allowed,
+        },
+        Shape {
+            name: "decided flow, dropped, IPv6",
+            ref_shape: None,
+            client: v6.0,
+            server: v6.1,
+            vlan: false,
+            kind: Decided::Dropped,
+        },
         Shape {
             name: "decided flow, allowed, IPv4, 802.1Q VLAN",
             ref_shape: Some("IPv4, 802.1Q VLAN"),
@@ -310,7 +382,10 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         refs.run(Reference::Stateful, &data)?;
         let key = flow_key(s.client, cport, s.server, 443, 6);
         if refs.flow(&key)?.is_none() {
-            bail!("{}: the stateful reference kept no entry for the flow", s.name);
+            bail!(
+                "{}: the stateful reference kept no entry for the flow",
+                s.name
+            );
         }
         eprintln!("bench_xdp: {} ...", s.name);
         let m = repeat_batches(plan, &dp, &refs, &data, action, s.name)?;
@@ -322,11 +397,26 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
             data.len(),
             spread(&m.imfw)
         );
-        let (imfw, stateful, empty) = (median(&mut m.imfw.clone()), median(&mut m.stateful.clone()), median(&mut m.empty.clone()));
-        let target = (s.kind != Decided::AfterInspection).then(|| json!({"ratio_max": DECIDED_RATIO_MAX}));
-        let verdict = if stateful > 0.0 && imfw / stateful <= DECIDED_RATIO_MAX { "met" } else { "not met" };
+        let (imfw, stateful, empty) = (
+            median(&mut m.imfw.clone()),
+            median(&mut m.stateful.clone()),
+            median(&mut m.empty.clone()),
+        );
+        let target =
+            (s.kind != Decided::AfterInspection).then(|| json!({"ratio_max": DECIDED_RATIO_MAX}));
+        let verdict = if stateful > 0.0 && imfw / stateful <= DECIDED_RATIO_MAX {
+            "met"
+        } else {
+            "not met"
+        };
         let label = format!("stateful reference, warm flow, {}", shape_label(s));
-        record(s.name, imfw, Some((&label, stateful)), target.clone(), &note)?;
+        record(
+            s.name,
+            imfw,
+            Some((&label, stateful)),
+            target.clone(),
+            &note,
+        )?;
         eprintln!(
             "bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns (ratio {:.2}{}), empty {empty:.1} ns",
             imfw / stateful,
@@ -349,6 +439,9 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
                 empty_ipv4 = Some((empty, m.empty.len()));
             }
         }
+        if i == 0 {
+            calibrate(plan, &dp, &refs, &data, action, s.name)?;
+        }
         refs.clear_flows()?;
     }
     if let Some((empty, n)) = empty_ipv4 {
@@ -365,14 +458,32 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
 
 fn shape_label(s: &Shape) -> String {
     let family = if s.client.is_ipv4() { "IPv4" } else { "IPv6" };
-    if s.vlan { format!("{family}, 802.1Q VLAN") } else { family.to_owned() }
+    if s.vlan {
+        format!("{family}, 802.1Q VLAN")
+    } else {
+        family.to_owned()
+    }
 }
 
 /// Decides the shape's flow in imfw and returns a data packet of it with the action it must get.
-fn setup_decided(dp: &mut Dataplane, compiled: &Compiled, s: &Shape, cport: u16) -> Result<(Vec<u8>, u32)> {
+fn setup_decided(
+    dp: &mut Dataplane,
+    compiled: &Compiled,
+    s: &Shape,
+    cport: u16,
+) -> Result<(Vec<u8>, u32)> {
     let tag = |f: Vec<u8>| if s.vlan { with_vlan(&f, 100) } else { f };
     let pkt = |to_server: bool, flags: u8, payload: &[u8]| -> Result<Vec<u8>> {
-        Ok(tag(frame(L4::Tcp, s.client, cport, s.server, 443, to_server, flags, payload)?))
+        Ok(tag(frame(
+            L4::Tcp,
+            s.client,
+            cport,
+            s.server,
+            443,
+            to_server,
+            flags,
+            payload,
+        )?))
     };
     let key = flow_key(s.client, cport, s.server, 443, 6);
     dp.test_run(&pkt(true, tcp_flags::SYN, &[])?)?;
@@ -385,11 +496,19 @@ fn setup_decided(dp: &mut Dataplane, compiled: &Compiled, s: &Shape, cport: u16)
             (app_id(compiled, "slack")?, XDP_PASS)
         }
         Decided::Dropped => {
-            dp.test_run(&pkt(true, psh, &ClientHello::new("web.whatsapp.com").build())?)?;
+            dp.test_run(&pkt(
+                true,
+                psh,
+                &ClientHello::new("web.whatsapp.com").build(),
+            )?)?;
             (app_id(compiled, "whatsapp")?, XDP_DROP)
         }
         Decided::AfterInspection => {
-            dp.test_run(&pkt(true, psh, &ClientHello::new("www.example.com").build())?)?;
+            dp.test_run(&pkt(
+                true,
+                psh,
+                &ClientHello::new("www.example.com").build(),
+            )?)?;
             // More payload packets each way than the budget: inspection then gives up.
             let budget = compiled.config.inspect_packets as usize;
             let data = opaque(200);
@@ -400,14 +519,24 @@ fn setup_decided(dp: &mut Dataplane, compiled: &Compiled, s: &Shape, cport: u16)
             (0, XDP_PASS)
         }
     };
-    let e = dp.flow(&key)?.ok_or_else(|| anyhow!("{}: imfw kept no entry for the flow", s.name))?;
+    let e = dp
+        .flow(&key)?
+        .ok_or_else(|| anyhow!("{}: imfw kept no entry for the flow", s.name))?;
     if e.state != STATE_DECIDED || e.app != app {
-        bail!("{}: the flow is not decided as set up (state {}, app {}, expected app {app})", s.name, e.state, e.app);
+        bail!(
+            "{}: the flow is not decided as set up (state {}, app {}, expected app {app})",
+            s.name,
+            e.state,
+            e.app
+        );
     }
     let data = pkt(true, psh, &opaque(100))?;
     let got = dp.test_run(&data)?;
     if got != action {
-        bail!("{}: a data packet of the decided flow got XDP action {got}, expected {action}", s.name);
+        bail!(
+            "{}: a data packet of the decided flow got XDP action {got}, expected {action}",
+            s.name
+        );
     }
     dp.drain_events();
     Ok((data, action))
@@ -421,8 +550,19 @@ struct Batches {
 
 /// Batches of `plan.repeat` runs per call, imfw, the stateful reference and the empty program
 /// in a rotating order.
-fn repeat_batches(plan: &Plan, dp: &Dataplane, refs: &BenchRefs, data: &[u8], action: u32, name: &str) -> Result<Batches> {
-    let mut m = Batches { imfw: Vec::new(), stateful: Vec::new(), empty: Vec::new() };
+fn repeat_batches(
+    plan: &Plan,
+    dp: &Dataplane,
+    refs: &BenchRefs,
+    data: &[u8],
+    action: u32,
+    name: &str,
+) -> Result<Batches> {
+    let mut m = Batches {
+        imfw: Vec::new(),
+        stateful: Vec::new(),
+        empty: Vec::new(),
+    };
     // Warm-up: one short call each.
     dp.test_run_timed(data, plan.repeat / 10)?;
     refs.run_timed(Reference::Stateful, data, plan.repeat / 10)?;
@@ -449,11 +589,79 @@ fn repeat_batches(plan: &Plan, dp: &Dataplane, refs: &BenchRefs, data: &[u8], ac
                     }
                     m.stateful.push(ns);
                 }
-                _ => m.empty.push(refs.run_timed(Reference::Empty, data, plan.repeat)?.1),
+                _ => m
+                    .empty
+                    .push(refs.run_timed(Reference::Empty, data, plan.repeat)?.1),
             }
         }
     }
     Ok(m)
+}
+
+/// The decided path measured as first packets are (one run per call): set against the same
+/// path in repeated runs, it shows how much the per-call method itself adds to a figure.
+fn calibrate(
+    plan: &Plan,
+    dp: &Dataplane,
+    refs: &BenchRefs,
+    data: &[u8],
+    action: u32,
+    name: &str,
+) -> Result<()> {
+    let mut m = Batches {
+        imfw: Vec::new(),
+        stateful: Vec::new(),
+        empty: Vec::new(),
+    };
+    let start = Instant::now();
+    for b in 0..plan.batches {
+        if b >= MIN_BATCHES && start.elapsed() > plan.case_cap {
+            break;
+        }
+        let (mut i, mut s, mut e) = (
+            Vec::with_capacity(plan.samples),
+            Vec::with_capacity(plan.samples),
+            Vec::with_capacity(plan.samples),
+        );
+        for n in 0..plan.samples {
+            for k in 0..3 {
+                match (n + k) % 3 {
+                    0 => {
+                        let (a, ns) = dp.test_run_timed(data, 1)?;
+                        if a != action {
+                            bail!("{name}: imfw returned XDP action {a}, expected {action}");
+                        }
+                        i.push(ns);
+                    }
+                    1 => s.push(refs.run_timed(Reference::Stateful, data, 1)?.1),
+                    _ => e.push(refs.run_timed(Reference::Empty, data, 1)?.1),
+                }
+            }
+        }
+        m.imfw.push(median(&mut i));
+        m.stateful.push(median(&mut s));
+        m.empty.push(median(&mut e));
+    }
+    let (imfw, stateful, empty) = (
+        median(&mut m.imfw.clone()),
+        median(&mut m.stateful.clone()),
+        median(&mut m.empty.clone()),
+    );
+    record(
+        &format!("{name}, one run per call (calibration of the first-packet method)"),
+        imfw,
+        Some(("stateful reference, warm flow, one run per call", stateful)),
+        None,
+        &format!(
+            "the decided path measured as the first packets are: median of {} batch medians, each over {} calls with repeat 1 \
+             (per-call floor, empty program, {empty:.1} ns, included); compare with the repeated-run figure of the same packet \
+             to see what the per-call method adds",
+            m.imfw.len(),
+            plan.samples
+        ),
+    )?;
+    eprintln!("bench_xdp:   one run per call: imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, empty {empty:.1} ns");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,7 +684,7 @@ struct FirstCase {
     target: Option<Value>,
 }
 
-fn first_cases() -> Vec<FirstCase> {
+fn first_cases(monitor_hold: bool) -> Vec<FirstCase> {
     let s4 = IpAddr::V4(SERVER4);
     let tls_im = ClientHello::new("web.whatsapp.com").build();
     let case = |name, l4, server: IpAddr, port, payload: Vec<u8>, app, method, action| FirstCase {
@@ -528,6 +736,8 @@ fn first_cases() -> Vec<FirstCase> {
             )
         },
         case("first payload packet, byte signature, MQTT CONNECT (allowed), IPv4", L4::Tcp, s4, 1883, mqtt_connect(4, "sensor-17"), Some("mqtt"), Method::Signature, XDP_PASS),
+        // With `monitor.hold` (the default) the first segment is held (dropped) until the
+        // controller has read it.
         case(
             "first payload packet, byte signature, IRC registration (monitored: copied to the controller), IPv4",
             L4::Tcp,
@@ -536,7 +746,7 @@ fn first_cases() -> Vec<FirstCase> {
             irc_registration("alice"),
             Some("irc"),
             Method::Signature,
-            XDP_PASS,
+            if monitor_hold { XDP_DROP } else { XDP_PASS },
         ),
         case("first payload packet, HTTP Host (web.telegram.org, dropped), IPv4", L4::Tcp, s4, 80, http_get("web.telegram.org", "/"), Some("telegram"), Method::HttpHost, XDP_DROP),
         case("first packet, STUN binding request with a Teams attribute (allowed), UDP IPv4", L4::Udp, s4, 3478, stun_teams(), Some("teams"), Method::Stun, XDP_PASS),
@@ -579,7 +789,9 @@ fn new_client(v6: bool, n: usize) -> (IpAddr, u16) {
     let port = 10_000 + (n % 50_000) as u16;
     let host = (n / 50_000) as u32 + 1;
     let client = if v6 {
-        IpAddr::V6(Ipv6Addr::from(u128::from(CLIENT6) & !0xffff_ffff | u128::from(host)))
+        IpAddr::V6(Ipv6Addr::from(
+            u128::from(CLIENT6) & !0xffff_ffff | u128::from(host),
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | host))
     };
@@ -588,10 +800,41 @@ fn new_client(v6: bool, n: usize) -> (IpAddr, u16) {
 
 fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
     let mut floors = Vec::new();
-    for case in first_cases() {
+    let per_case = plan.warmup + plan.batches * plan.samples;
+    if per_case > FLOW_CAPACITY as usize / 2 {
+        bail!("{per_case} new flows per case would fill more than half of the flow table ({FLOW_CAPACITY})");
+    }
+    let mut loaded: Option<(Dataplane, BenchRefs)> = None;
+    // New flows created in the loaded tables so far (every case's flows are new ones).
+    let mut used = 0usize;
+    for case in first_cases(compiled.config.monitor_hold != 0) {
         eprintln!("bench_xdp: {} ...", case.name);
-        let m = first_case(plan, compiled, &case)?;
-        let (imfw, stateful, empty) = (median(&mut m.imfw.clone()), median(&mut m.stateful.clone()), median(&mut m.empty.clone()));
+        // Loading takes seconds (imfw's verifier run), so cases share the programs; fresh ones
+        // (empty tables) come when a case would take the tables past half full, where an LRU
+        // table starts to evict.
+        if used + per_case > FLOW_CAPACITY as usize / 2 {
+            loaded = None;
+        }
+        let (dp, refs) = match &mut loaded {
+            Some(l) => l,
+            None => {
+                used = 0;
+                let t = Instant::now();
+                let l = load(compiled)?;
+                eprintln!(
+                    "bench_xdp:   programs loaded in {:.2} s",
+                    t.elapsed().as_secs_f64()
+                );
+                loaded.insert(l)
+            }
+        };
+        let m = first_case(plan, compiled, &case, dp, refs, used)?;
+        used += per_case;
+        let (imfw, stateful, empty) = (
+            median(&mut m.imfw.clone()),
+            median(&mut m.stateful.clone()),
+            median(&mut m.empty.clone()),
+        );
         floors.extend_from_slice(&m.empty);
         let how = if case.handshake {
             "its SYN ran first, untimed, so the entry exists as after the handshake"
@@ -610,12 +853,24 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         );
         if case.target.is_some() {
             let met = imfw <= TLS_FIRST_NS_MAX;
-            note.push_str(&format!("; target {TLS_FIRST_NS_MAX} ns {}", if met { "met" } else { "not met" }));
+            note.push_str(&format!(
+                "; target {TLS_FIRST_NS_MAX} ns {}",
+                if met { "met" } else { "not met" }
+            ));
             if !met {
-                note.push_str(&format!(" (without the per-call floor: {:.1} ns)", imfw - empty));
+                note.push_str(&format!(
+                    " (without the per-call floor: {:.1} ns)",
+                    imfw - empty
+                ));
             }
         }
-        record(case.name, imfw, Some(("stateful reference, same first packets", stateful)), case.target.clone(), &note)?;
+        record(
+            case.name,
+            imfw,
+            Some(("stateful reference, same first packets", stateful)),
+            case.target.clone(),
+            &note,
+        )?;
         eprintln!("bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, per-call floor {empty:.1} ns");
     }
     let floor = median(&mut floors);
@@ -633,23 +888,54 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
     Ok(())
 }
 
-fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batches> {
-    // Fresh programs and empty tables for each case: earlier cases leave no entries behind.
-    let (mut dp, refs) = load(compiled)?;
-    let flows = plan.warmup + plan.batches * plan.samples;
-    if flows > FLOW_CAPACITY as usize / 2 {
-        bail!("{flows} new flows would fill more than half of the flow table ({FLOW_CAPACITY})");
-    }
+/// Measures one first-packet case on new flows numbered from `first_flow` on.
+fn first_case(
+    plan: &Plan,
+    compiled: &Compiled,
+    case: &FirstCase,
+    dp: &mut Dataplane,
+    refs: &BenchRefs,
+    first_flow: usize,
+) -> Result<Batches> {
     let app = match case.app {
         Some(a) => app_id(compiled, a)?,
         None => 0,
     };
-    let mut m = Batches { imfw: Vec::new(), stateful: Vec::new(), empty: Vec::new() };
-    let mut n = 0usize;
-    let mut sample = |n: usize, keep: Option<(&mut Vec<f64>, &mut Vec<f64>, &mut Vec<f64>)>, dp: &mut Dataplane| -> Result<()> {
+    let mut m = Batches {
+        imfw: Vec::new(),
+        stateful: Vec::new(),
+        empty: Vec::new(),
+    };
+    let mut n = first_flow;
+    let sample = |n: usize,
+                  keep: Option<(&mut Vec<f64>, &mut Vec<f64>, &mut Vec<f64>)>,
+                  dp: &mut Dataplane|
+     -> Result<()> {
         let (client, cport) = new_client(case.v6, n);
-        let payload = frame(case.l4, client, cport, case.server, case.port, true, tcp_flags::PSH | tcp_flags::ACK, &case.payload)?;
-        let syn = if case.handshake { Some(frame(L4::Tcp, client, cport, case.server, case.port, true, tcp_flags::SYN, &[])?) } else { None };
+        let payload = frame(
+            case.l4,
+            client,
+            cport,
+            case.server,
+            case.port,
+            true,
+            tcp_flags::PSH | tcp_flags::ACK,
+            &case.payload,
+        )?;
+        let syn = if case.handshake {
+            Some(frame(
+                L4::Tcp,
+                client,
+                cport,
+                case.server,
+                case.port,
+                true,
+                tcp_flags::SYN,
+                &[],
+            )?)
+        } else {
+            None
+        };
         let (mut ti, mut ts, mut te) = (0.0, 0.0, 0.0);
         for k in 0..3 {
             match (n + k) % 3 {
@@ -659,7 +945,11 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
                     }
                     let (a, ns) = dp.test_run_timed(&payload, 1)?;
                     if a != case.action {
-                        bail!("{}: imfw returned XDP action {a}, expected {}", case.name, case.action);
+                        bail!(
+                            "{}: imfw returned XDP action {a}, expected {}",
+                            case.name,
+                            case.action
+                        );
                     }
                     ti = ns;
                 }
@@ -669,7 +959,10 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
                     }
                     let (a, ns) = refs.run_timed(Reference::Stateful, &payload, 1)?;
                     if a != XDP_PASS {
-                        bail!("{}: the stateful reference returned XDP action {a}", case.name);
+                        bail!(
+                            "{}: the stateful reference returned XDP action {a}",
+                            case.name
+                        );
                     }
                     ts = ns;
                 }
@@ -687,7 +980,7 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
         Ok(())
     };
     for _ in 0..plan.warmup {
-        sample(n, None, &mut dp)?;
+        sample(n, None, dp)?;
         n += 1;
     }
     let start = Instant::now();
@@ -696,15 +989,21 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
             eprintln!("bench_xdp:   time cap reached after {b} batches");
             break;
         }
-        let (mut i, mut s, mut e) = (Vec::with_capacity(plan.samples), Vec::with_capacity(plan.samples), Vec::with_capacity(plan.samples));
+        let (mut i, mut s, mut e) = (
+            Vec::with_capacity(plan.samples),
+            Vec::with_capacity(plan.samples),
+            Vec::with_capacity(plan.samples),
+        );
         for _ in 0..plan.samples {
-            sample(n, Some((&mut i, &mut s, &mut e)), &mut dp)?;
+            sample(n, Some((&mut i, &mut s, &mut e)), dp)?;
             n += 1;
         }
         // The batch's last flow must have taken the path the case names.
         let (client, cport) = new_client(case.v6, n - 1);
         let key = flow_key(client, cport, case.server, case.port, case.l4.proto());
-        let entry = dp.flow(&key)?.ok_or_else(|| anyhow!("{}: imfw kept no entry for a measured flow", case.name))?;
+        let entry = dp
+            .flow(&key)?
+            .ok_or_else(|| anyhow!("{}: imfw kept no entry for a measured flow", case.name))?;
         if entry.app != app || entry.method != case.method as u8 || entry.state != case.state {
             bail!(
                 "{}: the flow was not classified as the case says (app {}, method {}, state {}; expected app {app}, method {}, state {})",
@@ -717,7 +1016,10 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
             );
         }
         if refs.flow(&key)?.is_none() {
-            bail!("{}: the stateful reference kept no entry for a measured flow", case.name);
+            bail!(
+                "{}: the stateful reference kept no entry for a measured flow",
+                case.name
+            );
         }
         m.imfw.push(median(&mut i));
         m.stateful.push(median(&mut s));
@@ -727,7 +1029,12 @@ fn first_case(plan: &Plan, compiled: &Compiled, case: &FirstCase) -> Result<Batc
     let snap = dp.snapshot()?;
     for st in [Stat::FlowInsertFailed, Stat::EventsLost, Stat::StreamLost] {
         if snap.stat(st) > 0 {
-            bail!("{}: {} {} during the measurement: the tables or the ring were too small", case.name, snap.stat(st), st.name());
+            bail!(
+                "{}: {} {} during the measurement: the tables or the ring were too small",
+                case.name,
+                snap.stat(st),
+                st.name()
+            );
         }
     }
     Ok(m)

@@ -2,11 +2,11 @@
 //! `BPF_PROG_TEST_RUN` like imfw's own program in [`crate::dataplane`], so that imfw's cost
 //! per packet is read against figures measured the same way in the same run.
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
     maps::HashMap,
     programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
 };
 use imfw_common::flow::FlowKey;
 
@@ -72,15 +72,22 @@ impl BenchRefs {
         for r in [Reference::Empty, Reference::Stateful] {
             let prog: &mut Xdp = ebpf
                 .program_mut(r.program())
-                .ok_or_else(|| anyhow!("program {} missing from the reference object", r.program()))?
+                .ok_or_else(|| {
+                    anyhow!("program {} missing from the reference object", r.program())
+                })?
                 .try_into()?;
-            prog.load().with_context(|| format!("loading the reference program {}", r.program()))?;
+            prog.load()
+                .with_context(|| format!("loading the reference program {}", r.program()))?;
         }
         Ok(BenchRefs { ebpf })
     }
 
     fn program(&self, r: Reference) -> Result<&Xdp> {
-        Ok(self.ebpf.program(r.program()).ok_or_else(|| anyhow!("program {} missing", r.program()))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(r.program())
+            .ok_or_else(|| anyhow!("program {} missing", r.program()))?
+            .try_into()?)
     }
 
     /// Runs one frame once; returns the XDP action.
@@ -91,17 +98,30 @@ impl BenchRefs {
     /// Runs one frame `repeat` times; returns the XDP action and the kernel's mean time per
     /// run in nanoseconds (as [`crate::dataplane::Dataplane::test_run_timed`]).
     pub fn run_timed(&self, r: Reference, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
-        let opts = TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() };
-        let out = self.program(r)?.test_run(opts).with_context(|| format!("BPF_PROG_TEST_RUN of {}", r.program()))?;
-        #[expect(clippy::cast_precision_loss, reason = "a mean run time in ns is far below 2^52")]
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let out = self
+            .program(r)?
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", r.program()))?;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a mean run time in ns is far below 2^52"
+        )]
         let ns = out.duration.as_nanos() as f64;
         Ok((out.return_value, ns))
     }
 
     /// The stateful reference's entry for `key`, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<RefEntry>> {
-        let h: HashMap<_, FlowKey, RefEntry> =
-            HashMap::try_from(self.ebpf.map(FLOWS).ok_or_else(|| anyhow!("map {FLOWS} missing"))?)?;
+        let h: HashMap<_, FlowKey, RefEntry> = HashMap::try_from(
+            self.ebpf
+                .map(FLOWS)
+                .ok_or_else(|| anyhow!("map {FLOWS} missing"))?,
+        )?;
         match h.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -112,9 +132,15 @@ impl BenchRefs {
     /// Empties the stateful reference's flow table, so that a long run never fills it (an
     /// insert into a full LRU table also evicts, which is not what the reference measures).
     pub fn clear_flows(&mut self) -> Result<usize> {
-        let mut h: HashMap<_, FlowKey, RefEntry> =
-            HashMap::try_from(self.ebpf.map_mut(FLOWS).ok_or_else(|| anyhow!("map {FLOWS} missing"))?)?;
-        let keys: Vec<FlowKey> = h.keys().collect::<Result<_, _>>().map_err(|e| anyhow!("map {FLOWS}: {e}"))?;
+        let mut h: HashMap<_, FlowKey, RefEntry> = HashMap::try_from(
+            self.ebpf
+                .map_mut(FLOWS)
+                .ok_or_else(|| anyhow!("map {FLOWS} missing"))?,
+        )?;
+        let keys: Vec<FlowKey> = h
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!("map {FLOWS}: {e}"))?;
         for k in &keys {
             match h.remove(k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}

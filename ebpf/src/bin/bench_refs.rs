@@ -15,7 +15,9 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::LruHashMap, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, macros::map, macros::xdp, maps::LruHashMap, programs::XdpContext,
+};
 use imfw_common::{flow::FlowKey, maps::FLOWS_DEFAULT};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -35,7 +37,8 @@ pub struct RefEntry {
 }
 
 #[map]
-static BENCH_REF_FLOWS: LruHashMap<FlowKey, RefEntry> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
+static BENCH_REF_FLOWS: LruHashMap<FlowKey, RefEntry> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
 /// The floor: a program run that does nothing.
 #[xdp]
@@ -101,7 +104,13 @@ fn try_stateful(ctx: &XdpContext) -> Option<u32> {
             // SAFETY: 40 bytes checked by ptr_at.
             let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u32; 10]>(ctx, off)?) };
             let next = h[1].to_ne_bytes()[2];
-            ([h[2], h[3], h[4], h[5]], [h[6], h[7], h[8], h[9]], next, off + 40, 6u8)
+            (
+                [h[2], h[3], h[4], h[5]],
+                [h[6], h[7], h[8], h[9]],
+                next,
+                off + 40,
+                6u8,
+            )
         }
         _ => return None,
     };
@@ -120,7 +129,11 @@ fn try_stateful(ctx: &XdpContext) -> Option<u32> {
             return Some((*e).verdict);
         }
     }
-    let e = RefEntry { packets: 1, verdict: xdp_action::XDP_PASS, _pad: 0 };
+    let e = RefEntry {
+        packets: 1,
+        verdict: xdp_action::XDP_PASS,
+        _pad: 0,
+    };
     if BENCH_REF_FLOWS.insert(&key, &e, 0).is_err() {
         return None;
     }
