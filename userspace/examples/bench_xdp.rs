@@ -37,6 +37,7 @@
 //! No figure subtracts the floor: targets are checked on the figures as measured.
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -238,6 +239,10 @@ impl L4 {
 }
 
 /// One packet of a flow, from the client (`to_server`) or from the server.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a packet's whole description, each field used once"
+)]
 fn frame(
     l4: L4,
     client: IpAddr,
@@ -293,7 +298,7 @@ fn load(compiled: &Compiled) -> Result<(Dataplane, BenchRefs)> {
 struct Shape {
     name: &'static str,
     /// What the reference records call this packet shape; `None`: no reference record.
-    ref_shape: Option<&'static str>,
+    ref_label: Option<&'static str>,
     client: IpAddr,
     server: IpAddr,
     vlan: bool,
@@ -311,6 +316,7 @@ enum Decided {
     AfterInspection,
 }
 
+#[expect(clippy::too_many_lines, reason = "mostly the table of shapes")]
 fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
     let (mut dp, mut refs) = load(compiled)?;
     let v4 = (IpAddr::V4(CLIENT4), IpAddr::V4(SERVER4));
@@ -318,7 +324,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
     let shapes = [
         Shape {
             name: "decided flow, allowed, IPv4",
-            ref_shape: Some("IPv4"),
+            ref_label: Some("IPv4"),
             client: v4.0,
             server: v4.1,
             vlan: false,
@@ -326,7 +332,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "decided flow, dropped, IPv4",
-            ref_shape: None,
+            ref_label: None,
             client: v4.0,
             server: v4.1,
             vlan: false,
@@ -334,7 +340,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "decided flow, allowed, IPv6",
-            ref_shape: Some("IPv6"),
+            ref_label: Some("IPv6"),
             client: v6.0,
             server: v6.1,
             vlan: false,
@@ -342,7 +348,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "decided flow, dropped, IPv6",
-            ref_shape: None,
+            ref_label: None,
             client: v6.0,
             server: v6.1,
             vlan: false,
@@ -350,7 +356,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "decided flow, allowed, IPv4, 802.1Q VLAN",
-            ref_shape: Some("IPv4, 802.1Q VLAN"),
+            ref_label: Some("IPv4, 802.1Q VLAN"),
             client: v4.0,
             server: v4.1,
             vlan: true,
@@ -358,7 +364,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "decided flow, allowed, IPv6, 802.1Q VLAN",
-            ref_shape: Some("IPv6, 802.1Q VLAN"),
+            ref_label: Some("IPv6, 802.1Q VLAN"),
             client: v6.0,
             server: v6.1,
             vlan: true,
@@ -366,7 +372,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         },
         Shape {
             name: "non-IM packet after inspection ended (unclassified, allowed), IPv4",
-            ref_shape: None,
+            ref_label: None,
             client: v4.0,
             server: v4.1,
             vlan: false,
@@ -422,7 +428,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
             imfw / stateful,
             if target.is_some() { format!(", target {DECIDED_RATIO_MAX}: {verdict}") } else { String::new() }
         );
-        if let Some(shape) = s.ref_shape {
+        if let Some(shape) = s.ref_label {
             record(
                 &format!("stateful reference, warm flow, {shape}"),
                 stateful,
@@ -618,7 +624,7 @@ fn calibrate(
         if b >= MIN_BATCHES && start.elapsed() > plan.case_cap {
             break;
         }
-        let (mut i, mut s, mut e) = (
+        let (mut bi, mut bs, mut be) = (
             Vec::with_capacity(plan.samples),
             Vec::with_capacity(plan.samples),
             Vec::with_capacity(plan.samples),
@@ -631,16 +637,16 @@ fn calibrate(
                         if a != action {
                             bail!("{name}: imfw returned XDP action {a}, expected {action}");
                         }
-                        i.push(ns);
+                        bi.push(ns);
                     }
-                    1 => s.push(refs.run_timed(Reference::Stateful, data, 1)?.1),
-                    _ => e.push(refs.run_timed(Reference::Empty, data, 1)?.1),
+                    1 => bs.push(refs.run_timed(Reference::Stateful, data, 1)?.1),
+                    _ => be.push(refs.run_timed(Reference::Empty, data, 1)?.1),
                 }
             }
         }
-        m.imfw.push(median(&mut i));
-        m.stateful.push(median(&mut s));
-        m.empty.push(median(&mut e));
+        m.imfw.push(median(&mut bi));
+        m.stateful.push(median(&mut bs));
+        m.empty.push(median(&mut be));
     }
     let (imfw, stateful, empty) = (
         median(&mut m.imfw.clone()),
@@ -815,18 +821,17 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         if used + per_case > FLOW_CAPACITY as usize / 2 {
             loaded = None;
         }
-        let (dp, refs) = match &mut loaded {
-            Some(l) => l,
-            None => {
-                used = 0;
-                let t = Instant::now();
-                let l = load(compiled)?;
-                eprintln!(
-                    "bench_xdp:   programs loaded in {:.2} s",
-                    t.elapsed().as_secs_f64()
-                );
-                loaded.insert(l)
-            }
+        if loaded.is_none() {
+            used = 0;
+            let t = Instant::now();
+            loaded = Some(load(compiled)?);
+            eprintln!(
+                "bench_xdp:   programs loaded in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let Some((dp, refs)) = loaded.as_mut() else {
+            bail!("the programs are not loaded");
         };
         let m = first_case(plan, compiled, &case, dp, refs, used)?;
         used += per_case;
@@ -853,15 +858,17 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         );
         if case.target.is_some() {
             let met = imfw <= TLS_FIRST_NS_MAX;
-            note.push_str(&format!(
+            let _ = write!(
+                note,
                 "; target {TLS_FIRST_NS_MAX} ns {}",
                 if met { "met" } else { "not met" }
-            ));
+            );
             if !met {
-                note.push_str(&format!(
-                    " (without the per-call floor: {:.1} ns)",
+                let _ = write!(
+                    note,
+                    " ({:.1} ns less the per-call floor: not met either way)",
                     imfw - empty
-                ));
+                );
             }
         }
         record(
@@ -889,6 +896,10 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
 }
 
 /// Measures one first-packet case on new flows numbered from `first_flow` on.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one sample, its checks and the batch loop read best together"
+)]
 fn first_case(
     plan: &Plan,
     compiled: &Compiled,
@@ -974,7 +985,7 @@ fn first_case(
             s.push(ts);
             e.push(te);
         }
-        if n % DRAIN_EVERY == 0 {
+        if n.is_multiple_of(DRAIN_EVERY) {
             dp.drain_events();
         }
         Ok(())
@@ -989,13 +1000,13 @@ fn first_case(
             eprintln!("bench_xdp:   time cap reached after {b} batches");
             break;
         }
-        let (mut i, mut s, mut e) = (
+        let (mut bi, mut bs, mut be) = (
             Vec::with_capacity(plan.samples),
             Vec::with_capacity(plan.samples),
             Vec::with_capacity(plan.samples),
         );
         for _ in 0..plan.samples {
-            sample(n, Some((&mut i, &mut s, &mut e)), dp)?;
+            sample(n, Some((&mut bi, &mut bs, &mut be)), dp)?;
             n += 1;
         }
         // The batch's last flow must have taken the path the case names.
@@ -1021,9 +1032,9 @@ fn first_case(
                 case.name
             );
         }
-        m.imfw.push(median(&mut i));
-        m.stateful.push(median(&mut s));
-        m.empty.push(median(&mut e));
+        m.imfw.push(median(&mut bi));
+        m.stateful.push(median(&mut bs));
+        m.empty.push(median(&mut be));
     }
     dp.drain_events();
     let snap = dp.snapshot()?;

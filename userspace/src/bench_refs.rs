@@ -23,7 +23,7 @@ const FLOWS: &str = "BENCH_REF_FLOWS";
 pub struct RefEntry {
     pub packets: u64,
     pub verdict: u32,
-    pub _pad: u32,
+    _pad: u32,
 }
 
 // SAFETY: plain integers, no padding beyond the explicit field.
