@@ -107,10 +107,10 @@ impl Plan {
         } else {
             Plan {
                 batches: 11,
-                repeat: 500_000,
-                samples: 4_000,
+                repeat: 1_000_000,
+                samples: 5_000,
                 warmup: 1_000,
-                case_cap: Duration::from_secs(20),
+                case_cap: Duration::from_secs(25),
             }
         }
     }
@@ -148,6 +148,7 @@ fn run() -> Result<()> {
         compiled.addr4.len(),
         compiled.addr6.len()
     );
+    pin_to_current_cpu();
     let started = Instant::now();
     eprintln!(
         "bench_xdp: {} run: {} batches; decided flows {} runs per call; first packets {} new flows per batch",
@@ -163,6 +164,28 @@ fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Keeps the whole run on one CPU: the programs' per-CPU state (scratch buffer, counters, the
+/// LRU tables' per-CPU free lists) and the caches then stay the same from sample to sample.
+/// Best effort: without it the figures are only noisier.
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the set is a plain bit mask we own.
+    unsafe {
+        let Ok(cpu) = usize::try_from(libc::sched_getcpu()) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0 {
+            eprintln!("bench_xdp: pinned to CPU {cpu}");
+        } else {
+            eprintln!(
+                "bench_xdp: could not pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn record(
@@ -864,11 +887,13 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
                 if met { "met" } else { "not met" }
             );
             if !met {
-                let _ = write!(
-                    note,
-                    " ({:.1} ns less the per-call floor: not met either way)",
-                    imfw - empty
-                );
+                let net = imfw - empty;
+                let side = if net <= TLS_FIRST_NS_MAX {
+                    "within the target"
+                } else {
+                    "still above it"
+                };
+                let _ = write!(note, " ({net:.1} ns less the per-call floor: {side})");
             }
         }
         record(
