@@ -1,6 +1,7 @@
 //! The imfw controller: policy compilation, the data plane loader, offline classification and
 //! the control socket. The `imfw` binary (main.rs) is a thin CLI over this library.
 
+pub mod bench_refs;
 pub mod capture;
 pub mod catalogue;
 pub mod classify;
