@@ -7,9 +7,11 @@ fn main() -> anyhow::Result<()> {
     // AYA_BUILD_SKIP=1 builds userspace alone (for work on the controller without the BPF
     // toolchain); the binary then refuses to load with a clear message.
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        let obj = out.join("imfw");
-        if !obj.exists() {
-            fs::write(&obj, b"")?;
+        for name in ["imfw", "bench_refs"] {
+            let obj = out.join(name);
+            if !obj.exists() {
+                fs::write(&obj, b"")?;
+            }
         }
         println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
