@@ -439,19 +439,18 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A series is named by the record's name with the chart's x removed, so "10 domains, name
-/// not blocked" and "1000 domains, name not blocked" join when written as "…, name not
-/// blocked"; measurement programs name their chart points "<series> @ <x>" for that.
+/// Records of one chart form one curve, unless their names say otherwise: a name written
+/// "<series> @ <x>" puts the point on the curve "<series>", so one chart can compare curves.
 fn series_name(r: &Record) -> String {
-    r.name
-        .split(" @ ")
-        .next()
-        .unwrap_or(&r.name)
-        .trim()
-        .to_owned()
+    match r.name.split_once(" @ ") {
+        Some((series, _)) => series.trim().to_owned(),
+        None => r
+            .chart
+            .as_ref()
+            .map_or_else(String::new, |c| c.title.clone()),
+    }
 }
 
-#[expect(clippy::too_many_lines, reason = "one drawing, top to bottom")]
 fn svg(rs: &[&Record]) -> String {
     const W: f64 = 640.0;
     const H: f64 = 400.0;
@@ -555,6 +554,7 @@ fn svg(rs: &[&Record]) -> String {
                 .push((c.x, r.value));
         }
     }
+    let legend = series.len() > 1;
     for (i, (name, mut pts)) in series.into_iter().enumerate() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let colour = COLOURS[i % COLOURS.len()];
@@ -577,6 +577,9 @@ fn svg(rs: &[&Record]) -> String {
                 num(*y),
                 esc(unit)
             );
+        }
+        if !legend {
+            continue;
         }
         let ly = T + 10.0 + 18.0 * f64::from(u32::try_from(i).unwrap_or(u32::MAX));
         let _ = writeln!(
@@ -689,6 +692,22 @@ mod tests {
         assert_eq!(c[0].1.matches("<polyline").count(), 2);
         assert_eq!(c[0].1.matches("<circle").count(), 4);
         assert!(c[0].1.starts_with("<svg") && c[0].1.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn a_chart_without_series_names_is_one_curve() {
+        let line = |x: u32, v: u32| {
+            format!(
+                r#"{{"scenario":"scaling","name":"{x} flows","value":{v},"unit":"ns/packet","chart":{{"id":"flows","title":"t","x_label":"flows","x":{x}}}}}"#
+            )
+        };
+        let rs: Vec<Record> = [line(1000, 126), line(1_000_000, 127)]
+            .iter()
+            .map(|l| Record::parse(l).unwrap())
+            .collect();
+        let c = charts(&rs);
+        assert_eq!(c[0].1.matches("<polyline").count(), 1);
+        assert_eq!(c[0].1.matches("<circle").count(), 2);
     }
 
     #[test]
