@@ -34,6 +34,9 @@ pub struct Options {
     /// Run only these parts (`xdp`, `scale`, `controller`); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also print how each figure was measured (always in results.json).
+    #[arg(long)]
+    notes: bool,
 }
 
 /// One measurement program.
@@ -288,7 +291,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     let took = started.elapsed();
-    print!("{}", table(&records));
+    print!("{}", table(&records, opts.notes));
     let dir = target_dir().join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let results = json!({
@@ -316,7 +319,7 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 /// The report: one row per figure, grouped by scenario, then the targets met and missed.
-fn table(records: &[Record]) -> String {
+fn table(records: &[Record], notes: bool) -> String {
     let mut out = String::new();
     let head = ["figure", "value", "reference", "ratio", "target", ""];
     let rows: Vec<[String; 6]> = records
@@ -389,10 +392,10 @@ fn table(records: &[Record]) -> String {
             r.target_text()
         );
     }
-    let notes: Vec<&Record> = records.iter().filter(|r| r.note.is_some()).collect();
-    if !notes.is_empty() {
+    let with_notes: Vec<&Record> = records.iter().filter(|r| r.note.is_some()).collect();
+    if notes && !with_notes.is_empty() {
         let _ = writeln!(out, "\nhow each figure was measured:");
-        for r in notes {
+        for r in with_notes {
             let _ = writeln!(
                 out,
                 "  {}: {}: {}",
