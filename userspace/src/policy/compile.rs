@@ -176,7 +176,7 @@ impl<'a> Builder<'a> {
                         // An all-zero mask is a size-only signature (a handshake of random
                         // bytes): it needs one byte present, its checks do the rest.
                         let len = mask.iter().rposition(|b| *b != 0).map_or(1, |p| p + 1);
-                        self.out.sig_classes.push(SigClass { offset, len: len as u16, _pad: 0, mask });
+                        self.out.sig_classes.push(SigClass::new(offset, len as u16, mask));
                         shapes.len() - 1
                     };
                     let value = sig_value(sig, app, offset);
@@ -196,6 +196,9 @@ impl<'a> Builder<'a> {
                                     at: part.src.where_is(&path),
                                 });
                                 self.out.sigs.push((key, value));
+                                if let Some(shape) = self.out.sig_classes.get_mut(class) {
+                                    shape.admit(&key.bytes);
+                                }
                             }
                             Entry::Occupied(o) => {
                                 let prev = o.get();
