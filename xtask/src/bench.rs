@@ -207,6 +207,18 @@ impl Record {
     }
 }
 
+/// An axis label: whole numbers without decimals.
+fn tick(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1000.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        // Whole at this scale: three significant digits would print "557" for 556.6 anyway.
+        num(x.round())
+    } else {
+        num(x)
+    }
+}
+
 /// A number for the table: three significant digits, thousands separated.
 fn num(x: f64) -> String {
     if !x.is_finite() {
@@ -518,7 +530,7 @@ fn svg(rs: &[&Record]) -> String {
             H - B,
             H - B + 5.0,
             H - B + 20.0,
-            num(10f64.powf(d))
+            tick(10f64.powf(d))
         );
         d += 1.0;
     }
@@ -532,7 +544,7 @@ fn svg(rs: &[&Record]) -> String {
             W - R,
             L - 8.0,
             y + 4.0,
-            num(v)
+            tick(v)
         );
     }
     let _ = writeln!(
@@ -720,5 +732,9 @@ mod tests {
         assert_eq!(num(123.4), "123");
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
+        assert_eq!(tick(10.0), "10");
+        assert_eq!(tick(100_000.0), "100,000");
+        assert_eq!(tick(556.6), "557");
+        assert_eq!(tick(0.0), "0");
     }
 }
