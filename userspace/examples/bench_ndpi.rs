@@ -667,11 +667,11 @@ fn report(
         "note": format!(
             "{mix_desc}; `ndpiReader -i mix.pcap` with its defaults (one thread, protocol guessing on) on {on} (affinity inherited); \
              packets/s = packets / its own \"Packet Processing Time\" (the packet loop, reading the pcap from the page cache; \
-             its setup excluded); median of {} runs ({} packets/s); its own throughput line: {}; wall clock of the whole process \
+             its setup excluded); median of {} runs ({} packets/s); its own throughput lines: {}; wall clock of the whole process \
              (setup and report included) {} packets/s; {} flows, by protocol: {protos}",
             ndpi.pps.len(),
             spread(&ndpi.pps),
-            ndpi.printed.first().map_or("none", String::as_str),
+            ndpi.printed.join("; "),
             median(&ndpi.wall_pps).round(),
             ndpi.total_flows,
         ),
