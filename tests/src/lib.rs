@@ -6,6 +6,7 @@
 //! - [`packets`]: raw frame builders (Ethernet, VLAN, IPv4, IPv6 extension headers, TCP, UDP).
 //! - [`protocols`]: IM and web protocol openers as their clients send them.
 //! - [`servers`]: small TCP/UDP servers and clients that record what crossed the gateway.
+//! - [`mix`]: a realistic gateway traffic mix (interleaved flows, IM and web) and a pcap writer.
 //! - [`scenario`]: many exchanges at once, judged as delivered or blocked.
 //! - [`capture`]: an `AF_PACKET` recorder for frames redirected to an interface.
 //!
@@ -16,6 +17,7 @@
 pub mod capture;
 pub mod imfw_proc;
 pub mod lab;
+pub mod mix;
 pub mod netns;
 pub mod packets;
 pub mod protocols;

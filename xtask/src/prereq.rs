@@ -13,7 +13,8 @@ use crate::run_checked;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/tcpdump for the lab, python3
 /// for the accuracy scorer, ngircd, mosquitto and prosody (real IRC, MQTT and XMPP servers,
-/// with mosquitto's clients) for the content-policy tests.
+/// with mosquitto's clients) for the content-policy tests, libndpi-bin (ndpiReader, the
+/// reference classifier of `bench`).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "mosquitto",
     "mosquitto-clients",
     "prosody",
+    "libndpi-bin",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
