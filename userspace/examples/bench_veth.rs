@@ -104,7 +104,7 @@ const MIN_ROUNDS: usize = 3;
 impl Plan {
     fn new(quick: bool) -> Self {
         let (flows, rounds, cap) = if quick {
-            (2_000, 12, Duration::from_secs(12))
+            (2_000, 20, Duration::from_secs(14))
         } else {
             (4_000, 40, Duration::from_secs(90))
         };
