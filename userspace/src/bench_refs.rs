@@ -1,11 +1,16 @@
 //! The bench's reference XDP programs (ebpf/src/bin/bench_refs.rs), embedded and run with
 //! `BPF_PROG_TEST_RUN` like imfw's own program in [`crate::dataplane`], so that imfw's cost
 //! per packet is read against figures measured the same way in the same run.
+//!
+//! The same object carries the end-to-end bench's traffic generator ([`TrafficGen`]), and the
+//! references can be attached to an interface ([`BenchRefs::attach`]) to be measured on a link.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::HashMap,
-    programs::{TestRun, TestRunOptions, Xdp},
+    maps::{Array, HashMap},
+    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use imfw_common::flow::FlowKey;
@@ -115,6 +120,35 @@ impl BenchRefs {
         Ok((out.return_value, ns))
     }
 
+    /// Attaches reference `r` in native (driver) mode to interface `ifindex` of the calling
+    /// thread's network namespace. Native only: a reference measured in generic mode would not
+    /// be the reference.
+    pub fn attach(&mut self, r: Reference, ifindex: u32) -> Result<XdpLinkId> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(r.program())
+            .ok_or_else(|| anyhow!("program {} missing", r.program()))?
+            .try_into()?;
+        prog.attach_to_if_index(ifindex, XdpMode::Driver)
+            .with_context(|| {
+                format!(
+                    "attaching {} to interface #{ifindex} in native mode",
+                    r.program()
+                )
+            })
+    }
+
+    /// Detaches what [`BenchRefs::attach`] attached.
+    pub fn detach(&mut self, r: Reference, link: XdpLinkId) -> Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(r.program())
+            .ok_or_else(|| anyhow!("program {} missing", r.program()))?
+            .try_into()?;
+        prog.detach(link)
+            .with_context(|| format!("detaching {}", r.program()))
+    }
+
     /// The stateful reference's entry for `key`, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<RefEntry>> {
         let h: HashMap<_, FlowKey, RefEntry> = HashMap::try_from(
@@ -148,5 +182,207 @@ impl BenchRefs {
             }
         }
         Ok(keys.len())
+    }
+}
+
+/// The generator's mix (`BENCH_GEN_FRAMES`) and cursor (`BENCH_GEN_CURSOR`).
+const GEN_FRAMES: &str = "BENCH_GEN_FRAMES";
+const GEN_CURSOR: &str = "BENCH_GEN_CURSOR";
+const GEN_PROGRAM: &str = "bench_gen";
+
+/// The longest frame the generator can send (`GEN_FRAME_MAX` in the program).
+pub const GEN_FRAME_MAX: usize = 1528;
+
+/// Room for a frame in the map (`GEN_FRAME_ROOM` in the program).
+const GEN_FRAME_ROOM: usize = 2048;
+
+/// One frame of the mix, as the program lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GenFrame {
+    len: u32,
+    _pad: u32,
+    data: [u8; GEN_FRAME_ROOM],
+}
+
+// SAFETY: integers and bytes, no implicit padding (8 + 2048 bytes, 8-aligned).
+unsafe impl aya::Pod for GenFrame {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GenCursor {
+    next: u32,
+    count: u32,
+}
+
+// SAFETY: two integers.
+unsafe impl aya::Pod for GenCursor {}
+
+/// What one [`TrafficGen::play`] call did.
+#[derive(Clone, Copy, Debug)]
+pub struct Played {
+    /// Wall time of the system call, as the injector sees it.
+    pub wall: Duration,
+    /// The kernel's mean time per frame over the call (generator, transmission and whatever
+    /// the softirqs that ran inside the call did).
+    pub kernel_ns_per_frame: f64,
+}
+
+/// The traffic generator: `bench_gen` with a mix of frames, run with `BPF_PROG_TEST_RUN` in
+/// live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`) on an interface, which it sends the mix out
+/// of, frame after frame, in order, wrapping around at the end.
+pub struct TrafficGen {
+    ebpf: Ebpf,
+    count: u32,
+    /// The frame handed to the kernel: as long as the mix's longest, so that the program only
+    /// ever shrinks it (a grown tail is zeroed first, a cost the mix does not ask for).
+    seed_frame: Vec<u8>,
+}
+
+impl TrafficGen {
+    /// Loads the generator with `frames` (Ethernet frames, 14 to [`GEN_FRAME_MAX`] bytes).
+    pub fn load(frames: &[Vec<u8>]) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("the bench reference object is empty: rebuild without AYA_BUILD_SKIP");
+        }
+        if frames.is_empty() {
+            bail!("the traffic generator needs at least one frame");
+        }
+        let count = u32::try_from(frames.len())
+            .map_err(|_| anyhow!("{} frames are too many for the generator", frames.len()))?;
+        let longest = frames.iter().map(Vec::len).max().unwrap_or(0);
+        if let Some((i, f)) = frames
+            .iter()
+            .enumerate()
+            .find(|(_, f)| !(14..=GEN_FRAME_MAX).contains(&f.len()))
+        {
+            bail!(
+                "frame {i} of the mix is {} bytes: the generator sends 14 to {GEN_FRAME_MAX}",
+                f.len()
+            );
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(GEN_FRAMES, count)
+            // The reference's table is not used by the generator: keep it small.
+            .map_max_entries(FLOWS, 1)
+            .load(OBJECT)
+            .context("loading the traffic generator (needs root or CAP_BPF)")?;
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(GEN_PROGRAM)
+                .ok_or_else(|| anyhow!("program {GEN_PROGRAM} missing from the reference object"))?
+                .try_into()?;
+            prog.load()
+                .context("loading the traffic generator program")?;
+        }
+        {
+            let mut map: Array<_, GenFrame> = Array::try_from(
+                ebpf.map_mut(GEN_FRAMES)
+                    .ok_or_else(|| anyhow!("map {GEN_FRAMES} missing"))?,
+            )?;
+            let mut v = GenFrame {
+                len: 0,
+                _pad: 0,
+                data: [0; GEN_FRAME_ROOM],
+            };
+            for (i, f) in (0u32..).zip(frames) {
+                v.data[..f.len()].copy_from_slice(f);
+                v.data[f.len()..].fill(0);
+                v.len = u32::try_from(f.len()).unwrap_or(u32::MAX);
+                map.set(i, v, 0)
+                    .map_err(|e| anyhow!("map {GEN_FRAMES}: {e}"))?;
+            }
+        }
+        let mut g = TrafficGen {
+            ebpf,
+            count,
+            seed_frame: frames
+                .iter()
+                .find(|f| f.len() == longest)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        g.rewind()?;
+        Ok(g)
+    }
+
+    /// Frames in the mix.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether the mix is empty (never: [`TrafficGen::load`] refuses an empty one).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The next frame sent is the mix's first.
+    pub fn rewind(&mut self) -> Result<()> {
+        let mut c: Array<_, GenCursor> = Array::try_from(
+            self.ebpf
+                .map_mut(GEN_CURSOR)
+                .ok_or_else(|| anyhow!("map {GEN_CURSOR} missing"))?,
+        )?;
+        c.set(
+            0,
+            GenCursor {
+                next: 0,
+                count: self.count,
+            },
+            0,
+        )
+        .map_err(|e| anyhow!("map {GEN_CURSOR}: {e}"))
+    }
+
+    /// The index of the next frame to send.
+    pub fn position(&self) -> Result<u32> {
+        let c: Array<_, GenCursor> = Array::try_from(
+            self.ebpf
+                .map(GEN_CURSOR)
+                .ok_or_else(|| anyhow!("map {GEN_CURSOR} missing"))?,
+        )?;
+        Ok(c.get(&0, 0)
+            .map_err(|e| anyhow!("map {GEN_CURSOR}: {e}"))?
+            .next)
+    }
+
+    /// Sends `frames` frames of the mix out of interface `ifindex` (of the calling thread's
+    /// network namespace), `batch` frames per batch (the kernel allows 1 to 256; the frames of
+    /// a batch are transmitted together at its end, and the softirqs they raise run before the
+    /// next batch starts).
+    pub fn play(&self, ifindex: u32, frames: u32, batch: u32) -> Result<Played> {
+        let len = u32::try_from(self.seed_frame.len()).unwrap_or(u32::MAX);
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end equal to the frame's length and no metadata.
+        let md: Vec<u8> = [0, len, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w: &u32| w.to_ne_bytes())
+            .collect();
+        let prog: &Xdp = self
+            .ebpf
+            .program(GEN_PROGRAM)
+            .ok_or_else(|| anyhow!("program {GEN_PROGRAM} missing"))?
+            .try_into()?;
+        let opts = TestRunOptions {
+            data_in: Some(&self.seed_frame),
+            ctx_in: Some(&md),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::new()
+        };
+        let t = Instant::now();
+        let out = prog
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN (live frames) of {GEN_PROGRAM}"))?;
+        let wall = t.elapsed();
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a mean time per frame in ns is far below 2^52"
+        )]
+        let ns = out.duration.as_nanos() as f64;
+        Ok(Played {
+            wall,
+            kernel_ns_per_frame: ns,
+        })
     }
 }

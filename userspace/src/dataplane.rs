@@ -320,6 +320,20 @@ impl Dataplane {
         h.insert(key, entry, 0).map_err(map_err(m::FLOWS))
     }
 
+    /// Empties the flow table; returns how many entries it held. For benches that replay a
+    /// traffic mix from a clean table without reloading the program.
+    pub fn clear_flows(&mut self) -> Result<usize> {
+        let mut h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map_mut(m::FLOWS)?)?;
+        let keys: Vec<FlowKey> = h.keys().collect::<Result<_, _>>().map_err(map_err(m::FLOWS))?;
+        for k in &keys {
+            match h.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(anyhow!("map {}: {e}", m::FLOWS)),
+            }
+        }
+        Ok(keys.len())
+    }
+
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         let h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map(m::FLOWS)?)?;
         h.iter().map(|r| r.map_err(|e| anyhow!("map {}: {e}", m::FLOWS))).collect()

@@ -8,6 +8,10 @@
 //!   lookup in its own LRU hash of imfw's default capacity, inserts an entry on a miss and
 //!   returns the stored verdict. It walks no IPv6 extension headers and inspects no payload:
 //!   that is the minimum, not a firewall.
+//! - `bench_gen` is no reference but the end-to-end bench's traffic generator: run with
+//!   `BPF_PROG_TEST_RUN` in live-frames mode on a veth, it rewrites each frame it is given into
+//!   the next frame of a traffic mix held in `BENCH_GEN_FRAMES` and sends it out of that veth
+//!   (`XDP_TX`), so that one call plays a whole mix, in order, to the program on the peer.
 //!
 //! Not loaded by imfw: the bench embeds this object on its own.
 #![no_std]
@@ -16,7 +20,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::xdp_action, macros::map, macros::xdp, maps::LruHashMap, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    macros::map,
+    macros::xdp,
+    maps::{Array, LruHashMap},
+    programs::XdpContext,
 };
 use imfw_common::{flow::FlowKey, maps::FLOWS_DEFAULT};
 
@@ -40,6 +49,38 @@ pub struct RefEntry {
 static BENCH_REF_FLOWS: LruHashMap<FlowKey, RefEntry> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 
+/// The longest frame the generator sends: an Ethernet frame of a 1500-byte MTU with two VLAN
+/// tags fits.
+pub const GEN_FRAME_MAX: usize = 1528;
+
+/// Room for a frame in the map: a power of two, so that a mask bounds the length for the
+/// verifier whatever the compiler does with the range check before it.
+const GEN_FRAME_ROOM: usize = 2048;
+
+/// One frame of the mix: its length and bytes.
+#[repr(C)]
+pub struct GenFrame {
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; GEN_FRAME_ROOM],
+}
+
+/// Where the generator stands in its mix: the next frame to send and the mix's length.
+#[repr(C)]
+pub struct GenCursor {
+    pub next: u32,
+    pub count: u32,
+}
+
+/// The mix, in sending order; sized by the loader to the mix's length.
+#[map]
+static BENCH_GEN_FRAMES: Array<GenFrame> = Array::with_max_entries(1, 0);
+
+/// One cursor. A plain array, not a per-CPU one: one injector runs the generator at a time,
+/// on one CPU (a test run does not migrate), and userspace reads and rewinds one value.
+#[map]
+static BENCH_GEN_CURSOR: Array<GenCursor> = Array::with_max_entries(1, 0);
+
 /// The floor: a program run that does nothing.
 #[xdp]
 pub fn bench_empty(_ctx: XdpContext) -> u32 {
@@ -54,6 +95,55 @@ pub fn bench_stateful(ctx: XdpContext) -> u32 {
         Some(v) => v,
         None => xdp_action::XDP_PASS,
     }
+}
+
+/// The traffic generator: the frame becomes the mix's next frame, sent back out of the
+/// interface it was injected on. A frame it cannot write is aborted (counted by the kernel's
+/// `xdp_exception` tracepoint) rather than sent wrong.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match try_gen(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn try_gen(ctx: &XdpContext) -> Option<()> {
+    let cur = BENCH_GEN_CURSOR.get_ptr_mut(0)?;
+    // SAFETY: pointer into the map's one value, valid for this run; only this program and,
+    // between runs, userspace write it.
+    let i = unsafe {
+        let i = (*cur).next;
+        let n = (*cur).count;
+        if n == 0 {
+            return None;
+        }
+        (*cur).next = if i + 1 >= n { 0 } else { i + 1 };
+        i
+    };
+    let f = BENCH_GEN_FRAMES.get_ptr(i)?;
+    // SAFETY: pointer into the map's value, valid for this run.
+    let len = unsafe { (*f).len } as usize;
+    if !(14..=GEN_FRAME_MAX).contains(&len) {
+        return None;
+    }
+    // The same length, in 1..=GEN_FRAME_ROOM for the verifier (the store reads `len` bytes
+    // of the value): LLVM turns the range check above into one on a copy, which it cannot
+    // follow.
+    let len = ((len - 1) & (GEN_FRAME_ROOM - 1)) + 1;
+    let have = ctx.data_end() - ctx.data();
+    // Both lengths are below a page: the casts are exact.
+    let delta = len as i32 - have as i32;
+    if delta != 0 {
+        // SAFETY: a helper call on this program's own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return None;
+        }
+    }
+    // SAFETY: `len` bytes of the map value, bounds checked above; the frame is `len` long now.
+    let rc = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, (*f).data.as_ptr() as *mut _, len as u32) };
+    (rc == 0).then_some(())
 }
 
 #[inline(always)]
