@@ -7,6 +7,8 @@
 //!   stateful reference program, measured in the same run;
 //! - `imfw` example `bench_scale`: new flows per second, a SYN flood against the flow table,
 //!   and cost as domains, address ranges and flows grow;
+//! - `imfw` example `bench_veth`: Mpps at the receiver of a veth pair whose peer runs imfw
+//!   (or a reference program) in native mode, the traffic mix played with live frames;
 //! - `imfw` example `bench_ndpi`: imfw's in-kernel packets per second on a realistic traffic
 //!   mix against ndpiReader (Debian's libndpi-bin) on the same mix, as a pcap;
 //! - `imfw-monitor` example `monitor_throughput`: the controller's content path (reassembly,
@@ -33,7 +35,7 @@ pub struct Options {
     /// A first look in about a minute: fewer repeats, smaller tables.
     #[arg(long)]
     quick: bool,
-    /// Run only these parts (`xdp`, `scale`, `ndpi`, `controller`); all when absent.
+    /// Run only these parts (`xdp`, `scale`, `veth`, `ndpi`, `controller`); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also print how each figure was measured (always in results.json).
@@ -61,6 +63,12 @@ const PARTS: &[Part] = &[
         id: "scale",
         package: "imfw",
         example: "bench_scale",
+        args: &[],
+    },
+    Part {
+        id: "veth",
+        package: "imfw",
+        example: "bench_veth",
         args: &[],
     },
     Part {
