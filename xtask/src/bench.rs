@@ -81,7 +81,7 @@ const PARTS: &[Part] = &[
         id: "controller",
         package: "imfw-monitor",
         example: "monitor_throughput",
-        args: &["--records", "--repeat", "3"],
+        args: &["--records", "--repeat", "5", "--pin"],
     },
 ];
 

@@ -3,7 +3,7 @@
 //! every message into a temporary directory.
 //!
 //! ```text
-//! cargo run --release -p imfw-monitor --example monitor_throughput [-- --quick] [--repeat N] [--no-archive | --breakdown] [--records]
+//! cargo run --release -p imfw-monitor --example monitor_throughput [-- --quick] [--repeat N] [--pin] [--no-archive | --breakdown] [--records]
 //! ```
 //!
 //! With `--records`, the figures are JSON records on stdout for `cargo xtask bench` (the rest
@@ -514,6 +514,24 @@ fn report(label: &str, mix: &Mix, took: Duration, stats: &MonitorStats) -> Strin
     )
 }
 
+/// `--pin`: stays on the CPU it started on, so that the runs are not moved between cores
+/// mid-measurement (the XDP benches do the same).
+fn pin_to_current_cpu() {
+    // SAFETY: sched_getcpu has no arguments; sched_setaffinity gets a zeroed, then filled,
+    // cpu_set_t of the right size for the calling thread (pid 0).
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        let Ok(cpu) = usize::try_from(cpu) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            eprintln!("note: could not pin to CPU {cpu}; measuring unpinned");
+        }
+    }
+}
+
 /// The reference: copying every segment's payload once, in the same order, into a buffer
 /// (what any consumer of the ring buffer pays to touch the bytes). The fastest of `repeat`.
 fn copy_pass(mix: &Mix, repeat: u32) -> Duration {
@@ -551,6 +569,9 @@ fn main() {
             println!("{line}");
         }
     };
+    if flag("--pin") {
+        pin_to_current_cpu();
+    }
     let (flows, messages) = if quick { (300, 150) } else { (1_000, 400) };
     let mix = build(flows, messages);
     say(format!(
