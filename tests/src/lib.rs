@@ -14,6 +14,7 @@
 //! and every namespace, temporary directory and child process is owned by a guard that
 //! removes it on drop, also when a test panics.
 
+pub mod bench;
 pub mod capture;
 pub mod imfw_proc;
 pub mod lab;

@@ -62,6 +62,7 @@ use imfw::{
 };
 use imfw_common::maps::FLOWS_DEFAULT;
 use imfw_tests::{
+    bench::median,
     mix::{self, Mix, MixConfig},
     util::{output_within, TempDir},
 };
@@ -200,19 +201,13 @@ fn run() -> Result<()> {
 
 /// Keeps this process, and ndpiReader which inherits the mask, on one CPU. Best effort.
 fn pin_to_current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu has no preconditions; the set is a plain bit mask we own.
-    unsafe {
-        let cpu = usize::try_from(libc::sched_getcpu()).ok()?;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0 {
+    match imfw_tests::bench::pin_to_current_cpu() {
+        Ok(cpu) => {
             eprintln!("bench_ndpi: pinned to CPU {cpu}");
             Some(cpu)
-        } else {
-            eprintln!(
-                "bench_ndpi: could not pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
+        }
+        Err(e) => {
+            eprintln!("bench_ndpi: could not pin: {e}");
             None
         }
     }
@@ -543,19 +538,8 @@ fn parse_ndpi(text: &str) -> Result<NdpiReport> {
     })
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
-}
-
 fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = imfw_tests::bench::range(v);
     format!("{lo:.0}-{hi:.0}")
 }
 

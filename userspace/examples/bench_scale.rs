@@ -27,6 +27,7 @@ use imfw_common::{
     maps as m,
     verdict::{Stat, Verdict},
 };
+use imfw_tests::bench::median;
 use imfw_tests::packets::{tcp4, tcp_flags, Ethernet, ETH_P_ARP};
 use imfw_tests::protocols::ClientHello;
 use serde_json::{json, Value};
@@ -134,24 +135,7 @@ fn run() -> Result<()> {
 
 /// Pins this thread to the CPU it runs on.
 fn pin_to_current_cpu() -> Result<usize> {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = usize::try_from(cpu)
-        .map_err(|_| anyhow!("sched_getcpu: {}", std::io::Error::last_os_error()))?;
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it (cpu < CPU_SETSIZE,
-    // as the kernel returned it); sched_setaffinity reads size_of::<cpu_set_t>() bytes of it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
-    };
-    if rc != 0 {
-        bail!(
-            "sched_setaffinity to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(cpu)
+    imfw_tests::bench::pin_to_current_cpu().map_err(|e| anyhow!("pinning to the current CPU: {e}"))
 }
 
 /// Prints one record on stdout.
@@ -171,16 +155,6 @@ fn load(capacity: u32, c: &policy::Compiled) -> Result<Dataplane> {
         .with_context(|| format!("loading the data plane (flow table of {capacity})"))?;
     dp.apply_offline(c)?;
     Ok(dp)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => f64::midpoint(s[n / 2 - 1], s[n / 2]),
-    }
 }
 
 /// Flows per second from nanoseconds per flow.

@@ -67,6 +67,7 @@ use imfw_common::{
     verdict::{DropReason, Stat},
 };
 use imfw_tests::{
+    bench::median,
     mix::{self, Mix, MixConfig},
     netns::{self, Netns},
 };
@@ -347,18 +348,12 @@ fn describe_mix(plan: &Plan, mix: &Mix) -> String {
 /// receiver (all run by the injector's system call and its softirqs) share one core run after
 /// run.
 fn pick_cpu() -> usize {
-    // SAFETY: sched_getcpu has no preconditions.
-    usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0)
+    imfw_tests::bench::current_cpu().unwrap_or(0)
 }
 
 /// Pins the calling thread to `cpu` (best effort: without it the figures are only noisier).
 fn pin(cpu: usize) {
-    // SAFETY: a plain bit mask we own; sched_setaffinity(0) only changes the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let _ = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
-    }
+    let _ = imfw_tests::bench::pin(cpu);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,16 +535,16 @@ fn report(samples: &[Vec<Sample>; 3], mix_text: &str) -> Result<()> {
         .map(|v| v.iter().map(|s| s.m.wall_mpps).collect())
         .collect();
     let runs = kernel[0].len();
-    let [imfw, stateful, empty] = [0, 1, 2].map(|i| median(&mut kernel[i].clone()));
-    let [imfw_wall, stateful_wall, empty_wall] = [0, 1, 2].map(|i| median(&mut wall[i].clone()));
+    let [imfw, stateful, empty] = [0, 1, 2].map(|i| median(&kernel[i]));
+    let [imfw_wall, stateful_wall, empty_wall] = [0, 1, 2].map(|i| median(&wall[i]));
     // Runs of one round are next to each other in time: their ratio is the least disturbed by
     // other load on the machine.
-    let mut paired: Vec<f64> = kernel[0]
+    let paired: Vec<f64> = kernel[0]
         .iter()
         .zip(&kernel[1])
         .map(|(a, b)| a / b)
         .collect();
-    let paired = median(&mut paired);
+    let paired = median(&paired);
     let frames: u64 = samples[0].iter().map(|s| s.m.delivered).sum();
     let dropped: u64 = samples[0].iter().map(|s| s.dropped).sum();
     #[expect(clippy::cast_precision_loss, reason = "frame counts far below 2^52")]
@@ -626,17 +621,7 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
-}
-
 fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = imfw_tests::bench::range(v);
     format!("{lo:.3}-{hi:.3} Mpps")
 }

@@ -54,6 +54,7 @@ use imfw_common::{
     verdict::{Method, Stat},
 };
 use imfw_tests::{
+    bench::median,
     packets::{tcp4, tcp6, tcp_flags, udp4, udp6, with_vlan},
     protocols::{http_get, irc_registration, mqtt_connect, ClientHello},
 };
@@ -170,21 +171,9 @@ fn run() -> Result<()> {
 /// LRU tables' per-CPU free lists) and the caches then stay the same from sample to sample.
 /// Best effort: without it the figures are only noisier.
 fn pin_to_current_cpu() {
-    // SAFETY: sched_getcpu has no preconditions; the set is a plain bit mask we own.
-    unsafe {
-        let Ok(cpu) = usize::try_from(libc::sched_getcpu()) else {
-            return;
-        };
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0 {
-            eprintln!("bench_xdp: pinned to CPU {cpu}");
-        } else {
-            eprintln!(
-                "bench_xdp: could not pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    match imfw_tests::bench::pin_to_current_cpu() {
+        Ok(cpu) => eprintln!("bench_xdp: pinned to CPU {cpu}"),
+        Err(e) => eprintln!("bench_xdp: could not pin: {e}"),
     }
 }
 
@@ -213,18 +202,8 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
-    }
-}
-
 fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = imfw_tests::bench::range(v);
     format!("{lo:.1}-{hi:.1}")
 }
 
@@ -427,9 +406,9 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
             spread(&m.imfw)
         );
         let (imfw, stateful, empty) = (
-            median(&mut m.imfw.clone()),
-            median(&mut m.stateful.clone()),
-            median(&mut m.empty.clone()),
+            median(&m.imfw),
+            median(&m.stateful),
+            median(&m.empty),
         );
         let target =
             (s.kind != Decided::AfterInspection).then(|| json!({"ratio_max": DECIDED_RATIO_MAX}));
@@ -667,14 +646,14 @@ fn calibrate(
                 }
             }
         }
-        m.imfw.push(median(&mut bi));
-        m.stateful.push(median(&mut bs));
-        m.empty.push(median(&mut be));
+        m.imfw.push(median(&bi));
+        m.stateful.push(median(&bs));
+        m.empty.push(median(&be));
     }
     let (imfw, stateful, empty) = (
-        median(&mut m.imfw.clone()),
-        median(&mut m.stateful.clone()),
-        median(&mut m.empty.clone()),
+        median(&m.imfw),
+        median(&m.stateful),
+        median(&m.empty),
     );
     record(
         &format!("{name}, one run per call (calibration of the first-packet method)"),
@@ -859,9 +838,9 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         let m = first_case(plan, compiled, &case, dp, refs, used)?;
         used += per_case;
         let (imfw, stateful, empty) = (
-            median(&mut m.imfw.clone()),
-            median(&mut m.stateful.clone()),
-            median(&mut m.empty.clone()),
+            median(&m.imfw),
+            median(&m.stateful),
+            median(&m.empty),
         );
         floors.extend_from_slice(&m.empty);
         let how = if case.handshake {
@@ -905,7 +884,7 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         )?;
         eprintln!("bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, per-call floor {empty:.1} ns");
     }
-    let floor = median(&mut floors);
+    let floor = median(&floors);
     record(
         "per-call floor: empty program, one run per call",
         floor,
@@ -1057,9 +1036,9 @@ fn first_case(
                 case.name
             );
         }
-        m.imfw.push(median(&mut bi));
-        m.stateful.push(median(&mut bs));
-        m.empty.push(median(&mut be));
+        m.imfw.push(median(&bi));
+        m.stateful.push(median(&bs));
+        m.empty.push(median(&be));
     }
     dp.drain_events();
     let snap = dp.snapshot()?;

@@ -1,0 +1,65 @@
+//! Small helpers the measurement programs of `cargo xtask bench` share: pinning to one CPU and
+//! summarising samples.
+
+/// The CPU the calling thread runs on now.
+pub fn current_cpu() -> std::io::Result<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// Pins the calling thread to `cpu`: the LRU tables' per-CPU free lists and the caches then
+/// stay the same from sample to sample.
+pub fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it; sched_setaffinity
+    // (pid 0: the calling thread) reads size_of::<cpu_set_t>() bytes of it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Pins the calling thread to the CPU it runs on; returns that CPU.
+pub fn pin_to_current_cpu() -> std::io::Result<usize> {
+    let cpu = current_cpu()?;
+    pin(cpu)?;
+    Ok(cpu)
+}
+
+/// The median (NaN for no samples).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => f64::midpoint(s[n / 2 - 1], s[n / 2]),
+    }
+}
+
+/// The smallest and largest sample.
+pub fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(range(&[2.0, -1.0, 5.0]), (-1.0, 5.0));
+    }
+}
