@@ -125,15 +125,23 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    const USAGE: &str = "usage: bench_xdp [--quick] [--only decided|first]   (root; JSON records on stdout, progress on stderr)";
     let mut quick = false;
-    for a in std::env::args().skip(1) {
+    let (mut run_decided, mut run_first) = (true, true);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--only" => match args.next().as_deref() {
+                Some("decided") => run_first = false,
+                Some("first") => run_decided = false,
+                other => bail!("--only takes decided or first, not {other:?} ({USAGE})"),
+            },
             "-h" | "--help" => {
-                eprintln!("usage: bench_xdp [--quick]   (root; JSON records on stdout, progress on stderr)");
+                eprintln!("{USAGE}");
                 return Ok(());
             }
-            other => bail!("unknown argument {other:?} (usage: bench_xdp [--quick])"),
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
     let plan = Plan::new(quick);
@@ -158,8 +166,12 @@ fn run() -> Result<()> {
         plan.repeat,
         plan.samples
     );
-    decided(&plan, &compiled)?;
-    first_packets(&plan, &compiled)?;
+    if run_decided {
+        decided(&plan, &compiled)?;
+    }
+    if run_first {
+        first_packets(&plan, &compiled)?;
+    }
     eprintln!(
         "bench_xdp: done in {:.1} s",
         started.elapsed().as_secs_f64()
