@@ -4,6 +4,8 @@ pub const CONFIG: &str = "IMFW_CONFIG";
 pub const FLOWS: &str = "IMFW_FLOWS";
 pub const SIG_CLASSES: &str = "IMFW_SIGCLASS";
 pub const SIGS: &str = "IMFW_SIGS";
+/// One `SigPrefilter`: the shapes a payload's first bytes leave possible.
+pub const SIG_PRE: &str = "IMFW_SIGPRE";
 pub const NAMES: &str = "IMFW_NAMES";
 pub const ADDR4: &str = "IMFW_ADDR4";
 pub const ADDR6: &str = "IMFW_ADDR6";

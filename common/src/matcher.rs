@@ -64,6 +64,84 @@ impl SigClass {
     }
 }
 
+/// Leading payload bytes the shape prefilter reads.
+pub const PRE_BYTES: usize = 4;
+
+/// Which signature shapes a payload's first bytes leave possible: bit `c` of `admit[k][b]` is
+/// set when shape `c` can match a payload whose byte `k` is `b` (a shape that does not look at
+/// byte `k` admits every value). The kernel ANDs the words of a payload's first
+/// [`PRE_BYTES`] bytes and runs only the shapes left: a TLS record (`16 03 01`) rules out
+/// every text protocol's shape in four loads, where each shape's own check costs tens of
+/// instructions.
+///
+/// Bytes past a short payload are stale scratch bytes; they can only rule out shapes that
+/// need more bytes than the payload has, which its length check rules out anyway.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigPrefilter {
+    pub admit: [[u32; 256]; PRE_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 4 * 256 * PRE_BYTES);
+
+impl Default for SigPrefilter {
+    fn default() -> Self {
+        SigPrefilter { admit: [[0; 256]; PRE_BYTES] }
+    }
+}
+
+impl SigPrefilter {
+    /// The prefilter of `classes`, with the signature keys of each (any direction).
+    pub fn build<'a>(classes: &[SigClass], keys: impl IntoIterator<Item = &'a SigKey>) -> SigPrefilter {
+        let mut pre = SigPrefilter::default();
+        let n = classes.len().min(32);
+        let all: u32 = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+        for row in &mut pre.admit {
+            row.fill(all);
+        }
+        // The bytes `k` each shape looks at: its bit is cleared there, then set back for the
+        // values its signatures take.
+        let looks = |c: &SigClass, k: usize| -> Option<(usize, u8)> {
+            let j = k.checked_sub(c.offset as usize)?;
+            let m = *c.mask.get(j)?;
+            (m != 0).then_some((j, m))
+        };
+        for (ci, c) in classes.iter().enumerate().take(n) {
+            for (k, row) in pre.admit.iter_mut().enumerate() {
+                if looks(c, k).is_some() {
+                    for w in row.iter_mut() {
+                        *w &= !(1u32 << ci);
+                    }
+                }
+            }
+        }
+        for key in keys {
+            let ci = key.class as usize;
+            let Some(c) = classes.get(ci).filter(|_| ci < n) else { continue };
+            for (k, row) in pre.admit.iter_mut().enumerate() {
+                if let Some((j, m)) = looks(c, k) {
+                    let want = key.bytes[j] & m;
+                    for (b, w) in row.iter_mut().enumerate() {
+                        if (b as u8) & m == want {
+                            *w |= 1u32 << ci;
+                        }
+                    }
+                }
+            }
+        }
+        pre
+    }
+
+    /// The shapes a payload starting with `first` can match.
+    #[inline(always)]
+    pub fn candidates(&self, first: [u8; PRE_BYTES]) -> u32 {
+        self.admit[0][first[0] as usize]
+            & self.admit[1][first[1] as usize]
+            & self.admit[2][first[2] as usize]
+            & self.admit[3][first[3] as usize]
+    }
+}
+
 /// Key of `IMFW_SIGS`: the masked bytes of one class in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -559,13 +637,36 @@ pub fn sig_key(buf: &[u8; SCRATCH_LEN], len: usize, shape: &SigClass, class: u16
             return None;
         }
     }
-    let mut key = SigKey { class, dir, _pad: 0, bytes: [0; SIG_LEN] };
-    let mut j = 0;
-    while j < SIG_LEN {
-        key.bytes[j] = at(buf, off + j) & shape.mask[j];
-        j += 1;
+    // Two words, not sixteen bytes: the offset is at most SIG_OFFSET_MAX, so the window lies
+    // inside the buffer and the bounds checks fold away.
+    let o = off & SIG_WINDOW_MASK;
+    let lo = word_at(buf, o) & word_of(&shape.mask, 0);
+    let hi = word_at(buf, o + 8) & word_of(&shape.mask, 8);
+    let mut bytes = [0u8; SIG_LEN];
+    bytes[..8].copy_from_slice(&lo.to_ne_bytes());
+    bytes[8..].copy_from_slice(&hi.to_ne_bytes());
+    Some(SigKey { class, dir, _pad: 0, bytes })
+}
+
+/// Masks a signature offset into `0..=SIG_WINDOW_MASK`: every valid offset
+/// (`..=SIG_OFFSET_MAX`) is unchanged, and the 16 bytes from it lie inside the scratch buffer.
+const SIG_WINDOW_MASK: usize = 0x1ff;
+const _: () = assert!(SIG_OFFSET_MAX as usize <= SIG_WINDOW_MASK && SIG_WINDOW_MASK + SIG_LEN <= SCRATCH_LEN);
+
+#[inline(always)]
+fn word_at(buf: &[u8; SCRATCH_LEN], i: usize) -> u64 {
+    match buf.get(i..i + 8) {
+        Some(s) => u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]),
+        None => 0,
     }
-    Some(key)
+}
+
+#[inline(always)]
+fn word_of(m: &[u8; SIG_LEN], i: usize) -> u64 {
+    match m.get(i..i + 8) {
+        Some(s) => u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]),
+        None => 0,
+    }
 }
 
 /// The structural checks of a signature that matched by bytes.
@@ -789,5 +890,64 @@ mod tests {
         let size_only = SigClass::new(0, 1, [0; SIG_LEN]);
         assert_eq!(size_only.probe, PROBE_NONE);
         assert!(sig_key(&b, 5, &size_only, 3, 1).is_some());
+    }
+
+    /// The prefilter never rules out a shape whose key a payload has among the signatures, and
+    /// does rule out shapes whose leading bytes differ.
+    #[test]
+    fn the_prefilter_keeps_every_shape_a_payload_can_match() {
+        let mask = |m: &[u8]| {
+            let mut a = [0u8; SIG_LEN];
+            a[..m.len()].copy_from_slice(m);
+            a
+        };
+        let classes = [
+            SigClass::new(0, 3, mask(&[0xff, 0xff, 0xff])),       // "<?x"-like text start
+            SigClass::new(0, 2, mask(&[0xf0, 0, 0, 0])),          // a nibble at byte 0, len 1 significant
+            SigClass::new(2, 2, mask(&[0xff, 0xff])),             // bytes 2 and 3
+            SigClass::new(4, 2, mask(&[0xff, 0xff])),             // past the prefilter's bytes
+            SigClass::new(0, 1, [0; SIG_LEN]),                    // size only
+        ];
+        let key = |class: u16, b: &[u8]| SigKey { class, dir: 0, _pad: 0, bytes: mask(b) };
+        let keys = [
+            key(0, b"<?x"),
+            key(0, b"NIC"),
+            key(1, &[0x10]),
+            key(2, &[0x03, 0x01]),
+            key(3, &[0xaa, 0xbb]),
+            key(4, &[]),
+        ];
+        let pre = SigPrefilter::build(&classes, keys.iter());
+        let mut shapes = classes;
+        for k in &keys {
+            shapes[k.class as usize].admit(&k.bytes);
+        }
+        // Every payload of a small alphabet over the prefilter's bytes, past them anything.
+        let alphabet = [0x00u8, 0x01, 0x03, 0x10, 0x16, 0x1f, b'<', b'?', b'x', b'N', b'I', b'C', 0xaa];
+        let mut checked = 0;
+        for &a in &alphabet {
+            for &b in &alphabet {
+                for &c in &alphabet {
+                    for &d in &alphabet {
+                        let payload = [a, b, c, d, 0xaa, 0xbb, 0, 0];
+                        let cand = pre.candidates([a, b, c, d]);
+                        let bb = buf(&payload);
+                        for (ci, shape) in shapes.iter().enumerate() {
+                            let hit = sig_key(&bb, payload.len(), shape, ci as u16, 0).is_some_and(|k| keys.contains(&k));
+                            if hit {
+                                assert_ne!(cand & (1 << ci), 0, "shape {ci} ruled out for {payload:02x?}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000);
+        // A TLS record's first bytes leave only the shapes that can match it.
+        let tls = pre.candidates([0x16, 0x03, 0x01, 0x02]);
+        assert_eq!(tls, 0b11010, "the nibble shape (0x16 & 0xf0 is 0x10), the one past the prefilter's bytes, the size-only one");
+        assert_eq!(pre.candidates(*b"<?xm") & 1, 1);
+        assert_eq!(pre.candidates([0x1f, 0, 0x03, 0x01]) & 0b110, 0b110);
     }
 }

@@ -4,7 +4,7 @@ use crate::{
     config::Config,
     event::{FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
-    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
+    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::Counter,
 };
 
@@ -20,6 +20,7 @@ unsafe impl aya::Pod for NameKey {}
 unsafe impl aya::Pod for PolicyAction {}
 unsafe impl aya::Pod for SigClass {}
 unsafe impl aya::Pod for SigKey {}
+unsafe impl aya::Pod for SigPrefilter {}
 unsafe impl aya::Pod for SigValue {}
 unsafe impl aya::Pod for SrcClass {}
 unsafe impl aya::Pod for Counter {}

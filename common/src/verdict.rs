@@ -141,7 +141,9 @@ impl DropReason {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
-    /// Every packet the program saw.
+    /// Every packet the program saw. Not counted by the program: userspace sums it from the
+    /// verdict cells and the non-flow stats (`NonIp`, `OtherL4`, `Unparsed`, `Fragments`),
+    /// one of which counts every packet once a policy is loaded.
     Packets = 0,
     /// Not IPv4 or IPv6 (ARP, LLDP...): always passed.
     NonIp = 1,

@@ -5,7 +5,7 @@ use imfw_common::{
     app::APP_NONE,
     config::Config,
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
-    flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
 };
 
@@ -55,7 +55,8 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     client_first: client_first as u8,
                     server_port: pkt.key.server(e.client_is_a != 0).1,
                     tcp_flags: pkt.tcp_flags,
-                    _pad: [0; 3],
+                    controller: (e.flags & FLAG_CONTROLLER != 0) as u8,
+                    _pad: [0; 2],
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {

@@ -115,18 +115,20 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
     // SAFETY: per-CPU scratch written by the main program just before the tail call. A volatile
     // read: its fields are unknown values to the verifier, one state for all callers.
     let job = unsafe { core::ptr::read_volatile(&(*scratch).job) };
+    let outcome = if job.controller != 0 && job.dir == DIR_CLIENT {
+        // The controller is reassembling this flow: the rest of the ClientHello goes there.
+        Outcome::Controller
+    } else {
+        // A stage that passes the payload on tail-calls the next one from here: the flow is
+        // looked up only by the stage that ends the inspection, below.
+        run(ctx, cfg, &job, scratch)
+    };
     let Some(e) = IMFW_FLOWS.get_ptr_mut(&job.key) else {
         count_verdict(APP_NONE, Verdict::Pending as u8, len);
         return xdp_action::XDP_PASS;
     };
     // SAFETY: pointer into the flow table's value, valid for this run.
     let e = unsafe { &mut *e };
-    let outcome = if e.flags & FLAG_CONTROLLER != 0 && job.dir == DIR_CLIENT {
-        // The controller is reassembling this flow: the rest of the ClientHello goes there.
-        Outcome::Controller
-    } else {
-        run(ctx, cfg, &job, scratch)
-    };
     match outcome {
         Outcome::Found(app, method) => {
             count_stat(Stat::Classified);

@@ -27,7 +27,9 @@ use crate::{
 
 #[xdp]
 pub fn imfw_xdp(ctx: XdpContext) -> u32 {
-    count_stat(Stat::Packets);
+    // Every packet ends in exactly one counter (a verdict cell, or one of the stats of the
+    // arms below), so userspace sums them into `Stat::Packets`: no counter of its own on the
+    // per-packet path.
     let len = (ctx.data_end() - ctx.data()) as u64;
     let cfg = match maps::config() {
         Some(c) => c,
@@ -88,10 +90,9 @@ pub(crate) fn finish(cfg: &Config, e: &FlowEntry, len: u64) -> u32 {
 #[inline(always)]
 pub(crate) fn enforce(verdict: u8, redirect_slot: u8, len: u64) -> u32 {
     match Verdict::from_u8(verdict) {
-        Verdict::Drop => {
-            count_drop(DropReason::Policy, len);
-            xdp_action::XDP_DROP
-        }
+        // Counted once, in the flow's verdict cell: userspace reads the `policy` drop reason
+        // as the sum of the drop cells.
+        Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Redirect => match maps::IMFW_REDIRECT.redirect(redirect_slot as u32, 0) {
             Ok(action) => action,
             Err(_) => {

@@ -9,7 +9,7 @@ use imfw_common::{
     config::Config,
     flow::{FlowEntry, FlowKey},
     maps as m,
-    matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigValue, SrcClass},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
 };
 
@@ -19,6 +19,8 @@ pub static IMFW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static IMFW_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(m::FLOWS_DEFAULT, 0);
 #[map]
 pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES, 0);
+#[map]
+pub static IMFW_SIGPRE: Array<SigPrefilter> = Array::with_max_entries(1, 0);
 #[map]
 pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX, 0);
 #[map]
@@ -64,7 +66,10 @@ pub struct Job {
     /// The server's port (host order).
     pub server_port: u16,
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// The flow had `FLAG_CONTROLLER` when the job was made: the stages decide without looking
+    /// the flow up first, and only the stage that ends the inspection looks it up.
+    pub controller: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU working memory of the inspector.

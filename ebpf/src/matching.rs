@@ -11,7 +11,7 @@ use imfw_common::{
 };
 
 use crate::parse::IPPROTO_UDP;
-use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch};
+use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch};
 
 /// What the matchers made of a payload.
 pub enum Outcome {
@@ -64,10 +64,20 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     let last = if payload_len <= SCRATCH_LEN { buf[last_at] as u64 } else { LAST_UNKNOWN as u64 };
     // One unknown value for the verifier, not two states through the loop below.
     let last = launder(&mut spill[3], last) as u16;
+    // The shapes the first bytes leave possible (userspace writes the prefilter with the
+    // shapes, before the policy is marked ready).
+    let cand = match IMFW_SIGPRE.get(0) {
+        Some(pre) => pre.candidates([buf[0], buf[1], buf[2], buf[3]]),
+        None => u32::MAX,
+    };
     let mut c = 0u32;
     while c < MAX_SIG_CLASSES {
         if c >= cfg.sig_classes {
             break;
+        }
+        if (cand >> c) & 1 == 0 {
+            c += 1;
+            continue;
         }
         if let Some(shape) = IMFW_SIGCLASS.get(c) {
             if let Some(key) = sig_key(buf, n, shape, c as u16, job.dir) {

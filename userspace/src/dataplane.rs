@@ -67,6 +67,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Fills in the counters the program leaves to userspace, to keep them off the per-packet
+    /// path: `Stat::Packets` (every packet ends in exactly one verdict cell or non-flow stat)
+    /// and the `policy` drop reason (the drop verdict cells).
+    fn derive(&mut self) {
+        let cells: u64 = self.counters.values().map(|c| c.packets).sum();
+        let other: u64 = [Stat::NonIp, Stat::OtherL4, Stat::Unparsed, Stat::Fragments].iter().map(|st| self.stat(*st)).sum();
+        if let Some((_, v)) = self.stats.iter_mut().find(|(k, _)| *k == Stat::Packets) {
+            *v += cells + other;
+        }
+        let dropped = self
+            .counters
+            .iter()
+            .filter(|((_, verdict), _)| *verdict == Verdict::Drop as u8)
+            .fold(Counter::default(), |a, (_, c)| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+        if let Some((_, c)) = self.drops.iter_mut().find(|(r, _)| *r == DropReason::Policy) {
+            c.packets += dropped.packets;
+            c.bytes += dropped.bytes;
+        }
+    }
+
     pub fn stat(&self, s: Stat) -> u64 {
         self.stats.iter().find(|(k, _)| *k == s).map_or(0, |(_, v)| *v)
     }
@@ -166,6 +186,7 @@ impl Dataplane {
     fn write_maps(&mut self, c: &Compiled, redirect: &[u32]) -> Result<()> {
         self.fill_array(m::SIG_CLASSES, &c.sig_classes)?;
         self.fill_hash(m::SIGS, &c.sigs)?;
+        self.fill_array(m::SIG_PRE, std::slice::from_ref(&c.sig_pre))?;
         self.fill_hash(m::NAMES, &c.names)?;
         self.fill_hash(m::STUN, &c.stun)?;
         self.fill_lpm(m::ADDR4, &c.addr4)?;
@@ -364,6 +385,7 @@ impl Dataplane {
             s.stats.push((st, cell.iter().sum()));
         }
         debug_assert_eq!(STATS as usize, Stat::ALL.len());
+        s.derive();
         Ok(s)
     }
 

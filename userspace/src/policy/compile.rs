@@ -12,7 +12,7 @@ use imfw_common::{
     maps::{ADDR_MAX, NAMES_MAX, POLICY_ENTRIES, REDIRECT_SLOTS, SIGS_MAX, SRC_CLASSES},
     matcher::{
         domain_hash, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
-        MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN, SIG_LEN_ATLEAST, SIG_OFFSET_MAX,
+        MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SigPrefilter, SIG_LEN, SIG_LEN_ATLEAST, SIG_OFFSET_MAX,
     },
     verdict::Verdict,
 };
@@ -34,6 +34,8 @@ pub struct Compiled {
     /// Signature shapes; the index is the class id.
     pub sig_classes: Vec<SigClass>,
     pub sigs: Vec<(SigKey, SigValue)>,
+    /// Which shapes a payload's first bytes leave possible (from `sig_classes` and `sigs`).
+    pub sig_pre: SigPrefilter,
     pub names: Vec<(NameKey, AppMatch)>,
     /// (prefix length, network, app).
     pub addr4: Vec<(u32, [u8; 4], AppMatch)>,
@@ -408,6 +410,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
             },
             apps,
             sig_classes: Vec::new(),
+            sig_pre: SigPrefilter::default(),
             sigs: Vec::new(),
             names: Vec::new(),
             addr4: Vec::new(),
@@ -426,6 +429,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
     ];
     b.signatures(&parts);
     b.out.config.sig_classes = b.out.sig_classes.len() as u32;
+    b.out.sig_pre = SigPrefilter::build(&b.out.sig_classes, b.out.sigs.iter().map(|(k, _)| k));
     b.names_and_addresses(&parts);
     let prefixes = b.source_classes(policy);
     let actions = b.actions(policy);
