@@ -366,6 +366,10 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
             return Ok(ExitCode::from(EXIT_BAD_INPUT));
         }
     };
+    if ifaces.iter().any(|i| i.trim().is_empty()) {
+        log::error!("refusing to start: an empty interface name in --iface (under systemd: set IMFW_IFACES in /etc/default/imfw)");
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
     for i in ifaces {
         if let Err(e) = imfw::dataplane::ifindex(i) {
             log::error!("refusing to start: {e:#}");
