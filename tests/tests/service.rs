@@ -41,7 +41,9 @@ impl Note {
     }
 
     fn value(&self, key: &str) -> Option<&str> {
-        self.text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -96,8 +98,8 @@ impl Manager {
                         return n;
                     }
                 }
-                Err(_) => panic!(
-                    "no notification ({what}) within {NOTE_LIMIT:?}; received so far: {:?}",
+                Err(e) => panic!(
+                    "no notification ({what}) within {NOTE_LIMIT:?} ({e}); received so far: {:?}",
                     self.seen
                 ),
             }
@@ -126,14 +128,18 @@ fn monotonic_usec() -> u64 {
     };
     // SAFETY: clock_gettime writes one timespec into memory we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    ts.tv_sec.cast_unsigned() * 1_000_000 + ts.tv_nsec.cast_unsigned() / 1000
 }
 
 /// A reload's two notifications: RELOADING=1 with a MONOTONIC_USEC taken between `before`
 /// and now, then READY=1. Returns the READY's STATUS.
 fn expect_reload(m: &mut Manager, before: u64, what: &str) -> String {
     let r = m.next_state(what);
-    assert!(r.has("RELOADING=1"), "{what}: expected RELOADING=1, got {:?}", r.text);
+    assert!(
+        r.has("RELOADING=1"),
+        "{what}: expected RELOADING=1, got {:?}",
+        r.text
+    );
     let usec: u64 = r
         .value("MONOTONIC_USEC")
         .unwrap_or_else(|| panic!("{what}: RELOADING=1 without MONOTONIC_USEC: {:?}", r.text))
@@ -145,8 +151,15 @@ fn expect_reload(m: &mut Manager, before: u64, what: &str) -> String {
         "{what}: MONOTONIC_USEC {usec} is not between {before} and {after}"
     );
     let ready = m.next_state(what);
-    assert!(ready.has("READY=1"), "{what}: expected READY=1 after RELOADING=1, got {:?}", ready.text);
-    assert!(ready.control_up, "{what}: READY=1 while the control socket did not accept connections");
+    assert!(
+        ready.has("READY=1"),
+        "{what}: expected READY=1 after RELOADING=1, got {:?}",
+        ready.text
+    );
+    assert!(
+        ready.control_up,
+        "{what}: READY=1 while the control socket did not accept connections"
+    );
     ready
         .value("STATUS")
         .unwrap_or_else(|| panic!("{what}: READY=1 without STATUS: {:?}", ready.text))
@@ -198,24 +211,38 @@ fn notify_protocol_watchdog_and_reload() {
     // READY=1 first, with a status naming policy and interfaces; sent with the control
     // socket already bound (imfw stats answered before start() returned).
     let ready = m.next_state("startup");
-    assert!(ready.has("READY=1"), "first notification {:?}; log:\n{}", ready.text, log(&p));
+    assert!(
+        ready.has("READY=1"),
+        "first notification {:?}; log:\n{}",
+        ready.text,
+        log(&p)
+    );
     let status = ready.value("STATUS").expect("READY=1 carries STATUS");
     assert!(
         status.starts_with("enforcing ") && status.contains("svc0") && status.contains("svc1"),
         "{status}"
     );
-    assert!(status.contains(&p.policy_path().display().to_string()), "{status}");
+    assert!(
+        status.contains(&p.policy_path().display().to_string()),
+        "{status}"
+    );
 
     // The watchdog: pings every WATCHDOG_USEC / 2 from the main loop, nothing else while idle.
     let pings = m.pings_during(Duration::from_millis(2600));
-    assert!((3..=7).contains(&pings), "{pings} watchdog pings in 2.6 s at a 0.5 s interval");
+    assert!(
+        (3..=7).contains(&pings),
+        "{pings} watchdog pings in 2.6 s at a 0.5 s interval"
+    );
 
     // SIGHUP with a good policy.
     fs::write(p.policy_path(), POLICY_2).unwrap();
     let before = monotonic_usec();
     p.hangup().unwrap();
     let st = expect_reload(&mut m, before, "SIGHUP, good policy");
-    assert!(st.starts_with("reloaded ") && !st.contains("refused"), "{st}");
+    assert!(
+        st.starts_with("reloaded ") && !st.contains("refused"),
+        "{st}"
+    );
 
     // `imfw reload` with the good policy: the same notifications, exit 0.
     let before = monotonic_usec();
@@ -275,16 +302,20 @@ fn notify_protocol_watchdog_and_reload() {
 fn unit_verifies_without_warnings() {
     let bin = ImfwProc::bin();
     ImfwProc::require_bin(&bin).unwrap_or_else(|e| panic!("{e:#}"));
-    let unit = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/imfw.service"))
-        .expect("packaging/imfw.service");
-    assert!(unit.contains("/usr/local/sbin/imfw run "), "the unit no longer names the installed binary");
+    let unit =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/imfw.service"))
+            .expect("packaging/imfw.service");
+    assert!(
+        unit.contains("/usr/local/sbin/imfw run "),
+        "the unit no longer names the installed binary"
+    );
     let dir = TempDir::new("imfw-unit").unwrap();
     let verify = |text: &str| -> Output {
         let path = dir.path().join("imfw.service");
         fs::write(&path, text).unwrap();
         output_within(
             Command::new("systemd-analyze").arg("verify").arg(&path),
-            Duration::from_secs(60),
+            Duration::from_mins(1),
         )
         .unwrap_or_else(|e| panic!("{e:#} (systemd-analyze comes with the systemd package; `cargo xtask test` installs it)"))
     };
@@ -300,11 +331,18 @@ fn unit_verifies_without_warnings() {
     let ours = unit.replace("/usr/local/sbin/imfw", &bin.to_string_lossy());
     let out = verify(&ours);
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(about_unit(&out), Vec::<String>::new(), "systemd-analyze verify warns about the unit");
+    assert_eq!(
+        about_unit(&out),
+        Vec::<String>::new(),
+        "systemd-analyze verify warns about the unit"
+    );
 
     // The check can fail: a misspelt value is a warning about the unit.
     let broken = ours.replace("ProtectSystem=strict", "ProtectSystem=stricter");
     assert_ne!(broken, ours);
     let out = verify(&broken);
-    assert!(!about_unit(&out).is_empty(), "a bad setting went unnoticed: {out:?}");
+    assert!(
+        !about_unit(&out).is_empty(),
+        "a bad setting went unnoticed: {out:?}"
+    );
 }

@@ -54,7 +54,7 @@ pub enum LoopRequest {
 }
 
 /// How long a client waits for a reload: the policy is compiled and checked on the main loop.
-pub const RELOAD_LIMIT: Duration = Duration::from_secs(60);
+pub const RELOAD_LIMIT: Duration = Duration::from_mins(1);
 
 pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, to_loop: mpsc::Sender<LoopRequest>) {
     loop {

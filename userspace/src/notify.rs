@@ -32,7 +32,9 @@ impl Target {
         if let Some(name) = value.strip_prefix('@') {
             return (!name.is_empty()).then(|| Target::Abstract(name.as_bytes().to_vec()));
         }
-        value.starts_with('/').then(|| Target::Path(PathBuf::from(value)))
+        value
+            .starts_with('/')
+            .then(|| Target::Path(PathBuf::from(value)))
     }
 }
 
@@ -48,7 +50,11 @@ impl Notifier {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let target = var("NOTIFY_SOCKET").as_deref().and_then(Target::parse);
-        let watchdog = watchdog_interval(var("WATCHDOG_USEC").as_deref(), var("WATCHDOG_PID").as_deref(), std::process::id());
+        let watchdog = watchdog_interval(
+            var("WATCHDOG_USEC").as_deref(),
+            var("WATCHDOG_PID").as_deref(),
+            std::process::id(),
+        );
         Self::new(target, watchdog)
     }
 
@@ -56,11 +62,13 @@ impl Notifier {
     pub fn new(target: Option<Target>, watchdog: Option<Duration>) -> Self {
         // Non-blocking: when the manager's queue is full a notification is lost (and logged),
         // never the firewall's main loop blocked.
-        let target = target.and_then(|t| match UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s)) {
-            Ok(sock) => Some((sock, t)),
-            Err(e) => {
-                log::warn!("service manager notifications disabled: datagram socket: {e}");
-                None
+        let target = target.and_then(|t| {
+            match UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+                Ok(sock) => Some((sock, t)),
+                Err(e) => {
+                    log::warn!("service manager notifications disabled: datagram socket: {e}");
+                    None
+                }
             }
         });
         Notifier { target, watchdog }
@@ -79,14 +87,21 @@ impl Notifier {
     /// Sends one notification (lines as [`Message`] builds them). A failure is returned, not
     /// logged: the caller decides how loud a lost notification is.
     pub fn send(&self, message: &Message) -> io::Result<()> {
-        let Some((sock, target)) = &self.target else { return Ok(()) };
+        let Some((sock, target)) = &self.target else {
+            return Ok(());
+        };
         let bytes = message.text.as_bytes();
         let sent = match target {
             Target::Path(p) => sock.send_to(bytes, p)?,
-            Target::Abstract(name) => sock.send_to_addr(bytes, &SocketAddr::from_abstract_name(name)?)?,
+            Target::Abstract(name) => {
+                sock.send_to_addr(bytes, &SocketAddr::from_abstract_name(name)?)?
+            }
         };
         if sent != bytes.len() {
-            return Err(io::Error::other(format!("short datagram: {sent} of {} bytes", bytes.len())));
+            return Err(io::Error::other(format!(
+                "short datagram: {sent} of {} bytes",
+                bytes.len()
+            )));
         }
         Ok(())
     }
@@ -94,7 +109,10 @@ impl Notifier {
     /// [`Notifier::send`], logging a failure as a warning.
     pub fn send_or_warn(&self, message: &Message) {
         if let Err(e) = self.send(message) {
-            log::warn!("notifying the service manager ({}): {e}", message.text.lines().next().unwrap_or(""));
+            log::warn!(
+                "notifying the service manager ({}): {e}",
+                message.text.lines().next().unwrap_or("")
+            );
         }
     }
 }
@@ -126,7 +144,9 @@ impl Message {
     /// `RELOADING=1` with `MONOTONIC_USEC=` (the clock reading systemd compares against the
     /// moment it asked for the reload, as `Type=notify-reload` requires).
     pub fn reloading(monotonic_usec: u64) -> Self {
-        Message::default().field("RELOADING", "1").field("MONOTONIC_USEC", &monotonic_usec.to_string())
+        Message::default()
+            .field("RELOADING", "1")
+            .field("MONOTONIC_USEC", &monotonic_usec.to_string())
     }
 
     /// `STOPPING=1`: shutting down.
@@ -142,7 +162,10 @@ impl Message {
     /// Adds `STATUS=`: one line for `systemctl status` (line breaks become spaces).
     #[must_use]
     pub fn status(self, text: &str) -> Self {
-        let one_line: String = text.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
+        let one_line: String = text
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+            .collect();
         self.field("STATUS", one_line.trim())
     }
 
@@ -162,10 +185,17 @@ impl Message {
 
 /// CLOCK_MONOTONIC in microseconds, the clock of `MONOTONIC_USEC=`.
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into memory we own; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000).saturating_add(ts.tv_nsec as u64 / 1000)
+    // The monotonic clock never reads negative; a failed call leaves zeros.
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000)
 }
 
 #[cfg(test)]
@@ -177,17 +207,28 @@ mod tests {
         assert_eq!(Message::ready().as_str(), "READY=1\n");
         assert_eq!(Message::stopping().as_str(), "STOPPING=1\n");
         assert_eq!(Message::watchdog().as_str(), "WATCHDOG=1\n");
-        assert_eq!(Message::reloading(1_234_567).as_str(), "RELOADING=1\nMONOTONIC_USEC=1234567\n");
         assert_eq!(
-            Message::ready().status("reload refused:\npolicy.yaml:3:5: bad\n").as_str(),
+            Message::reloading(1_234_567).as_str(),
+            "RELOADING=1\nMONOTONIC_USEC=1234567\n"
+        );
+        assert_eq!(
+            Message::ready()
+                .status("reload refused:\npolicy.yaml:3:5: bad\n")
+                .as_str(),
             "READY=1\nSTATUS=reload refused: policy.yaml:3:5: bad\n"
         );
     }
 
     #[test]
     fn notify_socket_forms() {
-        assert_eq!(Target::parse("/run/systemd/notify"), Some(Target::Path("/run/systemd/notify".into())));
-        assert_eq!(Target::parse("@sd/notify"), Some(Target::Abstract(b"sd/notify".to_vec())));
+        assert_eq!(
+            Target::parse("/run/systemd/notify"),
+            Some(Target::Path("/run/systemd/notify".into()))
+        );
+        assert_eq!(
+            Target::parse("@sd/notify"),
+            Some(Target::Abstract(b"sd/notify".to_vec()))
+        );
         assert_eq!(Target::parse("@"), None);
         assert_eq!(Target::parse("relative/sock"), None);
         assert_eq!(Target::parse("vsock:2:1234"), None);
@@ -195,8 +236,14 @@ mod tests {
 
     #[test]
     fn watchdog_is_half_the_timeout_and_only_ours() {
-        assert_eq!(watchdog_interval(Some("30000000"), None, 7), Some(Duration::from_secs(15)));
-        assert_eq!(watchdog_interval(Some("30000000"), Some("7"), 7), Some(Duration::from_secs(15)));
+        assert_eq!(
+            watchdog_interval(Some("30000000"), None, 7),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            watchdog_interval(Some("30000000"), Some("7"), 7),
+            Some(Duration::from_secs(15))
+        );
         assert_eq!(watchdog_interval(Some("30000000"), Some("8"), 7), None);
         assert_eq!(watchdog_interval(Some("0"), None, 7), None);
         assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
@@ -225,7 +272,10 @@ mod tests {
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let server = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier::new(Target::parse(path.to_str().unwrap()), Some(Duration::from_secs(1)));
+        let n = Notifier::new(
+            Target::parse(path.to_str().unwrap()),
+            Some(Duration::from_secs(1)),
+        );
         assert!(n.enabled());
         assert_eq!(n.watchdog(), Some(Duration::from_secs(1)));
         n.send(&Message::ready().status("enforcing")).unwrap();
@@ -240,8 +290,14 @@ mod tests {
 
     #[test]
     fn sends_to_an_abstract_socket() {
-        let name = format!("imfw-notify-test-{}-{}", std::process::id(), monotonic_usec());
-        let server = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let name = format!(
+            "imfw-notify-test-{}-{}",
+            std::process::id(),
+            monotonic_usec()
+        );
+        let server =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
         let n = Notifier::new(Target::parse(&format!("@{name}")), None);
         n.send(&Message::stopping()).unwrap();
         assert_eq!(recv(&server), "STOPPING=1\n");

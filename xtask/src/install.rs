@@ -64,7 +64,10 @@ pub struct Layout {
 impl Layout {
     pub fn new(root: Option<PathBuf>, prefix: PathBuf) -> Result<Self> {
         if !prefix.is_absolute() {
-            bail!("--prefix must be an absolute path, not {}", prefix.display());
+            bail!(
+                "--prefix must be an absolute path, not {}",
+                prefix.display()
+            );
         }
         Ok(Layout { root, prefix })
     }
@@ -90,13 +93,12 @@ impl Layout {
 
 pub fn install(opts: &InstallOptions) -> Result<()> {
     let layout = Layout::new(opts.root.clone(), opts.prefix.clone())?;
-    let bin = match &opts.bin {
-        Some(b) => b.clone(),
-        None => {
-            println!("xtask: building the release binary");
-            run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
-            target_dir().join("release/imfw")
-        }
+    let bin = if let Some(b) = &opts.bin {
+        b.clone()
+    } else {
+        println!("xtask: building the release binary");
+        run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
+        target_dir().join("release/imfw")
     };
     for line in install_files(&layout, &bin)? {
         println!("install: {line}");
@@ -116,7 +118,9 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
     if layout.root.is_none() && systemd_running() {
         // Stop before the binary goes. Stopping detaches XDP: the gateway is unprotected.
         println!("uninstall: systemctl disable --now imfw.service");
-        let st = Command::new("systemctl").args(["disable", "--now", "imfw.service"]).status();
+        let st = Command::new("systemctl")
+            .args(["disable", "--now", "imfw.service"])
+            .status();
         if !st.is_ok_and(|s| s.success()) {
             println!("uninstall: (imfw.service was not loaded or not running)");
         }
@@ -138,7 +142,11 @@ pub fn install_files(layout: &Layout, bin: &Path) -> Result<Vec<String>> {
     }
     let mut done = Vec::new();
     let bin_to = layout.staged(&layout.bin());
-    replace_file(&bin_to, &fs::read(bin).with_context(|| format!("reading {}", bin.display()))?, 0o755)?;
+    replace_file(
+        &bin_to,
+        &fs::read(bin).with_context(|| format!("reading {}", bin.display()))?,
+        0o755,
+    )?;
     done.push(format!("installed {}", bin_to.display()));
     let unit_to = layout.staged(Path::new(UNIT_PATH));
     replace_file(&unit_to, layout.unit_text().as_bytes(), 0o644)?;
@@ -174,10 +182,16 @@ pub fn uninstall_files(layout: &Layout, purge: bool) -> Result<Vec<String>> {
 }
 
 fn remove(path: &Path) -> Result<String> {
-    let r = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    let r = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
     match r {
         Ok(()) => Ok(format!("removed {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(format!("{} was not there", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(format!("{} was not there", path.display()))
+        }
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }
@@ -185,13 +199,21 @@ fn remove(path: &Path) -> Result<String> {
 /// Writes `bytes` beside `path` and renames it over: a running binary is replaced, not
 /// rewritten in place (which fails with ETXTBSY), and no reader sees half a file.
 fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.xtask-new", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.xtask-new",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Whether systemd is the running init (sd_booted(3): /run/systemd/system exists).
@@ -239,36 +261,87 @@ mod tests {
         assert_eq!(done.len(), 4, "{done:?}");
         let bin_at = root.join("opt/imfw/sbin/imfw");
         assert_eq!(fs::read(&bin_at).unwrap(), fs::read(&bin).unwrap());
-        assert_eq!(fs::metadata(&bin_at).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(&bin_at).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
         let unit = fs::read_to_string(root.join("etc/systemd/system/imfw.service")).unwrap();
-        assert!(unit.contains("ExecStart=/opt/imfw/sbin/imfw run --policy /etc/imfw/policy.yaml"), "{unit}");
-        assert!(unit.contains("ExecReload=/opt/imfw/sbin/imfw reload"), "{unit}");
-        assert!(!unit.contains(UNIT_BIN), "the default binary path is left in the unit");
-        assert_eq!(fs::read_to_string(root.join("etc/imfw/policy.yaml")).unwrap(), POLICY);
-        assert!(fs::read_to_string(root.join("etc/default/imfw")).unwrap().contains("IMFW_IFACES="));
+        assert!(
+            unit.contains("ExecStart=/opt/imfw/sbin/imfw run --policy /etc/imfw/policy.yaml"),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("ExecReload=/opt/imfw/sbin/imfw reload"),
+            "{unit}"
+        );
+        assert!(
+            !unit.contains(UNIT_BIN),
+            "the default binary path is left in the unit"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/imfw/policy.yaml")).unwrap(),
+            POLICY
+        );
+        assert!(fs::read_to_string(root.join("etc/default/imfw"))
+            .unwrap()
+            .contains("IMFW_IFACES="));
 
         // The operator's policy and settings survive a second install; the binary is replaced.
         fs::write(root.join("etc/imfw/policy.yaml"), "version: 1\n# mine\n").unwrap();
         fs::write(root.join("etc/default/imfw"), "IMFW_IFACES=lan0,wan0\n").unwrap();
         fs::write(&bin, b"#!/bin/sh\necho imfw 2\n").unwrap();
         let again = install_files(&layout, &bin).unwrap();
-        assert_eq!(again.iter().filter(|l| l.starts_with("kept existing")).count(), 2, "{again:?}");
-        assert_eq!(fs::read_to_string(root.join("etc/imfw/policy.yaml")).unwrap(), "version: 1\n# mine\n");
-        assert_eq!(fs::read_to_string(root.join("etc/default/imfw")).unwrap(), "IMFW_IFACES=lan0,wan0\n");
+        assert_eq!(
+            again
+                .iter()
+                .filter(|l| l.starts_with("kept existing"))
+                .count(),
+            2,
+            "{again:?}"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/imfw/policy.yaml")).unwrap(),
+            "version: 1\n# mine\n"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/default/imfw")).unwrap(),
+            "IMFW_IFACES=lan0,wan0\n"
+        );
         assert_eq!(fs::read(&bin_at).unwrap(), b"#!/bin/sh\necho imfw 2\n");
-        assert!(fs::read_dir(root.join("opt/imfw/sbin")).unwrap().count() == 1, "a temporary file was left behind");
+        assert!(
+            fs::read_dir(root.join("opt/imfw/sbin")).unwrap().count() == 1,
+            "a temporary file was left behind"
+        );
 
         // Uninstall keeps configuration and state; --purge removes them.
         fs::create_dir_all(root.join("var/lib/imfw/archive")).unwrap();
         let removed = uninstall_files(&layout, false).unwrap();
         assert!(!bin_at.exists() && !root.join("etc/systemd/system/imfw.service").exists());
-        assert!(root.join("etc/imfw/policy.yaml").exists() && root.join("etc/default/imfw").exists());
+        assert!(
+            root.join("etc/imfw/policy.yaml").exists() && root.join("etc/default/imfw").exists()
+        );
         assert!(root.join("var/lib/imfw/archive").exists());
-        assert_eq!(removed.iter().filter(|l| l.starts_with("removed")).count(), 2, "{removed:?}");
-        assert_eq!(removed.iter().filter(|l| l.starts_with("kept")).count(), 3, "{removed:?}");
+        assert_eq!(
+            removed.iter().filter(|l| l.starts_with("removed")).count(),
+            2,
+            "{removed:?}"
+        );
+        assert_eq!(
+            removed.iter().filter(|l| l.starts_with("kept")).count(),
+            3,
+            "{removed:?}"
+        );
         let purged = uninstall_files(&layout, true).unwrap();
-        assert!(!root.join("etc/imfw").exists() && !root.join("etc/default/imfw").exists() && !root.join("var/lib/imfw").exists());
-        assert_eq!(purged.iter().filter(|l| l.starts_with("removed")).count(), 3, "{purged:?}");
+        assert!(
+            !root.join("etc/imfw").exists()
+                && !root.join("etc/default/imfw").exists()
+                && !root.join("var/lib/imfw").exists()
+        );
+        assert_eq!(
+            purged.iter().filter(|l| l.starts_with("removed")).count(),
+            3,
+            "{purged:?}"
+        );
     }
 
     #[test]
@@ -277,7 +350,10 @@ mod tests {
         let layout = Layout::new(Some(t.0.clone()), PathBuf::from("/usr/local")).unwrap();
         let e = install_files(&layout, &t.0.join("nope")).unwrap_err();
         assert!(format!("{e:#}").contains("no imfw binary"), "{e:#}");
-        assert!(fs::read_dir(&t.0).unwrap().next().is_none(), "something was installed");
+        assert!(
+            fs::read_dir(&t.0).unwrap().next().is_none(),
+            "something was installed"
+        );
         assert!(Layout::new(None, PathBuf::from("usr/local")).is_err());
     }
 
