@@ -64,6 +64,18 @@ impl ImfwProc {
     /// `ip netns exec NS BIN run --policy FILE --iface IFS --control SOCK` and waits until
     /// `imfw stats` answers on the control socket (at most [`READY_LIMIT`]).
     pub fn start(bin: &Path, ns: &Netns, policy_yaml: &str, ifaces: &[&str]) -> Result<Self> {
+        Self::start_with_env(bin, ns, policy_yaml, ifaces, &[])
+    }
+
+    /// As [`ImfwProc::start`], with these variables in imfw's environment (e.g. the
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` that systemd sets).
+    pub fn start_with_env(
+        bin: &Path,
+        ns: &Netns,
+        policy_yaml: &str,
+        ifaces: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         Self::require_bin(bin)?;
         let dir = TempDir::new("imfw-run")?;
         let policy = dir.path().join("policy.yaml");
@@ -85,6 +97,7 @@ impl ImfwProc {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         // `ip netns exec` enters the namespace and execs the binary: the pid is imfw's.
         let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         let mut p = ImfwProc {

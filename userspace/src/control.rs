@@ -1,5 +1,5 @@
-//! The control socket: `imfw stats` (and later status, reload) talk to a running controller
-//! over a Unix stream socket, one request line and one JSON reply.
+//! The control socket: `imfw stats`, `imfw status` and `imfw reload` talk to a running
+//! controller over a Unix stream socket, one request line and one JSON reply.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
+    sync::{mpsc, oneshot},
 };
 
 use crate::{dataplane::Dataplane, policy::Compiled};
@@ -44,10 +45,22 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))
 }
 
-pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
+/// A request that must run on the controller's main loop, not in the socket's task: a reload
+/// touches the content path and the maps, which only the loop owns. The loop answers on the
+/// oneshot with the JSON reply.
+#[derive(Debug)]
+pub enum LoopRequest {
+    Reload(oneshot::Sender<serde_json::Value>),
+}
+
+/// How long a client waits for a reload: the policy is compiled and checked on the main loop.
+pub const RELOAD_LIMIT: Duration = Duration::from_mins(1);
+
+pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, to_loop: mpsc::Sender<LoopRequest>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let shared = shared.clone();
+        let to_loop = to_loop.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -56,10 +69,25 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>) {
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let reply = answer(line.trim(), &shared);
+            let reply = match line.trim() {
+                "reload" => ask_loop(&to_loop, LoopRequest::Reload).await,
+                cmd => answer(cmd, &shared),
+            };
             let _ = w.write_all(reply.to_string().as_bytes()).await;
             let _ = w.write_all(b"\n").await;
         });
+    }
+}
+
+async fn ask_loop(to_loop: &mpsc::Sender<LoopRequest>, request: fn(oneshot::Sender<serde_json::Value>) -> LoopRequest) -> serde_json::Value {
+    let (tx, rx) = oneshot::channel();
+    if to_loop.send(request(tx)).await.is_err() {
+        return serde_json::json!({"error": "the controller is shutting down"});
+    }
+    match tokio::time::timeout(RELOAD_LIMIT, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => serde_json::json!({"error": "the controller dropped the request (shutting down?)"}),
+        Err(_) => serde_json::json!({"error": format!("no answer from the main loop within {RELOAD_LIMIT:?}")}),
     }
 }
 
@@ -88,19 +116,26 @@ fn answer(cmd: &str, shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
                 "reloads_failed": s.reloads_failed,
             })
         }
-        other => serde_json::json!({"error": format!("unknown request {other:?}; expected stats or status")}),
+        other => serde_json::json!({"error": format!("unknown request {other:?}; expected stats, status or reload")}),
     }
 }
 
 /// Sends one request to a running controller and returns its JSON reply.
 pub fn request(path: &Path, cmd: &str) -> Result<serde_json::Value> {
+    request_within(path, cmd, Duration::from_secs(10))
+}
+
+/// [`request`], waiting at most `limit` for the reply (a reload: [`RELOAD_LIMIT`] and a margin).
+pub fn request_within(path: &Path, cmd: &str, limit: Duration) -> Result<serde_json::Value> {
     let mut s = UnixStream::connect(path).with_context(|| {
         format!("no imfw controller answers on {} (is `imfw run` running? pass --control if it uses another socket)", path.display())
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(limit))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .with_context(|| format!("waiting for the controller's answer to {cmd:?} (at most {limit:?})"))?;
     let v: serde_json::Value = serde_json::from_str(&line).context("bad reply from the controller")?;
     if let Some(e) = v.get("error") {
         return Err(anyhow!("controller: {e}"));

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod dns;
 pub mod events;
+pub mod notify;
 pub mod packet;
 pub mod policy;
 pub mod quic;

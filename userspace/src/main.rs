@@ -15,6 +15,7 @@ use imfw::{
     controller::Controller,
     dataplane::{AttachMode, Dataplane, Event, parse_event},
     events,
+    notify::{self, Message, Notifier},
     policy::{self, Compiled},
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
@@ -79,6 +80,13 @@ enum Cmd {
     },
     /// State of a running instance: interfaces, policy file and hash, uptime, reloads.
     Status {
+        #[arg(long, default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+    },
+    /// Ask a running instance to read its policy file again (as SIGHUP does) and wait for the
+    /// result. Exit 0 when the new policy took effect, 2 when it was refused (the errors are
+    /// printed as `imfw check` prints them; the running policy stays in force).
+    Reload {
         #[arg(long, default_value = control::DEFAULT_PATH)]
         control: PathBuf,
     },
@@ -305,6 +313,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Cmd::Stats { control, json } => stats(&control, json),
+        Cmd::Reload { control } => reload_cmd(&control),
         Cmd::Archive { cmd } => archive_cmd(cmd),
     };
     match result {
@@ -357,6 +366,10 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
             return Ok(ExitCode::from(EXIT_BAD_INPUT));
         }
     };
+    if ifaces.iter().any(|i| i.trim().is_empty()) {
+        log::error!("refusing to start: an empty interface name in --iface (under systemd: set IMFW_IFACES in /etc/default/imfw)");
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
     for i in ifaces {
         if let Err(e) = imfw::dataplane::ifindex(i) {
             log::error!("refusing to start: {e:#}");
@@ -398,9 +411,12 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         reloads: 0,
         reloads_failed: 0,
     }));
+    // systemd's notification socket and watchdog (no-ops when not run by systemd).
+    let notifier = Notifier::from_env();
     let result = rt.block_on(async {
         let listener = control::bind(control_path)?;
-        tokio::spawn(control::serve(listener, shared.clone()));
+        let (to_loop, mut from_socket) = tokio::sync::mpsc::channel::<control::LoopRequest>(4);
+        tokio::spawn(control::serve(listener, shared.clone(), to_loop));
         // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped here).
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the event ring: {e}"))?;
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -408,6 +424,12 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
         let mut running_monitor = policy_full.monitor.clone();
         log::info!("ready: policy {} on {}", policy_path.display(), ifaces.join(","));
+        // Attached, maps written, control socket answering: dependents may start now.
+        if let Ok(s) = shared.lock() {
+            notifier.send_or_warn(&Message::ready().status(&serving_status(&s)));
+        }
+        // Pinged from this loop, so a wedged loop stops pinging and systemd restarts us.
+        let mut watchdog = notifier.watchdog().map(tokio::time::interval);
         let clock = Instant::now();
         let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
         let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -429,13 +451,34 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                         }
                     }
                 }
+                () = tick_or_never(watchdog.as_mut()) => notifier.send_or_warn(&Message::watchdog()),
                 _ = hup.recv() => {
                     if let Ok(mut s) = shared.lock() {
-                        reload(policy_path, &mut s, &mut running_monitor, &mut content);
+                        let _ = reload_notified(&notifier, policy_path, &mut s, &mut running_monitor, &mut content);
                     }
                 }
-                _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
-                _ = int.recv() => { log::info!("SIGINT: detaching"); break; }
+                Some(request) = from_socket.recv() => match request {
+                    control::LoopRequest::Reload(reply) => {
+                        let answer = match shared.lock() {
+                            Ok(mut s) => match reload_notified(&notifier, policy_path, &mut s, &mut running_monitor, &mut content) {
+                                Ok(summary) => serde_json::json!({"reloaded": true, "policy": s.policy_file, "message": summary}),
+                                Err(errors) => serde_json::json!({"reloaded": false, "policy": s.policy_file, "errors": errors}),
+                            },
+                            Err(_) => serde_json::json!({"error": "controller state poisoned"}),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                },
+                _ = term.recv() => {
+                    notifier.send_or_warn(&Message::stopping().status("SIGTERM: detaching"));
+                    log::info!("SIGTERM: detaching");
+                    break;
+                }
+                _ = int.recv() => {
+                    notifier.send_or_warn(&Message::stopping().status("SIGINT: detaching"));
+                    log::info!("SIGINT: detaching");
+                    break;
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let rb = guard.get_inner_mut();
@@ -485,20 +528,66 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits for the next tick of `interval`, or forever without one.
+async fn tick_or_never(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The one-line state for `systemctl status`: policy, its hash, interfaces and modes.
+fn serving_status(s: &control::Shared) -> String {
+    let ifaces: Vec<String> = s.dataplane.attached().iter().map(|a| format!("{} ({})", a.iface, a.mode.name())).collect();
+    format!("enforcing {} (policy {}) on {}", s.policy_file, s.compiled.hash.get(..12).unwrap_or(&s.compiled.hash), ifaces.join(", "))
+}
+
+/// [`reload`] between the notifications systemd expects of a reload (`Type=notify-reload`):
+/// `RELOADING=1` with the monotonic clock before, `READY=1` with a status saying whether the
+/// new policy took effect after. SIGHUP and `imfw reload` both come here.
+fn reload_notified(
+    notifier: &Notifier,
+    path: &Path,
+    s: &mut control::Shared,
+    running_monitor: &mut policy::Monitor,
+    content: &mut imfw::content_path::ContentPath,
+) -> std::result::Result<String, String> {
+    notifier.send_or_warn(&Message::reloading(notify::monotonic_usec()).status(&format!("reloading {}", path.display())));
+    let outcome = reload(path, s, running_monitor, content);
+    let status = match &outcome {
+        Ok(summary) => format!("{summary}; {}", serving_status(s)),
+        Err(errors) => format!(
+            "reload refused ({} errors; see the log or `imfw check`), the running policy stays: {}",
+            errors.lines().filter(|l| !l.trim().is_empty()).count(),
+            serving_status(s)
+        ),
+    };
+    notifier.send_or_warn(&Message::ready().status(&status));
+    outcome
+}
+
 /// SIGHUP: reads and checks the whole policy file again. A file with any error is refused
 /// (the errors are logged as `imfw check` prints them, counted) and the running policy stays.
 /// A good file's content rules take effect for every message completed from now on. Changes
 /// to the apps, rules or monitor settings are reported as needing a restart: the data plane's
 /// maps are not rewritten in place yet, since a switch that half-applied would let packets see
-/// half of each policy.
-fn reload(path: &Path, s: &mut control::Shared, running_monitor: &mut policy::Monitor, content: &mut imfw::content_path::ContentPath) {
+/// half of each policy. Returns a summary of what took effect, or the located errors (as
+/// `imfw check` prints them) of a refused file.
+fn reload(
+    path: &Path,
+    s: &mut control::Shared,
+    running_monitor: &mut policy::Monitor,
+    content: &mut imfw::content_path::ContentPath,
+) -> std::result::Result<String, String> {
     let loaded = policy::load(path).and_then(|p| p.compile().map(|c| (p, c)));
     let (p, c) = match loaded {
         Ok(pc) => pc,
         Err(errors) => {
             s.reloads_failed += 1;
             log::error!("reload refused, the running policy stays in force: {} is not a valid policy\n{errors}", path.display());
-            return;
+            return Err(errors.to_string());
         }
     };
     content.set_policy(&p);
@@ -521,6 +610,24 @@ fn reload(path: &Path, s: &mut control::Shared, running_monitor: &mut policy::Mo
         s.compiled.hash = c.hash;
         *running_monitor = p.monitor;
     }
+    let mut summary = format!("reloaded {}: {} content rules in force", path.display(), p.content.len());
+    if maps_changed || monitor_changed {
+        summary.push_str(" (apps, rules, defaults or monitor settings changed: they take effect at the next restart)");
+    }
+    Ok(summary)
+}
+
+/// `imfw reload`: the running controller reloads on its main loop and answers with the outcome.
+fn reload_cmd(control_path: &Path) -> Result<ExitCode> {
+    let v = control::request_within(control_path, "reload", control::RELOAD_LIMIT + std::time::Duration::from_secs(5))?;
+    if v["reloaded"].as_bool() == Some(true) {
+        println!("{}", v["message"].as_str().unwrap_or("reloaded"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let errors = v["errors"].as_str().ok_or_else(|| anyhow!("bad reply from the controller: {v}"))?;
+    eprintln!("{}", errors.trim_end());
+    eprintln!("reload refused: {} is not a valid policy; the running policy stays in force", v["policy"].as_str().unwrap_or("the policy file"));
+    Ok(ExitCode::from(EXIT_BAD_INPUT))
 }
 
 /// Wall-clock milliseconds since the UNIX epoch, for the archive's records.

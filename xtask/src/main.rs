@@ -14,6 +14,7 @@ use clap::Parser;
 
 mod bench;
 mod demo;
+mod install;
 mod prereq;
 mod test;
 
@@ -31,6 +32,13 @@ enum Cli {
     /// controller's content path. A table on stdout, `target/bench/results.json` and SVG
     /// charts; targets are reported as met or not met, never as a failure.
     Bench(bench::Options),
+    /// Build the release binary and install it (PREFIX/sbin/imfw), the systemd unit
+    /// (/etc/systemd/system/imfw.service), a commented policy (/etc/imfw/policy.yaml) and the
+    /// unit's settings (/etc/default/imfw); the last two are never overwritten.
+    Install(install::InstallOptions),
+    /// Remove the binary and the unit (stopping the service first); the policy, settings and
+    /// state (/var/lib/imfw) stay unless --purge.
+    Uninstall(install::UninstallOptions),
 }
 
 fn main() {
@@ -48,6 +56,8 @@ fn run() -> Result<()> {
         Cli::Test(opts) => test::run(&opts),
         Cli::Demo(opts) => demo::run(&opts),
         Cli::Bench(opts) => bench::run(&opts),
+        Cli::Install(opts) => install::install(&opts),
+        Cli::Uninstall(opts) => install::uninstall(&opts),
     }
 }
 
