@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod events;
 pub mod packet;
+pub mod pins;
 pub mod policy;
 pub mod quic;
 pub mod rst;
