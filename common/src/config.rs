@@ -1,5 +1,9 @@
 //! Run-time settings of the data plane, written by the controller into `IMFW_CONFIG[0]`.
 
+/// How long after its last heartbeat (in `IMFW_ALIVE`, written every second) the controller
+/// counts as down for the data plane: three missed heartbeats.
+pub const CONTROLLER_GRACE_NS: u64 = 3_000_000_000;
+
 /// Pass packets the program cannot parse (the default).
 pub const ACTION_PASS: u32 = 0;
 /// Drop them (counted under their drop reason).

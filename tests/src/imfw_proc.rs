@@ -61,9 +61,23 @@ impl ImfwProc {
     }
 
     /// Writes the policy to a temporary file, starts
-    /// `ip netns exec NS BIN run --policy FILE --iface IFS --control SOCK` and waits until
-    /// `imfw stats` answers on the control socket (at most [`READY_LIMIT`]).
+    /// `ip netns exec NS BIN run --policy FILE --iface IFS --control SOCK --detach-on-exit`
+    /// and waits until `imfw stats` answers on the control socket (at most [`READY_LIMIT`]).
+    /// Its pins go to the default directory, on the bpffs imfw mounts in the private mount
+    /// namespace of `ip netns exec`: nothing outlives the process, nothing is shared.
     pub fn start(bin: &Path, ns: &Netns, policy_yaml: &str, ifaces: &[&str]) -> Result<Self> {
+        Self::start_args(bin, ns, policy_yaml, ifaces, &["--detach-on-exit"])
+    }
+
+    /// As [`ImfwProc::start`], with `extra` arguments to `imfw run` instead of
+    /// `--detach-on-exit` (e.g. `--pin-dir DIR`).
+    pub fn start_args(
+        bin: &Path,
+        ns: &Netns,
+        policy_yaml: &str,
+        ifaces: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
         Self::require_bin(bin)?;
         let dir = TempDir::new("imfw-run")?;
         let policy = dir.path().join("policy.yaml");
@@ -79,6 +93,7 @@ impl ImfwProc {
             .arg(ifaces.join(","))
             .arg("--control")
             .arg(&control)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -219,6 +234,22 @@ impl ImfwProc {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Everything imfw logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would end it: nothing of imfw's own exit path runs. Returns the
+    /// exit status.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("imfw already stopped"))?;
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// SIGTERM, wait up to [`STOP_LIMIT`], then SIGKILL. Returns the exit status.

@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use imfw_common::{
-    config::Config,
+    config::{CONTROLLER_GRACE_NS, Config},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
@@ -28,9 +28,6 @@ use crate::{
     policy::Compiled,
 };
 
-/// How long after its last heartbeat the controller counts as down for the data plane. The
-/// heartbeat comes every second; three missed ones are a stopped or stuck controller.
-pub const CONTROLLER_GRACE_NS: u64 = 3_000_000_000;
 
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imfw"));
@@ -354,7 +351,15 @@ impl Dataplane {
                     );
                     (l, AttachMode::Generic)
                 }
-                Err(e) => return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface} (native: {native})")),
+                Err(e) => {
+                    let text = format!("{native} {e}");
+                    let busy = if text.contains("os error 17") || text.contains("os error 16") {
+                        format!(" {iface} already has an XDP program (another pin directory or tool: `ip link show dev {iface}`; `imfw unload` removes imfw's)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface} (native: {native}).{busy}"));
+                }
             },
         };
         let link = if self.pins.is_some() {

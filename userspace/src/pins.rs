@@ -115,9 +115,9 @@ impl PinDir {
                     anchor.display()
                 );
             }
-            if pins_outlive_process && private_mount_namespace() {
+            if pins_outlive_process && !mount_namespace_is_inits() {
                 bail!(
-                    "no BPF filesystem is mounted at {BPFFS_MOUNT}, and this process runs in a private mount namespace (`ip netns exec` remounts /sys): a bpffs mounted here would vanish with the process, and the pinned program with it. Mount bpffs where the host sees it and give --pin-dir under it, or run with --detach-on-exit"
+                    "no BPF filesystem is mounted at {BPFFS_MOUNT}, and this process cannot show that its mount namespace is the host's (`ip netns exec` and containers have their own): a bpffs it mounted could vanish with it, and the pinned program with it. Mount one where the host sees it (`mount -t bpf bpf {BPFFS_MOUNT}`; systemd does at boot) and give --pin-dir under it, or run with --detach-on-exit"
                 );
             }
             mount_bpffs(mount)?;
@@ -361,12 +361,10 @@ fn on_bpffs(p: &Path) -> bool {
     }
 }
 
-/// Whether this process's mount namespace differs from init's (unknown counts as no).
-fn private_mount_namespace() -> bool {
-    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
-        (Ok(a), Ok(b)) => a != b,
-        _ => false,
-    }
+/// Whether this process provably shares init's mount namespace, so that a mount it makes
+/// outlives it (unknown, e.g. /proc/1 unreadable, counts as no).
+fn mount_namespace_is_inits() -> bool {
+    matches!((fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")), (Ok(a), Ok(b)) if a == b)
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
