@@ -78,7 +78,12 @@ fn bpftool_json(args: &[&str]) -> Result<Value> {
     )
     .context("running bpftool (install the bpftool package)")?;
     if !out.status.success() {
-        bail!("bpftool {} exited {}: {}", args.join(" "), out.status, out.stderr.trim());
+        bail!(
+            "bpftool {} exited {}: {}",
+            args.join(" "),
+            out.status,
+            out.stderr.trim()
+        );
     }
     serde_json::from_str(out.stdout.trim())
         .with_context(|| format!("bpftool {} printed {:?}", args.join(" "), out.stdout))
@@ -134,7 +139,11 @@ pub fn create_map(
         Duration::from_secs(10),
     )?;
     if !out.status.success() {
-        bail!("bpftool map create exited {}: {}", out.status, out.stderr.trim());
+        bail!(
+            "bpftool map create exited {}: {}",
+            out.status,
+            out.stderr.trim()
+        );
     }
     Ok(())
 }
@@ -147,9 +156,11 @@ pub fn xdp_prog_id(ns: &Netns, ifname: &str) -> Result<Option<u64>> {
     };
     let rest = &text[at + "prog/xdp id ".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Ok(Some(digits.parse().with_context(|| {
-        format!("XDP program id in {text:?}")
-    })?))
+    Ok(Some(
+        digits
+            .parse()
+            .with_context(|| format!("XDP program id in {text:?}"))?,
+    ))
 }
 
 /// Every pin below `dir`, as paths relative to it, sorted.
@@ -176,10 +187,7 @@ pub fn pins_below(dir: &Path) -> Vec<String> {
 /// `imfw unload --pin-dir DIR` with the binary under test; returns its stdout.
 pub fn unload(bin: &Path, dir: &Path) -> Result<String> {
     let out = output_within(
-        Command::new(bin)
-            .arg("unload")
-            .arg("--pin-dir")
-            .arg(dir),
+        Command::new(bin).arg("unload").arg("--pin-dir").arg(dir),
         Duration::from_secs(20),
     )?;
     if !out.status.success() {

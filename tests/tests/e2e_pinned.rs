@@ -63,8 +63,7 @@ fn gw_links(lab: &Lab, dir: &Path) -> Vec<(String, pins::LinkFacts)> {
         .iter()
         .map(|i| {
             let path = dir.join("links").join(format!("{i}:native"));
-            let f = pins::link_facts(&path)
-                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            let f = pins::link_facts(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             ((*i).clone(), f)
         })
         .collect()
@@ -91,24 +90,51 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
         .client_connect(SocketAddr::new(SERVER4.into(), XMPP_PORT), WAIT)
         .unwrap();
     conn.write_all(&xmpp.segments.concat()).unwrap();
-    assert!(!servers::read_some(&mut conn, WAIT).is_empty(), "the XMPP server answers");
+    assert!(
+        !servers::read_some(&mut conn, WAIT).is_empty(),
+        "the XMPP server answers"
+    );
     assert!(echoes(&mut conn, b"hello 1\n"), "echo before the kill");
     let before = observe(&lab, &server, blocked());
     assert!(before[0].blocked(), "{:?}", before[0]);
-    let xmpp_allowed = lab.imfw().stats().unwrap().counter(Some("xmpp"), "allow").packets;
+    let xmpp_allowed = lab
+        .imfw()
+        .stats()
+        .unwrap()
+        .counter(Some("xmpp"), "allow")
+        .packets;
     let links = gw_links(&lab, &dir);
     let flows_map = pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap();
 
     // (a) kill -9: the pins, the program and its verdicts stay.
     lab.kill_imfw().unwrap();
-    assert_eq!(gw_links(&lab, &dir), links, "links and programs unchanged by the kill");
+    assert_eq!(
+        gw_links(&lab, &dir),
+        links,
+        "links and programs unchanged by the kill"
+    );
     for (ifname, f) in &links {
-        assert_eq!(pins::xdp_prog_id(&lab.gw, ifname).unwrap(), Some(f.prog_id), "{ifname}");
+        assert_eq!(
+            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
+            Some(f.prog_id),
+            "{ifname}"
+        );
     }
-    assert!(echoes(&mut conn, b"hello 2\n"), "the allowed connection works with no controller");
+    assert!(
+        echoes(&mut conn, b"hello 2\n"),
+        "the allowed connection works with no controller"
+    );
     let down = observe(&lab, &server, [blocked(), vec![xmpp.clone()]].concat());
-    assert!(down[0].blocked(), "blocked with no controller: {:?}", down[0]);
-    assert!(down[1].delivered(), "a new XMPP flow is decided by the program alone: {:?}", down[1]);
+    assert!(
+        down[0].blocked(),
+        "blocked with no controller: {:?}",
+        down[0]
+    );
+    assert!(
+        down[1].delivered(),
+        "a new XMPP flow is decided by the program alone: {:?}",
+        down[1]
+    );
 
     // (b) restart: the same links get a new program; the flow table is the same map.
     start(&mut lab, policy, &dir);
@@ -118,10 +144,21 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
     for ((ifname, old), (_, new)) in links.iter().zip(&after) {
         assert_eq!(new.id, old.id, "{ifname}: the same link, never detached");
         assert_ne!(new.prog_id, old.prog_id, "{ifname}: a new program in it");
-        assert_eq!(pins::xdp_prog_id(&lab.gw, ifname).unwrap(), Some(new.prog_id), "{ifname}");
+        assert_eq!(
+            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
+            Some(new.prog_id),
+            "{ifname}"
+        );
     }
-    assert_eq!(pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap(), flows_map, "flow table adopted");
-    assert!(echoes(&mut conn, b"hello 3\n"), "the established flow kept its verdict; log:\n{log}");
+    assert_eq!(
+        pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap(),
+        flows_map,
+        "flow table adopted"
+    );
+    assert!(
+        echoes(&mut conn, b"hello 3\n"),
+        "the established flow kept its verdict; log:\n{log}"
+    );
     assert!(observe(&lab, &server, blocked())[0].blocked());
     let st = lab.imfw().stats().unwrap();
     assert!(
@@ -138,11 +175,22 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
 
     // (d) imfw unload: no pins, no program on the interfaces.
     let out = pins::unload(&ImfwProc::bin(), &dir).unwrap();
-    assert!(out.contains(&format!("detached the XDP program from {}", lab.gw_lan)), "{out}");
-    assert!(pins::pins_below(&dir).is_empty(), "{:?}", pins::pins_below(&dir));
+    assert!(
+        out.contains(&format!("detached the XDP program from {}", lab.gw_lan)),
+        "{out}"
+    );
+    assert!(
+        pins::pins_below(&dir).is_empty(),
+        "{:?}",
+        pins::pins_below(&dir)
+    );
     assert!(!dir.exists());
     for ifname in [&lab.gw_lan, &lab.gw_wan] {
-        assert_eq!(pins::xdp_prog_id(&lab.gw, ifname).unwrap(), None, "{ifname}");
+        assert_eq!(
+            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
+            None,
+            "{ifname}"
+        );
     }
     assert!(echoes(&mut conn, b"hello 5\n"), "nothing filters any more");
 
@@ -170,9 +218,17 @@ fn detach_on_exit_removes_the_pins_and_the_program() {
     assert_eq!(gw_links(&lab, &dir).len(), 2, "pinned while running");
     let log = lab.stop_imfw_log().unwrap();
     assert!(log.contains("detached and unpinned"), "{log}");
-    assert!(pins::pins_below(&dir).is_empty(), "{:?}", pins::pins_below(&dir));
+    assert!(
+        pins::pins_below(&dir).is_empty(),
+        "{:?}",
+        pins::pins_below(&dir)
+    );
     for ifname in [&lab.gw_lan, &lab.gw_wan] {
-        assert_eq!(pins::xdp_prog_id(&lab.gw, ifname).unwrap(), None, "{ifname}");
+        assert_eq!(
+            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
+            None,
+            "{ifname}"
+        );
     }
 }
 
@@ -196,7 +252,10 @@ fn an_incompatible_pinned_state_is_refused_and_left_alone() {
         .map(|_| ())
         .expect_err("a flow table of another capacity is refused");
     let text = format!("{e:#}");
-    assert!(text.contains("IMFW_FLOWS: pinned max entries 262144, this imfw needs 1024"), "{text}");
+    assert!(
+        text.contains("IMFW_FLOWS: pinned max entries 262144, this imfw needs 1024"),
+        "{text}"
+    );
     assert!(text.contains("imfw unload --pin-dir"), "{text}");
 
     // A flow table whose entries are not this imfw's FlowEntry.
@@ -208,10 +267,20 @@ fn an_incompatible_pinned_state_is_refused_and_left_alone() {
         .map(|_| ())
         .expect_err("a flow table with another value size is refused");
     let text = format!("{e:#}");
-    assert!(text.contains("IMFW_FLOWS: pinned value size 32, this imfw needs 40"), "{text}");
-    assert!(text.contains("nothing was changed") && text.contains("imfw unload --pin-dir"), "{text}");
+    assert!(
+        text.contains("IMFW_FLOWS: pinned value size 32, this imfw needs 40"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nothing was changed") && text.contains("imfw unload --pin-dir"),
+        "{text}"
+    );
 
-    assert_eq!(gw_links(&lab, &dir), links, "the old program still runs in the old links");
+    assert_eq!(
+        gw_links(&lab, &dir),
+        links,
+        "the old program still runs in the old links"
+    );
     assert_eq!(pins::pins_below(&dir), pinned, "no pin added or removed");
     let out = pins::unload(&ImfwProc::bin(), &dir).unwrap();
     assert!(out.contains("removed"), "{out}");
@@ -232,7 +301,12 @@ fn flows_that_wait_for_a_dead_controller_follow_controller_down() {
         let mut ch = protocols::ClientHello::new("www.example.com");
         ch.post_quantum = true;
         ch.order = protocols::ExtOrder::SniLast;
-        Case::other("tls www.example.com, SNI in 2nd segment", ch.build(), 443, false)
+        Case::other(
+            "tls www.example.com, SNI in 2nd segment",
+            ch.build(),
+            443,
+            false,
+        )
     };
     let xmpp = || Case::from_opener(&opener("xmpp"), XMPP_PORT, false);
     let wa = || Case::from_opener(&opener("whatsapp"), 443, false);
@@ -249,8 +323,16 @@ fn flows_that_wait_for_a_dead_controller_follow_controller_down() {
     lab.kill_imfw().unwrap();
     thread::sleep(grace);
     let open = observe(&lab, &server, vec![late(), wa(), xmpp()]);
-    assert!(open[0].delivered(), "open: the waiting flow passes: {:?}", open[0]);
-    assert!(open[1].blocked(), "a decided drop stays a drop: {:?}", open[1]);
+    assert!(
+        open[0].delivered(),
+        "open: the waiting flow passes: {:?}",
+        open[0]
+    );
+    assert!(
+        open[1].blocked(),
+        "a decided drop stays a drop: {:?}",
+        open[1]
+    );
     assert!(open[2].delivered(), "{:?}", open[2]);
 
     // The restart adopts the counters: nothing was dropped for the dead controller.
@@ -260,14 +342,30 @@ fn flows_that_wait_for_a_dead_controller_follow_controller_down() {
     lab.kill_imfw().unwrap();
     thread::sleep(grace);
     let closed = observe(&lab, &server, vec![late(), wa(), xmpp()]);
-    assert!(closed[0].blocked(), "closed: the waiting flow is dropped: {:?}", closed[0]);
-    assert_eq!(closed[0].server_got, Some(0), "not even its first segment passes");
+    assert!(
+        closed[0].blocked(),
+        "closed: the waiting flow is dropped: {:?}",
+        closed[0]
+    );
+    assert_eq!(
+        closed[0].server_got,
+        Some(0),
+        "not even its first segment passes"
+    );
     assert!(closed[1].blocked(), "{:?}", closed[1]);
-    assert!(closed[2].delivered(), "a flow the program decides alone passes: {:?}", closed[2]);
+    assert!(
+        closed[2].delivered(),
+        "a flow the program decides alone passes: {:?}",
+        closed[2]
+    );
 
     start(&mut lab, &policy("allow", "closed"), &dir);
     let st = lab.imfw().stats().unwrap();
-    assert!(st.drops("controller_down").packets > 0, "counted while down: {}", st.0);
+    assert!(
+        st.drops("controller_down").packets > 0,
+        "counted while down: {}",
+        st.0
+    );
     // With the controller back, the same flow is decided again (allowed: not an IM app).
     let back = observe(&lab, &server, vec![late()]);
     assert!(back[0].delivered(), "{:?}", back[0]);

@@ -396,7 +396,7 @@ impl Dataplane {
         let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
         let id = prog.attach_to_link(xdp).with_context(|| format!("replacing the program of {iface} (link {})", facts.id))?;
         let fd = FdLink::try_from(prog.take_link(id)?).map_err(|e| anyhow!("{iface}: {e}"))?;
-        let new_prog = prog.info().map(|i| i.id()).unwrap_or(0);
+        let new_prog = prog.info().map_or(0, |i| i.id());
         log::info!(
             "{iface}: replaced program {} with {new_prog} in the pinned link {} ({} mode), without detaching",
             facts.prog_id,

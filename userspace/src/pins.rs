@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, MapInfo};
 use imfw_common::maps::LAYOUT_VERSION;
 
@@ -93,7 +93,9 @@ impl PinDir {
     }
 
     pub fn link_path(&self, iface: &str, mode: AttachMode) -> PathBuf {
-        self.root.join("links").join(format!("{iface}:{}", mode.name()))
+        self.root
+            .join("links")
+            .join(format!("{iface}:{}", mode.name()))
     }
 
     fn layout_path(&self) -> PathBuf {
@@ -125,7 +127,8 @@ impl PinDir {
         }
         for sub in ["maps", "progs", "jump", "links"] {
             let d = self.root.join(sub);
-            fs::create_dir_all(&d).with_context(|| format!("creating the pin directory {}", d.display()))?;
+            fs::create_dir_all(&d)
+                .with_context(|| format!("creating the pin directory {}", d.display()))?;
         }
         Ok(())
     }
@@ -133,12 +136,16 @@ impl PinDir {
     /// Takes the directory's lock for as long as the returned descriptor lives: two
     /// controllers on one pin directory would swap programs under each other.
     pub fn lock(&self) -> Result<OwnedFd> {
-        let f = fs::File::open(&self.root).with_context(|| format!("opening {}", self.root.display()))?;
+        let f = fs::File::open(&self.root)
+            .with_context(|| format!("opening {}", self.root.display()))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                bail!("another imfw process is using the pin directory {}: stop it first", self.root.display());
+                bail!(
+                    "another imfw process is using the pin directory {}: stop it first",
+                    self.root.display()
+                );
             }
             return Err(anyhow!(e)).with_context(|| format!("locking {}", self.root.display()));
         }
@@ -205,7 +212,9 @@ impl PinDir {
                     } else {
                         String::new()
                     };
-                    problems.push(format!("{name}: pinned {what} {h}, this imfw needs {w}{hint}"));
+                    problems.push(format!(
+                        "{name}: pinned {what} {h}, this imfw needs {w}{hint}"
+                    ));
                 }
             }
         }
@@ -225,15 +234,20 @@ impl PinDir {
         if read_layout(&path).is_ok_and(|v| v == LAYOUT_VERSION) {
             return Ok(());
         }
-        let mut a: Array<MapData, u32> = Array::create(1, 0).map_err(|e| anyhow!("creating the layout stamp: {e}"))?;
-        a.set(0, LAYOUT_VERSION, 0).map_err(|e| anyhow!("writing the layout stamp: {e}"))?;
+        let mut a: Array<MapData, u32> =
+            Array::create(1, 0).map_err(|e| anyhow!("creating the layout stamp: {e}"))?;
+        a.set(0, LAYOUT_VERSION, 0)
+            .map_err(|e| anyhow!("writing the layout stamp: {e}"))?;
         remove_pin(&path)?;
-        a.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))
+        a.pin(&path)
+            .map_err(|e| anyhow!("pinning {}: {e}", path.display()))
     }
 
     /// The pinned links, by interface.
     pub fn links(&self) -> Vec<PinnedLinkFile> {
-        let Ok(dir) = fs::read_dir(self.root.join("links")) else { return Vec::new() };
+        let Ok(dir) = fs::read_dir(self.root.join("links")) else {
+            return Vec::new();
+        };
         dir.filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -243,14 +257,20 @@ impl PinDir {
                     "generic" => AttachMode::Generic,
                     _ => return None,
                 };
-                Some(PinnedLinkFile { iface: iface.to_owned(), mode, path: e.path() })
+                Some(PinnedLinkFile {
+                    iface: iface.to_owned(),
+                    mode,
+                    path: e.path(),
+                })
             })
             .collect()
     }
 
     /// Jump tables pinned for builds other than `keep`.
     pub fn other_jumps(&self, keep: u32) -> Vec<PathBuf> {
-        let Ok(dir) = fs::read_dir(self.root.join("jump")) else { return Vec::new() };
+        let Ok(dir) = fs::read_dir(self.root.join("jump")) else {
+            return Vec::new();
+        };
         dir.filter_map(Result::ok)
             .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) != Some(keep))
             .map(|e| e.path())
@@ -261,7 +281,10 @@ impl PinDir {
     /// Returns one line per thing removed.
     pub fn remove_all(&self) -> Result<Vec<String>> {
         if !on_bpffs(&self.root) {
-            bail!("{} is not on a BPF filesystem: nothing of imfw's can be pinned there", self.root.display());
+            bail!(
+                "{} is not on a BPF filesystem: nothing of imfw's can be pinned there",
+                self.root.display()
+            );
         }
         let mut done = Vec::new();
         for l in self.links() {
@@ -272,14 +295,19 @@ impl PinDir {
         let mut other = 0;
         for f in &files {
             remove_pin(f)?;
-            if f.parent().and_then(Path::file_name).is_some_and(|n| n == "maps") {
+            if f.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "maps")
+            {
                 maps += 1;
             } else {
                 other += 1;
             }
         }
         if !files.is_empty() {
-            done.push(format!("removed {maps} map pins and {other} program, jump table and layout pins"));
+            done.push(format!(
+                "removed {maps} map pins and {other} program, jump table and layout pins"
+            ));
         }
         for sub in ["maps", "progs", "jump", "links"] {
             let _ = fs::remove_dir(self.root.join(sub));
@@ -287,7 +315,9 @@ impl PinDir {
         match fs::remove_dir(&self.root) {
             Ok(()) => done.push(format!("removed {}", self.root.display())),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow!(e)).with_context(|| format!("removing {}", self.root.display())),
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| format!("removing {}", self.root.display()))
+            }
         }
         Ok(done)
     }
@@ -309,11 +339,15 @@ pub fn detach_pinned_link(path: &Path, iface: &str) -> Result<String> {
     let info = link_info(&fd).ok();
     let detached = link_detach(&fd);
     remove_pin(path)?;
-    let what = info.map_or_else(String::new, |i| format!(" (link {}, program {})", i.id, i.prog_id));
+    let what = info.map_or_else(String::new, |i| {
+        format!(" (link {}, program {})", i.id, i.prog_id)
+    });
     match detached {
         Ok(()) => Ok(format!("detached the XDP program from {iface}{what}")),
         // The interface is gone; the link was already dead.
-        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => Ok(format!("removed the dead link of {iface}{what}")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+            Ok(format!("removed the dead link of {iface}{what}"))
+        }
         Err(e) => Err(anyhow!("detaching the link of {iface}{what}: {e}")),
     }
 }
@@ -329,8 +363,14 @@ fn read_layout(path: &Path) -> Result<u32> {
 fn pinned_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for sub in ["maps", "progs", "jump", "links"] {
-        let Ok(rd) = fs::read_dir(root.join(sub)) else { continue };
-        out.extend(rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| !t.is_dir())).map(|e| e.path()));
+        let Ok(rd) = fs::read_dir(root.join(sub)) else {
+            continue;
+        };
+        out.extend(
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+                .map(|e| e.path()),
+        );
     }
     let layout = root.join("layout");
     if layout.exists() {
@@ -353,12 +393,20 @@ fn nearest_existing(p: &Path) -> PathBuf {
 }
 
 fn on_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct; c is NUL-terminated.
-    unsafe {
+    let st = unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &raw mut st) == 0 && i64::from(st.f_type) == BPF_FS_MAGIC
-    }
+        if libc::statfs(c.as_ptr(), &raw mut st) != 0 {
+            return false;
+        }
+        st
+    };
+    #[allow(clippy::useless_conversion, reason = "f_type is i64 on 64-bit Linux, i32 on 32-bit")]
+    let kind = i64::from(st.f_type);
+    kind == BPF_FS_MAGIC
 }
 
 /// Whether this process provably shares init's mount namespace, so that a mount it makes
@@ -370,9 +418,18 @@ fn mount_namespace_is_inits() -> bool {
 fn mount_bpffs(at: &Path) -> Result<()> {
     let target = CString::new(at.as_os_str().as_bytes())?;
     // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
-        return Err(anyhow!(std::io::Error::last_os_error())).with_context(|| format!("mounting a BPF filesystem at {}", at.display()));
+        return Err(anyhow!(std::io::Error::last_os_error()))
+            .with_context(|| format!("mounting a BPF filesystem at {}", at.display()));
     }
     Ok(())
 }
@@ -397,8 +454,19 @@ pub struct LinkFacts {
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: attr is the command's attribute struct, fully initialised; the kernel reads at
     // most the size it is given.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>()) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 #[repr(C)]
@@ -418,8 +486,13 @@ struct InfoAttr {
 /// `BPF_OBJ_GET`: a descriptor for the object pinned at `path`.
 pub fn obj_get(path: &Path) -> Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
-    let fd = sys_bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening the pin {}", path.display()))?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
+        .with_context(|| format!("opening the pin {}", path.display()))?;
     let fd = i32::try_from(fd).context("a descriptor out of range")?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -441,7 +514,11 @@ pub fn link_info(fd: &OwnedFd) -> Result<LinkFacts> {
     if kind != BPF_LINK_TYPE_XDP {
         bail!("link {id} is not an XDP link (type {kind})");
     }
-    Ok(LinkFacts { id, prog_id, ifindex })
+    Ok(LinkFacts {
+        id,
+        prog_id,
+        ifindex,
+    })
 }
 
 fn link_detach(fd: &OwnedFd) -> std::io::Result<()> {
