@@ -160,9 +160,25 @@ impl PinDir {
     /// Looks at the pinned state and says whether it can be adopted with maps shaped as
     /// `expected`. Anything incompatible is refused here, before anything changes: a layout
     /// stamp of another version, an adopted map missing or of another shape, pins without a
-    /// stamp. The error says how to start over.
+    /// stamp while links are pinned. The error says how to start over.
+    ///
+    /// Pins without a stamp and without links are what a first start that failed before
+    /// its commit leaves (its jump table, say): nothing enforces from them and they hold no
+    /// state to adopt, so they are removed and the start is a fresh one.
     pub fn inspect(&self, expected: &[(&'static str, MapSpec)]) -> Result<Found> {
         if self.is_empty() {
+            return Ok(Found::Nothing);
+        }
+        if !self.layout_path().exists() && self.links().is_empty() {
+            let leftovers = pinned_files(&self.root);
+            for f in &leftovers {
+                remove_pin(f)?;
+            }
+            log::warn!(
+                "removed {} pins an unfinished start left in {} (no links, no layout stamp)",
+                leftovers.len(),
+                self.root.display()
+            );
             return Ok(Found::Nothing);
         }
         let unload = format!(
@@ -404,7 +420,10 @@ fn on_bpffs(p: &Path) -> bool {
         }
         st
     };
-    #[allow(clippy::useless_conversion, reason = "f_type is i64 on 64-bit Linux, i32 on 32-bit")]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on 64-bit Linux, i32 on 32-bit"
+    )]
     let kind = i64::from(st.f_type);
     kind == BPF_FS_MAGIC
 }
