@@ -1,5 +1,9 @@
 //! Run-time settings of the data plane, written by the controller into `IMFW_CONFIG[0]`.
 
+/// How long after its last heartbeat (in `IMFW_ALIVE`, written every second) the controller
+/// counts as down for the data plane: three missed heartbeats.
+pub const CONTROLLER_GRACE_NS: u64 = 3_000_000_000;
+
 /// Pass packets the program cannot parse (the default).
 pub const ACTION_PASS: u32 = 0;
 /// Drop them (counted under their drop reason).
@@ -27,6 +31,10 @@ pub struct Config {
     /// Non-zero: payload segments of monitored flows are held (dropped, copied) until the
     /// controller has read them; the sender's retransmission then passes.
     pub monitor_hold: u32,
+    /// `ACTION_PASS` (open) or `ACTION_DROP` (closed): what happens to packets that wait for
+    /// the controller (pending flows, held segments) once its heartbeat in `IMFW_ALIVE` ran out.
+    pub controller_down: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -39,7 +47,9 @@ impl Config {
         pending_action: ACTION_PASS,
         learn_dns: 0,
         monitor_hold: 0,
+        controller_down: ACTION_DROP,
+        _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);

@@ -18,6 +18,10 @@ pub const DROPS: &str = "IMFW_DROPS";
 pub const STATS: &str = "IMFW_STATS";
 pub const EVENTS: &str = "IMFW_EVENTS";
 pub const SCRATCH: &str = "IMFW_SCRATCH";
+/// One u64: the controller's heartbeat, a deadline in `CLOCK_MONOTONIC` nanoseconds (the
+/// kernel's `bpf_ktime_get_coarse_ns`). Past it, the controller counts as down and flows that
+/// wait for it follow the policy's `controller_down` choice.
+pub const ALIVE: &str = "IMFW_ALIVE";
 /// STUN attribute type -> app.
 pub const STUN: &str = "IMFW_STUN";
 /// Program array holding the payload inspector, tail-called by the main program.
@@ -52,3 +56,15 @@ pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;
 pub const REDIRECT_SLOTS: u32 = 16;
 /// Room for about 2,000 copied segments between two reads by the controller.
 pub const EVENTS_BYTES: u32 = 1 << 22;
+
+/// Version of the layout of the maps a restarted or upgraded `imfw run` adopts from its pins
+/// (`ADOPTED`). Bump it whenever a repr(C) type stored in them (`FlowKey`, `FlowEntry`,
+/// `Counter`) changes, or the meaning of their fields or indices does (verdict, drop reason,
+/// stat and flag numbers): a size check alone would miss a reordered field.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The maps whose contents survive a restart: the flow table (every flow's verdict) and the
+/// counters. Every other map (policy, configuration, events, inspector jump table) belongs to
+/// one program build and is made afresh by each start, which keeps the swap atomic: the new
+/// program sees only the new policy from its first packet.
+pub const ADOPTED: [&str; 4] = [FLOWS, COUNTERS, DROPS, STATS];

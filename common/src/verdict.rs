@@ -117,13 +117,16 @@ pub enum DropReason {
     /// A segment of a monitored flow held until the content policy has read it
     /// (`monitor.hold`); the sender retransmits it and the copy that follows passes.
     Held = 5,
+    /// The flow waits for the controller (pending, or a held segment), the controller's
+    /// heartbeat ran out and the policy says `controller_down: closed`.
+    ControllerDown = 6,
 }
 
-pub const DROP_REASONS: u32 = 6;
+pub const DROP_REASONS: u32 = 7;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS as usize] =
-        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed, DropReason::Pending, DropReason::Held];
+        [DropReason::Policy, DropReason::Unparsed, DropReason::Fragment, DropReason::RedirectFailed, DropReason::Pending, DropReason::Held, DropReason::ControllerDown];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -133,6 +136,7 @@ impl DropReason {
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::Held => "held",
             DropReason::Pending => "pending",
+            DropReason::ControllerDown => "controller_down",
         }
     }
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
-    config::Config,
+    config::{ACTION_DROP, Config},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
@@ -15,8 +15,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     maps::{
-        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_drop,
-        count_stat, count_verdict, policy,
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
+        controller_alive, count_drop, count_stat, count_verdict, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -83,18 +83,19 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             client_is_a: e.client_is_a,
             tcp_flags: pkt.tcp_flags,
         };
-        if stream(ctx, cfg, &c, e) {
-            return held(e, len);
+        if let Some(reason) = stream(ctx, cfg, &c, e) {
+            return held(e, len, reason);
         }
     }
     finish(cfg, e, len)
 }
 
-/// A held segment of a monitored flow: dropped now, counted under its own reason.
+/// A held segment of a monitored flow: dropped now, counted under its own reason (`Held`, or
+/// `ControllerDown` when no controller will read it).
 #[inline(always)]
-pub fn held(e: &FlowEntry, len: u64) -> u32 {
+pub fn held(e: &FlowEntry, len: u64, reason: DropReason) -> u32 {
     count_verdict(e.app, Verdict::Monitor as u8, len);
-    count_drop(DropReason::Held, len);
+    count_drop(reason, len);
     xdp_action::XDP_DROP
 }
 
@@ -103,13 +104,15 @@ pub fn held(e: &FlowEntry, len: u64) -> u32 {
 /// counted, in total and in the flow's `copies_lost`: the controller then knows the stream
 /// has a hole it will not fill, never silently.
 ///
-/// With `monitor_hold`, a payload segment the controller has not read yet is held: true
-/// means drop it. The sender retransmits it; once the controller has read it and raised the
-/// direction's `cleared` mark, that copy passes without being copied again.
+/// With `monitor_hold`, a payload segment the controller has not read yet is held: `Some`
+/// means drop it, counted under that reason. The sender retransmits it; once the controller
+/// has read it and raised the direction's `cleared` mark, that copy passes without being
+/// copied again. While the controller is down nothing is copied (nobody reads the ring), and
+/// a segment that would be held follows the policy's `controller_down` choice.
 #[inline(always)]
-pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bool {
+pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> Option<DropReason> {
     if c.payload_len == 0 && c.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
-        return false;
+        return None;
     }
     let hold = cfg.monitor_hold != 0 && c.payload_len > 0;
     if hold {
@@ -117,8 +120,11 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bo
         let end = c.seq.wrapping_add(c.payload_len);
         // Read already when its end is at or below the mark (sequence arithmetic).
         if e.flags & flag != 0 && (mark.wrapping_sub(end) as i32) >= 0 {
-            return false;
+            return None;
         }
+    }
+    if !controller_alive() {
+        return if hold && cfg.controller_down == ACTION_DROP { Some(DropReason::ControllerDown) } else { None };
     }
     if copy(ctx, c) {
         count_stat(Stat::Streamed);
@@ -126,7 +132,7 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bo
         count_stat(Stat::StreamLost);
         e.copies_lost = e.copies_lost.saturating_add(1);
     }
-    hold
+    if hold { Some(DropReason::Held) } else { None }
 }
 
 #[inline(always)]

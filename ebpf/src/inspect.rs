@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
     app::{APP_ECH, APP_NONE},
-    verdict::{Method, Stat, Verdict},
+    verdict::{DropReason, Method, Stat, Verdict},
 };
 
 use imfw_common::{
@@ -20,15 +20,20 @@ use crate::{
     finish,
     parse::IPPROTO_TCP,
     flow::{decide, give_up, held, stream},
-    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict},
+    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict},
     matching::{self, Outcome, Sigs},
 };
 
 /// Copies the payload into the event ring for the controller: a payload to reassemble (the
 /// flow is then marked `FLAG_CONTROLLER` and waits for the controller's verdict) or a DNS
 /// answer to learn from (the flow goes on).
+/// Nothing is copied while the controller is down: nobody reads the ring, and its stale
+/// records would reach the next controller first.
 #[inline(always)]
 fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
+    if !controller_alive() {
+        return;
+    }
     let c = Copy {
         kind: EVENT_PAYLOAD,
         key: job.key,
@@ -49,9 +54,9 @@ fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
 /// states past the limit; flows the later stages decide are TLS or HTTP, whose content
 /// starts with the next segment.
 #[inline(always)]
-fn stream_first(ctx: &XdpContext, cfg: &Config, job: &Job, e: &mut FlowEntry) -> bool {
+fn stream_first(ctx: &XdpContext, cfg: &Config, job: &Job, e: &mut FlowEntry) -> Option<DropReason> {
     if e.verdict != Verdict::Monitor as u8 || job.key.proto != IPPROTO_TCP || e.flags & FLAG_NO_COPY != 0 {
-        return false;
+        return None;
     }
     let c = Copy {
         kind: EVENT_STREAM,
@@ -162,8 +167,10 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         }
         Outcome::Nothing => {}
     }
-    if stream && stream_first(ctx, cfg, &job, e) {
-        return held(e, len);
+    if stream {
+        if let Some(reason) = stream_first(ctx, cfg, &job, e) {
+            return held(e, len, reason);
+        }
     }
     finish(cfg, e, len)
 }

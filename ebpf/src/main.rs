@@ -73,14 +73,24 @@ fn explicit(action: u32, reason: DropReason, len: u64) -> u32 {
 }
 
 /// The last step for a packet of a known flow: a flow the controller is deciding follows the
-/// policy's `pending` choice, any other its verdict. Every packet is counted here.
+/// policy's `pending` choice (`controller_down` while the controller is down), any other its
+/// verdict. Every packet is counted here.
 #[inline(always)]
 pub(crate) fn finish(cfg: &Config, e: &FlowEntry, len: u64) -> u32 {
-    if e.state == STATE_INSPECTING && e.flags & FLAG_CONTROLLER != 0 && cfg.pending_action == ACTION_DROP {
-        // The client retransmits once the controller's verdict allows the flow.
-        maps::count_verdict(e.app, Verdict::Pending as u8, len);
-        count_drop(DropReason::Pending, len);
-        return xdp_action::XDP_DROP;
+    if e.state == STATE_INSPECTING && e.flags & FLAG_CONTROLLER != 0 {
+        // A controller that is down will never decide: the policy's `controller_down` choice
+        // replaces `pending` until its heartbeat returns.
+        let (action, reason) = if maps::controller_alive() {
+            (cfg.pending_action, DropReason::Pending)
+        } else {
+            (cfg.controller_down, DropReason::ControllerDown)
+        };
+        if action == ACTION_DROP {
+            // The client retransmits once the controller's verdict allows the flow.
+            maps::count_verdict(e.app, Verdict::Pending as u8, len);
+            count_drop(reason, len);
+            return xdp_action::XDP_DROP;
+        }
     }
     maps::count_verdict(e.app, e.verdict, len);
     enforce(e.verdict, e.redirect_slot, len)

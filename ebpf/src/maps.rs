@@ -1,6 +1,7 @@
 //! The program's maps. Names match `imfw_common::maps`; the controller fills them.
 
 use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -51,6 +52,8 @@ pub static IMFW_EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
 #[map]
 pub static IMFW_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
+pub static IMFW_ALIVE: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
 pub static IMFW_JUMP: ProgramArray = ProgramArray::with_max_entries(imfw_common::maps::JUMP_SLOTS, 0);
 
 /// What the main program hands the inspector across the tail call.
@@ -88,6 +91,17 @@ pub struct Scratch {
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     IMFW_CONFIG.get(0)
+}
+
+/// Whether the controller's heartbeat is still valid. Read only where a packet waits for the
+/// controller or a copy for it would be made (pending flows, monitored segments), never on a
+/// decided flow's allow/drop/redirect path: one array lookup and one coarse clock read.
+#[inline(always)]
+pub fn controller_alive() -> bool {
+    let Some(deadline) = IMFW_ALIVE.get(0) else { return false };
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    now < *deadline
 }
 
 #[inline(always)]

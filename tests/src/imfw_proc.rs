@@ -61,10 +61,12 @@ impl ImfwProc {
     }
 
     /// Writes the policy to a temporary file, starts
-    /// `ip netns exec NS BIN run --policy FILE --iface IFS --control SOCK` and waits until
-    /// `imfw stats` answers on the control socket (at most [`READY_LIMIT`]).
+    /// `ip netns exec NS BIN run --policy FILE --iface IFS --control SOCK --detach-on-exit`
+    /// and waits until `imfw stats` answers on the control socket (at most [`READY_LIMIT`]).
+    /// Its pins go to the default directory, on the bpffs imfw mounts in the private mount
+    /// namespace of `ip netns exec`: nothing outlives the process, nothing is shared.
     pub fn start(bin: &Path, ns: &Netns, policy_yaml: &str, ifaces: &[&str]) -> Result<Self> {
-        Self::start_with_env(bin, ns, policy_yaml, ifaces, &[])
+        Self::start_full(bin, ns, policy_yaml, ifaces, &["--detach-on-exit"], &[])
     }
 
     /// As [`ImfwProc::start`], with these variables in imfw's environment (e.g. the
@@ -74,6 +76,23 @@ impl ImfwProc {
         ns: &Netns,
         policy_yaml: &str,
         ifaces: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_full(bin, ns, policy_yaml, ifaces, &["--detach-on-exit"], env)
+    }
+
+    /// As [`ImfwProc::start`], with `extra` arguments to `imfw run` instead of
+    /// `--detach-on-exit` (e.g. `--pin-dir DIR`).
+    pub fn start_args(bin: &Path, ns: &Netns, policy_yaml: &str, ifaces: &[&str], extra: &[&str]) -> Result<Self> {
+        Self::start_full(bin, ns, policy_yaml, ifaces, extra, &[])
+    }
+
+    fn start_full(
+        bin: &Path,
+        ns: &Netns,
+        policy_yaml: &str,
+        ifaces: &[&str],
+        extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
         Self::require_bin(bin)?;
@@ -91,6 +110,7 @@ impl ImfwProc {
             .arg(ifaces.join(","))
             .arg("--control")
             .arg(&control)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -232,6 +252,22 @@ impl ImfwProc {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Everything imfw logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would end it: nothing of imfw's own exit path runs. Returns the
+    /// exit status.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("imfw already stopped"))?;
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// SIGTERM, wait up to [`STOP_LIMIT`], then SIGKILL. Returns the exit status.

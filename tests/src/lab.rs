@@ -185,6 +185,45 @@ impl Lab {
         Ok(self.imfw.insert(p))
     }
 
+    /// As [`Lab::start_imfw`], with `extra` arguments to `imfw run` in place of
+    /// `--detach-on-exit` (e.g. `--pin-dir DIR`).
+    pub fn start_imfw_args(&mut self, policy_yaml: &str, extra: &[&str]) -> Result<&ImfwProc> {
+        if self.imfw.is_some() {
+            bail!("imfw already runs in this lab");
+        }
+        let p = ImfwProc::start_args(
+            &ImfwProc::bin(),
+            &self.gw,
+            policy_yaml,
+            &[&self.gw_lan, &self.gw_wan],
+            extra,
+        )?;
+        Ok(self.imfw.insert(p))
+    }
+
+    /// Kills `imfw` with SIGKILL (a crash) and returns its log.
+    pub fn kill_imfw(&mut self) -> Result<String> {
+        let mut p = self
+            .imfw
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("imfw was not started in this lab"))?;
+        p.kill()?;
+        Ok(p.log_text())
+    }
+
+    /// Stops `imfw` with SIGTERM and returns its log; fails when it did not exit cleanly.
+    pub fn stop_imfw_log(&mut self) -> Result<String> {
+        let mut p = self
+            .imfw
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("imfw was not started in this lab"))?;
+        let st = p.stop()?;
+        if !st.success() {
+            bail!("imfw exited {st}; log:\n{}", p.log_tail());
+        }
+        Ok(p.log_text())
+    }
+
     /// The running `imfw`. Panics when none was started.
     pub fn imfw(&self) -> &ImfwProc {
         self.imfw

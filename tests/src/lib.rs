@@ -9,6 +9,7 @@
 //! - [`mix`]: a realistic gateway traffic mix (interleaved flows, IM and web) and a pcap writer.
 //! - [`scenario`]: many exchanges at once, judged as delivered or blocked.
 //! - [`capture`]: an `AF_PACKET` recorder for frames redirected to an interface.
+//! - [`pins`]: a private BPF filesystem for `imfw run --pin-dir`, and what is pinned there.
 //!
 //! Everything that touches the kernel needs root. Every loop is bounded in count and time,
 //! and every namespace, temporary directory and child process is owned by a guard that
@@ -21,6 +22,7 @@ pub mod lab;
 pub mod mix;
 pub mod netns;
 pub mod packets;
+pub mod pins;
 pub mod protocols;
 pub mod scenario;
 pub mod servers;

@@ -8,10 +8,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, DevMap, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use imfw_common::{
-    config::Config,
+    config::{CONTROLLER_GRACE_NS, Config},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
@@ -19,7 +23,11 @@ use imfw_common::{
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
-use crate::policy::Compiled;
+use crate::{
+    pins::{self, Found, MapSpec, PinDir},
+    policy::Compiled,
+};
+
 
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imfw"));
@@ -45,16 +53,33 @@ pub struct Attached {
     pub iface: String,
     pub ifindex: u32,
     pub mode: AttachMode,
-    link: XdpLinkId,
+    link: LinkHandle,
+}
+
+/// An attachment: owned by the program (it ends with this process), or a bpf_link that is
+/// (or is about to be) pinned and outlives it.
+enum LinkHandle {
+    Owned(XdpLinkId),
+    /// `pinned`: the pin exists already (an adopted link); else `commit_pins` pins it.
+    Pinned { link: Option<FdLink>, pinned: bool },
+}
+
+/// The pinned state of an `imfw run`.
+struct Pinning {
+    dir: PinDir,
+    /// The state maps came from an earlier run's pins.
+    adopted: bool,
+    /// A link's program was replaced (so the old build may still be finishing a packet).
+    swapped: bool,
 }
 
 pub struct Dataplane {
+    /// Also holds the inspector jump table open: the kernel empties a program array when its
+    /// last user reference closes, which would silently cut the inspector off.
     ebpf: Ebpf,
     attached: Vec<Attached>,
     events: Option<RingBuf<MapData>>,
-    /// Held open: the kernel empties a program array when its last user reference closes,
-    /// which would silently cut the inspector off.
-    _jump: ProgramArray<MapData>,
+    pins: Option<Pinning>,
 }
 
 /// Counters summed over CPUs.
@@ -125,14 +150,53 @@ fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> anyhow::Error + '_
 
 impl Dataplane {
     /// Loads the program and creates its maps. Needs `CAP_BPF` (root).
+    ///
+    /// Nothing is pinned, and the controller counts as always alive: the caller (`imfw
+    /// classify`, tests, benches) reads the events itself between packets.
     pub fn load(flow_capacity: u32) -> Result<Self> {
-        if OBJECT.is_empty() {
-            bail!("this imfw was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild it without that variable");
-        }
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .map_max_entries(m::FLOWS, flow_capacity)
-            .load(OBJECT)
+            .load(object()?)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
+        let mut dp = Self::with_programs(ebpf)?;
+        dp.set_controller_deadline(u64::MAX)?;
+        Ok(dp)
+    }
+
+    /// Loads the program for `imfw run`, with its state pinned under `dir`: when an earlier
+    /// run left compatible pins there, its flow table and counters are adopted (reused, so
+    /// every flow keeps its verdict); incompatible pins are refused before anything changes.
+    /// The caller then writes the policy (`apply`), attaches (`attach`, which swaps the new
+    /// program into adopted links) and pins the rest (`commit_pins`).
+    pub fn load_pinned(flow_capacity: u32, dir: PinDir) -> Result<Self> {
+        let object = object()?;
+        let expected = adopted_specs(object, flow_capacity)?;
+        let found = dir.inspect(&expected)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(m::FLOWS, flow_capacity);
+        if found == Found::Compatible {
+            for name in m::ADOPTED {
+                loader.map_pin_path(name, dir.map_path(name));
+            }
+        }
+        let ebpf = loader.load(object).map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
+        let mut dp = Self::with_programs(ebpf)?;
+        let adopted = found == Found::Compatible;
+        if adopted {
+            let flows = dp.flows().map_or(0, |f| f.len());
+            log::info!("adopted the pinned state in {}: {flows} flows keep their verdicts, counters go on", dir.root().display());
+        }
+        dp.heartbeat()?;
+        // The new build's jump table is pinned before any link runs it (see pins.rs).
+        let id = dp.program()?.info().map_err(|e| anyhow!("program info: {e}"))?.id();
+        let path = dir.jump_path(id);
+        pins::remove_pin(&path)?;
+        ProgramArray::try_from(dp.map(m::JUMP)?)?.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+        dp.pins = Some(Pinning { dir, adopted, swapped: false });
+        Ok(dp)
+    }
+
+    fn with_programs(mut ebpf: Ebpf) -> Result<Self> {
         for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -142,16 +206,29 @@ impl Dataplane {
                 .map_err(|e| privilege_hint(anyhow!(e)))
                 .with_context(|| format!("loading the XDP program {name} into the kernel"))?;
         }
-        let mut jump = ProgramArray::try_from(ebpf.take_map(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?)?;
-        {
-            for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM), (m::JUMP_ECH, m::ECH_PROGRAM)] {
+        for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM), (m::JUMP_ECH, m::ECH_PROGRAM)] {
+            let fd = {
                 let prog: &Xdp = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
-                jump.set(slot, prog.fd()?, 0).map_err(map_err(m::JUMP))?;
-            }
+                prog.fd()?.try_clone().map_err(|e| anyhow!("program {name}: {e}"))?
+            };
+            let map = ebpf.map_mut(m::JUMP).ok_or_else(|| anyhow!("map {} missing", m::JUMP))?;
+            ProgramArray::try_from(map)?.set(slot, &fd, 0).map_err(map_err(m::JUMP))?;
         }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), _jump: jump })
+        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), pins: None })
+    }
+
+    /// Writes the controller's heartbeat: it counts as alive for `CONTROLLER_GRACE_NS` more.
+    pub fn heartbeat(&mut self) -> Result<()> {
+        self.set_controller_deadline(monotonic_ns().saturating_add(CONTROLLER_GRACE_NS))
+    }
+
+    /// Sets the time (CLOCK_MONOTONIC ns) from which the data plane counts the controller as
+    /// down: 0 is now, `u64::MAX` never.
+    pub fn set_controller_deadline(&mut self, ns: u64) -> Result<()> {
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(m::ALIVE)?)?;
+        a.set(0, ns, 0).map_err(map_err(m::ALIVE))
     }
 
     fn program(&self) -> Result<&Xdp> {
@@ -272,8 +349,19 @@ impl Dataplane {
 
     /// Attaches to `iface` in native mode, or in generic mode when the driver has no native
     /// XDP (logged loudly by the caller through the returned mode).
+    ///
+    /// With pinning, an interface whose pinned link is alive keeps it: the link's program is
+    /// replaced atomically (`bpf_link_update`), without a moment with no program.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode> {
         let idx = ifindex(iface)?;
+        if let Some(p) = &self.pins {
+            let found = p.dir.links().into_iter().find(|l| l.iface == iface);
+            if let Some(l) = found {
+                if let Some(mode) = self.swap_into_pinned(iface, idx, &l)? {
+                    return Ok(mode);
+                }
+            }
+        }
         let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
         let (link, mode) = match prog.attach_to_if_index(idx, XdpMode::Driver) {
             Ok(l) => (l, AttachMode::Native),
@@ -284,11 +372,139 @@ impl Dataplane {
                     );
                     (l, AttachMode::Generic)
                 }
-                Err(e) => return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface} (native: {native})")),
+                Err(e) => {
+                    let text = format!("{native} {e}");
+                    let busy = if text.contains("os error 17") || text.contains("os error 16") {
+                        format!(" {iface} already has an XDP program (another pin directory or tool: `ip link show dev {iface}`; `imfw unload` removes imfw's)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(anyhow!(e)).with_context(|| format!("attaching XDP to {iface} (native: {native}).{busy}"));
+                }
             },
+        };
+        let link = if self.pins.is_some() {
+            let fd = FdLink::try_from(prog.take_link(link)?).map_err(|e| {
+                anyhow!("{iface}: the kernel attached XDP without a bpf_link ({e}), which cannot be pinned; run with --detach-on-exit")
+            })?;
+            LinkHandle::Pinned { link: Some(fd), pinned: false }
+        } else {
+            LinkHandle::Owned(link)
         };
         self.attached.push(Attached { iface: iface.to_owned(), ifindex: idx, mode, link });
         Ok(mode)
+    }
+
+    /// Puts this program into the link pinned for `iface` by an earlier run. `None` when
+    /// that link is dead (its interface was removed): its pin goes and a new link is made.
+    fn swap_into_pinned(&mut self, iface: &str, idx: u32, l: &pins::PinnedLinkFile) -> Result<Option<AttachMode>> {
+        let facts = pins::link_info(&pins::obj_get(&l.path)?).with_context(|| format!("the pinned link {}", l.path.display()))?;
+        if facts.ifindex == 0 {
+            log::warn!("{iface}: the pinned link {} is dead (its interface went away); attaching anew", facts.id);
+            pins::remove_pin(&l.path)?;
+            return Ok(None);
+        }
+        if facts.ifindex != idx {
+            bail!(
+                "{iface} is interface {idx} here, but its pinned link {} is attached to interface {}: was {} made in another network namespace? Use another --pin-dir, or `imfw unload` it",
+                facts.id,
+                facts.ifindex,
+                l.path.display()
+            );
+        }
+        let pinned = PinnedLink::from_pin(&l.path).map_err(|e| anyhow!("{}: {e}", l.path.display()))?;
+        let xdp = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| anyhow!("{}: {e}", l.path.display()))?;
+        let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
+        let id = prog.attach_to_link(xdp).with_context(|| format!("replacing the program of {iface} (link {})", facts.id))?;
+        let fd = FdLink::try_from(prog.take_link(id)?).map_err(|e| anyhow!("{iface}: {e}"))?;
+        let new_prog = prog.info().map_or(0, |i| i.id());
+        log::info!(
+            "{iface}: replaced program {} with {new_prog} in the pinned link {} ({} mode), without detaching",
+            facts.prog_id,
+            facts.id,
+            l.mode.name()
+        );
+        self.attached.push(Attached { iface: iface.to_owned(), ifindex: idx, mode: l.mode, link: LinkHandle::Pinned { link: Some(fd), pinned: true } });
+        if let Some(p) = self.pins.as_mut() {
+            p.swapped = true;
+        }
+        Ok(Some(l.mode))
+    }
+
+    /// Pins what the running program needs to outlive this process: its new links, the maps
+    /// (state maps only on a fresh start: adopted ones are pinned already), the programs,
+    /// and the layout stamp last. The previous build's jump tables and the links of
+    /// interfaces no longer named are removed. Call after `apply` and `attach`.
+    pub fn commit_pins(&mut self) -> Result<()> {
+        let Some(p) = self.pins.as_ref() else { return Ok(()) };
+        let (dir, adopted, swapped) = (p.dir.clone(), p.adopted, p.swapped);
+        if swapped {
+            // A CPU may still be finishing a packet in the old build after the link update
+            // returned; its jump table must outlive that. An XDP run lasts microseconds.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for a in &mut self.attached {
+            if let LinkHandle::Pinned { link, pinned } = &mut a.link {
+                if !*pinned {
+                    let path = dir.link_path(&a.iface, a.mode);
+                    pins::remove_pin(&path)?;
+                    let fd = link.take().ok_or_else(|| anyhow!("{}: link gone", a.iface))?;
+                    let pl = fd.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+                    *link = Some(FdLink::from(pl));
+                    *pinned = true;
+                }
+            }
+        }
+        let ours: Vec<String> = self.attached.iter().map(|a| a.iface.clone()).collect();
+        for l in dir.links() {
+            if !ours.contains(&l.iface) {
+                log::info!("{}", pins::detach_pinned_link(&l.path, &l.iface)? + " (no longer in --iface)");
+            }
+        }
+        let id = self.program()?.info().map_err(|e| anyhow!("program info: {e}"))?.id();
+        for old in dir.other_jumps(id) {
+            pins::remove_pin(&old)?;
+        }
+        for (name, map) in self.ebpf.maps() {
+            if name == m::SCRATCH || name == m::JUMP || (adopted && m::ADOPTED.contains(&name)) {
+                continue;
+            }
+            let path = dir.map_path(name);
+            pins::remove_pin(&path)?;
+            map.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+        }
+        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
+            let path = dir.prog_path(name);
+            pins::remove_pin(&path)?;
+            let prog: &mut Xdp = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            prog.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+        }
+        dir.write_layout()
+    }
+
+    /// The end of `imfw run` without `--detach-on-exit`: program, links and maps stay pinned
+    /// and enforcing; the controller is marked down at once, so flows that wait for it follow
+    /// the policy's `controller_down` choice. Returns what stays, for the log.
+    pub fn leave_pinned(mut self) -> Result<String> {
+        let Some(p) = self.pins.take() else { bail!("the data plane is not pinned") };
+        self.set_controller_deadline(0)?;
+        let ifaces: Vec<String> = self.attached.drain(..).map(|a| format!("{} ({})", a.iface, a.mode.name())).collect();
+        Ok(format!(
+            "the XDP program stays attached and enforcing on {}, its state pinned under {} (`imfw unload --pin-dir {}` removes it)",
+            ifaces.join(", "),
+            p.dir.root().display(),
+            p.dir.root().display()
+        ))
+    }
+
+    /// `--detach-on-exit`: detaches every link and removes the pin directory.
+    pub fn unload(mut self) -> Result<Vec<String>> {
+        let Some(p) = self.pins.take() else {
+            self.detach_all()?;
+            return Ok(Vec::new());
+        };
+        self.attached.clear();
+        p.dir.remove_all()
     }
 
     pub fn attached(&self) -> &[Attached] {
@@ -301,7 +517,10 @@ impl Dataplane {
         let prog: &mut Xdp = self.ebpf.program_mut(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
         let mut first_err = None;
         for a in links {
-            if let Err(e) = prog.detach(a.link) {
+            // Links made for pinning are left to `commit_pins`/`unload`; dropping one that was
+            // not pinned yet detaches it.
+            let LinkHandle::Owned(link) = a.link else { continue };
+            if let Err(e) = prog.detach(link) {
                 log::error!("detaching from {}: {e}", a.iface);
                 first_err.get_or_insert(anyhow!("detaching from {}: {e}", a.iface));
             }
@@ -409,9 +628,52 @@ impl Dataplane {
 }
 
 impl Drop for Dataplane {
+    /// Links owned by the program are detached; pinned ones stay with their pins (that is
+    /// the point), and links not pinned yet go with their descriptors.
     fn drop(&mut self) {
         let _ = self.detach_all();
     }
+}
+
+/// The XDP object, or why this build has none.
+fn object() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        bail!("this imfw was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild it without that variable");
+    }
+    Ok(OBJECT)
+}
+
+/// The shapes the object declares for the maps a restart adopts (the flow table with the
+/// capacity asked for), read from the object itself so that they cannot drift from it.
+fn adopted_specs(object: &[u8], flow_capacity: u32) -> Result<Vec<(&'static str, MapSpec)>> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| anyhow!("reading the XDP object: {e}"))?;
+    m::ADOPTED
+        .iter()
+        .map(|&name| {
+            let map = obj.maps.get(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))?;
+            Ok((
+                name,
+                MapSpec {
+                    map_type: map.map_type(),
+                    key_size: map.key_size(),
+                    value_size: map.value_size(),
+                    max_entries: if name == m::FLOWS { flow_capacity } else { map.max_entries() },
+                    flags: map.map_flags(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_coarse_ns`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the zeroed timespec.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+        ts
+    };
+    u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// A record of the event ring.

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod events;
 pub mod notify;
 pub mod packet;
+pub mod pins;
 pub mod policy;
 pub mod quic;
 pub mod rst;

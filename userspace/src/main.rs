@@ -56,6 +56,19 @@ enum Cmd {
         /// Flow-table capacity (least recently used flows are evicted when full).
         #[arg(long, default_value_t = imfw_common::maps::FLOWS_DEFAULT)]
         flows: u32,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// On SIGTERM/SIGINT, detach from the interfaces and remove the pins (an uninstall).
+        /// Without it the program, its links and its maps stay pinned and enforcing, and the
+        /// next `imfw run` adopts them.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Remove what `imfw run` left pinned: detach the XDP program from every interface and
+    /// remove the pins (the flow table goes with them).
+    Unload {
+        #[command(flatten)]
+        pins: PinArgs,
     },
     /// Validate a policy; errors name file, line and column. Exit status 2 when invalid.
     Check {
@@ -98,6 +111,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Directory on a BPF filesystem for the pinned program, links and maps.
+    #[arg(long, default_value = imfw::pins::DEFAULT_DIR)]
+    pin_dir: PathBuf,
 }
 
 /// Where `imfw run` keeps the archive and its sealing key unless the policy says otherwise.
@@ -306,7 +326,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.cmd {
         Cmd::Check { policy } => return check(&policy),
-        Cmd::Run { policy, iface, control, flows } => run(&policy, &iface, &control, flows),
+        Cmd::Run { policy, iface, control, flows, pins, detach_on_exit } => {
+            run(&policy, &iface, &control, flows, &pins.pin_dir, detach_on_exit)
+        }
+        Cmd::Unload { pins } => unload(&pins.pin_dir),
         Cmd::Classify { policy, json, captures } => classify_cmd(policy.as_deref(), json, &captures),
         Cmd::Status { control } => control::request(&control, "status").map(|v| {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
@@ -356,7 +379,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 #[expect(clippy::too_many_lines, reason = "the daemon's one event loop reads best in one place; issue 6 splits it with reloads")]
-fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -> Result<ExitCode> {
+fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, pin_dir: &Path, detach_on_exit: bool) -> Result<ExitCode> {
     let loaded = policy::load(policy_path).and_then(|p| p.compile().map(|c| (p, c)));
     let (policy_full, compiled) = match loaded {
         Ok(pc) => pc,
@@ -382,7 +405,20 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
             return Ok(ExitCode::from(EXIT_BAD_INPUT));
         }
     }
-    let mut dp = Dataplane::load(flows)?;
+    // The content path of monitored flows, with its compliance archive: opened before the
+    // data plane changes, so that a bad archive setting refuses the start cleanly.
+    let mut content = match imfw::content_path::ContentPath::open(&policy_full, wall_ms(), Box::new(imfw::rst::reset_both)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("refusing to start: {e:#}");
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    let pins = imfw::pins::PinDir::new(pin_dir);
+    pins.prepare(!detach_on_exit)?;
+    let _lock = pins.lock()?;
+    // Adopts a compatible pinned state (flows keep their verdicts), or refuses before any change.
+    let mut dp = Dataplane::load_pinned(flows, pins)?;
     dp.apply(&compiled).context("writing the policy into the maps")?;
     for i in ifaces {
         let mode = dp.attach(i)?;
@@ -391,17 +427,9 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
             log::warn!("{i}: GENERIC XDP mode: enforcement works but at a fraction of line rate");
         }
     }
+    dp.commit_pins().context("pinning the program, its links and its maps")?;
     let ring = dp.take_events().ok_or_else(|| anyhow!("event ring already taken"))?;
     let mut controller = Controller::new(&compiled);
-    // The content path of monitored flows, with its compliance archive.
-    let mut content = match imfw::content_path::ContentPath::open(&policy_full, wall_ms(), Box::new(imfw::rst::reset_both)) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("refusing to start: {e:#}");
-            dp.detach_all()?;
-            return Ok(ExitCode::from(EXIT_BAD_INPUT));
-        }
-    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared = Arc::new(Mutex::new(control::Shared {
         dataplane: dp,
@@ -436,8 +464,12 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         loop {
             tokio::select! {
                 _ = second.tick() => {
-                    // Reassembly timeouts, archive seals, ring losses of monitored flows.
+                    // The heartbeat the data plane reads (see `controller_down`); reassembly
+                    // timeouts, archive seals, ring losses of monitored flows.
                     if let Ok(mut s) = shared.lock() {
+                        if let Err(e) = s.dataplane.heartbeat() {
+                            log::error!("heartbeat: {e:#}");
+                        }
                         if let Err(e) = content.tick(&mut s.dataplane, mono_ns(clock), wall_ms()) {
                             log::error!("content path: {e:#}");
                         }
@@ -470,13 +502,13 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
                     }
                 },
                 _ = term.recv() => {
-                    notifier.send_or_warn(&Message::stopping().status("SIGTERM: detaching"));
-                    log::info!("SIGTERM: detaching");
+                    notifier.send_or_warn(&Message::stopping().status("SIGTERM: stopping"));
+                    log::info!("SIGTERM: stopping");
                     break;
                 }
                 _ = int.recv() => {
-                    notifier.send_or_warn(&Message::stopping().status("SIGINT: detaching"));
-                    log::info!("SIGINT: detaching");
+                    notifier.send_or_warn(&Message::stopping().status("SIGINT: stopping"));
+                    log::info!("SIGINT: stopping");
                     break;
                 }
                 guard = ring.readable_mut() => {
@@ -517,14 +549,43 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         anyhow::Ok(())
     });
     let _ = std::fs::remove_file(control_path);
-    let detach = shared.lock().map_err(|_| anyhow!("state poisoned"))?.dataplane.detach_all();
+    // The control server's tasks go with the runtime; then the state is ours alone.
+    drop(rt);
+    let dp = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow!("the controller state is still shared"))?
+        .into_inner()
+        .map_err(|_| anyhow!("state poisoned"))?
+        .dataplane;
+    let end = if detach_on_exit {
+        dp.unload().map(|done| {
+            for line in done {
+                log::info!("{line}");
+            }
+            "detached and unpinned; exiting".to_owned()
+        })
+    } else {
+        dp.leave_pinned().map(|kept| format!("{kept}; exiting"))
+    };
     match content.close(wall_ms()) {
         Ok(stats) => log::info!("content path: {stats:?}"),
         Err(e) => log::error!("content path: {e:#}"),
     }
     result?;
-    detach?;
-    log::info!("detached; exiting");
+    log::info!("{}", end?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `imfw unload`: detaches the pinned links and removes every pin, saying what it removed.
+fn unload(pin_dir: &Path) -> Result<ExitCode> {
+    let pins = imfw::pins::PinDir::new(pin_dir);
+    if !pin_dir.exists() || pins.is_empty() {
+        println!("nothing pinned under {}", pin_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _lock = pins.lock()?;
+    for line in pins.remove_all()? {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

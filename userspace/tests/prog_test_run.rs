@@ -821,6 +821,52 @@ apps: {signal: drop}
     assert_eq!(snap.drop_reason(DropReason::Pending).packets, 4);
 }
 
+/// With the controller's heartbeat run out, the packets that wait for it follow
+/// `controller_down`: a split ClientHello (pending) and a held monitored segment pass
+/// uncopied when open, are dropped under their own reason when closed; once the heartbeat is
+/// back, `pending` and the hold apply again, with copies.
+#[test]
+fn a_controller_that_is_down_gets_the_policy_choice() {
+    use imfw::dataplane::Event;
+    for (down, want) in [("open", XDP_PASS), ("closed", XDP_DROP)] {
+        let mut r = rig(&format!(
+            "version: 1\ndefaults: {{action: allow, pending: drop, controller_down: {down}}}\napps: {{irc: monitor}}\n"
+        ));
+        r.dp.drain_events();
+        r.dp.set_controller_deadline(0).expect("mark the controller down");
+        let mut ch = ClientHello::new("www.example.com");
+        ch.post_quantum = true;
+        ch.order = ExtOrder::SniLast;
+        let hello = ch.build();
+        let conn = Conn::v4(49300, 443);
+        open(&r, &conn, &[]);
+        let seg = |seq: u32, data: &[u8]| {
+            let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
+            t.seq = seq;
+            Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, data)))
+        };
+        let (a, b) = (seg(100, &hello[..1448]), seg(100 + 1448, &hello[1448..]));
+        assert_eq!(r.run(&a), want, "{down}: first segment of a flow waiting for the controller");
+        assert_eq!(r.run(&b), want, "{down}: second segment");
+        let irc = Conn::v4(42301, 6667);
+        assert_eq!(open(&r, &irc, &[protocols::irc_registration("alice")]), want, "{down}: a segment that would be held");
+        assert!(r.dp.drain_events().iter().all(|e| matches!(e, Event::Classified(_))), "{down}: nothing copied for a dead controller");
+        let snap = r.dp.snapshot().unwrap();
+        let dropped = if want == XDP_DROP { 3 } else { 0 };
+        assert_eq!(snap.drop_reason(DropReason::ControllerDown).packets, dropped, "{down}");
+        assert_eq!(snap.drop_reason(DropReason::Pending).packets + snap.drop_reason(DropReason::Held).packets, 0, "{down}");
+
+        r.dp.heartbeat().expect("the controller is back");
+        assert_eq!(r.run(&b), XDP_DROP, "{down}: pending: drop applies again");
+        assert_eq!(r.run(&irc.client(&protocols::irc_registration("alice"))), XDP_DROP, "{down}: held again");
+        let events = r.dp.drain_events();
+        assert!(events.iter().any(|e| matches!(e, Event::Payload(_))), "{down}: the pending segment is copied again");
+        assert!(events.iter().any(|e| matches!(e, Event::Stream(_))), "{down}: the held segment is copied again");
+        let snap = r.dp.snapshot().unwrap();
+        assert_eq!((snap.drop_reason(DropReason::Pending).packets, snap.drop_reason(DropReason::Held).packets), (1, 1), "{down}");
+    }
+}
+
 /// Every built-in app's catalogue data, through the real program: a ClientHello naming each
 /// of its domains (and a subdomain), a flow to the first address of each of its networks, and
 /// a STUN message with each of its attributes is classified as that app. (Signatures have

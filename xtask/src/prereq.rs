@@ -14,7 +14,8 @@ use crate::run_checked;
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/tcpdump for the lab, python3
 /// for the accuracy scorer, ngircd, mosquitto and prosody (real IRC, MQTT and XMPP servers,
 /// with mosquitto's clients) for the content-policy tests, libndpi-bin (ndpiReader, the
-/// reference classifier of `bench`), systemd (systemd-analyze, which checks the unit).
+/// reference classifier of `bench`), systemd (systemd-analyze, which checks the unit), bpftool
+/// (the pinned-state tests read links and maps).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prosody",
     "libndpi-bin",
     "systemd",
+    "bpftool",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

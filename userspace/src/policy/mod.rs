@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 pub use compile::Compiled;
 pub use error::{PolicyError, PolicyErrors};
 pub(crate) use error::Source;
-pub use model::{Action, AppList, Cidr, Hex, PassDrop, Rule, Unclassified};
+pub use model::{Action, AppList, Cidr, ControllerDown, Hex, PassDrop, Rule, Unclassified};
 
 use crate::catalogue::{self, CatalogueEntry};
 use locate::{index, join, Pos};
@@ -48,6 +48,8 @@ pub struct Defaults {
     pub fragments: PassDrop,
     /// What XDP does with a flow's packets while the controller decides it.
     pub pending: Unclassified,
+    /// What XDP does with those packets while no controller runs (crashed, stopped, restarting).
+    pub controller_down: ControllerDown,
     /// Whether the controller learns IM apps' addresses from DNS answers.
     pub learn_dns: bool,
     /// Interface for `redirect` actions that name none.
@@ -63,6 +65,7 @@ impl Default for Defaults {
             unparsed: PassDrop::Pass,
             fragments: PassDrop::Pass,
             pending: Unclassified::Allow,
+            controller_down: ControllerDown::Closed,
             learn_dns: false,
             redirect_to: None,
         }
@@ -230,6 +233,9 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
     }
     if let Some(p) = d.pending {
         defaults.pending = p;
+    }
+    if let Some(c) = d.controller_down {
+        defaults.controller_down = c;
     }
     if let Some(l) = d.learn_dns {
         defaults.learn_dns = l;

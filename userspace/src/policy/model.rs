@@ -384,6 +384,28 @@ impl PassDrop {
     }
 }
 
+/// What happens to packets that wait for the controller (pending flows, held segments of
+/// monitored flows) while no controller runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControllerDown {
+    /// They pass, uninspected and uncopied.
+    Open,
+    /// They are dropped (drop reason `controller_down`); senders retransmit once a controller
+    /// is back.
+    #[default]
+    Closed,
+}
+
+impl ControllerDown {
+    pub fn config_value(self) -> u32 {
+        match self {
+            ControllerDown::Open => imfw_common::config::ACTION_PASS,
+            ControllerDown::Closed => imfw_common::config::ACTION_DROP,
+        }
+    }
+}
+
 /// One entry of `rules:`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a rule: a mapping with name, from, apps and action")]
@@ -404,6 +426,7 @@ pub(crate) struct DefaultsSection {
     pub unparsed: Option<PassDrop>,
     pub fragments: Option<PassDrop>,
     pub pending: Option<Unclassified>,
+    pub controller_down: Option<ControllerDown>,
     pub learn_dns: Option<bool>,
     pub redirect_to: Option<String>,
 }

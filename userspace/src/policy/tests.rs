@@ -474,6 +474,22 @@ fn pending_choice_reaches_the_config() {
 }
 
 #[test]
+fn controller_down_choice_reaches_the_config() {
+    use imfw_common::config::{ACTION_DROP, ACTION_PASS};
+    let (p, c) = ok("version: 1\n");
+    assert_eq!(p.defaults.controller_down, super::ControllerDown::Closed);
+    assert_eq!(c.config.controller_down, ACTION_DROP, "closed by default");
+    let (_, c) = ok("version: 1\ndefaults:\n  controller_down: open\n");
+    assert_eq!(c.config.controller_down, ACTION_PASS);
+    let (_, c) = ok("version: 1\ndefaults: {controller_down: closed, pending: allow}\n");
+    assert_eq!((c.config.controller_down, c.config.pending_action), (ACTION_DROP, ACTION_PASS));
+    let e = errors("version: 1\ndefaults:\n  controller_down: fail\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].line, e[0].column), (3, 20), "{}", e[0]);
+    assert!(e[0].message.contains("open") && e[0].message.contains("closed"), "{}", e[0]);
+}
+
+#[test]
 fn content_rules_and_monitor_settings() {
     let (p, _) = ok("version: 1
 apps: {xmpp: monitor}
