@@ -47,7 +47,10 @@ fn http(lab: &Lab, request: &str) -> (String, String) {
         head.contains("\r\nContent-Length: ") && head.contains("\r\nConnection: close"),
         "{head}"
     );
-    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 /// `GET /metrics`, as sample -> value.
@@ -141,7 +144,10 @@ fn flows_status_and_prometheus_show_real_traffic() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(
-        sample(&after, "imfw_bytes_total{app=\"whatsapp\",verdict=\"drop\"}") > 0.0,
+        sample(
+            &after,
+            "imfw_bytes_total{app=\"whatsapp\",verdict=\"drop\"}"
+        ) > 0.0,
         "{after:?}"
     );
     assert!(
@@ -207,9 +213,14 @@ fn flows_status_and_prometheus_show_real_traffic() {
     let err = imfw
         .flows(&["--app", "whatsap"])
         .expect_err("an unknown app is refused");
-    assert!(format!("{err:#}").contains("unknown app `whatsap`"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("unknown app `whatsap`"),
+        "{err:#}"
+    );
 
-    let table = imfw.cli("flows", &["--app", "whatsapp"]).expect("imfw flows");
+    let table = imfw
+        .cli("flows", &["--app", "whatsapp"])
+        .expect("imfw flows");
     assert!(
         table.starts_with("CLIENT") && table.contains(&format!("192.0.2.2:{wa_port}")),
         "{table}"
@@ -221,7 +232,7 @@ fn flows_status_and_prometheus_show_real_traffic() {
         "interfaces  imfw-lan0 (native",
         "imfw-wan0 (native",
         "generation 1;",
-        "prometheus 127.0.0.1:9464, kernel log off",
+        "prometheus  http://127.0.0.1:9464/metrics",
     ] {
         assert!(text.contains(want), "`{want}` not in:\n{text}");
     }
@@ -229,5 +240,8 @@ fn flows_status_and_prometheus_show_real_traffic() {
     assert_eq!(st["interfaces"].as_array().map(Vec::len), Some(2), "{st}");
     assert_eq!(st["reloads"], 0, "{st}");
     assert!(st["counters"]["dropped"].as_u64().unwrap_or(0) >= 1, "{st}");
-    assert!(st["counters"]["classified"].as_u64().unwrap_or(0) >= 1, "{st}");
+    assert!(
+        st["counters"]["classified"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
 }

@@ -19,7 +19,7 @@ use imfw_common::{
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
-use crate::policy::{Compiled, KernelLog};
+use crate::policy::Compiled;
 
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imfw"));
@@ -55,11 +55,7 @@ pub struct Dataplane {
     /// Held open: the kernel empties a program array when its last user reference closes,
     /// which would silently cut the inspector off.
     _jump: ProgramArray<MapData>,
-    kernel_log: KernelLog,
 }
-
-/// aya-log-ebpf's level global (messages with a level number above it are not emitted).
-const KERNEL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default)]
@@ -110,18 +106,11 @@ fn map_err(name: &str) -> impl FnOnce(aya::maps::MapError) -> anyhow::Error + '_
 impl Dataplane {
     /// Loads the program and creates its maps. Needs `CAP_BPF` (root).
     pub fn load(flow_capacity: u32) -> Result<Self> {
-        Self::load_logging(flow_capacity, KernelLog::Off)
-    }
-
-    /// As [`Dataplane::load`], with the XDP program's own log messages at `kernel_log`. The
-    /// level is a read-only global fixed here: the verifier removes the messages it disables.
-    pub fn load_logging(flow_capacity: u32, kernel_log: KernelLog) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("this imfw was built with AYA_BUILD_SKIP=1 and carries no XDP program; rebuild it without that variable");
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(m::FLOWS, flow_capacity)
-            .override_global(KERNEL_LOG_LEVEL, &kernel_log.aya_level(), false)
             .load(OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
         for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
@@ -142,7 +131,7 @@ impl Dataplane {
         }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), _jump: jump, kernel_log })
+        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), _jump: jump })
     }
 
     fn program(&self) -> Result<&Xdp> {
@@ -385,26 +374,6 @@ impl Dataplane {
         }
         debug_assert_eq!(STATS as usize, Stat::ALL.len());
         Ok(s)
-    }
-
-    /// The level the XDP program's log messages were loaded with.
-    pub fn kernel_log(&self) -> KernelLog {
-        self.kernel_log
-    }
-
-    /// The reader of the XDP program's log messages (aya-log's ring), for the caller to poll.
-    /// `None` when kernel logging is off (nothing is ever written) or the ring was taken.
-    pub fn take_kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        if self.kernel_log == KernelLog::Off {
-            return None;
-        }
-        match aya_log::EbpfLogger::init(&mut self.ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log::warn!("kernel log messages are unavailable: {e}");
-                None
-            }
-        }
     }
 
     /// The classification event ring, for the caller to poll. Taken once.

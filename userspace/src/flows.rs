@@ -4,15 +4,12 @@
 //! through its own handle on the map (never under the controller's lock), keeps the busiest
 //! flows that match, and answers with at most [`LIMIT_MAX`] of them plus how many matched.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-};
+use std::{fmt::Write as _, net::SocketAddr};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap, Map, MapData};
 use imfw_common::{
-    flow::{FLAG_CONTROLLER, FlowEntry, FlowKey, STATE_DECIDED},
+    flow::{FlowEntry, FlowKey, FLAG_CONTROLLER, STATE_DECIDED},
     verdict::{Method, Verdict},
 };
 use serde::{Deserialize, Serialize};
@@ -58,9 +55,16 @@ impl Query {
         let app = match self.app.as_deref() {
             None => None,
             Some("none") => Some(0),
-            Some(name) => Some(apps.iter().find(|(_, n)| n == name).map(|(id, _)| *id).ok_or_else(|| {
-                anyhow!("unknown app `{name}`; expected an app of the running policy or `none`")
-            })?),
+            Some(name) => Some(
+                apps.iter()
+                    .find(|(_, n)| n == name)
+                    .map(|(id, _)| *id)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "unknown app `{name}`; expected an app of the running policy or `none`"
+                        )
+                    })?,
+            ),
         };
         let verdict = match self.verdict.as_deref() {
             None => None,
@@ -68,24 +72,39 @@ impl Query {
                 anyhow!("unknown verdict `{v}`; expected pending, allow, drop, redirect or monitor")
             })?),
         };
-        let net = self.addr.as_deref().map(Cidr::parse).transpose().map_err(|e| anyhow!(e))?;
+        let net = self
+            .addr
+            .as_deref()
+            .map(Cidr::parse)
+            .transpose()
+            .map_err(|e| anyhow!(e))?;
         let by_packets = match self.sort.as_deref() {
             None | Some("bytes") => false,
             Some("packets") => true,
             Some(s) => bail!("unknown sort `{s}`; expected bytes or packets"),
         };
-        Ok(Filter { app, verdict, net, limit: self.limit.unwrap_or(LIMIT_DEFAULT).min(LIMIT_MAX), by_packets })
+        Ok(Filter {
+            app,
+            verdict,
+            net,
+            limit: self.limit.unwrap_or(LIMIT_DEFAULT).min(LIMIT_MAX),
+            by_packets,
+        })
     }
 }
 
 impl Filter {
     fn matches(&self, k: &FlowKey, e: &FlowEntry) -> bool {
-        if self.app.is_some_and(|a| a != e.app) || self.verdict.is_some_and(|v| v as u8 != e.verdict) {
+        if self.app.is_some_and(|a| a != e.app)
+            || self.verdict.is_some_and(|v| v as u8 != e.verdict)
+        {
             return false;
         }
         match self.net {
             None => true,
-            Some(net) => [k.addr_a, k.addr_b].into_iter().any(|a| net.contains_addr(packet::addr(a, k.family))),
+            Some(net) => [k.addr_a, k.addr_b]
+                .into_iter()
+                .any(|a| net.contains_addr(packet::addr(a, k.family))),
         }
     }
 }
@@ -125,8 +144,11 @@ impl Row {
                 17 => "udp".to_owned(),
                 p => format!("ip{p}"),
             },
-            app: (e.app != 0)
-                .then(|| apps.iter().find(|(id, _)| *id == e.app).map_or_else(|| format!("app#{}", e.app), |(_, n)| n.clone())),
+            app: (e.app != 0).then(|| {
+                apps.iter()
+                    .find(|(id, _)| *id == e.app)
+                    .map_or_else(|| format!("app#{}", e.app), |(_, n)| n.clone())
+            }),
             method: Method::from_u8(e.method).name().to_owned(),
             state: state.to_owned(),
             verdict: Verdict::from_u8(e.verdict).name().to_owned(),
@@ -150,9 +172,20 @@ pub struct Listing {
 }
 
 /// Filters `entries`, keeps the `limit` busiest and names them.
-pub fn select(entries: impl IntoIterator<Item = (FlowKey, FlowEntry)>, q: &Query, apps: &[(u16, String)], capacity: u32) -> Result<Listing> {
+pub fn select(
+    entries: impl IntoIterator<Item = (FlowKey, FlowEntry)>,
+    q: &Query,
+    apps: &[(u16, String)],
+    capacity: u32,
+) -> Result<Listing> {
     let f = q.filter(apps)?;
-    let weight = |e: &FlowEntry| if f.by_packets { (e.packets, e.bytes) } else { (e.bytes, e.packets) };
+    let weight = |e: &FlowEntry| {
+        if f.by_packets {
+            (e.packets, e.bytes)
+        } else {
+            (e.bytes, e.packets)
+        }
+    };
     let (mut total, mut matched) = (0u64, 0u64);
     let mut keep: Vec<(FlowKey, FlowEntry)> = Vec::new();
     for (k, e) in entries {
@@ -168,13 +201,24 @@ pub fn select(entries: impl IntoIterator<Item = (FlowKey, FlowEntry)>, q: &Query
         }
     }
     trim(&mut keep, f.limit, weight);
-    Ok(Listing { total, matched, capacity, flows: keep.iter().map(|(k, e)| Row::new(k, e, apps)).collect() })
+    Ok(Listing {
+        total,
+        matched,
+        capacity,
+        flows: keep.iter().map(|(k, e)| Row::new(k, e, apps)).collect(),
+    })
 }
 
 /// Keeps the `limit` heaviest entries, heaviest first (ties in key order, for stable output).
-fn trim(v: &mut Vec<(FlowKey, FlowEntry)>, limit: usize, weight: impl Fn(&FlowEntry) -> (u64, u64)) {
+fn trim(
+    v: &mut Vec<(FlowKey, FlowEntry)>,
+    limit: usize,
+    weight: impl Fn(&FlowEntry) -> (u64, u64),
+) {
     let order = |a: &(FlowKey, FlowEntry), b: &(FlowKey, FlowEntry)| {
-        weight(&b.1).cmp(&weight(&a.1)).then_with(|| key_order(&a.0).cmp(&key_order(&b.0)))
+        weight(&b.1)
+            .cmp(&weight(&a.1))
+            .then_with(|| key_order(&a.0).cmp(&key_order(&b.0)))
     };
     if v.len() > limit && limit > 0 {
         v.select_nth_unstable_by(limit - 1, order);
@@ -196,10 +240,16 @@ pub struct FlowTable {
 impl FlowTable {
     /// Opens a second handle on the map behind `fd` (a duplicate of the descriptor).
     pub fn from_fd(fd: std::os::fd::BorrowedFd<'_>) -> Result<FlowTable> {
-        let owned = fd.try_clone_to_owned().map_err(|e| anyhow!("duplicating the flow table's descriptor: {e}"))?;
+        let owned = fd
+            .try_clone_to_owned()
+            .map_err(|e| anyhow!("duplicating the flow table's descriptor: {e}"))?;
         let data = MapData::from_fd(owned).map_err(|e| anyhow!("flow table: {e}"))?;
-        let capacity = data.info().map_err(|e| anyhow!("flow table: {e}"))?.max_entries();
-        let map = HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("flow table: {e}"))?;
+        let capacity = data
+            .info()
+            .map_err(|e| anyhow!("flow table: {e}"))?
+            .max_entries();
+        let map =
+            HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("flow table: {e}"))?;
         Ok(FlowTable { map, capacity })
     }
 
@@ -210,13 +260,20 @@ impl FlowTable {
     /// Every entry, read once. The walk is bounded by twice the capacity: under heavy churn
     /// the kernel may restart a walk whose current key was evicted.
     pub fn entries(&self) -> impl Iterator<Item = (FlowKey, FlowEntry)> + '_ {
-        self.map.iter().take(2 * self.capacity as usize).filter_map(Result::ok)
+        self.map
+            .iter()
+            .take(2 * self.capacity as usize)
+            .filter_map(Result::ok)
     }
 
     /// How many entries the table holds: one key walk (a syscall per entry), so callers do it
     /// off the request path and cache it.
     pub fn count(&self) -> u64 {
-        self.map.keys().take(2 * self.capacity as usize).filter(Result::is_ok).count() as u64
+        self.map
+            .keys()
+            .take(2 * self.capacity as usize)
+            .flatten()
+            .count() as u64
     }
 }
 
@@ -260,11 +317,21 @@ mod tests {
 
     use super::*;
 
-    fn flow(client: &str, cport: u16, server: &str, sport: u16, app: u16, verdict: Verdict, packets: u64, bytes: u64) -> (FlowKey, FlowEntry) {
+    fn flow(
+        client: &str,
+        cport: u16,
+        server: &str,
+        sport: u16,
+        app: u16,
+        verdict: Verdict,
+        packets: u64,
+        bytes: u64,
+    ) -> (FlowKey, FlowEntry) {
         let c: IpAddr = client.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let s: IpAddr = server.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let fam = if c.is_ipv4() { 4 } else { 6 };
-        let (key, client_is_a) = FlowKey::canonical(packet::words(c), cport, packet::words(s), sport, 6, fam);
+        let (key, client_is_a) =
+            FlowKey::canonical(packet::words(c), cport, packet::words(s), sport, 6, fam);
         let e = FlowEntry {
             packets,
             bytes,
@@ -284,10 +351,46 @@ mod tests {
 
     fn table() -> Vec<(FlowKey, FlowEntry)> {
         vec![
-            flow("192.0.2.2", 40000, "198.51.100.2", 443, 1, Verdict::Drop, 3, 300),
-            flow("192.0.2.3", 40001, "198.51.100.2", 443, 2, Verdict::Allow, 50, 5000),
-            flow("192.0.2.2", 40002, "203.0.113.9", 80, 0, Verdict::Allow, 900, 90_000),
-            flow("2001:db8:1::2", 40003, "2001:db8:2::2", 5222, 1, Verdict::Drop, 7, 700),
+            flow(
+                "192.0.2.2",
+                40000,
+                "198.51.100.2",
+                443,
+                1,
+                Verdict::Drop,
+                3,
+                300,
+            ),
+            flow(
+                "192.0.2.3",
+                40001,
+                "198.51.100.2",
+                443,
+                2,
+                Verdict::Allow,
+                50,
+                5000,
+            ),
+            flow(
+                "192.0.2.2",
+                40002,
+                "203.0.113.9",
+                80,
+                0,
+                Verdict::Allow,
+                900,
+                90_000,
+            ),
+            flow(
+                "2001:db8:1::2",
+                40003,
+                "2001:db8:2::2",
+                5222,
+                1,
+                Verdict::Drop,
+                7,
+                700,
+            ),
         ]
     }
 
@@ -302,10 +405,24 @@ mod tests {
         let bytes: Vec<u64> = l.flows.iter().map(|r| r.bytes).collect();
         assert_eq!(bytes, [90_000, 5000, 700, 300]);
         let wa = &l.flows[3];
-        assert_eq!(wa.client, "192.0.2.2:40000".parse().unwrap_or_else(|_| unreachable!()));
-        assert_eq!(wa.server, "198.51.100.2:443".parse().unwrap_or_else(|_| unreachable!()));
-        assert_eq!((wa.l4.as_str(), wa.app.as_deref(), wa.method.as_str()), ("tcp", Some("whatsapp"), "tls_sni"));
-        assert_eq!((wa.state.as_str(), wa.verdict.as_str(), wa.packets), ("decided", "drop", 3));
+        assert_eq!(
+            wa.client,
+            "192.0.2.2:40000".parse().unwrap_or_else(|_| unreachable!())
+        );
+        assert_eq!(
+            wa.server,
+            "198.51.100.2:443"
+                .parse()
+                .unwrap_or_else(|_| unreachable!())
+        );
+        assert_eq!(
+            (wa.l4.as_str(), wa.app.as_deref(), wa.method.as_str()),
+            ("tcp", Some("whatsapp"), "tls_sni")
+        );
+        assert_eq!(
+            (wa.state.as_str(), wa.verdict.as_str(), wa.packets),
+            ("decided", "drop", 3)
+        );
         assert_eq!(l.flows[0].app, None);
         assert_eq!(l.flows[2].client.to_string(), "[2001:db8:1::2]:40003");
     }
@@ -313,42 +430,113 @@ mod tests {
     #[test]
     fn filters_combine_and_the_limit_says_how_many_matched() {
         let by = |q: Query| select(table(), &q, &apps(), 1024).unwrap_or_else(|e| panic!("{e:#}"));
-        let l = by(Query { app: Some("whatsapp".into()), ..q() });
+        let l = by(Query {
+            app: Some("whatsapp".into()),
+            ..q()
+        });
         assert_eq!((l.matched, l.flows.len()), (2, 2));
         assert!(l.flows.iter().all(|r| r.app.as_deref() == Some("whatsapp")));
-        let l = by(Query { app: Some("none".into()), ..q() });
+        let l = by(Query {
+            app: Some("none".into()),
+            ..q()
+        });
         assert_eq!(l.matched, 1);
         assert_eq!(l.flows[0].bytes, 90_000);
-        let l = by(Query { verdict: Some("allow".into()), ..q() });
+        let l = by(Query {
+            verdict: Some("allow".into()),
+            ..q()
+        });
         assert_eq!(l.matched, 2);
-        let l = by(Query { addr: Some("192.0.2.2".into()), ..q() });
+        let l = by(Query {
+            addr: Some("192.0.2.2".into()),
+            ..q()
+        });
         assert_eq!(l.matched, 2, "client side");
-        let l = by(Query { addr: Some("198.51.100.0/24".into()), verdict: Some("drop".into()), ..q() });
-        assert_eq!((l.matched, l.flows[0].bytes), (1, 300), "server side and verdict");
-        let l = by(Query { addr: Some("2001:db8::/32".into()), ..q() });
+        let l = by(Query {
+            addr: Some("198.51.100.0/24".into()),
+            verdict: Some("drop".into()),
+            ..q()
+        });
+        assert_eq!(
+            (l.matched, l.flows[0].bytes),
+            (1, 300),
+            "server side and verdict"
+        );
+        let l = by(Query {
+            addr: Some("2001:db8::/32".into()),
+            ..q()
+        });
         assert_eq!(l.matched, 1);
-        let l = by(Query { limit: Some(1), sort: Some("packets".into()), ..q() });
+        let l = by(Query {
+            limit: Some(1),
+            sort: Some("packets".into()),
+            ..q()
+        });
         assert_eq!((l.matched, l.flows.len(), l.flows[0].packets), (4, 1, 900));
-        let l = by(Query { limit: Some(usize::MAX), ..q() });
+        let l = by(Query {
+            limit: Some(usize::MAX),
+            ..q()
+        });
         assert_eq!(l.flows.len(), 4, "a huge limit is clamped, not an error");
     }
 
     #[test]
     fn bad_filters_are_refused() {
-        let err = |q: Query| format!("{:#}", select(table(), &q, &apps(), 1024).err().unwrap_or_else(|| panic!("accepted")));
-        assert!(err(Query { app: Some("whatsap".into()), ..q() }).contains("unknown app `whatsap`"));
-        assert!(err(Query { verdict: Some("deny".into()), ..q() }).contains("unknown verdict `deny`"));
-        assert!(err(Query { addr: Some("192.0.2.300".into()), ..q() }).contains("not an IP address"));
-        assert!(err(Query { sort: Some("age".into()), ..q() }).contains("unknown sort"));
+        let err = |q: Query| {
+            format!(
+                "{:#}",
+                select(table(), &q, &apps(), 1024)
+                    .err()
+                    .unwrap_or_else(|| panic!("accepted"))
+            )
+        };
+        assert!(err(Query {
+            app: Some("whatsap".into()),
+            ..q()
+        })
+        .contains("unknown app `whatsap`"));
+        assert!(err(Query {
+            verdict: Some("deny".into()),
+            ..q()
+        })
+        .contains("unknown verdict `deny`"));
+        assert!(err(Query {
+            addr: Some("192.0.2.300".into()),
+            ..q()
+        })
+        .contains("not an IP address"));
+        assert!(err(Query {
+            sort: Some("age".into()),
+            ..q()
+        })
+        .contains("unknown sort"));
     }
 
     #[test]
     fn a_large_table_stays_bounded_and_keeps_the_busiest() {
         let many = (0..20_000u32).map(|i| {
             let c = Ipv4Addr::from(0xc000_0200 | (i & 0xff));
-            flow(&c.to_string(), 1024 + (i as u16), "198.51.100.2", 443, 1, Verdict::Allow, u64::from(i), u64::from(i) * 10)
+            flow(
+                &c.to_string(),
+                1024 + (i as u16),
+                "198.51.100.2",
+                443,
+                1,
+                Verdict::Allow,
+                u64::from(i),
+                u64::from(i) * 10,
+            )
         });
-        let l = select(many, &Query { limit: Some(3), ..q() }, &apps(), 262_144).unwrap_or_else(|e| panic!("{e:#}"));
+        let l = select(
+            many,
+            &Query {
+                limit: Some(3),
+                ..q()
+            },
+            &apps(),
+            262_144,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!((l.total, l.matched), (20_000, 20_000));
         let bytes: Vec<u64> = l.flows.iter().map(|r| r.bytes).collect();
         assert_eq!(bytes, [199_990, 199_980, 199_970]);
@@ -356,14 +544,37 @@ mod tests {
 
     #[test]
     fn the_table_reads_well() {
-        let l = select(table(), &Query { limit: Some(2), ..q() }, &apps(), 1024).unwrap_or_else(|e| panic!("{e:#}"));
+        let l = select(
+            table(),
+            &Query {
+                limit: Some(2),
+                ..q()
+            },
+            &apps(),
+            1024,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         let text = render(&l);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].starts_with("CLIENT") && lines[0].contains("VERDICT"), "{text}");
-        assert!(lines[1].contains("192.0.2.2:40002") && lines[1].contains("203.0.113.9:80") && lines[1].contains(" - "), "{text}");
-        assert!(lines[2].contains("telegram") && lines[2].contains("allow"), "{text}");
-        assert_eq!(lines[3], "2 of 4 matching flows shown, busiest first (4 in the table, capacity 1024)");
+        assert!(
+            lines[0].starts_with("CLIENT") && lines[0].contains("VERDICT"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("192.0.2.2:40002")
+                && lines[1].contains("203.0.113.9:80")
+                && lines[1].contains(" - "),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("telegram") && lines[2].contains("allow"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[3],
+            "2 of 4 matching flows shown, busiest first (4 in the table, capacity 1024)"
+        );
         let json = serde_json::to_value(&l).unwrap_or_default();
         assert_eq!(json["flows"][1]["app"], "telegram");
         assert_eq!(json["matched"], 4);

@@ -12,7 +12,6 @@ pub mod dataplane;
 pub mod dns;
 pub mod events;
 pub mod flows;
-pub mod klog;
 pub mod metrics;
 pub mod packet;
 pub mod policy;

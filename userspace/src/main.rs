@@ -306,23 +306,19 @@ fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode> {
 
 fn init_logging(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    // The XDP program's messages are filtered by the policy's `observability.kernel_log`.
-    b.filter_module(imfw::klog::TARGET, log::LevelFilter::Trace);
     let journal = stderr_is_journal();
     match format {
         LogFormat::Text => b.format(move |buf, r| {
             imfw::metrics::count_log(r.level());
             // Under systemd, journald reads the priority from a `<N>` prefix (sd-daemon(3)).
             let prio = if journal { syslog_prefix(r.level()) } else { "" };
-            let source = if r.target() == imfw::klog::TARGET { "kernel: " } else { "" };
-            writeln!(buf, "{prio}imfw {}: {source}{}", r.level().as_str().to_lowercase(), r.args())
+            writeln!(buf, "{prio}imfw {}: {}", r.level().as_str().to_lowercase(), r.args())
         }),
         LogFormat::Json => b.format(|buf, r| {
             imfw::metrics::count_log(r.level());
             let line = serde_json::json!({
                 "ts": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "level": r.level().as_str().to_lowercase(),
-                "source": if r.target() == imfw::klog::TARGET { "kernel" } else { "controller" },
                 "msg": r.args().to_string(),
             });
             writeln!(buf, "{line}")
@@ -368,7 +364,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Cmd::Flows { control, app, verdict, addr, limit, sort, json } => {
-            flows_cmd(&control, imfw::flows::Query { app, verdict, addr, limit: usize::try_from(limit).ok(), sort: Some(sort) }, json)
+            flows_cmd(&control, &imfw::flows::Query { app, verdict, addr, limit: usize::try_from(limit).ok(), sort: Some(sort) }, json)
         }
         Cmd::Stats { control, json } => stats(&control, json),
         Cmd::Archive { cmd } => archive_cmd(cmd),
@@ -435,7 +431,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
             return Ok(ExitCode::from(EXIT_BAD_INPUT));
         }
     }
-    let mut dp = Dataplane::load_logging(flows, policy_full.observability.kernel_log)?;
+    let mut dp = Dataplane::load(flows)?;
     dp.apply(&compiled).context("writing the policy into the maps")?;
     for i in ifaces {
         let mode = dp.attach(i)?;
@@ -445,7 +441,6 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         }
     }
     let ring = dp.take_events().ok_or_else(|| anyhow!("event ring already taken"))?;
-    let kernel_logger = dp.take_kernel_logger();
     let mut controller = Controller::new(&compiled);
     // The content path of monitored flows, with its compliance archive.
     let mut content = match imfw::content_path::ContentPath::open(&policy_full, wall_ms(), Box::new(imfw::rst::reset_both)) {
@@ -469,9 +464,6 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32) -
         let listener = control::bind(control_path)?;
         tokio::spawn(control::serve(listener, shared.clone()));
         imfw::metrics::start(policy_full.observability.prometheus, shared.clone()).await?;
-        if let Some(l) = kernel_logger {
-            tokio::spawn(imfw::klog::forward(l));
-        }
         // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped here).
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the event ring: {e}"))?;
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -630,11 +622,11 @@ fn classify_cmd(policy_path: Option<&Path>, json: bool, captures: &[PathBuf]) ->
     Ok(ExitCode::SUCCESS)
 }
 
-fn flows_cmd(control_path: &Path, query: imfw::flows::Query, json: bool) -> Result<ExitCode> {
+fn flows_cmd(control_path: &Path, query: &imfw::flows::Query, json: bool) -> Result<ExitCode> {
     if let Some(a) = &query.addr {
         policy::Cidr::parse(a).map_err(|e| anyhow!("--addr: {e}"))?;
     }
-    let v = control::request(control_path, &format!("flows {}", serde_json::to_string(&query)?))?;
+    let v = control::request(control_path, &format!("flows {}", serde_json::to_string(query)?))?;
     if json {
         println!("{v}");
     } else {

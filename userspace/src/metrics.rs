@@ -10,8 +10,8 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
@@ -72,7 +72,9 @@ pub fn set_content(stats: MonitorStats) {
 pub async fn start(addr: Option<SocketAddr>, shared: Arc<Mutex<Shared>>) -> Result<()> {
     tokio::spawn(refresh_fill(shared.clone()));
     let Some(addr) = addr else { return Ok(()) };
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the Prometheus endpoint {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the Prometheus endpoint {addr}"))?;
     let bound = listener.local_addr().unwrap_or(addr);
     let _ = ENDPOINT.set(bound);
     log::info!("metrics: serving Prometheus metrics on http://{bound}/metrics");
@@ -107,7 +109,9 @@ async fn refresh_fill(shared: Arc<Mutex<Shared>>) {
 async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -136,11 +140,17 @@ enum Request {
 
 /// Reads the request line of a complete head (`GET /metrics HTTP/1.1`).
 fn parse_head(head: &[u8]) -> Request {
-    let Some(line) = head.split(|b| *b == b'\n').next().and_then(|l| std::str::from_utf8(l).ok()) else {
+    let Some(line) = head
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+    else {
         return Request::Bad;
     };
     let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Request::Bad;
     };
     if !version.starts_with("HTTP/1.") {
@@ -148,7 +158,9 @@ fn parse_head(head: &[u8]) -> Request {
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     match (method, path) {
-        ("GET" | "HEAD", "/metrics") => Request::Metrics { head_only: method == "HEAD" },
+        ("GET" | "HEAD", "/metrics") => Request::Metrics {
+            head_only: method == "HEAD",
+        },
         ("GET" | "HEAD", _) => Request::NotFound,
         _ => Request::BadMethod,
     }
@@ -175,18 +187,38 @@ async fn respond(mut stream: TcpStream, shared: &Arc<Mutex<Shared>>) -> std::io:
     })
     .await;
     let (status, body, head_only) = match complete {
-        Err(_) => ("408 Request Timeout", "request head not received in time\n".to_owned(), false),
+        Err(_) => (
+            "408 Request Timeout",
+            "request head not received in time\n".to_owned(),
+            false,
+        ),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(false)) if head.len() > MAX_HEAD => ("431 Request Header Fields Too Large", "request head too large\n".to_owned(), false),
+        Ok(Ok(false)) if head.len() > MAX_HEAD => (
+            "431 Request Header Fields Too Large",
+            "request head too large\n".to_owned(),
+            false,
+        ),
         Ok(Ok(false)) => return Ok(()),
         Ok(Ok(true)) => match parse_head(&head) {
             Request::Metrics { head_only } => match scrape(shared) {
                 Ok(text) => ("200 OK", text, head_only),
                 Err(e) => ("500 Internal Server Error", format!("{e:#}\n"), head_only),
             },
-            Request::NotFound => ("404 Not Found", "only /metrics is served here\n".to_owned(), false),
-            Request::BadMethod => ("405 Method Not Allowed", "only GET and HEAD\n".to_owned(), false),
-            Request::Bad => ("400 Bad Request", "not an HTTP/1 request\n".to_owned(), false),
+            Request::NotFound => (
+                "404 Not Found",
+                "only /metrics is served here\n".to_owned(),
+                false,
+            ),
+            Request::BadMethod => (
+                "405 Method Not Allowed",
+                "only GET and HEAD\n".to_owned(),
+                false,
+            ),
+            Request::Bad => (
+                "400 Bad Request",
+                "not an HTTP/1 request\n".to_owned(),
+                false,
+            ),
         },
     };
     let mut out = format!(
@@ -218,7 +250,9 @@ pub struct Input {
 
 fn scrape(shared: &Arc<Mutex<Shared>>) -> Result<String> {
     let input = {
-        let s = shared.lock().map_err(|_| anyhow::anyhow!("controller state poisoned"))?;
+        let s = shared
+            .lock()
+            .map_err(|_| anyhow::anyhow!("controller state poisoned"))?;
         Input {
             snapshot: s.dataplane.snapshot()?,
             apps: s.compiled.apps.clone(),
@@ -270,47 +304,106 @@ fn stat_help(s: Stat) -> &'static str {
         Stat::Unclassified => "Flows whose inspection budget ran out without an app.",
         Stat::EventsLost => "Classification events lost because the event ring was full.",
         Stat::Classified => "Flows classified as an app.",
-        Stat::InspectorMissing => "Packets that passed uninspected because the inspector tail call failed.",
+        Stat::InspectorMissing => {
+            "Packets that passed uninspected because the inspector tail call failed."
+        }
         Stat::ToController => "Payloads handed to the controller.",
-        Stat::ToControllerLost => "Payloads not handed to the controller because the event ring was full.",
+        Stat::ToControllerLost => {
+            "Payloads not handed to the controller because the event ring was full."
+        }
         Stat::Streamed => "Segments of monitored flows copied to the content path.",
-        Stat::StreamLost => "Segments of monitored flows not copied because the event ring was full.",
+        Stat::StreamLost => {
+            "Segments of monitored flows not copied because the event ring was full."
+        }
     }
 }
 
 /// The text exposition format (version 0.0.4) of one scrape.
 pub fn render(i: &Input) -> String {
     let mut out = String::with_capacity(8192);
-    family(&mut out, "imfw_build_info", "gauge", "The running imfw's version.");
-    let _ = writeln!(out, "imfw_build_info{{version=\"{}\"}} 1", label(env!("CARGO_PKG_VERSION")));
-    family(&mut out, "imfw_policy_info", "gauge", "The policy in force: its file and sha256.");
-    let _ = writeln!(out, "imfw_policy_info{{file=\"{}\",sha256=\"{}\"}} 1", label(&i.policy_file), label(&i.policy_hash));
-    family(&mut out, "imfw_uptime_seconds", "gauge", "Seconds since the controller started.");
+    family(
+        &mut out,
+        "imfw_build_info",
+        "gauge",
+        "The running imfw's version.",
+    );
+    let _ = writeln!(
+        out,
+        "imfw_build_info{{version=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION"))
+    );
+    family(
+        &mut out,
+        "imfw_policy_info",
+        "gauge",
+        "The policy in force: its file and sha256.",
+    );
+    let _ = writeln!(
+        out,
+        "imfw_policy_info{{file=\"{}\",sha256=\"{}\"}} 1",
+        label(&i.policy_file),
+        label(&i.policy_hash)
+    );
+    family(
+        &mut out,
+        "imfw_uptime_seconds",
+        "gauge",
+        "Seconds since the controller started.",
+    );
     let _ = writeln!(out, "imfw_uptime_seconds {}", i.uptime_s);
 
     let app = |id: u16| -> String {
         if id == 0 {
             return "none".to_owned();
         }
-        i.apps.iter().find(|(a, _)| *a == id).map_or_else(|| format!("app#{id}"), |(_, n)| n.clone())
+        i.apps
+            .iter()
+            .find(|(a, _)| *a == id)
+            .map_or_else(|| format!("app#{id}"), |(_, n)| n.clone())
     };
     for (name, help, bytes) in [
-        ("imfw_packets_total", "Packets by app (none: not IM) and verdict (pending: while the flow is inspected).", false),
-        ("imfw_bytes_total", "Bytes (whole frames) by app (none: not IM) and verdict.", true),
+        (
+            "imfw_packets_total",
+            "Packets by app (none: not IM) and verdict (pending: while the flow is inspected).",
+            false,
+        ),
+        (
+            "imfw_bytes_total",
+            "Bytes (whole frames) by app (none: not IM) and verdict.",
+            true,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         for ((a, v), c) in &i.snapshot.counters {
             let n = if bytes { c.bytes } else { c.packets };
-            let _ = writeln!(out, "{name}{{app=\"{}\",verdict=\"{}\"}} {n}", label(&app(*a)), Verdict::from_u8(*v).name());
+            let _ = writeln!(
+                out,
+                "{name}{{app=\"{}\",verdict=\"{}\"}} {n}",
+                label(&app(*a)),
+                Verdict::from_u8(*v).name()
+            );
         }
     }
     for (name, help, bytes) in [
-        ("imfw_dropped_packets_total", "Packets the XDP program dropped, by reason.", false),
-        ("imfw_dropped_bytes_total", "Bytes the XDP program dropped, by reason.", true),
+        (
+            "imfw_dropped_packets_total",
+            "Packets the XDP program dropped, by reason.",
+            false,
+        ),
+        (
+            "imfw_dropped_bytes_total",
+            "Bytes the XDP program dropped, by reason.",
+            true,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         for (r, c) in &i.snapshot.drops {
-            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", r.name(), if bytes { c.bytes } else { c.packets });
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                r.name(),
+                if bytes { c.bytes } else { c.packets }
+            );
         }
     }
     for (s, n) in &i.snapshot.stats {
@@ -319,11 +412,32 @@ pub fn render(i: &Input) -> String {
         let _ = writeln!(out, "{name} {n}");
     }
 
-    family(&mut out, "imfw_policy_reloads_total", "counter", "Policy reloads: applied, and refused for an invalid file.");
-    let _ = writeln!(out, "imfw_policy_reloads_total{{result=\"applied\"}} {}", i.reloads);
-    let _ = writeln!(out, "imfw_policy_reloads_total{{result=\"refused\"}} {}", i.reloads_failed);
-    family(&mut out, "imfw_log_messages_total", "counter", "Log lines the controller wrote, by level.");
-    for (level, n) in ["error", "warn", "info", "debug", "trace"].iter().zip(i.log_lines) {
+    family(
+        &mut out,
+        "imfw_policy_reloads_total",
+        "counter",
+        "Policy reloads: applied, and refused for an invalid file.",
+    );
+    let _ = writeln!(
+        out,
+        "imfw_policy_reloads_total{{result=\"applied\"}} {}",
+        i.reloads
+    );
+    let _ = writeln!(
+        out,
+        "imfw_policy_reloads_total{{result=\"refused\"}} {}",
+        i.reloads_failed
+    );
+    family(
+        &mut out,
+        "imfw_log_messages_total",
+        "counter",
+        "Log lines the controller wrote, by level.",
+    );
+    for (level, n) in ["error", "warn", "info", "debug", "trace"]
+        .iter()
+        .zip(i.log_lines)
+    {
         let _ = writeln!(out, "imfw_log_messages_total{{level=\"{level}\"}} {n}");
     }
 
@@ -336,20 +450,58 @@ pub fn render(i: &Input) -> String {
     if let Some(n) = i.flow_entries {
         let _ = writeln!(out, "imfw_flow_table_entries {n}");
     }
-    family(&mut out, "imfw_flow_table_capacity", "gauge", "Flow-table capacity; the least recently used flow is evicted when full.");
+    family(
+        &mut out,
+        "imfw_flow_table_capacity",
+        "gauge",
+        "Flow-table capacity; the least recently used flow is evicted when full.",
+    );
     let _ = writeln!(out, "imfw_flow_table_capacity {}", i.flow_capacity);
 
     if let Some(c) = &i.content {
-        family(&mut out, "imfw_content_flows", "gauge", "Monitored flows the content path reassembles now.");
+        family(
+            &mut out,
+            "imfw_content_flows",
+            "gauge",
+            "Monitored flows the content path reassembles now.",
+        );
         let _ = writeln!(out, "imfw_content_flows {}", c.flows);
         for (name, help, n) in [
-            ("imfw_content_flows_started_total", "Monitored flows the content path started.", c.flows_started),
-            ("imfw_content_segments_total", "Segments the content path read.", c.segments),
-            ("imfw_content_messages_total", "Messages the content policy checked.", c.messages),
-            ("imfw_content_blocked_total", "Flows the content policy blocked.", c.blocked),
-            ("imfw_content_gaps_total", "Holes in monitored streams the reassembly skipped.", c.gaps),
-            ("imfw_content_parse_errors_total", "Monitored streams that could not be parsed.", c.parse_errors),
-            ("imfw_content_evictions_total", "Monitored flows evicted for lack of room.", c.evictions),
+            (
+                "imfw_content_flows_started_total",
+                "Monitored flows the content path started.",
+                c.flows_started,
+            ),
+            (
+                "imfw_content_segments_total",
+                "Segments the content path read.",
+                c.segments,
+            ),
+            (
+                "imfw_content_messages_total",
+                "Messages the content policy checked.",
+                c.messages,
+            ),
+            (
+                "imfw_content_blocked_total",
+                "Flows the content policy blocked.",
+                c.blocked,
+            ),
+            (
+                "imfw_content_gaps_total",
+                "Holes in monitored streams the reassembly skipped.",
+                c.gaps,
+            ),
+            (
+                "imfw_content_parse_errors_total",
+                "Monitored streams that could not be parsed.",
+                c.parse_errors,
+            ),
+            (
+                "imfw_content_evictions_total",
+                "Monitored flows evicted for lack of room.",
+                c.evictions,
+            ),
         ] {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {n}");
@@ -366,11 +518,35 @@ mod tests {
 
     fn input() -> Input {
         let mut snapshot = Snapshot::default();
-        snapshot.counters.insert((1, Verdict::Drop as u8), Counter { packets: 3, bytes: 300 });
-        snapshot.counters.insert((0, Verdict::Allow as u8), Counter { packets: 7, bytes: 700 });
-        snapshot.counters.insert((200, Verdict::Monitor as u8), Counter { packets: 1, bytes: 60 });
-        snapshot.drops = DropReason::ALL.iter().map(|r| (*r, Counter::default())).collect();
-        snapshot.drops[0].1 = Counter { packets: 3, bytes: 300 };
+        snapshot.counters.insert(
+            (1, Verdict::Drop as u8),
+            Counter {
+                packets: 3,
+                bytes: 300,
+            },
+        );
+        snapshot.counters.insert(
+            (0, Verdict::Allow as u8),
+            Counter {
+                packets: 7,
+                bytes: 700,
+            },
+        );
+        snapshot.counters.insert(
+            (200, Verdict::Monitor as u8),
+            Counter {
+                packets: 1,
+                bytes: 60,
+            },
+        );
+        snapshot.drops = DropReason::ALL
+            .iter()
+            .map(|r| (*r, Counter::default()))
+            .collect();
+        snapshot.drops[0].1 = Counter {
+            packets: 3,
+            bytes: 300,
+        };
         snapshot.stats = Stat::ALL.iter().map(|s| (*s, 0)).collect();
         snapshot.stats[0].1 = 10;
         snapshot.stats[Stat::EventsLost as usize].1 = 2;
@@ -418,9 +594,15 @@ mod tests {
             // Backslash, then quote escaped; nothing else.
             "imfw_policy_info{file=\"/etc/imfw/a \\\"b\\\"\\\\c.yaml\",sha256=\"abc\"} 1",
         ] {
-            assert!(text.lines().any(|l| l.starts_with(want)), "`{want}` not in:\n{text}");
+            assert!(
+                text.lines().any(|l| l.starts_with(want)),
+                "`{want}` not in:\n{text}"
+            );
         }
-        assert!(!text.contains("imfw_content_"), "no content path, no content metrics");
+        assert!(
+            !text.contains("imfw_content_"),
+            "no content path, no content metrics"
+        );
         // Every sample belongs to a family announced just before it, and every family has
         // HELP then TYPE.
         let mut current = String::new();
@@ -428,7 +610,10 @@ mod tests {
             if let Some(rest) = l.strip_prefix("# HELP ") {
                 current = rest.split(' ').next().unwrap_or("").to_owned();
             } else if let Some(rest) = l.strip_prefix("# TYPE ") {
-                assert!(rest.starts_with(&format!("{current} ")), "TYPE without its HELP: {l}");
+                assert!(
+                    rest.starts_with(&format!("{current} ")),
+                    "TYPE without its HELP: {l}"
+                );
             } else {
                 let name = l.split(['{', ' ']).next().unwrap_or("");
                 assert_eq!(name, current, "sample outside its family: {l}");
@@ -438,10 +623,21 @@ mod tests {
         }
         let mut i = input();
         i.flow_entries = None;
-        i.content = Some(MonitorStats { messages: 12, ..MonitorStats::default() });
+        i.content = Some(MonitorStats {
+            messages: 12,
+            ..MonitorStats::default()
+        });
         let text = render(&i);
-        assert!(!text.lines().any(|l| l.starts_with("imfw_flow_table_entries ")), "no count yet, no sample");
-        assert!(text.contains("\nimfw_content_messages_total 12\n"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("imfw_flow_table_entries ")),
+            "no count yet, no sample"
+        );
+        assert!(
+            text.contains("\nimfw_content_messages_total 12\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -454,12 +650,27 @@ mod tests {
 
     #[test]
     fn requests_are_read_strictly() {
-        assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Metrics { head_only: false });
-        assert_eq!(parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Request::Metrics { head_only: false });
-        assert_eq!(parse_head(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Request::Metrics { head_only: true });
+        assert_eq!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics { head_only: false }
+        );
+        assert_eq!(
+            parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Request::Metrics { head_only: false }
+        );
+        assert_eq!(
+            parse_head(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Request::Metrics { head_only: true }
+        );
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
-        assert_eq!(parse_head(b"GET /metrics/x HTTP/1.1\r\n\r\n"), Request::NotFound);
-        assert_eq!(parse_head(b"POST /metrics HTTP/1.1\r\n\r\n"), Request::BadMethod);
+        assert_eq!(
+            parse_head(b"GET /metrics/x HTTP/1.1\r\n\r\n"),
+            Request::NotFound
+        );
+        assert_eq!(
+            parse_head(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Request::BadMethod
+        );
         assert_eq!(parse_head(b"GET /metrics\r\n\r\n"), Request::Bad);
         assert_eq!(parse_head(b"GET /metrics SPDY/3\r\n\r\n"), Request::Bad);
         assert_eq!(parse_head(b"\xff\xfe\r\n\r\n"), Request::Bad);

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use imfw_common::verdict::{DropReason, Stat};
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use crate::control::Shared;
 
@@ -21,8 +21,12 @@ pub fn answer(s: &Shared) -> Value {
     let counters = match s.dataplane.snapshot() {
         Ok(snap) => {
             let dropped: u64 = snap.drops.iter().map(|(_, c)| c.packets).sum();
-            let drops: serde_json::Map<_, _> =
-                snap.drops.iter().filter(|(_, c)| c.packets > 0).map(|(r, c)| (r.name().to_owned(), json!(c.packets))).collect();
+            let drops: serde_json::Map<_, _> = snap
+                .drops
+                .iter()
+                .filter(|(_, c)| c.packets > 0)
+                .map(|(r, c)| (r.name().to_owned(), json!(c.packets)))
+                .collect();
             json!({
                 "packets": snap.stat(Stat::Packets),
                 "dropped": dropped,
@@ -56,7 +60,6 @@ pub fn answer(s: &Shared) -> Value {
         "flow_capacity": flow_capacity,
         "flow_entries": crate::metrics::flow_entries(),
         "prometheus": crate::metrics::endpoint().map(|a| a.to_string()),
-        "kernel_log": s.dataplane.kernel_log().name(),
         "counters": counters,
     })
 }
@@ -99,24 +102,54 @@ pub fn render(v: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|i| format!("{} ({}, ifindex {})", i["iface"].as_str().unwrap_or("?"), i["mode"].as_str().unwrap_or("?"), n(&i["ifindex"])))
+        .map(|i| {
+            format!(
+                "{} ({}, ifindex {})",
+                i["iface"].as_str().unwrap_or("?"),
+                i["mode"].as_str().unwrap_or("?"),
+                n(&i["ifindex"])
+            )
+        })
         .collect();
-    let _ = writeln!(out, "interfaces  {}", if ifaces.is_empty() { "none".to_owned() } else { ifaces.join(", ") });
-    let entries = v["flow_entries"].as_u64().map_or_else(|| "?".to_owned(), |e| e.to_string());
-    let cap = v["flow_capacity"].as_u64().map_or_else(|| "?".to_owned(), |e| e.to_string());
-    let _ = writeln!(out, "flow table  {entries} of {cap} entries (counted every 10 s)");
+    let _ = writeln!(
+        out,
+        "interfaces  {}",
+        if ifaces.is_empty() {
+            "none".to_owned()
+        } else {
+            ifaces.join(", ")
+        }
+    );
+    let entries = v["flow_entries"]
+        .as_u64()
+        .map_or_else(|| "?".to_owned(), |e| e.to_string());
+    let cap = v["flow_capacity"]
+        .as_u64()
+        .map_or_else(|| "?".to_owned(), |e| e.to_string());
+    let _ = writeln!(
+        out,
+        "flow table  {entries} of {cap} entries (counted every 10 s)"
+    );
     let c = &v["counters"];
     if let Some(e) = c["error"].as_str() {
         let _ = writeln!(out, "counters    unavailable: {e}");
     } else {
-        let drops: Vec<String> =
-            c["drops"].as_object().into_iter().flatten().map(|(k, p)| format!("{k} {}", n(p))).collect();
+        let drops: Vec<String> = c["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, p)| format!("{k} {}", n(p)))
+            .collect();
         let _ = writeln!(
             out,
             "packets     {} seen, {} dropped{}",
             n(&c["packets"]),
             n(&c["dropped"]),
-            if drops.is_empty() { String::new() } else { format!(" ({})", drops.join(", ")) }
+            if drops.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", drops.join(", "))
+            }
         );
         let _ = writeln!(
             out,
@@ -139,9 +172,10 @@ pub fn render(v: &Value) -> String {
     }
     let _ = write!(
         out,
-        "observability prometheus {}, kernel log {}",
-        v["prometheus"].as_str().unwrap_or("off"),
-        v["kernel_log"].as_str().unwrap_or("off")
+        "prometheus  {}",
+        v["prometheus"]
+            .as_str()
+            .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"))
     );
     out
 }
@@ -165,7 +199,7 @@ mod tests {
             "interfaces": [{"iface": "lan0", "ifindex": 3, "mode": "native"}, {"iface": "wan0", "ifindex": 4, "mode": "generic"}],
             "policy": "/etc/imfw/policy.yaml", "policy_hash": "0123456789abcdef0123456789abcdef", "policy_generation": 3,
             "reloads": 2, "reloads_failed": 1, "flow_capacity": 262_144, "flow_entries": 17,
-            "prometheus": "127.0.0.1:9464", "kernel_log": "warn",
+            "prometheus": "127.0.0.1:9464",
             "counters": {"packets": 1000, "dropped": 12, "drops": {"policy": 10, "pending": 2}, "flows_created": 20,
                 "classified": 5, "unclassified": 3, "ring_lost": 1, "events_lost": 1, "to_controller_lost": 0,
                 "stream_lost": 0, "flow_insert_failed": 0, "inspector_missing": 0, "redirect_failed": 0},
@@ -179,13 +213,16 @@ mod tests {
             "packets     1000 seen, 12 dropped (pending 2, policy 10)",
             "flows       20 created, 5 classified, 3 unclassified, 0 insert failures",
             "ring losses 1 (events 1, to controller 0, monitored segments 0)",
-            "observability prometheus 127.0.0.1:9464, kernel log warn",
+            "prometheus  http://127.0.0.1:9464/metrics",
         ] {
             assert!(text.contains(want), "`{want}` not in:\n{text}");
         }
         let v = json!({"counters": {"error": "map gone"}, "interfaces": []});
         let text = render(&v);
-        assert!(text.contains("counters    unavailable: map gone") && text.contains("interfaces  none"), "{text}");
-        assert!(text.contains("prometheus off"), "{text}");
+        assert!(
+            text.contains("counters    unavailable: map gone") && text.contains("interfaces  none"),
+            "{text}"
+        );
+        assert!(text.contains("prometheus  off"), "{text}");
     }
 }

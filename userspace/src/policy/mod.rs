@@ -23,7 +23,7 @@ pub use compile::Compiled;
 pub use error::{PolicyError, PolicyErrors};
 pub(crate) use error::Source;
 pub use model::{Action, AppList, Cidr, Hex, PassDrop, Rule, Unclassified};
-pub use observability::{KernelLog, Observability};
+pub use observability::Observability;
 
 use crate::catalogue::{self, CatalogueEntry};
 use locate::{index, join, Pos};
@@ -89,7 +89,7 @@ pub struct Policy {
     /// `content:` compiled: the rules every message of a monitored flow goes through.
     pub content: std::sync::Arc<imfw_monitor::content::ContentPolicy>,
     pub monitor: Monitor,
-    /// `observability:`: the Prometheus endpoint and the kernel log level.
+    /// `observability:`: the Prometheus endpoint.
     pub observability: Observability,
     source: Source,
 }
