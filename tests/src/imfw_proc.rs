@@ -218,19 +218,33 @@ impl ImfwProc {
         Stats::parse(&out.stdout)
     }
 
-    /// `imfw status --control SOCK`, parsed.
+    /// `imfw status --control SOCK --json`, parsed.
     pub fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.cli("status", &["--json"])?)?)
+    }
+
+    /// `imfw flows --control SOCK --json ARGS...`, parsed.
+    pub fn flows(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.cli("flows", &all)?)?)
+    }
+
+    /// `imfw CMD --control SOCK ARGS...`: its standard output, or an error with its
+    /// standard error when it fails.
+    pub fn cli(&self, cmd: &str, args: &[&str]) -> Result<String> {
         let out = output_within(
             Command::new(&self.bin)
-                .arg("status")
+                .arg(cmd)
                 .arg("--control")
-                .arg(&self.control),
+                .arg(&self.control)
+                .args(args),
             Duration::from_secs(10),
         )?;
         if !out.status.success() {
-            bail!("imfw status exited {}: {}", out.status, out.stderr.trim());
+            bail!("imfw {cmd} exited {}: {}", out.status, out.stderr.trim());
         }
-        Ok(serde_json::from_str(&out.stdout)?)
+        Ok(out.stdout)
     }
 
     /// Sends SIGHUP (reload the policy file) to the running controller.

@@ -69,9 +69,11 @@ pub async fn serve(listener: UnixListener, shared: Arc<Mutex<Shared>>, to_loop: 
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let reply = match line.trim() {
-                "reload" => ask_loop(&to_loop, LoopRequest::Reload).await,
-                cmd => answer(cmd, &shared),
+            let line = line.trim();
+            let reply = match line.strip_prefix("flows") {
+                _ if line == "reload" => ask_loop(&to_loop, LoopRequest::Reload).await,
+                Some(query) if query.is_empty() || query.starts_with(' ') => flows(query.trim(), &shared).await,
+                _ => answer(line, &shared),
             };
             let _ = w.write_all(reply.to_string().as_bytes()).await;
             let _ = w.write_all(b"\n").await;
@@ -100,23 +102,35 @@ fn answer(cmd: &str, shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
             Ok(snap) => snap.to_json(&s.compiled),
             Err(e) => serde_json::json!({"error": format!("{e:#}")}),
         },
-        "status" => {
-            let ifaces: Vec<_> = s
-                .dataplane
-                .attached()
-                .iter()
-                .map(|a| serde_json::json!({"iface": a.iface, "ifindex": a.ifindex, "mode": a.mode.name()}))
-                .collect();
-            serde_json::json!({
-                "interfaces": ifaces,
-                "policy": s.policy_file,
-                "policy_hash": s.compiled.hash,
-                "uptime_s": s.started.elapsed().as_secs(),
-                "reloads": s.reloads,
-                "reloads_failed": s.reloads_failed,
-            })
+        "status" => crate::status::answer(&s),
+        other => serde_json::json!({"error": format!("unknown request {other:?}; expected stats, status, flows or reload")}),
+    }
+}
+
+/// `flows [QUERY-JSON]`: walks the flow table on a blocking thread through a handle of its
+/// own, so that the controller's loop goes on meanwhile.
+async fn flows(query: &str, shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
+    let q: crate::flows::Query = if query.is_empty() {
+        crate::flows::Query::default()
+    } else {
+        match serde_json::from_str(query) {
+            Ok(q) => q,
+            Err(e) => return serde_json::json!({"error": format!("bad flows query: {e}")}),
         }
-        other => serde_json::json!({"error": format!("unknown request {other:?}; expected stats, status or reload")}),
+    };
+    let opened = match shared.lock() {
+        Ok(s) => s.dataplane.flow_table().map(|t| (t, s.compiled.apps.clone())),
+        Err(_) => return serde_json::json!({"error": "controller state poisoned"}),
+    };
+    let (table, apps) = match opened {
+        Ok(ta) => ta,
+        Err(e) => return serde_json::json!({"error": format!("{e:#}")}),
+    };
+    let listing = tokio::task::spawn_blocking(move || crate::flows::select(table.entries(), &q, &apps, table.capacity())).await;
+    match listing {
+        Ok(Ok(l)) => serde_json::to_value(l).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+        Ok(Err(e)) => serde_json::json!({"error": format!("{e:#}")}),
+        Err(e) => serde_json::json!({"error": format!("reading the flow table: {e}")}),
     }
 }
 

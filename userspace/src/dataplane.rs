@@ -2,7 +2,7 @@
 //! reads its state back. The same loaded program serves the live gateway (`imfw run`) and
 //! offline analysis (`imfw classify`, through `BPF_PROG_TEST_RUN`), so the two cannot disagree.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd as _};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -572,6 +572,15 @@ impl Dataplane {
             }
         }
         Ok(keys.len())
+    }
+
+    /// A second handle on the flow table, for readers that must not hold the controller's
+    /// lock while they walk it (`imfw flows`, the metrics' fill level).
+    pub fn flow_table(&self) -> Result<crate::flows::FlowTable> {
+        match self.map(m::FLOWS)? {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => crate::flows::FlowTable::from_fd(d.fd().as_fd()),
+            _ => bail!("map {} is not a hash map", m::FLOWS),
+        }
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {

@@ -31,11 +31,11 @@ pub fn describe_decision(d: &crate::controller::Decision, p: &PayloadEvent, comp
     )
 }
 
-/// `tcp client=A:P server=B:Q`.
+/// `l4=tcp client=A:P server=B:Q`: key=value fields, as journald and log parsers read them.
 fn endpoints(key: &FlowKey, client_is_a: bool) -> String {
     let (c, cp) = key.client(client_is_a);
     let (s, sp) = key.server(client_is_a);
     let l4 = if key.proto == 6 { "tcp" } else { "udp" };
     let sock = |a, p| std::net::SocketAddr::new(packet::addr(a, key.family), p);
-    format!("{l4} client={} server={}", sock(c, cp), sock(s, sp))
+    format!("l4={l4} client={} server={}", sock(c, cp), sock(s, sp))
 }

@@ -91,10 +91,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ArchiveCmd,
     },
-    /// State of a running instance: interfaces, policy file and hash, uptime, reloads.
+    /// State of a running instance: interfaces and modes, policy file, hash and generation,
+    /// uptime, reloads, headline counters.
     Status {
         #[arg(long, default_value = control::DEFAULT_PATH)]
         control: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The flow table of a running instance, busiest flows first, filtered.
+    Flows {
+        #[arg(long, default_value = control::DEFAULT_PATH)]
+        control: PathBuf,
+        /// Only flows of this app (`none`: flows of no app).
+        #[arg(long)]
+        app: Option<String>,
+        /// Only flows with this verdict.
+        #[arg(long, value_parser = ["pending", "allow", "drop", "redirect", "monitor"])]
+        verdict: Option<String>,
+        /// Only flows whose client or server is this address or in this network.
+        #[arg(long)]
+        addr: Option<String>,
+        /// At most this many flows (the reply still says how many matched).
+        #[arg(long, default_value_t = imfw::flows::LIMIT_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=imfw::flows::LIMIT_MAX as u64))]
+        limit: u64,
+        /// What busiest means.
+        #[arg(long, default_value = "bytes", value_parser = ["bytes", "packets"])]
+        sort: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask a running instance to read its policy file again (as SIGHUP does) and wait for the
     /// result. Exit 0 when the new policy took effect, 2 when it was refused (the errors are
@@ -307,9 +334,16 @@ fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode> {
 
 fn init_logging(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let journal = stderr_is_journal();
     match format {
-        LogFormat::Text => b.format(|buf, r| writeln!(buf, "imfw {}: {}", r.level().as_str().to_lowercase(), r.args())),
+        LogFormat::Text => b.format(move |buf, r| {
+            imfw::metrics::count_log(r.level());
+            // Under systemd, journald reads the priority from a `<N>` prefix (sd-daemon(3)).
+            let prio = if journal { syslog_prefix(r.level()) } else { "" };
+            writeln!(buf, "{prio}imfw {}: {}", r.level().as_str().to_lowercase(), r.args())
+        }),
         LogFormat::Json => b.format(|buf, r| {
+            imfw::metrics::count_log(r.level());
             let line = serde_json::json!({
                 "ts": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "level": r.level().as_str().to_lowercase(),
@@ -319,6 +353,31 @@ fn init_logging(format: LogFormat) {
         }),
     };
     b.init();
+}
+
+/// The sd-daemon(3) priority prefix of a log level.
+fn syslog_prefix(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "<3>",
+        log::Level::Warn => "<4>",
+        log::Level::Info => "<6>",
+        log::Level::Debug | log::Level::Trace => "<7>",
+    }
+}
+
+/// Whether stderr is connected to journald: systemd sets `JOURNAL_STREAM` to the device and
+/// inode of the stream it connected (systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Some(want) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat into the buffer it is given; the fd is our stderr.
+    if unsafe { libc::fstat(std::io::stderr().as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    want.to_str() == Some(&format!("{}:{}", st.st_dev, st.st_ino))
 }
 
 fn main() -> ExitCode {
@@ -331,10 +390,13 @@ fn main() -> ExitCode {
         }
         Cmd::Unload { pins } => unload(&pins.pin_dir),
         Cmd::Classify { policy, json, captures } => classify_cmd(policy.as_deref(), json, &captures),
-        Cmd::Status { control } => control::request(&control, "status").map(|v| {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
+        Cmd::Status { control, json } => control::request(&control, "status").map(|v| {
+            println!("{}", if json { v.to_string() } else { imfw::status::render(&v) });
             ExitCode::SUCCESS
         }),
+        Cmd::Flows { control, app, verdict, addr, limit, sort, json } => {
+            flows_cmd(&control, &imfw::flows::Query { app, verdict, addr, limit: usize::try_from(limit).ok(), sort: Some(sort) }, json)
+        }
         Cmd::Stats { control, json } => stats(&control, json),
         Cmd::Reload { control } => reload_cmd(&control),
         Cmd::Archive { cmd } => archive_cmd(cmd),
@@ -445,6 +507,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
         let listener = control::bind(control_path)?;
         let (to_loop, mut from_socket) = tokio::sync::mpsc::channel::<control::LoopRequest>(4);
         tokio::spawn(control::serve(listener, shared.clone(), to_loop));
+        imfw::metrics::start(policy_full.observability.prometheus, shared.clone()).await?;
         // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped here).
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the event ring: {e}"))?;
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -473,6 +536,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
                         if let Err(e) = content.tick(&mut s.dataplane, mono_ns(clock), wall_ms()) {
                             log::error!("content path: {e:#}");
                         }
+                        imfw::metrics::set_content(content.stats());
                     }
                 }
                 _ = expiry.tick() => {
@@ -722,6 +786,20 @@ fn classify_cmd(policy_path: Option<&Path>, json: bool, captures: &[PathBuf]) ->
         } else {
             writeln!(out, "{}", classify::render_table(&path.display().to_string(), &report))?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flows_cmd(control_path: &Path, query: &imfw::flows::Query, json: bool) -> Result<ExitCode> {
+    if let Some(a) = &query.addr {
+        policy::Cidr::parse(a).map_err(|e| anyhow!("--addr: {e}"))?;
+    }
+    let v = control::request(control_path, &format!("flows {}", serde_json::to_string(query)?))?;
+    if json {
+        println!("{v}");
+    } else {
+        let listing: imfw::flows::Listing = serde_json::from_value(v).context("bad flows reply from the controller")?;
+        println!("{}", imfw::flows::render(&listing));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ mod compile;
 mod error;
 pub(crate) mod locate;
 pub(crate) mod model;
+mod observability;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,7 @@ pub use compile::Compiled;
 pub use error::{PolicyError, PolicyErrors};
 pub(crate) use error::Source;
 pub use model::{Action, AppList, Cidr, ControllerDown, Hex, PassDrop, Rule, Unclassified};
+pub use observability::Observability;
 
 use crate::catalogue::{self, CatalogueEntry};
 use locate::{index, join, Pos};
@@ -90,6 +92,8 @@ pub struct Policy {
     /// `content:` compiled: the rules every message of a monitored flow goes through.
     pub content: std::sync::Arc<imfw_monitor::content::ContentPolicy>,
     pub monitor: Monitor,
+    /// `observability:`: the Prometheus endpoint.
+    pub observability: Observability,
     source: Source,
 }
 
@@ -281,6 +285,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
         }
     };
     let monitor = monitor_settings(&file.monitor, &src, &mut errs);
+    let observability = observability::settings(&file.observability, &src, &mut errs);
 
     let policy = Policy {
         file: file_name.to_owned(),
@@ -292,6 +297,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
         custom_apps,
         content: std::sync::Arc::new(content),
         monitor,
+        observability,
         source: src,
     };
     // Compile even when there are errors already, so that one run lists them all; compilation

@@ -448,6 +448,8 @@ pub(crate) struct PolicyFile {
     pub content: imfw_monitor::content::model::ContentConfig,
     #[serde(default, deserialize_with = "nullable")]
     pub monitor: MonitorSection,
+    #[serde(default, deserialize_with = "nullable")]
+    pub observability: super::observability::ObservabilitySection,
 }
 
 /// What happens to a monitored stream that lost bytes for good.
