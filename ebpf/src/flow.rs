@@ -1,6 +1,6 @@
 //! Flow state: find or create the flow's entry, spend its inspection budget, decide once.
 
-use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::{BPF_RB_NO_WAKEUP, xdp_action}, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config},
@@ -258,7 +258,11 @@ pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, meth
                 redirect_slot: action.redirect_slot,
                 src_class: e.src_class,
             });
-            slot.submit(0);
+            // No wakeup: waking the reader costs an interrupt (a VM exit on a virtual
+            // machine) whenever it had caught up, which on a quiet ring is every event. The
+            // controller reads the ring every 200 ms anyway; copies it must act on soon (held
+            // segments, ClientHellos to reassemble) keep the wakeup.
+            slot.submit(BPF_RB_NO_WAKEUP as u64);
         }
         None => count_stat(Stat::EventsLost),
     }

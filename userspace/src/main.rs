@@ -22,6 +22,9 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// Exit status for an invalid policy (or other bad input the user must fix).
 const EXIT_BAD_INPUT: u8 = 2;
+/// How often the loop reads the event ring besides its wakeups: the latest a classification
+/// is logged (the kernel submits those without waking the reader).
+const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// imfw: an eBPF/XDP instant-messaging firewall for Linux gateways.
 #[derive(Parser)]
@@ -524,6 +527,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
         let clock = Instant::now();
         let mut expiry = tokio::time::interval(std::time::Duration::from_secs(10));
         let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut drain = tokio::time::interval(EVENT_DRAIN);
         loop {
             tokio::select! {
                 _ = second.tick() => {
@@ -577,35 +581,16 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
                 }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    let rb = guard.get_inner_mut();
-                    let batch: Vec<_> = {
-                        let mut out = Vec::new();
-                        while let Some(item) = rb.next() {
-                            if let Some(ev) = parse_event(&item) { out.push(ev); }
-                        }
-                        out
-                    };
+                    let batch = read_ring(guard.get_inner_mut());
                     guard.clear_ready();
-                    if let Ok(mut s) = shared.lock() {
-                        let s = &mut *s;
-                        for ev in &batch {
-                            match ev {
-                                Event::Classified(ev) => log::info!("{}", events::describe(ev, &s.compiled)),
-                                Event::Payload(p) => match controller.on_payload(p, &mut s.dataplane, &s.compiled) {
-                                    Ok(Some(d)) => log::info!("{}", events::describe_decision(&d, p, &s.compiled)),
-                                    Ok(None) => {}
-                                    Err(e) => log::error!("controller: {e:#}"),
-                                },
-                                Event::Stream(p) => {
-                                    if let Err(e) = content.on_stream(p, &mut s.dataplane, &s.compiled, mono_ns(clock), wall_ms()) {
-                                        log::error!("content path: {e:#}");
-                                    }
-                                }
-                            }
-                        }
-                        if let Err(e) = content.release(&mut s.dataplane) {
-                            log::error!("content path: {e:#}");
-                        }
+                    handle_events(&batch, &shared, &mut controller, &mut content, clock);
+                }
+                _ = drain.tick() => {
+                    // Classification events do not wake the loop (the kernel submits them
+                    // without a wakeup, which costs an interrupt each): read them here.
+                    let batch = read_ring(ring.get_mut());
+                    if !batch.is_empty() {
+                        handle_events(&batch, &shared, &mut controller, &mut content, clock);
                     }
                 }
             }
@@ -753,6 +738,47 @@ fn reload_cmd(control_path: &Path) -> Result<ExitCode> {
     eprintln!("{}", errors.trim_end());
     eprintln!("reload refused: {} is not a valid policy; the running policy stays in force", v["policy"].as_str().unwrap_or("the policy file"));
     Ok(ExitCode::from(EXIT_BAD_INPUT))
+}
+
+/// Everything the event ring holds now.
+fn read_ring(rb: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        if let Some(ev) = parse_event(&item) {
+            out.push(ev);
+        }
+    }
+    out
+}
+
+/// Logs classifications, hands payloads to the controller and segments to the content path.
+fn handle_events(
+    batch: &[Event],
+    shared: &Arc<Mutex<control::Shared>>,
+    controller: &mut Controller,
+    content: &mut imfw::content_path::ContentPath,
+    clock: Instant,
+) {
+    let Ok(mut s) = shared.lock() else { return };
+    let s = &mut *s;
+    for ev in batch {
+        match ev {
+            Event::Classified(ev) => log::info!("{}", events::describe(ev, &s.compiled)),
+            Event::Payload(p) => match controller.on_payload(p, &mut s.dataplane, &s.compiled) {
+                Ok(Some(d)) => log::info!("{}", events::describe_decision(&d, p, &s.compiled)),
+                Ok(None) => {}
+                Err(e) => log::error!("controller: {e:#}"),
+            },
+            Event::Stream(p) => {
+                if let Err(e) = content.on_stream(p, &mut s.dataplane, &s.compiled, mono_ns(clock), wall_ms()) {
+                    log::error!("content path: {e:#}");
+                }
+            }
+        }
+    }
+    if let Err(e) = content.release(&mut s.dataplane) {
+        log::error!("content path: {e:#}");
+    }
 }
 
 /// Wall-clock milliseconds since the UNIX epoch, for the archive's records.
