@@ -71,7 +71,8 @@ pub struct SigKey {
     pub class: u16,
     /// `DIR_CLIENT` or `DIR_SERVER`.
     pub dir: u8,
-    pub _pad: u8,
+    /// The policy generation (see `config`); 0 in a compiled policy.
+    pub generation: u8,
     pub bytes: [u8; SIG_LEN],
 }
 
@@ -123,11 +124,24 @@ pub struct SigValue {
 
 const _: () = assert!(core::mem::size_of::<SigValue>() == 20);
 
-/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`].
+/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`], whose top bit is replaced by
+/// the policy generation (see `config`). One bit of hash is worth an 8-byte key: the name
+/// lookups are most of what a TLS first packet costs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NameKey {
     pub hash: u64,
+}
+
+/// The bit of a name hash that holds the generation in a [`NameKey`].
+pub const NAME_GEN_BIT: u64 = 1 << 63;
+
+impl NameKey {
+    /// The key of name hash `hash` in generation `generation`.
+    #[inline(always)]
+    pub const fn new(hash: u64, generation: u32) -> NameKey {
+        NameKey { hash: (hash & !NAME_GEN_BIT) | (((generation & 1) as u64) << 63) }
+    }
 }
 
 /// Value of `IMFW_NAMES` and of the address tries.
@@ -559,7 +573,7 @@ pub fn sig_key(buf: &[u8; SCRATCH_LEN], len: usize, shape: &SigClass, class: u16
             return None;
         }
     }
-    let mut key = SigKey { class, dir, _pad: 0, bytes: [0; SIG_LEN] };
+    let mut key = SigKey { class, dir, generation: 0, bytes: [0; SIG_LEN] };
     let mut j = 0;
     while j < SIG_LEN {
         key.bytes[j] = at(buf, off + j) & shape.mask[j];

@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
     config::Config,
+    maps::{LPM_GEN_BITS, lpm4, lpm6},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
@@ -15,8 +16,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     maps::{
-        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job, count_drop,
-        count_stat, count_verdict, policy,
+        Gen, IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
+        count_drop, count_stat, count_verdict, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -26,10 +27,11 @@ use crate::{
 const ONE_WAY_FACTOR: u64 = 8;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
+pub fn handle(ctx: &XdpContext, g: Gen, pkt: &Pkt, len: u64) -> u32 {
+    let cfg = g.cfg;
     let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
         Some(e) => e,
-        None => match create(cfg, pkt) {
+        None => match create(g, pkt) {
             Some(e) => e,
             None => {
                 // The table refused the entry (counted): the packet passes undecided.
@@ -44,7 +46,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     e.packets += 1;
     e.bytes += len;
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
-        if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
+        if let Some((dir, client_first)) = spend_budget(ctx, g, pkt, e) {
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
                 let job = Job {
                     key: pkt.key,
@@ -55,7 +57,8 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     client_first: client_first as u8,
                     server_port: pkt.key.server(e.client_is_a != 0).1,
                     tcp_flags: pkt.tcp_flags,
-                    _pad: [0; 3],
+                    generation: g.id as u8,
+                    _pad: [0; 2],
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {
@@ -129,7 +132,8 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bo
 }
 
 #[inline(always)]
-fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+fn create(g: Gen, pkt: &Pkt) -> Option<*mut FlowEntry> {
+    let cfg = g.cfg;
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
@@ -140,8 +144,8 @@ fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
         client_is_a: client_is_a as u8,
         budget_client: budget,
         budget_server: budget,
-        src_class: src_class(pkt.key.family, &client),
-        addr_app: server_app(pkt.key.family, &server).unwrap_or(APP_NONE),
+        src_class: FlowEntry::tagged_class(src_class(g.id, pkt.key.family, &client), cfg.version),
+        addr_app: server_app(g.id, pkt.key.family, &server).unwrap_or(APP_NONE),
         ..FlowEntry::default()
     };
     count_stat(Stat::FlowsCreated);
@@ -168,21 +172,21 @@ fn v6_bytes(a: &[u32; 4]) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn src_class(family: u8, addr: &[u32; 4]) -> u16 {
+fn src_class(generation: u32, family: u8, addr: &[u32; 4]) -> u16 {
     let class = if family == 4 {
-        IMFW_SRC4.get(Key::new(32, addr[0].to_ne_bytes())).map(|c| c.class)
+        IMFW_SRC4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|c| c.class)
     } else {
-        IMFW_SRC6.get(Key::new(128, v6_bytes(addr))).map(|c| c.class)
+        IMFW_SRC6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|c| c.class)
     };
     class.unwrap_or(0) as u16
 }
 
 #[inline(always)]
-fn server_app(family: u8, addr: &[u32; 4]) -> Option<u16> {
+fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     if family == 4 {
-        IMFW_ADDR4.get(Key::new(32, addr[0].to_ne_bytes())).map(|m| m.app)
+        IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|m| m.app)
     } else {
-        IMFW_ADDR6.get(Key::new(128, v6_bytes(addr))).map(|m| m.app)
+        IMFW_ADDR6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|m| m.app)
     }
 }
 
@@ -190,12 +194,13 @@ fn server_app(family: u8, addr: &[u32; 4]) -> Option<u16> {
 /// and whether this is the flow's first payload, from the client, when the packet is to be
 /// inspected.
 #[inline(always)]
-fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) -> Option<(u8, bool)> {
+fn spend_budget(ctx: &XdpContext, g: Gen, pkt: &Pkt, e: &mut FlowEntry) -> Option<(u8, bool)> {
+    let cfg = g.cfg;
     let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
     let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
     if left == 0 {
         if e.packets > ONE_WAY_FACTOR * cfg.inspect_packets as u64 {
-            give_up(ctx, &pkt.key, e);
+            give_up(ctx, g, &pkt.key, e);
         }
         return None;
     }
@@ -215,21 +220,29 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
 
 /// Ends inspection without a payload match: the server's address decides, if it is known.
 #[inline(always)]
-pub fn give_up(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry) {
+pub fn give_up(ctx: &XdpContext, g: Gen, key: &FlowKey, e: &mut FlowEntry) {
     if e.addr_app != APP_NONE {
         count_stat(Stat::Classified);
-        decide(ctx, key, e, e.addr_app, Method::Address);
+        decide(ctx, g, key, e, e.addr_app, Method::Address);
     } else {
         count_stat(Stat::Unclassified);
-        decide(ctx, key, e, APP_NONE, Method::None);
+        decide(ctx, g, key, e, APP_NONE, Method::None);
     }
 }
 
 /// Sets the app and the verdict the policy gives it for the client's network, and reports the
 /// classification. The verdict stays until the controller rewrites the entry.
+///
+/// A flow created under another policy (a reload happened while it was inspected) looks its
+/// client's class up again: classes are numbered per policy. Once per flow, at most.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
-    let action = policy(e.src_class, app);
+pub fn decide(ctx: &XdpContext, g: Gen, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
+    let generation = g.id;
+    if !e.class_is_from(g.cfg.version) {
+        let (client, _) = key.client(e.client_is_a != 0);
+        e.src_class = FlowEntry::tagged_class(src_class(generation, key.family, &client), g.cfg.version);
+    }
+    let action = policy(generation, e.class(), app);
     e.app = app;
     e.method = method as u8;
     e.verdict = action.verdict;
@@ -249,7 +262,7 @@ pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, meth
                 verdict: action.verdict,
                 client_is_a: e.client_is_a,
                 redirect_slot: action.redirect_slot,
-                src_class: e.src_class,
+                src_class: e.class(),
             });
             slot.submit(0);
         }

@@ -29,16 +29,18 @@ use crate::{
 pub fn imfw_xdp(ctx: XdpContext) -> u32 {
     count_stat(Stat::Packets);
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let cfg = match maps::config() {
+    let all = match maps::config() {
         Some(c) => c,
         None => return xdp_action::XDP_PASS,
     };
+    let g = maps::active(all);
+    let cfg = g.cfg;
     match parse(&ctx) {
         Parsed::Flow(pkt) => {
-            if cfg.ready == 0 {
+            if all.ready == 0 {
                 return xdp_action::XDP_PASS;
             }
-            flow::handle(&ctx, cfg, &pkt, len)
+            flow::handle(&ctx, g, &pkt, len)
         }
         Parsed::NonIp => {
             count_stat(Stat::NonIp);

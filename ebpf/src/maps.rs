@@ -6,37 +6,38 @@ use aya_ebpf::{
 };
 use imfw_common::{
     app::MAX_APPS,
-    config::Config,
+    config::{Config, Generations},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
 };
 
+// Every policy map holds two generations (see `imfw_common::config`): twice one policy's room.
 #[map]
-pub static IMFW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static IMFW_CONFIG: Array<Generations> = Array::with_max_entries(1, 0);
 #[map]
 pub static IMFW_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(m::FLOWS_DEFAULT, 0);
 #[map]
-pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES, 0);
+pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES * m::GENS, 0);
 #[map]
-pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX, 0);
+pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX, 0);
+pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX, 0);
+pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_ADDR4: LpmTrie<[u8; 4], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+pub static IMFW_ADDR4: LpmTrie<[u8; 5], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_ADDR6: LpmTrie<[u8; 16], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+pub static IMFW_ADDR6: LpmTrie<[u8; 17], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_SRC4: LpmTrie<[u8; 4], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+pub static IMFW_SRC4: LpmTrie<[u8; 5], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_SRC6: LpmTrie<[u8; 16], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+pub static IMFW_SRC6: LpmTrie<[u8; 17], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_ENTRIES, 0);
+pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_ENTRIES * m::GENS, 0);
 #[map]
-pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS, 0);
+pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS * m::GENS, 0);
 #[map]
 pub static IMFW_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_APPS as u32 * VERDICTS, 0);
@@ -64,7 +65,10 @@ pub struct Job {
     /// The server's port (host order).
     pub server_port: u16,
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// The policy generation the main program read for this packet: the stages use it, never
+    /// the current one, so that a packet sees one policy across the tail calls.
+    pub generation: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU working memory of the inspector.
@@ -81,8 +85,32 @@ pub struct Scratch {
 }
 
 #[inline(always)]
-pub fn config() -> Option<&'static Config> {
+pub fn config() -> Option<&'static Generations> {
     IMFW_CONFIG.get(0)
+}
+
+/// The policy generation a packet runs under, and its settings.
+#[derive(Clone, Copy)]
+pub struct Gen {
+    /// 0 or 1.
+    pub id: u32,
+    pub cfg: &'static Config,
+}
+
+/// Generation `id` (masked to 0 or 1) of the configuration.
+#[inline(always)]
+pub fn generation(all: &'static Generations, id: u32) -> Gen {
+    let id = id & 1;
+    Gen { id, cfg: &all.gens[id as usize] }
+}
+
+/// The generation in force: read once per packet, at its start.
+#[inline(always)]
+pub fn active(all: &'static Generations) -> Gen {
+    // SAFETY: an aligned u32 in the map value. Volatile: read once, never re-read later in the
+    // run, so a flip during this packet changes nothing for it.
+    let id = unsafe { core::ptr::read_volatile(&all.active) };
+    generation(all, id)
 }
 
 #[inline(always)]
@@ -116,9 +144,8 @@ pub fn count_verdict(app: u16, verdict: u8, len: u64) {
 }
 
 #[inline(always)]
-pub fn policy(class: u16, app: u16) -> PolicyAction {
-    let idx = (class as u32 % m::SRC_CLASSES) * MAX_APPS as u32 + (app as u32 % MAX_APPS as u32);
-    match IMFW_POLICY.get(idx) {
+pub fn policy(generation: u32, class: u16, app: u16) -> PolicyAction {
+    match IMFW_POLICY.get(m::policy_index(generation, class as u32, app as u32)) {
         Some(a) => *a,
         None => PolicyAction::default(),
     }

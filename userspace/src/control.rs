@@ -27,6 +27,10 @@ pub struct Shared {
     /// Policy reloads (SIGHUP) that took effect, and those refused for a bad file.
     pub reloads: u64,
     pub reloads_failed: u64,
+    /// Policies the data plane has had since it was loaded (1: the first), and the map
+    /// generation (0 or 1) the one in force lives in.
+    pub policy_version: u32,
+    pub policy_generation: u32,
 }
 
 /// Binds the socket, replacing a stale one left by a dead controller but never one that a
@@ -83,6 +87,8 @@ fn answer(cmd: &str, shared: &Arc<Mutex<Shared>>) -> serde_json::Value {
                 "interfaces": ifaces,
                 "policy": s.policy_file,
                 "policy_hash": s.compiled.hash,
+                "policy_version": s.policy_version,
+                "policy_generation": s.policy_generation,
                 "uptime_s": s.started.elapsed().as_secs(),
                 "reloads": s.reloads,
                 "reloads_failed": s.reloads_failed,

@@ -11,7 +11,7 @@ use imfw_common::{
     app::APP_ECH,
     event::PayloadEvent,
     flow::{DIR_CLIENT, FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
-    matcher::{NAME_MAX, NAME_SLOTS, SCRATCH_LEN, match_name},
+    matcher::{NAME_MAX, NAME_SLOTS, NameKey, SCRATCH_LEN, match_name},
     verdict::Method,
 };
 
@@ -76,6 +76,11 @@ impl Controller {
             next: 0,
             abandoned: 0,
         }
+    }
+
+    /// A policy reload: server names are matched against the new policy's domains.
+    pub fn set_policy(&mut self, compiled: &Compiled) {
+        self.names = compiled.names.iter().map(|(k, v)| (k.hash, v.app)).collect();
     }
 
     /// Advances the clock (seconds, monotonic) and removes the learned addresses that expired.
@@ -192,7 +197,7 @@ impl Controller {
         };
         let (client, _) = ev.key.client(ev.client_is_a != 0);
         let client: IpAddr = packet::addr(client, ev.key.family);
-        let action = compiled.decide(client, app);
+        let action = dp.decide(compiled, client, app);
         e.app = app;
         e.method = method as u8;
         e.verdict = action.verdict;
@@ -265,7 +270,7 @@ fn name_app(names: &HashMap<u64, u16>, name: &str) -> u16 {
     let mut buf = [0u8; SCRATCH_LEN];
     buf[..name.len()].copy_from_slice(name.as_bytes());
     let mut slots = [0u64; NAME_SLOTS];
-    match_name(&buf, 0, name.len(), &mut slots, |h| names.get(&h).copied())
+    match_name(&buf, 0, name.len(), &mut slots, |h| names.get(&NameKey::new(h, 0).hash).copied())
 }
 
 #[cfg(test)]

@@ -89,6 +89,11 @@ impl Compiled {
         self.policy.get(i).copied().unwrap_or_default()
     }
 
+    /// Whether any flow can get the verdict `monitor` (the content path needs its archive).
+    pub fn monitors(&self) -> bool {
+        self.policy.iter().any(|a| a.verdict == Verdict::Monitor as u8)
+    }
+
     /// What the data plane does with a flow of `app` opened by `client`.
     pub fn decide(&self, client: IpAddr, app: u16) -> PolicyAction {
         self.action(self.src_class(client), app)
@@ -186,7 +191,7 @@ impl<'a> Builder<'a> {
                         Direction::Any => &[DIR_CLIENT, DIR_SERVER],
                     };
                     for &dir in dirs {
-                        let key = SigKey { class: class as u16, dir, _pad: 0, bytes: sig.masked16() };
+                        let key = SigKey { class: class as u16, dir, generation: 0, bytes: sig.masked16() };
                         match seen.entry(key) {
                             Entry::Vacant(v) => {
                                 v.insert(SigOrigin {
@@ -258,7 +263,8 @@ impl<'a> Builder<'a> {
                         }
                         None => {}
                     }
-                    let hash = domain_hash(&d);
+                    // The top bit holds the generation in the data plane's key.
+                    let hash = NameKey::new(domain_hash(&d), 0).hash;
                     if let Some(other) = hashes.get(&hash) {
                         self.errs.0.push(part.src.err(
                             &path,
@@ -398,13 +404,13 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
                 unparsed_action: policy.defaults.unparsed.config_value(),
                 fragment_action: policy.defaults.fragments.config_value(),
                 sig_classes: 0,
-                ready: 1,
                 pending_action: match policy.defaults.pending {
                     Unclassified::Allow => imfw_common::config::ACTION_PASS,
                     Unclassified::Drop => imfw_common::config::ACTION_DROP,
                 },
                 learn_dns: u32::from(policy.defaults.learn_dns),
                 monitor_hold: u32::from(policy.monitor.hold),
+                version: 0,
             },
             apps,
             sig_classes: Vec::new(),
