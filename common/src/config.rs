@@ -42,6 +42,11 @@ pub struct Config {
     /// Which policy this is: the controller counts the policies it writes (0 in a compiled
     /// policy). Flows carry its low bits with their source class (`FlowEntry::src_class`).
     pub version: u32,
+    /// The generation these settings belong to (their slot in `Generations::gens`): the
+    /// program reads it where it needs the generation, rather than keeping one more value
+    /// alive across the matchers' loops, which costs verifier states.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -54,10 +59,12 @@ impl Config {
         learn_dns: 0,
         monitor_hold: 0,
         version: 0,
+        generation: 0,
+        _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
 
 /// The value of `IMFW_CONFIG[0]`: both generations' settings and which one is in force.
 #[repr(C)]
@@ -72,7 +79,8 @@ pub struct Generations {
 }
 
 impl Generations {
-    pub const EMPTY: Generations = Generations { ready: 0, active: 0, gens: [Config::DEFAULT; GENERATIONS as usize] };
+    pub const EMPTY: Generations =
+        Generations { ready: 0, active: 0, gens: [Config::DEFAULT, Config { generation: 1, ..Config::DEFAULT }] };
 }
 
-const _: () = assert!(core::mem::size_of::<Generations>() == 72);
+const _: () = assert!(core::mem::size_of::<Generations>() == 88);

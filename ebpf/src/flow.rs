@@ -16,8 +16,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     maps::{
-        Gen, IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
-        count_drop, count_stat, count_verdict, policy,
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
+        count_drop, count_stat, count_verdict, gen_of, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -27,11 +27,10 @@ use crate::{
 const ONE_WAY_FACTOR: u64 = 8;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, g: Gen, pkt: &Pkt, len: u64) -> u32 {
-    let cfg = g.cfg;
+pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
         Some(e) => e,
-        None => match create(g, pkt) {
+        None => match create(cfg, pkt) {
             Some(e) => e,
             None => {
                 // The table refused the entry (counted): the packet passes undecided.
@@ -46,7 +45,8 @@ pub fn handle(ctx: &XdpContext, g: Gen, pkt: &Pkt, len: u64) -> u32 {
     e.packets += 1;
     e.bytes += len;
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
-        if let Some((dir, client_first)) = spend_budget(ctx, g, pkt, e) {
+        refresh_class(cfg, &pkt.key, e);
+        if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
                 let job = Job {
                     key: pkt.key,
@@ -57,7 +57,7 @@ pub fn handle(ctx: &XdpContext, g: Gen, pkt: &Pkt, len: u64) -> u32 {
                     client_first: client_first as u8,
                     server_port: pkt.key.server(e.client_is_a != 0).1,
                     tcp_flags: pkt.tcp_flags,
-                    generation: g.id as u8,
+                    generation: gen_of(cfg) as u8,
                     _pad: [0; 2],
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
@@ -132,8 +132,8 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> bo
 }
 
 #[inline(always)]
-fn create(g: Gen, pkt: &Pkt) -> Option<*mut FlowEntry> {
-    let cfg = g.cfg;
+fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+    let generation = gen_of(cfg);
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
@@ -144,8 +144,8 @@ fn create(g: Gen, pkt: &Pkt) -> Option<*mut FlowEntry> {
         client_is_a: client_is_a as u8,
         budget_client: budget,
         budget_server: budget,
-        src_class: FlowEntry::tagged_class(src_class(g.id, pkt.key.family, &client), cfg.version),
-        addr_app: server_app(g.id, pkt.key.family, &server).unwrap_or(APP_NONE),
+        src_class: FlowEntry::tagged_class(src_class(generation, pkt.key.family, &client), cfg.version),
+        addr_app: server_app(generation, pkt.key.family, &server).unwrap_or(APP_NONE),
         ..FlowEntry::default()
     };
     count_stat(Stat::FlowsCreated);
@@ -190,17 +190,28 @@ fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     }
 }
 
+/// A flow created under another policy (a reload came while it was inspected) looks its
+/// client's class up again, since classes are numbered per policy: at most once per flow and
+/// reload, on a payload packet of a flow still inspected, before anything can decide it. Here
+/// in the main program rather than in the stages, whose verifier budget the name loops spend.
+#[inline(always)]
+fn refresh_class(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
+    if !e.class_is_from(cfg.version) {
+        let (client, _) = key.client(e.client_is_a != 0);
+        e.src_class = FlowEntry::tagged_class(src_class(gen_of(cfg), key.family, &client), cfg.version);
+    }
+}
+
 /// Spends one unit of the inspection budget of the packet's direction. Returns the direction
 /// and whether this is the flow's first payload, from the client, when the packet is to be
 /// inspected.
 #[inline(always)]
-fn spend_budget(ctx: &XdpContext, g: Gen, pkt: &Pkt, e: &mut FlowEntry) -> Option<(u8, bool)> {
-    let cfg = g.cfg;
+fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) -> Option<(u8, bool)> {
     let dir = if pkt.src_is_a == (e.client_is_a != 0) { DIR_CLIENT } else { DIR_SERVER };
     let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
     if left == 0 {
         if e.packets > ONE_WAY_FACTOR * cfg.inspect_packets as u64 {
-            give_up(ctx, g, &pkt.key, e);
+            give_up(ctx, cfg, &pkt.key, e);
         }
         return None;
     }
@@ -220,29 +231,32 @@ fn spend_budget(ctx: &XdpContext, g: Gen, pkt: &Pkt, e: &mut FlowEntry) -> Optio
 
 /// Ends inspection without a payload match: the server's address decides, if it is known.
 #[inline(always)]
-pub fn give_up(ctx: &XdpContext, g: Gen, key: &FlowKey, e: &mut FlowEntry) {
+pub fn give_up(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
+    let (app, method) = given_up(e);
+    decide(ctx, cfg, key, e, app, method);
+}
+
+/// What [`give_up`] decides a flow as (counted): the server address's app, or none.
+#[inline(always)]
+pub fn given_up(e: &FlowEntry) -> (u16, Method) {
     if e.addr_app != APP_NONE {
         count_stat(Stat::Classified);
-        decide(ctx, g, key, e, e.addr_app, Method::Address);
+        (e.addr_app, Method::Address)
     } else {
         count_stat(Stat::Unclassified);
-        decide(ctx, g, key, e, APP_NONE, Method::None);
+        (APP_NONE, Method::None)
     }
 }
 
 /// Sets the app and the verdict the policy gives it for the client's network, and reports the
 /// classification. The verdict stays until the controller rewrites the entry.
 ///
-/// A flow created under another policy (a reload happened while it was inspected) looks its
-/// client's class up again: classes are numbered per policy. Once per flow, at most.
+///
+/// The class is the one [`refresh_class`] checked for this packet's generation before the
+/// packet's inspection.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, g: Gen, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
-    let generation = g.id;
-    if !e.class_is_from(g.cfg.version) {
-        let (client, _) = key.client(e.client_is_a != 0);
-        e.src_class = FlowEntry::tagged_class(src_class(generation, key.family, &client), g.cfg.version);
-    }
-    let action = policy(generation, e.class(), app);
+pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
+    let action = policy(gen_of(cfg), e.class(), app);
     e.app = app;
     e.method = method as u8;
     e.verdict = action.verdict;

@@ -19,8 +19,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     parse::IPPROTO_TCP,
-    flow::{decide, give_up, held, stream},
-    maps::{Gen, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict, generation},
+    flow::{decide, given_up, held, stream},
+    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, count_stat, count_verdict, generation},
     matching::{self, Outcome, Sigs},
 };
 
@@ -71,7 +71,7 @@ fn stream_first(ctx: &XdpContext, cfg: &Config, job: &Job, e: &mut FlowEntry) ->
 /// paths do not multiply with the parsers' paths.
 #[xdp]
 pub fn imfw_inspect(ctx: XdpContext) -> u32 {
-    stage(&ctx, true, |ctx, g, job, scratch| match matching::signatures(ctx, g, job, scratch) {
+    stage(&ctx, true, |ctx, cfg, job, scratch| match matching::signatures(ctx, cfg, job, scratch) {
         Sigs::Found(app, method) => Outcome::Found(app, method),
         Sigs::Nothing => Outcome::Nothing,
         Sigs::Continue => {
@@ -86,7 +86,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, false, |ctx, g, job, scratch| match matching::names(g, job, scratch) {
+    stage(&ctx, false, |ctx, cfg, job, scratch| match matching::names(cfg, job, scratch) {
         Outcome::NamedTls => {
             // SAFETY: on success this does not return; the ECH stage counts and enforces the packet.
             unsafe { IMFW_JUMP.tail_call(ctx, JUMP_ECH) };
@@ -107,7 +107,7 @@ pub fn imfw_ech(ctx: XdpContext) -> u32 {
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
 /// the flow from its outcome, then counts and enforces the packet as the main program would.
 #[inline(always)]
-fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, Gen, &Job, *mut Scratch) -> Outcome) -> u32 {
+fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scratch) -> Outcome) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (Some(all), Some(scratch)) = (config(), IMFW_SCRATCH.get_ptr_mut(0)) else {
         return xdp_action::XDP_PASS;
@@ -116,8 +116,7 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, Gen, &Job
     // read: its fields are unknown values to the verifier, one state for all callers.
     let job = unsafe { core::ptr::read_volatile(&(*scratch).job) };
     // The generation the main program read for this packet, not the one in force now.
-    let g = generation(all, job.generation as u32);
-    let cfg = g.cfg;
+    let cfg = generation(all, job.generation as u32);
     let Some(e) = IMFW_FLOWS.get_ptr_mut(&job.key) else {
         count_verdict(APP_NONE, Verdict::Pending as u8, len);
         return xdp_action::XDP_PASS;
@@ -128,40 +127,41 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, Gen, &Job
         // The controller is reassembling this flow: the rest of the ClientHello goes there.
         Outcome::Controller
     } else {
-        run(ctx, g, &job, scratch)
+        run(ctx, cfg, &job, scratch)
     };
-    match outcome {
+    // One call of `decide` for every outcome: inlined once, the verifier walks it once per
+    // state out of the matchers rather than once per outcome.
+    let decision = match outcome {
         Outcome::Found(app, method) => {
             count_stat(Stat::Classified);
-            decide(ctx, g, &job.key, e, app, method);
+            Some((app, method))
         }
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
             hand_over(ctx, &job, e.client_is_a);
+            None
         }
         Outcome::Copy => {
             hand_over(ctx, &job, e.client_is_a);
-            if e.budget_client == 0 && e.budget_server == 0 {
-                give_up(ctx, g, &job.key, e);
-            }
+            if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(e)) } else { None }
         }
         // A server name no app claims: the address no longer speaks for the flow.
-        Outcome::Named | Outcome::NamedTls => e.addr_app = APP_NONE,
+        Outcome::Named | Outcome::NamedTls => {
+            e.addr_app = APP_NONE;
+            None
+        }
         // The real name is encrypted: the address still speaks for the flow; without one, the
         // policy's choice for hidden names (app `ech`) applies.
         Outcome::Hidden => {
             count_stat(Stat::Classified);
-            if e.addr_app != APP_NONE {
-                decide(ctx, g, &job.key, e, e.addr_app, Method::Address);
-            } else {
-                decide(ctx, g, &job.key, e, APP_ECH, Method::Ech);
-            }
+            Some(if e.addr_app != APP_NONE { (e.addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
         }
         // A payload without a name: the server's address decides now, if it is known.
-        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => {
-            give_up(ctx, g, &job.key, e);
-        }
-        Outcome::Nothing => {}
+        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => Some(given_up(e)),
+        Outcome::Nothing => None,
+    };
+    if let Some((app, method)) = decision {
+        decide(ctx, cfg, &job.key, e, app, method);
     }
     if stream && stream_first(ctx, cfg, &job, e) {
         return held(e, len);

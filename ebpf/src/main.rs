@@ -33,14 +33,13 @@ pub fn imfw_xdp(ctx: XdpContext) -> u32 {
         Some(c) => c,
         None => return xdp_action::XDP_PASS,
     };
-    let g = maps::active(all);
-    let cfg = g.cfg;
+    let cfg = maps::active(all);
     match parse(&ctx) {
         Parsed::Flow(pkt) => {
             if all.ready == 0 {
                 return xdp_action::XDP_PASS;
             }
-            flow::handle(&ctx, g, &pkt, len)
+            flow::handle(&ctx, cfg, &pkt, len)
         }
         Parsed::NonIp => {
             count_stat(Stat::NonIp);

@@ -89,24 +89,22 @@ pub fn config() -> Option<&'static Generations> {
     IMFW_CONFIG.get(0)
 }
 
-/// The policy generation a packet runs under, and its settings.
-#[derive(Clone, Copy)]
-pub struct Gen {
-    /// 0 or 1.
-    pub id: u32,
-    pub cfg: &'static Config,
+/// The settings of generation `id` (masked to 0 or 1). Their `generation` field is `id`: code
+/// that needs the generation reads it there (see [`gen_of`]).
+#[inline(always)]
+pub fn generation(all: &'static Generations, id: u32) -> &'static Config {
+    &all.gens[(id & 1) as usize]
 }
 
-/// Generation `id` (masked to 0 or 1) of the configuration.
+/// The generation (0 or 1) of a generation's settings.
 #[inline(always)]
-pub fn generation(all: &'static Generations, id: u32) -> Gen {
-    let id = id & 1;
-    Gen { id, cfg: &all.gens[id as usize] }
+pub fn gen_of(cfg: &Config) -> u32 {
+    cfg.generation & 1
 }
 
-/// The generation in force: read once per packet, at its start.
+/// The settings of the generation in force: read once per packet, at its start.
 #[inline(always)]
-pub fn active(all: &'static Generations) -> Gen {
+pub fn active(all: &'static Generations) -> &'static Config {
     // SAFETY: an aligned u32 in the map value. Volatile: read once, never re-read later in the
     // run, so a flip during this packet changes nothing for it.
     let id = unsafe { core::ptr::read_volatile(&all.active) };

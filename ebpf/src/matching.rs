@@ -4,14 +4,15 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
+    config::Config,
     flow::DIR_CLIENT,
     maps::stun_key,
-    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes, tls_has_ech, tls_sni},
+    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
 use crate::parse::IPPROTO_UDP;
-use crate::maps::{Gen, IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch};
+use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
 pub enum Outcome {
@@ -42,9 +43,9 @@ pub enum Sigs {
 
 /// Loads the payload into the scratch buffer and looks up each signature shape.
 #[inline(always)]
-pub fn signatures(ctx: &XdpContext, g: Gen, job: &Job, scratch: *mut Scratch) -> Sigs {
-    let cfg = g.cfg;
-    let base = g.id * MAX_SIG_CLASSES;
+pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Sigs {
+    let generation = gen_of(cfg);
+    let base = generation * MAX_SIG_CLASSES;
     let client_first = job.client_first != 0;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
@@ -73,7 +74,7 @@ pub fn signatures(ctx: &XdpContext, g: Gen, job: &Job, scratch: *mut Scratch) ->
         }
         if let Some(shape) = IMFW_SIGCLASS.get(base + c) {
             if let Some(mut key) = sig_key(buf, n, shape, c as u16, job.dir) {
-                key.generation = g.id as u8;
+                key.generation = generation as u8;
                 if let Some(v) = IMFW_SIGS.get_ptr(&key) {
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
@@ -97,8 +98,8 @@ fn loaded_len(payload_len: usize) -> usize {
 
 /// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer.
 #[inline(always)]
-pub fn names(g: Gen, job: &Job, scratch: *mut Scratch) -> Outcome {
-    match run_names(g, job, scratch) {
+pub fn names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
+    match run_names(cfg, job, scratch) {
         Ok(Named::App(app, method)) => Outcome::Found(app, method),
         Ok(Named::Copy) => Outcome::Copy,
         Ok(Named::Unknown) => Outcome::Named,
@@ -122,8 +123,7 @@ enum Named {
 }
 
 #[inline(always)]
-fn run_names(g: Gen, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
-    let cfg = g.cfg;
+fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
     let dir = job.dir;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
@@ -149,7 +149,7 @@ fn run_names(g: Gen, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover
     // §14.9, a domain of the service) through the name matcher. Either side's messages count.
     let (off, len, method) = if is_stun(buf, n) {
         // SAFETY: pointer into the map value, valid for this run.
-        let lookup = |ty: u32| IMFW_STUN.get_ptr(&stun_key(g.id, ty)).map(|m| unsafe { (*m).app });
+        let lookup = |ty: u32| IMFW_STUN.get_ptr(&stun_key(gen_of(cfg), ty)).map(|m| unsafe { (*m).app });
         let scan = stun_scan(buf, n, lookup);
         if scan.app != 0 {
             return Ok(Named::App(scan.app, Method::Stun));
@@ -179,10 +179,10 @@ fn run_names(g: Gen, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover
     // they merge into one verifier state instead of each exploring the name loops again.
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
-    let (h, count) = suffix_hashes(buf, off, len, slots);
+    let (h, count) = suffix_hashes_from(name_seed(gen_of(cfg)), buf, off, len, slots);
     let count = launder(&mut spill[2], count as u64) as usize;
     // SAFETY: pointer into the map value, valid for this run.
-    let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey::new(h, g.id)).map(|m| unsafe { (*m).app });
+    let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
     let app = lookup_suffixes(slots, count, h, lookup);
     if app != 0 {
         return Ok(Named::App(app, method));

@@ -11,7 +11,7 @@ use imfw_common::{
     app::APP_ECH,
     event::PayloadEvent,
     flow::{DIR_CLIENT, FLAG_CONTROLLER, FlowKey, STATE_DECIDED},
-    matcher::{NAME_MAX, NAME_SLOTS, NameKey, SCRATCH_LEN, match_name},
+    matcher::{NAME_MAX, NAME_SLOTS, SCRATCH_LEN, match_name},
     verdict::Method,
 };
 
@@ -270,7 +270,7 @@ fn name_app(names: &HashMap<u64, u16>, name: &str) -> u16 {
     let mut buf = [0u8; SCRATCH_LEN];
     buf[..name.len()].copy_from_slice(name.as_bytes());
     let mut slots = [0u64; NAME_SLOTS];
-    match_name(&buf, 0, name.len(), &mut slots, |h| names.get(&NameKey::new(h, 0).hash).copied())
+    match_name(&buf, 0, name.len(), &mut slots, |h| names.get(&h).copied())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use imfw_common::{
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
     maps::{self as m, LPM_GEN_BITS, lpm4, lpm6, policy_index, redirect_index, stun_key},
-    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
@@ -250,7 +250,7 @@ impl Dataplane {
         let learned_before: Vec<IpAddr> = self.learned.keys().copied().collect();
         self.written[new as usize] = Some(Box::new(c.clone()));
         let mut v = self.gens;
-        v.gens[new as usize] = Config { version, ..c.config };
+        v.gens[new as usize] = Config { version, generation: new, ..c.config };
         let written = self.write_generation(new, c, redirect).and_then(|carried| {
             // On first load nothing reads the settings yet: they go with `ready`, in commit.
             if !first {
@@ -319,7 +319,7 @@ impl Dataplane {
         }
         let gen8 = g as u8;
         self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
-        self.fill_hash(m::NAMES, c.names.iter().map(|(k, v)| (NameKey::new(k.hash, g), *v)))?;
+        self.fill_hash(m::NAMES, name_keys(g, c).zip(c.names.iter().map(|(_, v)| *v)))?;
         self.fill_hash(m::STUN, c.stun.iter().map(|(t, v)| (stun_key(g, *t), *v)))?;
         self.fill_lpm(m::ADDR4, c.addr4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
         self.fill_lpm(m::ADDR6, c.addr6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
@@ -359,7 +359,7 @@ impl Dataplane {
         let gen8 = g as u8;
         let r = (|| {
             self.remove_hash::<SigKey, SigValue>(m::SIGS, c.sigs.iter().map(|(k, _)| SigKey { generation: gen8, ..*k }))?;
-            self.remove_hash::<NameKey, AppMatch>(m::NAMES, c.names.iter().map(|(k, _)| NameKey::new(k.hash, g)))?;
+            self.remove_hash::<NameKey, AppMatch>(m::NAMES, name_keys(g, &c))?;
             self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
             self.remove_lpm::<[u8; 5], AppMatch>(m::ADDR4, c.addr4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
             self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
@@ -662,6 +662,11 @@ impl Drop for Dataplane {
     fn drop(&mut self) {
         let _ = self.detach_all();
     }
+}
+
+/// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.
+fn name_keys(g: u32, c: &Compiled) -> impl Iterator<Item = NameKey> + '_ {
+    c.name_domains.iter().map(move |d| NameKey { hash: domain_hash_from(name_seed(g), d) })
 }
 
 /// A compiled policy action as generation `g` stores it: redirect slots are the generation's.

@@ -11,7 +11,7 @@ use imfw_common::{
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{ADDR_MAX, NAMES_MAX, POLICY_ENTRIES, REDIRECT_SLOTS, SIGS_MAX, SRC_CLASSES},
     matcher::{
-        domain_hash, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
+        domain_hash, domain_hash_from, name_seed, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
         MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN, SIG_LEN_ATLEAST, SIG_OFFSET_MAX,
     },
     verdict::Verdict,
@@ -34,7 +34,10 @@ pub struct Compiled {
     /// Signature shapes; the index is the class id.
     pub sig_classes: Vec<SigClass>,
     pub sigs: Vec<(SigKey, SigValue)>,
+    /// Generation 0's keys (see `name_seed`).
     pub names: Vec<(NameKey, AppMatch)>,
+    /// The domain of each entry of `names`, for the keys of generation 1.
+    pub name_domains: Vec<String>,
     /// (prefix length, network, app).
     pub addr4: Vec<(u32, [u8; 4], AppMatch)>,
     /// STUN attribute type -> app.
@@ -263,9 +266,10 @@ impl<'a> Builder<'a> {
                         }
                         None => {}
                     }
-                    // The top bit holds the generation in the data plane's key.
-                    let hash = NameKey::new(domain_hash(&d), 0).hash;
-                    if let Some(other) = hashes.get(&hash) {
+                    // Both generations' hashes (see `name_seed`) share the map: all must differ.
+                    let hash = domain_hash(&d);
+                    let hash1 = domain_hash_from(name_seed(1), &d);
+                    if let Some(other) = hashes.get(&hash).or_else(|| hashes.get(&hash1)).or_else(|| (hash == hash1).then_some(&d)) {
                         self.errs.0.push(part.src.err(
                             &path,
                             format!("domain `{d}` has the same hash as `{other}`; the data plane cannot tell them apart"),
@@ -273,6 +277,8 @@ impl<'a> Builder<'a> {
                         continue;
                     }
                     hashes.insert(hash, d.clone());
+                    hashes.insert(hash1, d.clone());
+                    self.out.name_domains.push(d.clone());
                     domains.insert(d, (app, part.src.where_is(&path)));
                     self.out.names.push((NameKey { hash }, AppMatch { app, _pad: 0 }));
                 }
@@ -411,11 +417,14 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
                 learn_dns: u32::from(policy.defaults.learn_dns),
                 monitor_hold: u32::from(policy.monitor.hold),
                 version: 0,
+                generation: 0,
+                _pad: 0,
             },
             apps,
             sig_classes: Vec::new(),
             sigs: Vec::new(),
             names: Vec::new(),
+            name_domains: Vec::new(),
             addr4: Vec::new(),
             stun: Vec::new(),
             addr6: Vec::new(),

@@ -7,7 +7,7 @@ use imfw_common::{
     app::{builtin_id, CUSTOM_FIRST, MAX_APPS},
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{POLICY_ENTRIES, SRC_CLASSES},
-    matcher::{domain_hash, NameKey, SigKey, SigValue, SrcClass, LEN_U16BE, MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN_ATLEAST},
+    matcher::{domain_hash, SigKey, SigValue, SrcClass, LEN_U16BE, MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN_ATLEAST},
     verdict::Verdict,
 };
 
@@ -79,7 +79,7 @@ fn default_policy_parses_and_compiles() {
 fn embedded_catalogue_compiles_with_a_minimal_policy() {
     let (_, c) = ok("version: 1\n");
     assert!(c.sig_classes.len() <= MAX_SIG_CLASSES as usize);
-    assert!(c.names.iter().any(|(k, m)| *k == NameKey::new(domain_hash("whatsapp.net"), 0) && m.app == id("whatsapp")));
+    assert!(c.names.iter().any(|(k, m)| k.hash == domain_hash("whatsapp.net") && m.app == id("whatsapp")));
     // Every built-in app is known, whether or not the catalogue describes it.
     assert_eq!(c.app_id("msn"), Some(id("msn")));
     assert_eq!(c.app_name(id("irc")), Some("irc"));
@@ -380,8 +380,8 @@ fn custom_apps_get_ids_from_128() {
     assert_eq!(p.custom_apps, vec![(CUSTOM_FIRST, "mychat".to_owned()), (CUSTOM_FIRST + 1, "otherchat".to_owned())]);
     assert_eq!(c.app_id("mychat"), Some(128));
     assert_eq!(c.app_name(129), Some("otherchat"));
-    assert!(c.names.iter().any(|(k, m)| *k == NameKey::new(domain_hash("wa.example.net"), 0) && m.app == id("whatsapp")));
-    assert!(c.names.iter().any(|(k, m)| *k == NameKey::new(domain_hash("chat.example.com"), 0) && m.app == 128));
+    assert!(c.names.iter().any(|(k, m)| k.hash == domain_hash("wa.example.net") && m.app == id("whatsapp")));
+    assert!(c.names.iter().any(|(k, m)| k.hash == domain_hash("chat.example.com") && m.app == 128));
     assert!(c.addr4.iter().any(|(l, n, m)| *l == 24 && *n == [198, 51, 100, 0] && m.app == 129));
     assert!(c.addr6.iter().any(|(l, _, m)| *l == 48 && m.app == 129));
     assert_eq!(Verdict::from_u8(c.action(0, 129).verdict), Verdict::Drop);
@@ -535,7 +535,7 @@ fn a_reload_keeps_custom_app_ids() {
     let delta = c.app_id("delta").expect("delta has an id");
     assert!(delta >= CUSTOM_FIRST + 3, "a new app does not take the id acme just left ({delta})");
     assert_eq!(c.app_name(CUSTOM_FIRST), None, "acme's id is unused");
-    assert!(c.names.iter().any(|(k, m)| *k == NameKey::new(domain_hash("beta.example"), 0) && Some(m.app) == running.app_id("beta")));
+    assert!(c.names.iter().any(|(k, m)| k.hash == domain_hash("beta.example") && Some(m.app) == running.app_id("beta")));
     // With every id taken, a new app reuses one a dropped app left.
     let many: Vec<String> = (0..usize::from(MAX_APPS - CUSTOM_FIRST)).map(|i| format!("app{i}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
