@@ -8,8 +8,8 @@ use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -44,7 +44,11 @@ struct Busy {
 /// Sends chunks on `s` until `stop` (or the bounds), reading the server's echo as it goes, then
 /// waits for the rest of the echo.
 fn keep_busy(mut s: TcpStream, stop: &AtomicBool) -> Busy {
-    let mut b = Busy { sent: Vec::new(), echoed: Vec::new(), error: None };
+    let mut b = Busy {
+        sent: Vec::new(),
+        echoed: Vec::new(),
+        error: None,
+    };
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
     let start = Instant::now();
@@ -52,14 +56,22 @@ fn keep_busy(mut s: TcpStream, stop: &AtomicBool) -> Busy {
     let mut read = |s: &mut TcpStream, b: &mut Busy| -> bool {
         match s.read(&mut buf) {
             Ok(0) => {
-                b.error.get_or_insert_with(|| "the server closed the flow".to_owned());
+                b.error
+                    .get_or_insert_with(|| "the server closed the flow".to_owned());
                 false
             }
             Ok(n) => {
                 b.echoed.extend_from_slice(&buf[..n]);
                 true
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                true
+            }
             Err(e) => {
                 b.error.get_or_insert_with(|| format!("read: {e}"));
                 false
@@ -68,7 +80,9 @@ fn keep_busy(mut s: TcpStream, stop: &AtomicBool) -> Busy {
     };
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) && i < MAX_CHUNKS && start.elapsed() < MAX_RUN {
-        let chunk: Vec<u8> = (0..CHUNK).map(|k| b'a' + ((i * 7 + k) % 26) as u8).collect();
+        let chunk: Vec<u8> = (0..CHUNK)
+            .map(|k| b'a' + ((i * 7 + k) % 26) as u8)
+            .collect();
         if let Err(e) = s.write_all(&chunk) {
             b.error = Some(format!("write: {e}"));
             return b;
@@ -93,7 +107,11 @@ fn keep_busy(mut s: TcpStream, stop: &AtomicBool) -> Busy {
 fn wait_status(lab: &Lab, field: &str, want: u64) -> bool {
     let deadline = Instant::now() + EXPECT;
     while Instant::now() < deadline {
-        if lab.imfw().status().is_ok_and(|v| v[field].as_u64() == Some(want)) {
+        if lab
+            .imfw()
+            .status()
+            .is_ok_and(|v| v[field].as_u64() == Some(want))
+        {
             return true;
         }
         thread::sleep(Duration::from_millis(50));
@@ -103,7 +121,10 @@ fn wait_status(lab: &Lab, field: &str, want: u64) -> bool {
 
 fn connect(lab: &Lab, port: u16) -> TcpStream {
     let s = lab
-        .client_connect(SocketAddr::new(SERVER4.into(), port), servers::CONNECT_TIMEOUT)
+        .client_connect(
+            SocketAddr::new(SERVER4.into(), port),
+            servers::CONNECT_TIMEOUT,
+        )
         .unwrap_or_else(|e| panic!("{e:#}"));
     s.set_nodelay(true).expect("nodelay");
     s
@@ -131,12 +152,22 @@ fn a_reload_under_traffic_switches_verdicts_and_loses_no_allowed_byte() {
 
     // The allowed flow: IRC, decided by its registration, then kept busy.
     let mut irc = connect(&lab, IRC_PORT);
-    irc.write_all(&protocols::irc_registration("alice")).expect("register");
-    assert!(!servers::read_some(&mut irc, EXPECT).is_empty(), "IRC is allowed\n{}", lab.imfw_log_tail());
+    irc.write_all(&protocols::irc_registration("alice"))
+        .expect("register");
+    assert!(
+        !servers::read_some(&mut irc, EXPECT).is_empty(),
+        "IRC is allowed\n{}",
+        lab.imfw_log_tail()
+    );
     // An MQTT flow decided while MQTT is allowed.
     let mut mqtt_before = connect(&lab, MQTT_PORT);
-    mqtt_before.write_all(&protocols::mqtt_connect(4, "before")).expect("connect");
-    assert!(!servers::read_some(&mut mqtt_before, EXPECT).is_empty(), "MQTT is allowed before the reload");
+    mqtt_before
+        .write_all(&protocols::mqtt_connect(4, "before"))
+        .expect("connect");
+    assert!(
+        !servers::read_some(&mut mqtt_before, EXPECT).is_empty(),
+        "MQTT is allowed before the reload"
+    );
     let got_before = server_got(&server, &mqtt_before, MQTT_PORT);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,41 +181,100 @@ fn a_reload_under_traffic_switches_verdicts_and_loses_no_allowed_byte() {
     let file = lab.imfw().policy_path().to_path_buf();
     fs::write(&file, "version: 1\napps: {irc: allow, mqtt: drop}\n").expect("write policy B");
     lab.imfw().hangup().expect("SIGHUP");
-    assert!(wait_status(&lab, "reloads", 1), "the good reload did not take\n{}", lab.imfw_log_tail());
+    assert!(
+        wait_status(&lab, "reloads", 1),
+        "the good reload did not take\n{}",
+        lab.imfw_log_tail()
+    );
     let status = lab.imfw().status().expect("status");
     assert_eq!(status["policy_version"].as_u64(), Some(2), "{status}");
     assert_ne!(status["policy_hash"], hash_a);
-    assert!(lab.imfw_log_tail().contains("1 changed verdict"), "the decided MQTT flow was re-evaluated\n{}", lab.imfw_log_tail());
+    assert!(
+        lab.imfw_log_tail().contains("1 changed verdict"),
+        "the decided MQTT flow was re-evaluated\n{}",
+        lab.imfw_log_tail()
+    );
 
     let mut mqtt_after = connect(&lab, MQTT_PORT);
-    mqtt_after.write_all(&protocols::mqtt_connect(4, "after")).expect("connect");
-    assert!(servers::read_some(&mut mqtt_after, NEVER).is_empty(), "a new MQTT flow got through\n{}", lab.imfw_log_tail());
-    assert_eq!(server_got(&server, &mqtt_after, MQTT_PORT), 0, "the server received the blocked CONNECT");
-    mqtt_before.write_all(b"\x30\x07\x00\x01tdata").expect("publish");
-    assert!(servers::read_some(&mut mqtt_before, NEVER).is_empty(), "the decided MQTT flow was not re-evaluated");
-    assert_eq!(server_got(&server, &mqtt_before, MQTT_PORT), got_before, "a publish crossed after the reload");
+    mqtt_after
+        .write_all(&protocols::mqtt_connect(4, "after"))
+        .expect("connect");
+    assert!(
+        servers::read_some(&mut mqtt_after, NEVER).is_empty(),
+        "a new MQTT flow got through\n{}",
+        lab.imfw_log_tail()
+    );
+    assert_eq!(
+        server_got(&server, &mqtt_after, MQTT_PORT),
+        0,
+        "the server received the blocked CONNECT"
+    );
+    mqtt_before
+        .write_all(b"\x30\x07\x00\x01tdata")
+        .expect("publish");
+    assert!(
+        servers::read_some(&mut mqtt_before, NEVER).is_empty(),
+        "the decided MQTT flow was not re-evaluated"
+    );
+    assert_eq!(
+        server_got(&server, &mqtt_before, MQTT_PORT),
+        got_before,
+        "a publish crossed after the reload"
+    );
 
     // A bad policy: refused, counted, nothing changes.
     fs::write(&file, "version: 1\napps: {irc: allow, mqtt: alow}\n").expect("write a bad policy");
     lab.imfw().hangup().expect("SIGHUP");
-    assert!(wait_status(&lab, "reloads_failed", 1), "the bad reload was not counted\n{}", lab.imfw_log_tail());
+    assert!(
+        wait_status(&lab, "reloads_failed", 1),
+        "the bad reload was not counted\n{}",
+        lab.imfw_log_tail()
+    );
     let status = lab.imfw().status().expect("status");
     assert_eq!(status["policy_version"].as_u64(), Some(2), "{status}");
     assert_eq!(status["reloads"].as_u64(), Some(1), "{status}");
     let mut mqtt_late = connect(&lab, MQTT_PORT);
-    mqtt_late.write_all(&protocols::mqtt_connect(4, "late")).expect("connect");
-    assert!(servers::read_some(&mut mqtt_late, NEVER).is_empty(), "the bad file let MQTT through\n{}", lab.imfw_log_tail());
+    mqtt_late
+        .write_all(&protocols::mqtt_connect(4, "late"))
+        .expect("connect");
+    assert!(
+        servers::read_some(&mut mqtt_late, NEVER).is_empty(),
+        "the bad file let MQTT through\n{}",
+        lab.imfw_log_tail()
+    );
 
     // The busy flow went on through both reloads: every byte delivered, echoed, no reset.
     stop.store(true, Ordering::Relaxed);
     let b = busy.join().expect("the busy client");
-    assert_eq!(b.error, None, "the allowed flow broke\n{}", lab.imfw_log_tail());
-    assert!(b.sent.len() >= 100 * CHUNK, "too little traffic to say anything: {} bytes", b.sent.len());
-    assert_eq!(b.echoed.len(), b.sent.len(), "echo incomplete\n{}", lab.imfw_log_tail());
+    assert_eq!(
+        b.error,
+        None,
+        "the allowed flow broke\n{}",
+        lab.imfw_log_tail()
+    );
+    assert!(
+        b.sent.len() >= 100 * CHUNK,
+        "too little traffic to say anything: {} bytes",
+        b.sent.len()
+    );
+    assert_eq!(
+        b.echoed.len(),
+        b.sent.len(),
+        "echo incomplete\n{}",
+        lab.imfw_log_tail()
+    );
     assert!(b.echoed == b.sent, "the echo differs from what was sent");
     let stats = lab.imfw().stats().expect("stats");
-    assert!(stats.counter(Some("mqtt"), "drop").packets >= 2, "MQTT drops not counted: {:?}", stats.0);
-    assert_eq!(stats.counter(Some("irc"), "drop").packets, 0, "an IRC packet was dropped");
+    assert!(
+        stats.counter(Some("mqtt"), "drop").packets >= 2,
+        "MQTT drops not counted: {:?}",
+        stats.0
+    );
+    assert_eq!(
+        stats.counter(Some("irc"), "drop").packets,
+        0,
+        "an IRC packet was dropped"
+    );
     drop((mqtt_before, mqtt_after, mqtt_late));
     let exit = lab.stop_imfw().expect("stop imfw");
     assert!(exit.success(), "imfw exited with {exit}");

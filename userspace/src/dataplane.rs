@@ -289,11 +289,18 @@ impl Dataplane {
             return Ok(done);
         }
         std::thread::sleep(GRACE);
-        let c = self.written[st.generation as usize].clone().ok_or_else(|| anyhow!("the staged policy went missing"))?;
-        let (flows, changed, blocked) = self.reevaluate(st.generation, &c).context("re-evaluating decided flows")?;
-        done.flows = flows;
-        done.changed = changed;
-        done.content_blocked = blocked;
+        // The new policy is in force from here on: what fails now is logged, not returned.
+        match self.written[st.generation as usize].clone() {
+            Some(c) => match self.reevaluate(st.generation, &c) {
+                Ok((flows, changed, blocked)) => {
+                    done.flows = flows;
+                    done.changed = changed;
+                    done.content_blocked = blocked;
+                }
+                Err(e) => log::error!("re-evaluating decided flows (they keep their verdicts): {e:#}"),
+            },
+            None => log::error!("the staged policy went missing: decided flows keep their verdicts"),
+        }
         if let Err(e) = self.clear_generation(old, &st.learned_before) {
             // The old entries stay unused until the next switch removes them first.
             log::warn!("removing the old policy's entries: {e:#}");
@@ -383,38 +390,38 @@ impl Dataplane {
     /// the flow's state, budgets, flags and counters stay. App ids are stable across reloads
     /// (see `Policy::keep_app_ids`): a flow of an app the new policy no longer knows gets the
     /// default action. A verdict the content policy set is kept.
-    fn reevaluate(&mut self, g: u32, c: &Compiled) -> Result<(u64, u64, u64)> {
-        let version = self.gens.gens[g as usize].version;
-        let mut h: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map_mut(m::FLOWS)?)?;
+    fn reevaluate(&mut self, generation: u32, policy: &Compiled) -> Result<(u64, u64, u64)> {
+        let version = self.gens.gens[generation as usize].version;
+        let mut table: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map_mut(m::FLOWS)?)?;
         // Keys first: the walk rewrites entries, which an open iteration would trip over.
-        let keys: Vec<FlowKey> = h.keys().filter_map(std::result::Result::ok).collect();
+        let keys: Vec<FlowKey> = table.keys().filter_map(std::result::Result::ok).collect();
         let (mut flows, mut changed, mut blocked) = (0, 0, 0);
         for key in keys {
-            let Ok(mut e) = h.get(&key, 0) else { continue };
-            if e.state != STATE_DECIDED {
+            let Ok(mut entry) = table.get(&key, 0) else { continue };
+            if entry.state != STATE_DECIDED {
                 // Decided later under the new generation (the kernel looks the class up again).
                 continue;
             }
-            if e.flags & FLAG_CONTENT_BLOCKED != 0 {
+            if entry.flags & FLAG_CONTENT_BLOCKED != 0 {
                 blocked += 1;
                 continue;
             }
             flows += 1;
-            let client = packet::addr(key.client(e.client_is_a != 0).0, key.family);
-            let class = c.src_class(client);
-            let a = gen_action(g, c.action(class, e.app));
-            if e.verdict == a.verdict && e.redirect_slot == a.redirect_slot {
+            let client = packet::addr(key.client(entry.client_is_a != 0).0, key.family);
+            let class = policy.src_class(client);
+            let action = gen_action(generation, policy.action(class, entry.app));
+            if entry.verdict == action.verdict && entry.redirect_slot == action.redirect_slot {
                 continue;
             }
-            if e.verdict != a.verdict {
+            if entry.verdict != action.verdict {
                 changed += 1;
             }
-            e.verdict = a.verdict;
-            e.redirect_slot = a.redirect_slot;
-            e.src_class = FlowEntry::tagged_class(u16::try_from(class).unwrap_or(0), version);
-            if let Err(err) = h.insert(key, e, BPF_EXIST) {
+            entry.verdict = action.verdict;
+            entry.redirect_slot = action.redirect_slot;
+            entry.src_class = FlowEntry::tagged_class(u16::try_from(class).unwrap_or(0), version);
+            if let Err(err) = table.insert(key, entry, BPF_EXIST) {
                 // Evicted or ended since it was read: nothing to re-evaluate.
-                if !matches!(h.get(&key, 0), Err(aya::maps::MapError::KeyNotFound)) {
+                if !matches!(table.get(&key, 0), Err(aya::maps::MapError::KeyNotFound)) {
                     return Err(anyhow!("map {}: {err}", m::FLOWS));
                 }
             }

@@ -539,22 +539,22 @@ fn reload(
 
 fn try_reload(
     path: &Path,
-    s: &mut control::Shared,
+    shared: &mut control::Shared,
     controller: &mut Controller,
     running_monitor: &mut policy::Monitor,
     content: &mut imfw::content_path::ContentPath,
 ) -> Result<Reloaded> {
-    let mut p = policy::load(path).map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
-    p.keep_app_ids(&s.compiled.apps);
-    let c = p.compile().map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
+    let mut next = policy::load(path).map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
+    next.keep_app_ids(&shared.compiled.apps);
+    let compiled = next.compile().map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
     // A policy that starts monitoring needs the archive the running one did without: opened
     // first, so that a bad archive refuses the reload before anything changes.
-    let fresh = if p.monitors() && !s.compiled.monitors() {
-        Some(imfw::content_path::ContentPath::open(&p, wall_ms(), Box::new(imfw::rst::reset_both))?)
+    let fresh = if next.monitors() && !shared.compiled.monitors() {
+        Some(imfw::content_path::ContentPath::open(&next, wall_ms(), Box::new(imfw::rst::reset_both))?)
     } else {
         None
     };
-    let switched = match s.dataplane.apply(&c) {
+    let switched = match shared.dataplane.apply(&compiled) {
         Ok(sw) => sw,
         Err(e) => {
             if let Some(Err(e2)) = fresh.map(|f| f.close(wall_ms())) {
@@ -570,34 +570,34 @@ fn try_reload(
             log::error!("content path: {e:#}");
         }
     } else {
-        content.set_policy(&p);
+        content.set_policy(&next);
     }
-    controller.set_policy(&c);
-    let m = &p.monitor;
-    let r = &*running_monitor;
+    controller.set_policy(&compiled);
+    let m = &next.monitor;
+    let was = &*running_monitor;
     let needs_restart: Vec<&'static str> = [
-        ("archive", m.archive != r.archive),
-        ("archive_key", m.archive_key != r.archive_key),
-        ("on_gap", m.on_gap != r.on_gap),
-        ("max_flows", m.max_flows != r.max_flows),
-        ("memory_mb", m.memory_bytes != r.memory_bytes),
+        ("archive", m.archive != was.archive),
+        ("archive_key", m.archive_key != was.archive_key),
+        ("on_gap", m.on_gap != was.on_gap),
+        ("max_flows", m.max_flows != was.max_flows),
+        ("memory_mb", m.memory_bytes != was.memory_bytes),
     ]
     .into_iter()
     .filter_map(|(k, changed)| (changed && !opened).then_some(k))
     .collect();
     // What still differs stays recorded as running, so the warning repeats until a restart.
-    let mut keep = p.monitor.clone();
+    let mut keep = next.monitor.clone();
     if !needs_restart.is_empty() {
-        keep.archive.clone_from(&r.archive);
-        keep.archive_key.clone_from(&r.archive_key);
-        keep.on_gap = r.on_gap;
-        keep.max_flows = r.max_flows;
-        keep.memory_bytes = r.memory_bytes;
+        keep.archive.clone_from(&was.archive);
+        keep.archive_key.clone_from(&was.archive_key);
+        keep.on_gap = was.on_gap;
+        keep.max_flows = was.max_flows;
+        keep.memory_bytes = was.memory_bytes;
     }
     *running_monitor = keep;
-    s.compiled = c;
-    s.policy_version = switched.version;
-    s.policy_generation = switched.generation;
+    shared.compiled = compiled;
+    shared.policy_version = switched.version;
+    shared.policy_generation = switched.generation;
     Ok(Reloaded { switched, needs_restart })
 }
 

@@ -1191,20 +1191,19 @@ fn a_flow_created_before_a_reload_is_decided_with_the_new_source_classes() {
     // A: the client's network (class 1) may not use IRC. B: class 1 is another network, and
     // the client is in no rule network: IRC is allowed.
     let mut r = rig("version: 1\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: [irc], action: drop}\n");
-    let c = Conn::v4(41001, 6667);
-    assert_eq!(r.run(&c.syn()), XDP_PASS);
-    let b = next_policy(&r, "version: 1\nrules:\n  - {name: other, from: [203.0.113.0/24], apps: [irc], action: drop}\n");
-    r.dp.apply(&b).expect("switch");
-    assert_eq!(r.run(&c.client(&protocols::irc_registration("bob"))), XDP_PASS, "decided under B, with B's classes");
-    assert_decided(&r, &c, "irc", Method::Signature, Verdict::Allow);
-    let e = r.entry(&c.syn()).expect("entry");
-    assert_eq!(e.class(), 0);
+    let conn = Conn::v4(41001, 6667);
+    assert_eq!(r.run(&conn.syn()), XDP_PASS);
+    let second = next_policy(&r, "version: 1\nrules:\n  - {name: other, from: [203.0.113.0/24], apps: [irc], action: drop}\n");
+    r.dp.apply(&second).expect("switch");
+    assert_eq!(r.run(&conn.client(&protocols::irc_registration("bob"))), XDP_PASS, "decided under B, with B's classes");
+    assert_decided(&r, &conn, "irc", Method::Signature, Verdict::Allow);
+    assert_eq!(r.entry(&conn.syn()).expect("entry").class(), 0);
     // And a decided flow moves with its client's new class.
-    let d = next_policy(&r, "version: 1\nrules:\n  - {name: lan, from: [192.0.2.0/25], apps: [irc], action: drop}\n");
-    let done = r.dp.apply(&d).expect("switch");
+    let next = next_policy(&r, "version: 1\nrules:\n  - {name: lan, from: [192.0.2.0/25], apps: [irc], action: drop}\n");
+    let done = r.dp.apply(&next).expect("switch");
     assert_eq!(done.changed, 1);
-    assert_decided(&r, &c, "irc", Method::Signature, Verdict::Drop);
-    assert_eq!(r.entry(&c.syn()).expect("entry").class(), 1);
+    assert_decided(&r, &conn, "irc", Method::Signature, Verdict::Drop);
+    assert_eq!(r.entry(&conn.syn()).expect("entry").class(), 1);
 }
 
 #[test]
@@ -1219,28 +1218,28 @@ fn a_reload_keeps_content_blocks_and_app_ids() {
     let mut r = rig(&custom(&format!("{acme}{corp}"), "allow"));
     let acme_id = r.id("acme");
     let corp_id = r.id("corpchat");
-    let a = Conn::v4(42001, 7000);
-    assert_eq!(open(&r, &a, &[b"ACME hello".to_vec()]), XDP_PASS);
-    let k = Conn::v4(42002, 7000);
-    assert_eq!(open(&r, &k, &[b"CORP hello".to_vec()]), XDP_PASS);
-    assert_decided(&r, &k, "corpchat", Method::Signature, Verdict::Allow);
+    let acme_flow = Conn::v4(42001, 7000);
+    assert_eq!(open(&r, &acme_flow, &[b"ACME hello".to_vec()]), XDP_PASS);
+    let corp_flow = Conn::v4(42002, 7000);
+    assert_eq!(open(&r, &corp_flow, &[b"CORP hello".to_vec()]), XDP_PASS);
+    assert_decided(&r, &corp_flow, "corpchat", Method::Signature, Verdict::Allow);
     // The content policy blocked a flow the policy allows.
-    let x = Conn::v4(42003, 7000);
-    assert_eq!(open(&r, &x, &[b"CORP other".to_vec()]), XDP_PASS);
-    let t = packet::tuple(&x.syn()).unwrap();
-    let mut e = r.entry(&x.syn()).unwrap();
-    e.verdict = Verdict::Drop as u8;
-    e.flags |= imfw_common::flow::FLAG_NO_COPY | imfw_common::flow::FLAG_CONTENT_BLOCKED;
-    r.dp.set_flow(&t.key(), &e).unwrap();
+    let blocked = Conn::v4(42003, 7000);
+    assert_eq!(open(&r, &blocked, &[b"CORP other".to_vec()]), XDP_PASS);
+    let tuple = packet::tuple(&blocked.syn()).unwrap();
+    let mut entry = r.entry(&blocked.syn()).unwrap();
+    entry.verdict = Verdict::Drop as u8;
+    entry.flags |= imfw_common::flow::FLAG_NO_COPY | imfw_common::flow::FLAG_CONTENT_BLOCKED;
+    r.dp.set_flow(&tuple.key(), &entry).unwrap();
 
     // B drops acme (now unknown: the default, drop) and lists corpchat first.
-    let b = next_policy(&r, &custom(corp, "drop"));
-    assert_eq!(b.app_id("corpchat"), Some(corp_id), "corpchat keeps its id although it moved");
-    assert_eq!(b.app_name(acme_id), None);
-    let done = r.dp.apply(&b).expect("switch");
+    let next = next_policy(&r, &custom(corp, "drop"));
+    assert_eq!(next.app_id("corpchat"), Some(corp_id), "corpchat keeps its id although it moved");
+    assert_eq!(next.app_name(acme_id), None);
+    let done = r.dp.apply(&next).expect("switch");
     assert_eq!((done.flows, done.changed, done.content_blocked), (2, 1, 1));
-    assert_eq!(r.run(&a.client(b"more")), XDP_DROP, "a flow of an app the policy forgot gets the default");
-    assert_eq!(r.entry(&a.syn()).unwrap().app, acme_id, "and keeps its app id");
-    assert_eq!(r.run(&k.client(b"more")), XDP_PASS, "corpchat still allowed");
-    assert_eq!(r.run(&x.client(b"more")), XDP_DROP, "the content block stays");
+    assert_eq!(r.run(&acme_flow.client(b"more")), XDP_DROP, "a flow of an app the policy forgot gets the default");
+    assert_eq!(r.entry(&acme_flow.syn()).unwrap().app, acme_id, "and keeps its app id");
+    assert_eq!(r.run(&corp_flow.client(b"more")), XDP_PASS, "corpchat still allowed");
+    assert_eq!(r.run(&blocked.client(b"more")), XDP_DROP, "the content block stays");
 }
