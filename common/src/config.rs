@@ -1,4 +1,15 @@
 //! Run-time settings of the data plane, written by the controller into `IMFW_CONFIG[0]`.
+//!
+//! # Generations
+//! Every map the policy fills holds two policies side by side, generations 0 and 1, each
+//! entry tagged with its generation (in its key, or at `gen * size + index` in an array).
+//! `Generations::active` says which one is in force. A reload writes the inactive generation
+//! completely, then flips `active`, then removes the old one: the program reads `active` once
+//! per packet and carries it through its tail calls, so a packet sees one whole policy.
+//!
+//! The flip is one map update whose only changed byte is the low byte of `active` (0 <-> 1):
+//! whatever granularity the kernel copies the value with, a reader sees the old or the new
+//! generation, never a mix.
 
 /// How long after its last heartbeat (in `IMFW_ALIVE`, written every second) the controller
 /// counts as down for the data plane: three missed heartbeats.
@@ -9,6 +20,10 @@ pub const ACTION_PASS: u32 = 0;
 /// Drop them (counted under their drop reason).
 pub const ACTION_DROP: u32 = 1;
 
+/// Policy generations the maps hold at once: the one in force and the one being written.
+pub const GENERATIONS: u32 = 2;
+
+/// The settings of one policy (one generation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -18,11 +33,8 @@ pub struct Config {
     pub unparsed_action: u32,
     /// `ACTION_PASS` or `ACTION_DROP` for IPv4 non-first fragments.
     pub fragment_action: u32,
-    /// Number of valid entries in `IMFW_SIG_CLASSES`.
+    /// Number of valid entries of this generation in `IMFW_SIG_CLASSES`.
     pub sig_classes: u32,
-    /// Non-zero once the controller has written the policy; until then every packet passes
-    /// uninspected, so a half-loaded policy never decides a flow.
-    pub ready: u32,
     /// `ACTION_PASS` or `ACTION_DROP` for packets of a flow the controller is deciding.
     pub pending_action: u32,
     /// Non-zero: DNS answers (UDP from port 53) are copied to the controller, which learns the
@@ -34,7 +46,13 @@ pub struct Config {
     /// `ACTION_PASS` (open) or `ACTION_DROP` (closed): what happens to packets that wait for
     /// the controller (pending flows, held segments) once its heartbeat in `IMFW_ALIVE` ran out.
     pub controller_down: u32,
-    pub _pad: u32,
+    /// Which policy this is: the controller counts the policies it writes (0 in a compiled
+    /// policy). Flows carry its low bits with their source class (`FlowEntry::src_class`).
+    pub version: u32,
+    /// The generation these settings belong to (their slot in `Generations::gens`): the
+    /// program reads it where it needs the generation, rather than keeping one more value
+    /// alive across the matchers' loops, which costs verifier states.
+    pub generation: u32,
 }
 
 impl Config {
@@ -43,13 +61,32 @@ impl Config {
         unparsed_action: ACTION_PASS,
         fragment_action: ACTION_PASS,
         sig_classes: 0,
-        ready: 0,
         pending_action: ACTION_PASS,
         learn_dns: 0,
         monitor_hold: 0,
         controller_down: ACTION_DROP,
-        _pad: 0,
+        version: 0,
+        generation: 0,
     };
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 40);
+
+/// The value of `IMFW_CONFIG[0]`: both generations' settings and which one is in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generations {
+    /// Non-zero once the controller has written the first policy; until then every packet
+    /// passes uninspected, so a half-loaded policy never decides a flow.
+    pub ready: u32,
+    /// The generation in force: 0 or 1 (the program masks it).
+    pub active: u32,
+    pub gens: [Config; GENERATIONS as usize],
+}
+
+impl Generations {
+    pub const EMPTY: Generations =
+        Generations { ready: 0, active: 0, gens: [Config::DEFAULT, Config { generation: 1, ..Config::DEFAULT }] };
+}
+
+const _: () = assert!(core::mem::size_of::<Generations>() == 88);

@@ -38,6 +38,9 @@ pub const FLAG_NO_COPY: u8 = 8;
 pub const FLAG_CLEARED_CLIENT: u8 = 16;
 /// `cleared[1]` (server to client) is valid.
 pub const FLAG_CLEARED_SERVER: u8 = 32;
+/// The content policy blocked this flow: its verdict is the controller's, not the policy's,
+/// and a policy reload keeps it.
+pub const FLAG_CONTENT_BLOCKED: u8 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -60,7 +63,9 @@ pub struct FlowEntry {
     pub flags: u8,
     /// Devmap slot for `Verdict::Redirect`.
     pub redirect_slot: u8,
-    /// Source-network class of the client (index into the policy rows).
+    /// Source-network class of the client (index into the policy rows) in its low
+    /// [`SRC_CLASS_BITS`], and above them the low bits of the version of the policy it was
+    /// looked up in (see [`FlowEntry::tagged_class`]).
     pub src_class: u16,
     /// The app whose published or learned networks hold the server's address (0: none). It
     /// decides the flow when the payload names nothing: a server name, when there is one,
@@ -76,6 +81,32 @@ pub struct FlowEntry {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 40);
+
+/// Bits of `FlowEntry::src_class` that hold the class (`SRC_CLASSES` is 64); the bits above
+/// hold the low bits of the policy version the class was looked up in. Classes are numbered
+/// per policy: a flow created under one policy and decided under another looks its client's
+/// class up again.
+pub const SRC_CLASS_BITS: u32 = 6;
+
+impl FlowEntry {
+    /// The client's source class, without its version tag.
+    #[inline(always)]
+    pub const fn class(&self) -> u16 {
+        self.src_class & ((1 << SRC_CLASS_BITS) - 1)
+    }
+
+    /// Whether the source class was looked up under policy `version`.
+    #[inline(always)]
+    pub const fn class_is_from(&self, version: u32) -> bool {
+        self.src_class >> SRC_CLASS_BITS == (version as u16) & (u16::MAX >> SRC_CLASS_BITS)
+    }
+
+    /// `src_class` for class `class` found under policy `version`.
+    #[inline(always)]
+    pub const fn tagged_class(class: u16, version: u32) -> u16 {
+        (class & ((1 << SRC_CLASS_BITS) - 1)) | ((version as u16) << SRC_CLASS_BITS)
+    }
+}
 
 /// Direction of a packet relative to the flow's client.
 pub const DIR_CLIENT: u8 = 1;

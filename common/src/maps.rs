@@ -45,6 +45,8 @@ pub const PROGRAM: &str = "imfw_xdp";
 
 /// Default flow-table capacity (LRU: the least recently used flow is evicted when full).
 pub const FLOWS_DEFAULT: u32 = 262_144;
+/// Entries one policy may have in each map. The maps hold `GENERATIONS` times as many, so that
+/// any valid policy can be written beside the one in force (see `config`).
 pub const SIGS_MAX: u32 = 4096;
 pub const NAMES_MAX: u32 = 262_144;
 pub const ADDR_MAX: u32 = 262_144;
@@ -54,6 +56,49 @@ pub const STUN_MAX: u32 = 1024;
 pub const SRC_CLASSES: u32 = 64;
 pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;
 pub const REDIRECT_SLOTS: u32 = 16;
+/// Generations held side by side in every policy map.
+pub const GENS: u32 = crate::config::GENERATIONS;
+
+/// Index of a generation's redirect slot in `IMFW_REDIRECT` (what flows and policy rows store).
+#[inline(always)]
+pub const fn redirect_index(generation: u32, slot: u8) -> u8 {
+    ((generation & 1) * REDIRECT_SLOTS) as u8 + slot
+}
+
+/// Index of a generation's policy row in `IMFW_POLICY`.
+#[inline(always)]
+pub const fn policy_index(generation: u32, class: u32, app: u32) -> u32 {
+    (generation & 1) * POLICY_ENTRIES + (class % SRC_CLASSES) * crate::app::MAX_APPS as u32 + app % crate::app::MAX_APPS as u32
+}
+
+/// Key of `IMFW_STUN`: the attribute type (16 bits) with the generation above it.
+#[inline(always)]
+pub const fn stun_key(generation: u32, attr_type: u32) -> u32 {
+    ((generation & 1) << 16) | (attr_type & 0xffff)
+}
+
+/// LPM key data of `IMFW_ADDR4`/`IMFW_SRC4`: the generation byte, then the address. Prefix
+/// lengths count the generation byte (`prefix + 8`).
+#[inline(always)]
+pub const fn lpm4(generation: u32, addr: [u8; 4]) -> [u8; 5] {
+    [(generation & 1) as u8, addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// As [`lpm4`], for the IPv6 tries.
+#[inline(always)]
+pub fn lpm6(generation: u32, addr: &[u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = (generation & 1) as u8;
+    let mut i = 0;
+    while i < 16 {
+        k[i + 1] = addr[i];
+        i += 1;
+    }
+    k
+}
+
+/// Bits the generation byte adds to an LPM prefix length.
+pub const LPM_GEN_BITS: u32 = 8;
 /// Room for about 2,000 copied segments between two reads by the controller.
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
@@ -61,7 +106,10 @@ pub const EVENTS_BYTES: u32 = 1 << 22;
 /// (`ADOPTED`). Bump it whenever a repr(C) type stored in them (`FlowKey`, `FlowEntry`,
 /// `Counter`) changes, or the meaning of their fields or indices does (verdict, drop reason,
 /// stat and flag numbers): a size check alone would miss a reordered field.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 2: flows carry their policy version in `src_class`'s upper bits and their generation's
+/// redirect slot; `Stat::Packets` and the `policy` drop reason are summed by userspace.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The maps whose contents survive a restart: the flow table (every flow's verdict) and the
 /// counters. Every other map (policy, configuration, events, inspector jump table) belongs to

@@ -149,7 +149,8 @@ pub struct SigKey {
     pub class: u16,
     /// `DIR_CLIENT` or `DIR_SERVER`.
     pub dir: u8,
-    pub _pad: u8,
+    /// The policy generation (see `config`); 0 in a compiled policy.
+    pub generation: u8,
     pub bytes: [u8; SIG_LEN],
 }
 
@@ -201,11 +202,24 @@ pub struct SigValue {
 
 const _: () = assert!(core::mem::size_of::<SigValue>() == 20);
 
-/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`].
+/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`], started from the seed of the
+/// policy generation (see `config` and [`name_seed`]): the two generations' keys differ with
+/// no cost per lookup, which the verifier's budget for the name loops cannot spare.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NameKey {
     pub hash: u64,
+}
+
+/// Start value of the name hashes of generation 1 (generation 0 starts from
+/// [`NAME_HASH_INIT`]): any other 64-bit value would do.
+pub const NAME_HASH_INIT_GEN1: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The start value of name hashes in generation `generation`. Branchless: a branch would
+/// send two states (two known seeds) through the verifier's walk of the hash loop.
+#[inline(always)]
+pub const fn name_seed(generation: u32) -> u64 {
+    NAME_HASH_INIT ^ ((generation & 1) as u64).wrapping_neg() & (NAME_HASH_INIT ^ NAME_HASH_INIT_GEN1)
 }
 
 /// Value of `IMFW_NAMES` and of the address tries.
@@ -248,10 +262,16 @@ pub const fn name_hash_step(h: u64, byte: u8) -> u64 {
     (h ^ (byte | 0x20) as u64).wrapping_mul(FNV_PRIME)
 }
 
-/// Hash of a domain as userspace stores it in `IMFW_NAMES` (a trailing dot is ignored).
+/// Hash of a domain as userspace stores it in `IMFW_NAMES` (a trailing dot is ignored), in
+/// generation 0.
 pub fn domain_hash(domain: &str) -> u64 {
+    domain_hash_from(NAME_HASH_INIT, domain)
+}
+
+/// As [`domain_hash`], from start value `seed` (see [`name_seed`]).
+pub fn domain_hash_from(seed: u64, domain: &str) -> u64 {
     let d = domain.strip_suffix('.').unwrap_or(domain);
-    let mut h = NAME_HASH_INIT;
+    let mut h = seed;
     for &b in d.as_bytes().iter().rev() {
         h = name_hash_step(h, b);
     }
@@ -291,10 +311,16 @@ pub fn match_name<F: FnMut(u64) -> Option<u16>>(
 /// labels land in a slot that is never read), so the states of its iterations merge.
 #[inline(always)]
 pub fn suffix_hashes(buf: &[u8; SCRATCH_LEN], off: usize, len: usize, slots: &mut [u64; NAME_SLOTS]) -> (u64, usize) {
+    suffix_hashes_from(NAME_HASH_INIT, buf, off, len, slots)
+}
+
+/// As [`suffix_hashes`], from start value `seed` (see [`name_seed`]).
+#[inline(always)]
+pub fn suffix_hashes_from(seed: u64, buf: &[u8; SCRATCH_LEN], off: usize, len: usize, slots: &mut [u64; NAME_SLOTS]) -> (u64, usize) {
     if len == 0 || len > NAME_MAX {
-        return (NAME_HASH_INIT, 0);
+        return (seed, 0);
     }
-    let mut h = NAME_HASH_INIT;
+    let mut h = seed;
     let mut count = 0usize;
     let last = off + len - 1;
     let mut i = 0usize;
@@ -645,7 +671,7 @@ pub fn sig_key(buf: &[u8; SCRATCH_LEN], len: usize, shape: &SigClass, class: u16
     let mut bytes = [0u8; SIG_LEN];
     bytes[..8].copy_from_slice(&lo.to_ne_bytes());
     bytes[8..].copy_from_slice(&hi.to_ne_bytes());
-    Some(SigKey { class, dir, _pad: 0, bytes })
+    Some(SigKey { class, dir, generation: 0, bytes })
 }
 
 /// Masks a signature offset into `0..=SIG_WINDOW_MASK`: every valid offset
@@ -908,7 +934,7 @@ mod tests {
             SigClass::new(4, 2, mask(&[0xff, 0xff])),             // past the prefilter's bytes
             SigClass::new(0, 1, [0; SIG_LEN]),                    // size only
         ];
-        let key = |class: u16, b: &[u8]| SigKey { class, dir: 0, _pad: 0, bytes: mask(b) };
+        let key = |class: u16, b: &[u8]| SigKey { class, dir: 0, generation: 0, bytes: mask(b) };
         let keys = [
             key(0, b"<?x"),
             key(0, b"NIC"),

@@ -1,7 +1,7 @@
 //! `aya::Pod` for the types userspace reads and writes in maps.
 
 use crate::{
-    config::Config,
+    config::{Config, Generations},
     event::{FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
@@ -11,6 +11,7 @@ use crate::{
 // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and arrays of
 // integers, and have no implicit padding (each has a size assertion next to it).
 unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for Generations {}
 unsafe impl aya::Pod for FlowEvent {}
 unsafe impl aya::Pod for PayloadEvent {}
 unsafe impl aya::Pod for FlowEntry {}

@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::{BPF_RB_NO_WAKEUP, xdp_action}, maps::lpm_trie::Key, pr
 use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config},
+    maps::{LPM_GEN_BITS, lpm4, lpm6},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
@@ -16,7 +17,7 @@ use crate::{
     finish,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
-        controller_alive, count_drop, count_stat, count_verdict, policy,
+        controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -44,6 +45,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     e.packets += 1;
     e.bytes += len;
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
+        refresh_class(cfg, &pkt.key, e);
         if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
                 let job = Job {
@@ -56,7 +58,8 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     server_port: pkt.key.server(e.client_is_a != 0).1,
                     tcp_flags: pkt.tcp_flags,
                     controller: (e.flags & FLAG_CONTROLLER != 0) as u8,
-                    _pad: [0; 2],
+                    generation: gen_of(cfg) as u8,
+                    _pad: [0; 1],
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {
@@ -137,6 +140,7 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> Op
 
 #[inline(always)]
 fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+    let generation = gen_of(cfg);
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
@@ -147,8 +151,8 @@ fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
         client_is_a: client_is_a as u8,
         budget_client: budget,
         budget_server: budget,
-        src_class: src_class(pkt.key.family, &client),
-        addr_app: server_app(pkt.key.family, &server).unwrap_or(APP_NONE),
+        src_class: FlowEntry::tagged_class(src_class(generation, pkt.key.family, &client), cfg.version),
+        addr_app: server_app(generation, pkt.key.family, &server).unwrap_or(APP_NONE),
         ..FlowEntry::default()
     };
     count_stat(Stat::FlowsCreated);
@@ -175,21 +179,33 @@ fn v6_bytes(a: &[u32; 4]) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn src_class(family: u8, addr: &[u32; 4]) -> u16 {
+fn src_class(generation: u32, family: u8, addr: &[u32; 4]) -> u16 {
     let class = if family == 4 {
-        IMFW_SRC4.get(Key::new(32, addr[0].to_ne_bytes())).map(|c| c.class)
+        IMFW_SRC4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|c| c.class)
     } else {
-        IMFW_SRC6.get(Key::new(128, v6_bytes(addr))).map(|c| c.class)
+        IMFW_SRC6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|c| c.class)
     };
     class.unwrap_or(0) as u16
 }
 
 #[inline(always)]
-fn server_app(family: u8, addr: &[u32; 4]) -> Option<u16> {
+fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     if family == 4 {
-        IMFW_ADDR4.get(Key::new(32, addr[0].to_ne_bytes())).map(|m| m.app)
+        IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|m| m.app)
     } else {
-        IMFW_ADDR6.get(Key::new(128, v6_bytes(addr))).map(|m| m.app)
+        IMFW_ADDR6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|m| m.app)
+    }
+}
+
+/// A flow created under another policy (a reload came while it was inspected) looks its
+/// client's class up again, since classes are numbered per policy: at most once per flow and
+/// reload, on a payload packet of a flow still inspected, before anything can decide it. Here
+/// in the main program rather than in the stages, whose verifier budget the name loops spend.
+#[inline(always)]
+fn refresh_class(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
+    if !e.class_is_from(cfg.version) {
+        let (client, _) = key.client(e.client_is_a != 0);
+        e.src_class = FlowEntry::tagged_class(src_class(gen_of(cfg), key.family, &client), cfg.version);
     }
 }
 
@@ -202,7 +218,7 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
     let left = if dir == DIR_CLIENT { e.budget_client } else { e.budget_server };
     if left == 0 {
         if e.packets > ONE_WAY_FACTOR * cfg.inspect_packets as u64 {
-            give_up(ctx, &pkt.key, e);
+            give_up(ctx, cfg, &pkt.key, e);
         }
         return None;
     }
@@ -222,21 +238,32 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
 
 /// Ends inspection without a payload match: the server's address decides, if it is known.
 #[inline(always)]
-pub fn give_up(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry) {
+pub fn give_up(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
+    let (app, method) = given_up(e);
+    decide(ctx, cfg, key, e, app, method);
+}
+
+/// What [`give_up`] decides a flow as (counted): the server address's app, or none.
+#[inline(always)]
+pub fn given_up(e: &FlowEntry) -> (u16, Method) {
     if e.addr_app != APP_NONE {
         count_stat(Stat::Classified);
-        decide(ctx, key, e, e.addr_app, Method::Address);
+        (e.addr_app, Method::Address)
     } else {
         count_stat(Stat::Unclassified);
-        decide(ctx, key, e, APP_NONE, Method::None);
+        (APP_NONE, Method::None)
     }
 }
 
 /// Sets the app and the verdict the policy gives it for the client's network, and reports the
 /// classification. The verdict stays until the controller rewrites the entry.
+///
+///
+/// The class is the one [`refresh_class`] checked for this packet's generation before the
+/// packet's inspection.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
-    let action = policy(e.src_class, app);
+pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {
+    let action = policy(gen_of(cfg), e.class(), app);
     e.app = app;
     e.method = method as u8;
     e.verdict = action.verdict;
@@ -256,7 +283,7 @@ pub fn decide(ctx: &XdpContext, key: &FlowKey, e: &mut FlowEntry, app: u16, meth
                 verdict: action.verdict,
                 client_is_a: e.client_is_a,
                 redirect_slot: action.redirect_slot,
-                src_class: e.src_class,
+                src_class: e.class(),
             });
             // No wakeup: waking the reader costs an interrupt (a VM exit on a virtual
             // machine) whenever it had caught up, which on a quiet ring is every event. The

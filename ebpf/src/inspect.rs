@@ -19,8 +19,8 @@ use crate::{
     copy::{Copy, copy},
     finish,
     parse::IPPROTO_TCP,
-    flow::{decide, give_up, held, stream},
-    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict},
+    flow::{decide, given_up, held, stream},
+    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict, generation},
     matching::{self, Outcome, Sigs},
 };
 
@@ -114,12 +114,14 @@ pub fn imfw_ech(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, &Job, *mut Scratch) -> Outcome) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (Some(cfg), Some(scratch)) = (config(), IMFW_SCRATCH.get_ptr_mut(0)) else {
+    let (Some(all), Some(scratch)) = (config(), IMFW_SCRATCH.get_ptr_mut(0)) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU scratch written by the main program just before the tail call. A volatile
     // read: its fields are unknown values to the verifier, one state for all callers.
     let job = unsafe { core::ptr::read_volatile(&(*scratch).job) };
+    // The generation the main program read for this packet, not the one in force now.
+    let cfg = generation(all, job.generation as u32);
     let outcome = if job.controller != 0 && job.dir == DIR_CLIENT {
         // The controller is reassembling this flow: the rest of the ClientHello goes there.
         Outcome::Controller
@@ -134,38 +136,39 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
     };
     // SAFETY: pointer into the flow table's value, valid for this run.
     let e = unsafe { &mut *e };
-    match outcome {
+    // One call of `decide` for every outcome: inlined once, the verifier walks it once per
+    // state out of the matchers rather than once per outcome.
+    let decision = match outcome {
         Outcome::Found(app, method) => {
             count_stat(Stat::Classified);
-            decide(ctx, &job.key, e, app, method);
+            Some((app, method))
         }
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
             hand_over(ctx, &job, e.client_is_a);
+            None
         }
         Outcome::Copy => {
             hand_over(ctx, &job, e.client_is_a);
-            if e.budget_client == 0 && e.budget_server == 0 {
-                give_up(ctx, &job.key, e);
-            }
+            if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(e)) } else { None }
         }
         // A server name no app claims: the address no longer speaks for the flow.
-        Outcome::Named | Outcome::NamedTls => e.addr_app = APP_NONE,
+        Outcome::Named | Outcome::NamedTls => {
+            e.addr_app = APP_NONE;
+            None
+        }
         // The real name is encrypted: the address still speaks for the flow; without one, the
         // policy's choice for hidden names (app `ech`) applies.
         Outcome::Hidden => {
             count_stat(Stat::Classified);
-            if e.addr_app != APP_NONE {
-                decide(ctx, &job.key, e, e.addr_app, Method::Address);
-            } else {
-                decide(ctx, &job.key, e, APP_ECH, Method::Ech);
-            }
+            Some(if e.addr_app != APP_NONE { (e.addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
         }
         // A payload without a name: the server's address decides now, if it is known.
-        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => {
-            give_up(ctx, &job.key, e);
-        }
-        Outcome::Nothing => {}
+        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => Some(given_up(e)),
+        Outcome::Nothing => None,
+    };
+    if let Some((app, method)) = decision {
+        decide(ctx, cfg, &job.key, e, app, method);
     }
     if stream {
         if let Some(reason) = stream_first(ctx, cfg, &job, e) {

@@ -31,13 +31,14 @@ pub fn imfw_xdp(ctx: XdpContext) -> u32 {
     // arms below), so userspace sums them into `Stat::Packets`: no counter of its own on the
     // per-packet path.
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let cfg = match maps::config() {
+    let all = match maps::config() {
         Some(c) => c,
         None => return xdp_action::XDP_PASS,
     };
+    let cfg = maps::active(all);
     match parse(&ctx) {
         Parsed::Flow(pkt) => {
-            if cfg.ready == 0 {
+            if all.ready == 0 {
                 return xdp_action::XDP_PASS;
             }
             flow::handle(&ctx, cfg, &pkt, len)

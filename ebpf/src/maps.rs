@@ -7,39 +7,40 @@ use aya_ebpf::{
 };
 use imfw_common::{
     app::MAX_APPS,
-    config::Config,
+    config::{Config, Generations},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
 };
 
+// Every policy map holds two generations (see `imfw_common::config`): twice one policy's room.
 #[map]
-pub static IMFW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static IMFW_CONFIG: Array<Generations> = Array::with_max_entries(1, 0);
 #[map]
 pub static IMFW_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(m::FLOWS_DEFAULT, 0);
 #[map]
-pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES, 0);
+pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLASSES * m::GENS, 0);
 #[map]
-pub static IMFW_SIGPRE: Array<SigPrefilter> = Array::with_max_entries(1, 0);
+pub static IMFW_SIGPRE: Array<SigPrefilter> = Array::with_max_entries(m::GENS, 0);
 #[map]
-pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX, 0);
+pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX, 0);
+pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX, 0);
+pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_ADDR4: LpmTrie<[u8; 4], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+pub static IMFW_ADDR4: LpmTrie<[u8; 5], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_ADDR6: LpmTrie<[u8; 16], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX, 0);
+pub static IMFW_ADDR6: LpmTrie<[u8; 17], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_SRC4: LpmTrie<[u8; 4], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+pub static IMFW_SRC4: LpmTrie<[u8; 5], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_SRC6: LpmTrie<[u8; 16], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX, 0);
+pub static IMFW_SRC6: LpmTrie<[u8; 17], SrcClass> = LpmTrie::with_max_entries(m::SRC_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_ENTRIES, 0);
+pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_ENTRIES * m::GENS, 0);
 #[map]
-pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS, 0);
+pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS * m::GENS, 0);
 #[map]
 pub static IMFW_COUNTERS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_APPS as u32 * VERDICTS, 0);
@@ -72,7 +73,10 @@ pub struct Job {
     /// The flow had `FLAG_CONTROLLER` when the job was made: the stages decide without looking
     /// the flow up first, and only the stage that ends the inspection looks it up.
     pub controller: u8,
-    pub _pad: [u8; 2],
+    /// The policy generation the main program read for this packet: the stages use it, never
+    /// the current one, so that a packet sees one policy across the tail calls.
+    pub generation: u8,
+    pub _pad: [u8; 1],
 }
 
 /// Per-CPU working memory of the inspector.
@@ -89,7 +93,7 @@ pub struct Scratch {
 }
 
 #[inline(always)]
-pub fn config() -> Option<&'static Config> {
+pub fn config() -> Option<&'static Generations> {
     IMFW_CONFIG.get(0)
 }
 
@@ -102,6 +106,28 @@ pub fn controller_alive() -> bool {
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     now < *deadline
+}
+
+/// The settings of generation `id` (masked to 0 or 1). Their `generation` field is `id`: code
+/// that needs the generation reads it there (see [`gen_of`]).
+#[inline(always)]
+pub fn generation(all: &'static Generations, id: u32) -> &'static Config {
+    &all.gens[(id & 1) as usize]
+}
+
+/// The generation (0 or 1) of a generation's settings.
+#[inline(always)]
+pub fn gen_of(cfg: &Config) -> u32 {
+    cfg.generation & 1
+}
+
+/// The settings of the generation in force: read once per packet, at its start.
+#[inline(always)]
+pub fn active(all: &'static Generations) -> &'static Config {
+    // SAFETY: an aligned u32 in the map value. Volatile: read once, never re-read later in the
+    // run, so a flip during this packet changes nothing for it.
+    let id = unsafe { core::ptr::read_volatile(&all.active) };
+    generation(all, id)
 }
 
 #[inline(always)]
@@ -135,9 +161,8 @@ pub fn count_verdict(app: u16, verdict: u8, len: u64) {
 }
 
 #[inline(always)]
-pub fn policy(class: u16, app: u16) -> PolicyAction {
-    let idx = (class as u32 % m::SRC_CLASSES) * MAX_APPS as u32 + (app as u32 % MAX_APPS as u32);
-    match IMFW_POLICY.get(idx) {
+pub fn policy(generation: u32, class: u16, app: u16) -> PolicyAction {
+    match IMFW_POLICY.get(m::policy_index(generation, class as u32, app as u32)) {
         Some(a) => *a,
         None => PolicyAction::default(),
     }

@@ -6,12 +6,13 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes, tls_has_ech, tls_sni},
+    maps::stun_key,
+    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
 use crate::parse::IPPROTO_UDP;
-use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch};
+use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
 pub enum Outcome {
@@ -43,6 +44,8 @@ pub enum Sigs {
 /// Loads the payload into the scratch buffer and looks up each signature shape.
 #[inline(always)]
 pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Sigs {
+    let generation = gen_of(cfg);
+    let base = generation * MAX_SIG_CLASSES;
     let client_first = job.client_first != 0;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
@@ -66,7 +69,7 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     let last = launder(&mut spill[3], last) as u16;
     // The shapes the first bytes leave possible (userspace writes the prefilter with the
     // shapes, before the policy is marked ready).
-    let cand = match IMFW_SIGPRE.get(0) {
+    let cand = match IMFW_SIGPRE.get(generation) {
         Some(pre) => pre.candidates([buf[0], buf[1], buf[2], buf[3]]),
         None => u32::MAX,
     };
@@ -79,8 +82,9 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
             c += 1;
             continue;
         }
-        if let Some(shape) = IMFW_SIGCLASS.get(c) {
-            if let Some(key) = sig_key(buf, n, shape, c as u16, job.dir) {
+        if let Some(shape) = IMFW_SIGCLASS.get(base + c) {
+            if let Some(mut key) = sig_key(buf, n, shape, c as u16, job.dir) {
+                key.generation = generation as u8;
                 if let Some(v) = IMFW_SIGS.get_ptr(&key) {
                     // SAFETY: pointer into the map value, valid for this run.
                     let v = unsafe { &*v };
@@ -155,7 +159,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // §14.9, a domain of the service) through the name matcher. Either side's messages count.
     let (off, len, method) = if is_stun(buf, n) {
         // SAFETY: pointer into the map value, valid for this run.
-        let lookup = |ty: u32| IMFW_STUN.get_ptr(&ty).map(|m| unsafe { (*m).app });
+        let lookup = |ty: u32| IMFW_STUN.get_ptr(&stun_key(gen_of(cfg), ty)).map(|m| unsafe { (*m).app });
         let scan = stun_scan(buf, n, lookup);
         if scan.app != 0 {
             return Ok(Named::App(scan.app, Method::Stun));
@@ -185,7 +189,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // they merge into one verifier state instead of each exploring the name loops again.
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
-    let (h, count) = suffix_hashes(buf, off, len, slots);
+    let (h, count) = suffix_hashes_from(name_seed(gen_of(cfg)), buf, off, len, slots);
     let count = launder(&mut spill[2], count as u64) as usize;
     // SAFETY: pointer into the map value, valid for this run.
     let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use hashbrown::HashMap;
 use imfw_common::{
     event::PayloadEvent,
-    flow::{DIR_CLIENT, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FlowKey},
+    flow::{DIR_CLIENT, FLAG_CLEARED_CLIENT, FLAG_CLEARED_SERVER, FLAG_CONTENT_BLOCKED, FLAG_NO_COPY, FlowKey},
     verdict::Verdict,
 };
 use imfw_monitor::{
@@ -124,9 +124,14 @@ impl ContentPath {
         }
     }
 
-    /// A policy reload: later messages go through the new content rules.
+    /// A policy reload: later messages go through the new content rules, and the settings
+    /// that can change live do (`hold`, `retention_days`). The others (`archive`,
+    /// `archive_key`, `on_gap`, `max_flows`, `memory_mb`) size or locate state that lives as
+    /// long as the process: they take effect at the next restart.
     pub fn set_policy(&mut self, p: &policy::Policy) {
         self.monitor.set_policy(p.content.clone());
+        self.hold = p.monitor.hold;
+        self.retention_ms = u64::from(p.monitor.retention_days) * 86_400_000;
     }
 
     pub fn stats(&self) -> MonitorStats {
@@ -262,7 +267,8 @@ impl ContentPath {
                     if let Some(key) = self.key_of(&flow) {
                         if let Some(mut e) = dp.flow(&key)? {
                             e.verdict = Verdict::Drop as u8;
-                            e.flags |= FLAG_NO_COPY;
+                            // A policy reload keeps this verdict: it is not the policy's.
+                            e.flags |= FLAG_NO_COPY | FLAG_CONTENT_BLOCKED;
                             dp.set_flow(&key, &e)?;
                         }
                     }

@@ -28,6 +28,10 @@ pub struct Shared {
     /// Policy reloads (SIGHUP) that took effect, and those refused for a bad file.
     pub reloads: u64,
     pub reloads_failed: u64,
+    /// Policies the data plane has had since it was loaded (1: the first), and the map
+    /// generation (0 or 1) the one in force lives in.
+    pub policy_version: u32,
+    pub policy_generation: u32,
 }
 
 /// Binds the socket, replacing a stale one left by a dead controller but never one that a

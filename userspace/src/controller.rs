@@ -78,6 +78,11 @@ impl Controller {
         }
     }
 
+    /// A policy reload: server names are matched against the new policy's domains.
+    pub fn set_policy(&mut self, compiled: &Compiled) {
+        self.names = compiled.names.iter().map(|(k, v)| (k.hash, v.app)).collect();
+    }
+
     /// Advances the clock (seconds, monotonic) and removes the learned addresses that expired.
     pub fn tick(&mut self, now: u64, dp: &mut Dataplane) -> Result<()> {
         self.now = now;
@@ -192,7 +197,7 @@ impl Controller {
         };
         let (client, _) = ev.key.client(ev.client_is_a != 0);
         let client: IpAddr = packet::addr(client, ev.key.family);
-        let action = compiled.decide(client, app);
+        let action = dp.decide(compiled, client, app);
         e.app = app;
         e.method = method as u8;
         e.verdict = action.verdict;

@@ -2,7 +2,12 @@
 //! reads its state back. The same loaded program serves the live gateway (`imfw run`) and
 //! offline analysis (`imfw classify`, through `BPF_PROG_TEST_RUN`), so the two cannot disagree.
 
-use std::{collections::BTreeMap, net::IpAddr, os::fd::AsFd as _};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::IpAddr,
+    os::fd::AsFd as _,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -15,19 +20,41 @@ use aya::{
     },
 };
 use imfw_common::{
-    config::{CONTROLLER_GRACE_NS, Config},
+    config::{CONTROLLER_GRACE_NS, Config, Generations},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
-    flow::{FlowEntry, FlowKey},
-    maps as m,
-    matcher::AppMatch,
+    flow::{FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
+    maps::{self as m, LPM_GEN_BITS, lpm4, lpm6, policy_index, redirect_index, stun_key},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
 use crate::{
+    packet,
     pins::{self, Found, MapSpec, PinDir},
     policy::Compiled,
 };
 
+/// How long a switch waits after the flip before it re-evaluates flows and removes the old
+/// generation. A packet that read the old generation finishes its run on it: XDP programs run
+/// to completion in softirq context, in microseconds, so this is a wide margin.
+const GRACE: Duration = Duration::from_millis(20);
+/// `BPF_EXIST`: update an element only if it is still there (a flow evicted meanwhile stays gone).
+const BPF_EXIST: u64 = 2;
+
+/// What a policy switch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switched {
+    /// The generation now in force, and the policy version (policies written since load).
+    pub generation: u32,
+    pub version: u32,
+    /// Decided flows re-evaluated, and how many of them got another verdict.
+    pub flows: u64,
+    pub changed: u64,
+    /// Flows whose verdict the content policy set, left as they are.
+    pub content_blocked: u64,
+    /// Addresses learned from DNS carried over into the new generation.
+    pub learned: usize,
+}
 
 /// The XDP object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imfw"));
@@ -80,6 +107,22 @@ pub struct Dataplane {
     attached: Vec<Attached>,
     events: Option<RingBuf<MapData>>,
     pins: Option<Pinning>,
+    /// What `IMFW_CONFIG[0]` holds; this is its only writer.
+    gens: Generations,
+    /// The policy whose entries each generation holds, to remove them when it is retired.
+    written: [Option<Box<Compiled>>; 2],
+    /// Addresses learned from DNS and their apps: in the generation in force, carried over.
+    learned: StdHashMap<IpAddr, u16>,
+    /// A policy written beside the one in force, waiting for `commit`.
+    staged: Option<Staged>,
+}
+
+struct Staged {
+    generation: u32,
+    settings: Config,
+    /// The learned addresses in the generation in force, to remove with it.
+    learned_before: Vec<IpAddr>,
+    carried: usize,
 }
 
 /// Counters summed over CPUs.
@@ -216,7 +259,16 @@ impl Dataplane {
         }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;
-        Ok(Dataplane { ebpf, attached: Vec::new(), events: Some(events), pins: None })
+        Ok(Dataplane {
+            ebpf,
+            attached: Vec::new(),
+            events: Some(events),
+            pins: None,
+            gens: Generations::EMPTY,
+            written: [None, None],
+            learned: StdHashMap::new(),
+            staged: None,
+        })
     }
 
     /// Writes the controller's heartbeat: it counts as alive for `CONTROLLER_GRACE_NS` more.
@@ -243,79 +295,281 @@ impl Dataplane {
         self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
     }
 
-    /// Writes a compiled policy into the maps. The configuration goes last, and only it sets
-    /// `ready`, so packets never see a half-written policy on first load.
-    pub fn apply(&mut self, c: &Compiled) -> Result<()> {
+    /// Writes a compiled policy into the maps and puts it in force (see [`Dataplane::switch`]).
+    /// On first load the configuration goes last, and only it sets `ready`, so packets never
+    /// see a half-written policy.
+    pub fn apply(&mut self, c: &Compiled) -> Result<Switched> {
         let redirect: Vec<u32> = c
             .redirect_ifaces
             .iter()
             .map(|name| ifindex(name).with_context(|| format!("redirect interface {name}")))
             .collect::<Result<_>>()?;
-        self.write_maps(c, &redirect)
+        self.switch(c, &redirect)
     }
 
     /// As `apply`, for offline analysis: redirect targets need not exist on this machine, so
     /// the devmap stays empty (redirected flows keep their verdict in the flow table).
-    pub fn apply_offline(&mut self, c: &Compiled) -> Result<()> {
-        self.write_maps(c, &[])
+    pub fn apply_offline(&mut self, c: &Compiled) -> Result<Switched> {
+        self.switch(c, &[])
     }
 
-    fn write_maps(&mut self, c: &Compiled, redirect: &[u32]) -> Result<()> {
-        self.fill_array(m::SIG_CLASSES, &c.sig_classes)?;
-        self.fill_hash(m::SIGS, &c.sigs)?;
-        self.fill_array(m::SIG_PRE, std::slice::from_ref(&c.sig_pre))?;
-        self.fill_hash(m::NAMES, &c.names)?;
-        self.fill_hash(m::STUN, &c.stun)?;
-        self.fill_lpm(m::ADDR4, &c.addr4)?;
-        self.fill_lpm(m::ADDR6, &c.addr6)?;
-        self.fill_lpm(m::SRC4, &c.src4)?;
-        self.fill_lpm(m::SRC6, &c.src6)?;
-        self.fill_array(m::POLICY, &c.policy)?;
-        {
-            let mut d: DevMap<_> = DevMap::try_from(self.map_mut(m::REDIRECT)?)?;
-            for (slot, idx) in redirect.iter().enumerate() {
-                d.set(slot as u32, *idx, None, 0).map_err(|e| anyhow!("map {}: {e}", m::REDIRECT))?;
+    /// The generation in force (0 or 1) and its settings.
+    pub fn active(&self) -> (u32, Config) {
+        let g = self.gens.active & 1;
+        (g, self.gens.gens[g as usize])
+    }
+
+    /// What a flow of `app` opened by `client` gets under the policy in force, as the kernel
+    /// stores it (redirect slots of the generation in force).
+    pub fn decide(&self, c: &Compiled, client: IpAddr, app: u16) -> PolicyAction {
+        gen_action(self.gens.active & 1, c.decide(client, app))
+    }
+
+    /// Puts policy `c` in force without a packet ever seeing parts of two policies:
+    /// [`Dataplane::stage`], then [`Dataplane::commit`].
+    pub fn switch(&mut self, c: &Compiled, redirect: &[u32]) -> Result<Switched> {
+        self.stage(c, redirect)?;
+        self.commit()
+    }
+
+    /// The first half of a switch, which packets do not see: policy `c` is written completely
+    /// into the inactive generation, then its settings beside those in force (no byte of the
+    /// active ones changes). A failure removes what was written and leaves the policy in force
+    /// untouched. Learned addresses are copied over now: call [`Dataplane::commit`] next,
+    /// before anything else writes the maps.
+    pub fn stage(&mut self, c: &Compiled, redirect: &[u32]) -> Result<()> {
+        let first = self.gens.ready == 0;
+        let old = self.gens.active & 1;
+        let new = if first { 0 } else { old ^ 1 };
+        self.staged = None;
+        // Left over when an earlier removal failed, or staged and never committed.
+        self.clear_generation(new, &[]).context("removing the entries an earlier policy left")?;
+        let version = if first { 1 } else { self.gens.gens[old as usize].version.wrapping_add(1) };
+        let learned_before: Vec<IpAddr> = self.learned.keys().copied().collect();
+        self.written[new as usize] = Some(Box::new(c.clone()));
+        let mut v = self.gens;
+        v.gens[new as usize] = Config { version, generation: new, ..c.config };
+        let written = self.write_generation(new, c, redirect).and_then(|carried| {
+            // On first load nothing reads the settings yet: they go with `ready`, in commit.
+            if !first {
+                self.write_config(v).context("writing the new policy's settings")?;
             }
-        }
-        let mut cfg: Array<_, Config> = Array::try_from(self.map_mut(m::CONFIG)?)?;
-        cfg.set(0, c.config, 0).map_err(map_err(m::CONFIG))?;
+            Ok(carried)
+        });
+        let carried = match written {
+            Ok(n) => n,
+            Err(e) => {
+                if let Err(e2) = self.clear_generation(new, &learned_before) {
+                    log::warn!("removing the half-written policy: {e2:#}");
+                }
+                return Err(e.context("writing the new policy beside the one in force (which stays)"));
+            }
+        };
+        self.staged = Some(Staged { generation: new, settings: v.gens[new as usize], learned_before, carried });
         Ok(())
     }
 
-    /// The app of the longest app network (built-in, policy or learned) holding `addr`.
-    pub fn addr_app(&self, addr: IpAddr) -> Result<Option<u16>> {
+    /// The second half of a switch: one update flips `active` to the staged generation (its
+    /// low byte is the only byte that changes). After [`GRACE`], decided flows are
+    /// re-evaluated under the new policy and the old generation's entries are removed.
+    pub fn commit(&mut self) -> Result<Switched> {
+        let st = self.staged.take().ok_or_else(|| anyhow!("no policy staged"))?;
+        let first = self.gens.ready == 0;
+        let old = self.gens.active & 1;
+        let mut v = self.gens;
+        v.gens[st.generation as usize] = st.settings;
+        v.active = st.generation;
+        v.ready = 1;
+        self.write_config(v).context("switching to the new policy")?;
+        let mut done =
+            Switched { generation: st.generation, version: st.settings.version, learned: st.carried, ..Switched::default() };
+        if first {
+            return Ok(done);
+        }
+        std::thread::sleep(GRACE);
+        // The new policy is in force from here on: what fails now is logged, not returned.
+        match self.written[st.generation as usize].clone() {
+            Some(c) => match self.reevaluate(st.generation, &c) {
+                Ok((flows, changed, blocked)) => {
+                    done.flows = flows;
+                    done.changed = changed;
+                    done.content_blocked = blocked;
+                }
+                Err(e) => log::error!("re-evaluating decided flows (they keep their verdicts): {e:#}"),
+            },
+            None => log::error!("the staged policy went missing: decided flows keep their verdicts"),
+        }
+        if let Err(e) = self.clear_generation(old, &st.learned_before) {
+            // The old entries stay unused until the next switch removes them first.
+            log::warn!("removing the old policy's entries: {e:#}");
+        }
+        Ok(done)
+    }
+
+    fn write_config(&mut self, v: Generations) -> Result<()> {
+        let mut a: Array<_, Generations> = Array::try_from(self.map_mut(m::CONFIG)?)?;
+        a.set(0, v, 0).map_err(map_err(m::CONFIG))?;
+        self.gens = v;
+        Ok(())
+    }
+
+    /// Writes policy `c` into generation `g`, and the learned addresses its networks do not
+    /// cover; returns how many of those it wrote.
+    fn write_generation(&mut self, g: u32, c: &Compiled, redirect: &[u32]) -> Result<usize> {
+        {
+            let mut a: Array<_, SigClass> = Array::try_from(self.map_mut(m::SIG_CLASSES)?)?;
+            for (i, v) in (0u32..).zip(&c.sig_classes) {
+                a.set(g * MAX_SIG_CLASSES + i, v, 0).map_err(map_err(m::SIG_CLASSES))?;
+            }
+        }
+        {
+            let mut a: Array<_, SigPrefilter> = Array::try_from(self.map_mut(m::SIG_PRE)?)?;
+            a.set(g, c.sig_pre, 0).map_err(map_err(m::SIG_PRE))?;
+        }
+        let gen8 = g as u8;
+        self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
+        self.fill_hash(m::NAMES, name_keys(g, c).zip(c.names.iter().map(|(_, v)| *v)))?;
+        self.fill_hash(m::STUN, c.stun.iter().map(|(t, v)| (stun_key(g, *t), *v)))?;
+        self.fill_lpm(m::ADDR4, c.addr4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
+        self.fill_lpm(m::ADDR6, c.addr6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
+        self.fill_lpm(m::SRC4, c.src4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
+        self.fill_lpm(m::SRC6, c.src6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
+        {
+            let mut a: Array<_, PolicyAction> = Array::try_from(self.map_mut(m::POLICY)?)?;
+            for (i, v) in (0u32..).zip(&c.policy) {
+                a.set(policy_index(g, 0, 0) + i, gen_action(g, *v), 0).map_err(map_err(m::POLICY))?;
+            }
+        }
+        {
+            let mut d: DevMap<_> = DevMap::try_from(self.map_mut(m::REDIRECT)?)?;
+            for (slot, idx) in (0u8..).zip(redirect) {
+                d.set(u32::from(redirect_index(g, slot)), *idx, None, 0).map_err(|e| anyhow!("map {}: {e}", m::REDIRECT))?;
+            }
+        }
+        // Learned addresses go in after the policy's networks: one they now cover is dropped,
+        // as it would not have been learned (learning never overrides configured networks).
+        let mut carried = 0;
+        let learned: Vec<(IpAddr, u16)> = self.learned.iter().map(|(a, p)| (*a, *p)).collect();
+        for (addr, app) in learned {
+            if self.addr_app_in(g, addr)?.is_some() {
+                self.learned.remove(&addr);
+                continue;
+            }
+            self.insert_learned(g, addr, app)?;
+            carried += 1;
+        }
+        Ok(carried)
+    }
+
+    /// Removes the hash and trie entries of generation `g` (arrays are overwritten in place),
+    /// and the learned addresses `learned` from it.
+    fn clear_generation(&mut self, g: u32, learned: &[IpAddr]) -> Result<()> {
+        let Some(c) = self.written[g as usize].take() else { return Ok(()) };
+        let gen8 = g as u8;
+        let r = (|| {
+            self.remove_hash::<SigKey, SigValue>(m::SIGS, c.sigs.iter().map(|(k, _)| SigKey { generation: gen8, ..*k }))?;
+            self.remove_hash::<NameKey, AppMatch>(m::NAMES, name_keys(g, &c))?;
+            self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
+            self.remove_lpm::<[u8; 5], AppMatch>(m::ADDR4, c.addr4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
+            self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
+            self.remove_lpm::<[u8; 5], SrcClass>(m::SRC4, c.src4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
+            self.remove_lpm::<[u8; 17], SrcClass>(m::SRC6, c.src6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
+            for a in learned {
+                self.remove_learned_in(g, *a)?;
+            }
+            anyhow::Ok(())
+        })();
+        if r.is_err() {
+            // Tried again before generation `g` is written next.
+            self.written[g as usize] = Some(c);
+        }
+        r
+    }
+
+    /// Recomputes the verdict of every decided flow under policy `c`, now in force in
+    /// generation `g`: the client's source class under the new source networks, then the
+    /// policy's action for the flow's app. Only the verdict, redirect slot and class change;
+    /// the flow's state, budgets, flags and counters stay. App ids are stable across reloads
+    /// (see `Policy::keep_app_ids`): a flow of an app the new policy no longer knows gets the
+    /// default action. A verdict the content policy set is kept.
+    fn reevaluate(&mut self, generation: u32, policy: &Compiled) -> Result<(u64, u64, u64)> {
+        let version = self.gens.gens[generation as usize].version;
+        let mut table: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map_mut(m::FLOWS)?)?;
+        // Keys first: the walk rewrites entries, which an open iteration would trip over.
+        let keys: Vec<FlowKey> = table.keys().filter_map(std::result::Result::ok).collect();
+        let (mut flows, mut changed, mut blocked) = (0, 0, 0);
+        for key in keys {
+            let Ok(mut entry) = table.get(&key, 0) else { continue };
+            if entry.state != STATE_DECIDED {
+                // Decided later under the new generation (the kernel looks the class up again).
+                continue;
+            }
+            if entry.flags & FLAG_CONTENT_BLOCKED != 0 {
+                blocked += 1;
+                continue;
+            }
+            flows += 1;
+            let client = packet::addr(key.client(entry.client_is_a != 0).0, key.family);
+            let class = policy.src_class(client);
+            let action = gen_action(generation, policy.action(class, entry.app));
+            if entry.verdict == action.verdict && entry.redirect_slot == action.redirect_slot {
+                continue;
+            }
+            if entry.verdict != action.verdict {
+                changed += 1;
+            }
+            entry.verdict = action.verdict;
+            entry.redirect_slot = action.redirect_slot;
+            entry.src_class = FlowEntry::tagged_class(u16::try_from(class).unwrap_or(0), version);
+            if let Err(err) = table.insert(key, entry, BPF_EXIST) {
+                // Evicted or ended since it was read: nothing to re-evaluate.
+                if !matches!(table.get(&key, 0), Err(aya::maps::MapError::KeyNotFound)) {
+                    return Err(anyhow!("map {}: {err}", m::FLOWS));
+                }
+            }
+        }
+        Ok((flows, changed, blocked))
+    }
+
+    fn addr_app_in(&self, g: u32, addr: IpAddr) -> Result<Option<u16>> {
         Ok(match addr {
             IpAddr::V4(a) => {
-                let t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map(m::ADDR4)?)?;
-                t.get(&Key::new(32, a.octets()), 0).ok().map(|m| m.app)
+                let t: LpmTrie<_, [u8; 5], AppMatch> = LpmTrie::try_from(self.map(m::ADDR4)?)?;
+                t.get(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), 0).ok().map(|m| m.app)
             }
             IpAddr::V6(a) => {
-                let t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map(m::ADDR6)?)?;
-                t.get(&Key::new(128, a.octets()), 0).ok().map(|m| m.app)
+                let t: LpmTrie<_, [u8; 17], AppMatch> = LpmTrie::try_from(self.map(m::ADDR6)?)?;
+                t.get(&Key::new(128 + LPM_GEN_BITS, lpm6(g, &a.octets())), 0).ok().map(|m| m.app)
             }
         })
     }
 
-    /// Adds (or replaces) a host entry learned from DNS to the app networks.
-    pub fn set_learned(&mut self, addr: IpAddr, app: u16) -> Result<()> {
+    /// The app of the longest app network (built-in, policy or learned) holding `addr`, in the
+    /// policy in force.
+    pub fn addr_app(&self, addr: IpAddr) -> Result<Option<u16>> {
+        self.addr_app_in(self.gens.active & 1, addr)
+    }
+
+    fn insert_learned(&mut self, g: u32, addr: IpAddr, app: u16) -> Result<()> {
         let v = AppMatch { app, _pad: 0 };
         match addr {
             IpAddr::V4(a) => {
-                let mut t: LpmTrie<_, [u8; 4], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
-                t.insert(&Key::new(32, a.octets()), v, 0).map_err(map_err(m::ADDR4))
+                let mut t: LpmTrie<_, [u8; 5], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
+                t.insert(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), v, 0).map_err(map_err(m::ADDR4))
             }
             IpAddr::V6(a) => {
-                let mut t: LpmTrie<_, [u8; 16], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
-                t.insert(&Key::new(128, a.octets()), v, 0).map_err(map_err(m::ADDR6))
+                let mut t: LpmTrie<_, [u8; 17], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
+                t.insert(&Key::new(128 + LPM_GEN_BITS, lpm6(g, &a.octets())), v, 0).map_err(map_err(m::ADDR6))
             }
         }
     }
 
-    /// Removes a learned host entry (expired, or evicted).
-    pub fn remove_learned(&mut self, addr: IpAddr) -> Result<()> {
+    fn remove_learned_in(&mut self, g: u32, addr: IpAddr) -> Result<()> {
         let r = match addr {
-            IpAddr::V4(a) => LpmTrie::<_, [u8; 4], AppMatch>::try_from(self.map_mut(m::ADDR4)?)?.remove(&Key::new(32, a.octets())),
-            IpAddr::V6(a) => LpmTrie::<_, [u8; 16], AppMatch>::try_from(self.map_mut(m::ADDR6)?)?.remove(&Key::new(128, a.octets())),
+            IpAddr::V4(a) => LpmTrie::<_, [u8; 5], AppMatch>::try_from(self.map_mut(m::ADDR4)?)?
+                .remove(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets()))),
+            IpAddr::V6(a) => LpmTrie::<_, [u8; 17], AppMatch>::try_from(self.map_mut(m::ADDR6)?)?
+                .remove(&Key::new(128 + LPM_GEN_BITS, lpm6(g, &a.octets()))),
         };
         match r {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -323,15 +577,22 @@ impl Dataplane {
         }
     }
 
-    fn fill_array<V: Pod>(&mut self, name: &'static str, values: &[V]) -> Result<()> {
-        let mut a: Array<_, V> = Array::try_from(self.map_mut(name)?)?;
-        for (i, v) in values.iter().enumerate() {
-            a.set(i as u32, v, 0).map_err(map_err(name))?;
-        }
+    /// Adds (or replaces) a host entry learned from DNS to the app networks of the policy in
+    /// force; a policy switch carries it over.
+    pub fn set_learned(&mut self, addr: IpAddr, app: u16) -> Result<()> {
+        self.insert_learned(self.gens.active & 1, addr, app)?;
+        self.learned.insert(addr, app);
         Ok(())
     }
 
-    fn fill_hash<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(K, V)]) -> Result<()> {
+    /// Removes a learned host entry (expired, or evicted).
+    pub fn remove_learned(&mut self, addr: IpAddr) -> Result<()> {
+        self.remove_learned_in(self.gens.active & 1, addr)?;
+        self.learned.remove(&addr);
+        Ok(())
+    }
+
+    fn fill_hash<K: Pod, V: Pod>(&mut self, name: &'static str, entries: impl Iterator<Item = (K, V)>) -> Result<()> {
         let mut h: HashMap<_, K, V> = HashMap::try_from(self.map_mut(name)?)?;
         for (k, v) in entries {
             h.insert(k, v, 0).map_err(map_err(name))?;
@@ -339,10 +600,32 @@ impl Dataplane {
         Ok(())
     }
 
-    fn fill_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, entries: &[(u32, K, V)]) -> Result<()> {
+    fn fill_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, entries: impl Iterator<Item = (u32, K, V)>) -> Result<()> {
         let mut t: LpmTrie<_, K, V> = LpmTrie::try_from(self.map_mut(name)?)?;
         for (len, addr, v) in entries {
-            t.insert(&Key::new(*len, *addr), v, 0).map_err(map_err(name))?;
+            t.insert(&Key::new(len, addr), v, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    fn remove_hash<K: Pod, V: Pod>(&mut self, name: &'static str, keys: impl Iterator<Item = K>) -> Result<()> {
+        let mut h: HashMap<_, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        for k in keys {
+            match h.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(anyhow!("map {name}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_lpm<K: Pod, V: Pod>(&mut self, name: &'static str, keys: impl Iterator<Item = (u32, K)>) -> Result<()> {
+        let mut t: LpmTrie<_, K, V> = LpmTrie::try_from(self.map_mut(name)?)?;
+        for (len, addr) in keys {
+            match t.remove(&Key::new(len, addr)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(anyhow!("map {name}: {e}")),
+            }
         }
         Ok(())
     }
@@ -683,6 +966,20 @@ pub fn monotonic_ns() -> u64 {
         ts
     };
     u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.
+fn name_keys(g: u32, c: &Compiled) -> impl Iterator<Item = NameKey> + '_ {
+    c.name_domains.iter().map(move |d| NameKey { hash: domain_hash_from(name_seed(g), d) })
+}
+
+/// A compiled policy action as generation `g` stores it: redirect slots are the generation's.
+fn gen_action(g: u32, a: PolicyAction) -> PolicyAction {
+    if a.verdict == Verdict::Redirect as u8 {
+        PolicyAction { redirect_slot: redirect_index(g, a.redirect_slot), ..a }
+    } else {
+        a
+    }
 }
 
 /// A record of the event ring.

@@ -484,7 +484,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
     let _lock = pins.lock()?;
     // Adopts a compatible pinned state (flows keep their verdicts), or refuses before any change.
     let mut dp = Dataplane::load_pinned(flows, pins)?;
-    dp.apply(&compiled).context("writing the policy into the maps")?;
+    let first = dp.apply(&compiled).context("writing the policy into the maps")?;
     for i in ifaces {
         let mode = dp.attach(i)?;
         log::info!("attached to {i} in {} mode", mode.name());
@@ -503,6 +503,8 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
         started: Instant::now(),
         reloads: 0,
         reloads_failed: 0,
+        policy_version: first.version,
+        policy_generation: first.generation,
     }));
     // systemd's notification socket and watchdog (no-ops when not run by systemd).
     let notifier = Notifier::from_env();
@@ -554,13 +556,14 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
                 () = tick_or_never(watchdog.as_mut()) => notifier.send_or_warn(&Message::watchdog()),
                 _ = hup.recv() => {
                     if let Ok(mut s) = shared.lock() {
-                        let _ = reload_notified(&notifier, policy_path, &mut s, &mut running_monitor, &mut content);
+                        // Logged and counted inside; the running policy stays on error.
+                        let _ = reload_notified(&notifier, policy_path, &mut s, &mut controller, &mut running_monitor, &mut content);
                     }
                 }
                 Some(request) = from_socket.recv() => match request {
                     control::LoopRequest::Reload(reply) => {
                         let answer = match shared.lock() {
-                            Ok(mut s) => match reload_notified(&notifier, policy_path, &mut s, &mut running_monitor, &mut content) {
+                            Ok(mut s) => match reload_notified(&notifier, policy_path, &mut s, &mut controller, &mut running_monitor, &mut content) {
                                 Ok(summary) => serde_json::json!({"reloaded": true, "policy": s.policy_file, "message": summary}),
                                 Err(errors) => serde_json::json!({"reloaded": false, "policy": s.policy_file, "errors": errors}),
                             },
@@ -661,11 +664,28 @@ fn reload_notified(
     notifier: &Notifier,
     path: &Path,
     s: &mut control::Shared,
+    controller: &mut Controller,
     running_monitor: &mut policy::Monitor,
     content: &mut imfw::content_path::ContentPath,
 ) -> std::result::Result<String, String> {
     notifier.send_or_warn(&Message::reloading(notify::monotonic_usec()).status(&format!("reloading {}", path.display())));
-    let outcome = reload(path, s, running_monitor, content);
+    let outcome = match reload(path, s, controller, running_monitor, content) {
+        Ok(done) => {
+            let sw = &done.switched;
+            let mut summary = format!(
+                "reloaded {}: policy version {} in force, {} decided flows re-evaluated, {} changed verdict",
+                path.display(),
+                sw.version,
+                sw.flows,
+                sw.changed
+            );
+            if !done.needs_restart.is_empty() {
+                summary.push_str(&format!(" (monitor.{} take effect at the next restart)", done.needs_restart.join(", monitor.")));
+            }
+            Ok(summary)
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
     let status = match &outcome {
         Ok(summary) => format!("{summary}; {}", serving_status(s)),
         Err(errors) => format!(
@@ -678,53 +698,117 @@ fn reload_notified(
     outcome
 }
 
-/// SIGHUP: reads and checks the whole policy file again. A file with any error is refused
-/// (the errors are logged as `imfw check` prints them, counted) and the running policy stays.
-/// A good file's content rules take effect for every message completed from now on. Changes
-/// to the apps, rules or monitor settings are reported as needing a restart: the data plane's
-/// maps are not rewritten in place yet, since a switch that half-applied would let packets see
-/// half of each policy. Returns a summary of what took effect, or the located errors (as
-/// `imfw check` prints them) of a refused file.
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The data plane's side: generation, version, flows re-evaluated.
+    pub switched: imfw::dataplane::Switched,
+    /// Monitor settings that changed but take effect at the next restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// SIGHUP (and `imfw reload`): reads, checks and compiles the whole policy file again, then
+/// puts it in force: the maps switch atomically (`Dataplane::switch`: no packet sees parts of
+/// two policies), decided flows are re-evaluated, and the content rules and the live monitor
+/// settings follow. A file with any error, or a policy the data plane cannot take (a
+/// redirect interface that does not exist, an archive that cannot be opened), is refused:
+/// counted, logged as `imfw check` prints it, and the running policy stays in force whole.
 fn reload(
     path: &Path,
     s: &mut control::Shared,
+    controller: &mut Controller,
     running_monitor: &mut policy::Monitor,
     content: &mut imfw::content_path::ContentPath,
-) -> std::result::Result<String, String> {
-    let loaded = policy::load(path).and_then(|p| p.compile().map(|c| (p, c)));
-    let (p, c) = match loaded {
-        Ok(pc) => pc,
-        Err(errors) => {
+) -> Result<Reloaded> {
+    let r = try_reload(path, s, controller, running_monitor, content);
+    match &r {
+        Ok(done) => {
+            s.reloads += 1;
+            let sw = &done.switched;
+            log::info!(
+                "reloaded {}: policy version {} (generation {}, hash {}) in force; {} decided flows re-evaluated, {} changed verdict{}",
+                path.display(),
+                sw.version,
+                sw.generation,
+                s.compiled.hash.get(..12).unwrap_or(&s.compiled.hash),
+                sw.flows,
+                sw.changed,
+                if sw.content_blocked > 0 { format!(", {} blocked by content rules kept", sw.content_blocked) } else { String::new() },
+            );
+            if !done.needs_restart.is_empty() {
+                log::warn!("reload: monitor.{} changed; this takes effect at the next restart", done.needs_restart.join(", monitor."));
+            }
+        }
+        Err(e) => {
             s.reloads_failed += 1;
-            log::error!("reload refused, the running policy stays in force: {} is not a valid policy\n{errors}", path.display());
-            return Err(errors.to_string());
+            log::error!("reload refused, the running policy stays in force: {e:#}");
+        }
+    }
+    r
+}
+
+fn try_reload(
+    path: &Path,
+    shared: &mut control::Shared,
+    controller: &mut Controller,
+    running_monitor: &mut policy::Monitor,
+    content: &mut imfw::content_path::ContentPath,
+) -> Result<Reloaded> {
+    let mut next = policy::load(path).map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
+    next.keep_app_ids(&shared.compiled.apps);
+    let compiled = next.compile().map_err(|errors| anyhow!("{} is not a valid policy\n{errors}", path.display()))?;
+    // A policy that starts monitoring needs the archive the running one did without: opened
+    // first, so that a bad archive refuses the reload before anything changes.
+    let fresh = if next.monitors() && !shared.compiled.monitors() {
+        Some(imfw::content_path::ContentPath::open(&next, wall_ms(), Box::new(imfw::rst::reset_both))?)
+    } else {
+        None
+    };
+    let switched = match shared.dataplane.apply(&compiled) {
+        Ok(sw) => sw,
+        Err(e) => {
+            if let Some(Err(e2)) = fresh.map(|f| f.close(wall_ms())) {
+                log::error!("content path: {e2:#}");
+            }
+            return Err(e.context("putting the new policy in force"));
         }
     };
-    content.set_policy(&p);
-    s.reloads += 1;
-    let maps_changed = Compiled { hash: s.compiled.hash.clone(), ..c.clone() } != s.compiled;
-    let monitor_changed = p.monitor != *running_monitor;
-    log::info!(
-        "reloaded {}: {} content rules in force (policy {})",
-        path.display(),
-        p.content.len(),
-        p.hash.get(..12).unwrap_or(&p.hash)
-    );
-    if maps_changed {
-        log::warn!("reload: the apps, rules or defaults changed; they take effect at the next restart (content rules are in force now)");
+    let opened = fresh.is_some();
+    if let Some(fresh) = fresh {
+        let old = std::mem::replace(content, fresh);
+        if let Err(e) = old.close(wall_ms()) {
+            log::error!("content path: {e:#}");
+        }
+    } else {
+        content.set_policy(&next);
     }
-    if monitor_changed {
-        log::warn!("reload: the monitor settings changed; they take effect at the next restart");
+    controller.set_policy(&compiled);
+    let m = &next.monitor;
+    let was = &*running_monitor;
+    let needs_restart: Vec<&'static str> = [
+        ("archive", m.archive != was.archive),
+        ("archive_key", m.archive_key != was.archive_key),
+        ("on_gap", m.on_gap != was.on_gap),
+        ("max_flows", m.max_flows != was.max_flows),
+        ("memory_mb", m.memory_bytes != was.memory_bytes),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| (changed && !opened).then_some(k))
+    .collect();
+    // What still differs stays recorded as running, so the warning repeats until a restart.
+    let mut keep = next.monitor.clone();
+    if !needs_restart.is_empty() {
+        keep.archive.clone_from(&was.archive);
+        keep.archive_key.clone_from(&was.archive_key);
+        keep.on_gap = was.on_gap;
+        keep.max_flows = was.max_flows;
+        keep.memory_bytes = was.memory_bytes;
     }
-    if !maps_changed && !monitor_changed {
-        s.compiled.hash = c.hash;
-        *running_monitor = p.monitor;
-    }
-    let mut summary = format!("reloaded {}: {} content rules in force", path.display(), p.content.len());
-    if maps_changed || monitor_changed {
-        summary.push_str(" (apps, rules, defaults or monitor settings changed: they take effect at the next restart)");
-    }
-    Ok(summary)
+    *running_monitor = keep;
+    shared.compiled = compiled;
+    shared.policy_version = switched.version;
+    shared.policy_generation = switched.generation;
+    Ok(Reloaded { switched, needs_restart })
 }
 
 /// `imfw reload`: the running controller reloads on its main loop and answers with the outcome.

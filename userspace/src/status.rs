@@ -52,8 +52,10 @@ pub fn answer(s: &Shared) -> Value {
         "interfaces": ifaces,
         "policy": s.policy_file,
         "policy_hash": s.compiled.hash,
-        // The policy in force: 1 is the one loaded at start, each reload that took effect adds one.
-        "policy_generation": 1 + s.reloads,
+        // The policy in force: 1 is the one loaded at start, each reload that took effect adds
+        // one; the generation is the half of the policy maps it occupies (0 or 1).
+        "policy_version": s.policy_version,
+        "policy_generation": s.policy_generation,
         "uptime_s": s.started.elapsed().as_secs(),
         "reloads": s.reloads,
         "reloads_failed": s.reloads_failed,
@@ -91,10 +93,10 @@ pub fn render(v: &Value) -> String {
     let hash = v["policy_hash"].as_str().unwrap_or("?");
     let _ = writeln!(
         out,
-        "policy      {} (sha256 {}, generation {}; reloads: {} applied, {} refused)",
+        "policy      {} (sha256 {}, version {}; reloads: {} applied, {} refused)",
         v["policy"].as_str().unwrap_or("?"),
         hash.get(..16).unwrap_or(hash),
-        n(&v["policy_generation"]),
+        n(&v["policy_version"]),
         n(&v["reloads"]),
         n(&v["reloads_failed"])
     );
@@ -197,7 +199,7 @@ mod tests {
         let v = json!({
             "version": "0.1.0", "pid": 42, "uptime_s": 3725,
             "interfaces": [{"iface": "lan0", "ifindex": 3, "mode": "native"}, {"iface": "wan0", "ifindex": 4, "mode": "generic"}],
-            "policy": "/etc/imfw/policy.yaml", "policy_hash": "0123456789abcdef0123456789abcdef", "policy_generation": 3,
+            "policy": "/etc/imfw/policy.yaml", "policy_hash": "0123456789abcdef0123456789abcdef", "policy_version": 3, "policy_generation": 0,
             "reloads": 2, "reloads_failed": 1, "flow_capacity": 262_144, "flow_entries": 17,
             "prometheus": "127.0.0.1:9464",
             "counters": {"packets": 1000, "dropped": 12, "drops": {"policy": 10, "pending": 2}, "flows_created": 20,
@@ -207,7 +209,7 @@ mod tests {
         let text = render(&v);
         for want in [
             "imfw 0.1.0 (pid 42), up 1h 2m 5s",
-            "policy      /etc/imfw/policy.yaml (sha256 0123456789abcdef, generation 3; reloads: 2 applied, 1 refused)",
+            "policy      /etc/imfw/policy.yaml (sha256 0123456789abcdef, version 3; reloads: 2 applied, 1 refused)",
             "interfaces  lan0 (native, ifindex 3), wan0 (generic, ifindex 4)",
             "flow table  17 of 262144 entries",
             "packets     1000 seen, 12 dropped (pending 2, policy 10)",

@@ -1180,3 +1180,112 @@ fn payload_for(sig: &imfw::catalogue::Signature) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// Compiles `yaml` as a reload of the policy in force would (custom app ids kept).
+fn next_policy(r: &Rig, yaml: &str) -> Compiled {
+    let mut p = policy::parse(yaml, "next.yaml").unwrap_or_else(|e| panic!("policy: {e}"));
+    p.keep_app_ids(&r.c.apps);
+    p.compile().unwrap_or_else(|e| panic!("policy: {e}"))
+}
+
+#[test]
+fn a_staged_policy_changes_nothing_until_the_flip() {
+    let mut r = rig("version: 1\napps: {irc: allow, mqtt: allow}\n");
+    let before = Conn::v4(40001, 6667);
+    assert_eq!(open(&r, &before, &[protocols::irc_registration("bob")]), XDP_PASS);
+    assert_decided(&r, &before, "irc", Method::Signature, Verdict::Allow);
+    let (gen_a, _) = r.dp.active();
+
+    // Generation B drops IRC and MQTT: written beside A, not in force.
+    let b = next_policy(&r, "version: 1\napps: {irc: drop, mqtt: drop}\n");
+    r.dp.stage(&b, &[]).expect("stage B");
+    assert_eq!(r.dp.active().0, gen_a, "staging does not flip");
+    let during = Conn::v4(40002, 6667);
+    assert_eq!(open(&r, &during, &[protocols::irc_registration("carol")]), XDP_PASS, "a new flow still gets A's verdict");
+    assert_decided(&r, &during, "irc", Method::Signature, Verdict::Allow);
+    assert_eq!(r.run(&before.client(b"PRIVMSG #x :hi\r\n")), XDP_PASS, "a decided flow keeps A's verdict");
+    // A flow still inspecting at the flip: created under A, decided under B.
+    let straddling = Conn::v4(40003, 1883);
+    assert_eq!(r.run(&straddling.syn()), XDP_PASS);
+
+    let done = r.dp.commit().expect("commit B");
+    assert_ne!(done.generation, gen_a);
+    assert_eq!(done.version, 2);
+    assert_eq!(done.flows, 2, "both decided IRC flows re-evaluated");
+    assert_eq!(done.changed, 2);
+    assert_eq!(r.run(&before.client(b"PRIVMSG #x :bye\r\n")), XDP_DROP, "re-evaluated: B's verdict");
+    assert_decided(&r, &before, "irc", Method::Signature, Verdict::Drop);
+    let e = r.entry(&before.syn()).expect("entry");
+    assert!(e.packets >= 4, "the flow's state and counters stay ({} packets)", e.packets);
+    let after = Conn::v4(40004, 6667);
+    assert_eq!(open(&r, &after, &[protocols::irc_registration("dave")]), XDP_DROP, "a new flow gets B's verdict");
+    assert_eq!(r.run(&straddling.client(&protocols::mqtt_connect(4, "s"))), XDP_DROP);
+    assert_decided(&r, &straddling, "mqtt", Method::Signature, Verdict::Drop);
+
+    // And back: B's generation is reused for C, A's entries are gone and rewritten.
+    let c = next_policy(&r, "version: 1\napps: {irc: allow, mqtt: drop}\n");
+    let done = r.dp.apply(&c).expect("switch to C");
+    assert_eq!((done.generation, done.version), (gen_a, 3));
+    assert_eq!(done.changed, 3, "three IRC flows allowed again, the MQTT flow stays dropped");
+    assert_eq!(r.run(&before.client(b"PRIVMSG #x :back\r\n")), XDP_PASS);
+    let again = Conn::v4(40005, 6667);
+    assert_eq!(open(&r, &again, &[protocols::irc_registration("erin")]), XDP_PASS);
+}
+
+#[test]
+fn a_flow_created_before_a_reload_is_decided_with_the_new_source_classes() {
+    // A: the client's network (class 1) may not use IRC. B: class 1 is another network, and
+    // the client is in no rule network: IRC is allowed.
+    let mut r = rig("version: 1\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: [irc], action: drop}\n");
+    let conn = Conn::v4(41001, 6667);
+    assert_eq!(r.run(&conn.syn()), XDP_PASS);
+    let second = next_policy(&r, "version: 1\nrules:\n  - {name: other, from: [203.0.113.0/24], apps: [irc], action: drop}\n");
+    r.dp.apply(&second).expect("switch");
+    assert_eq!(r.run(&conn.client(&protocols::irc_registration("bob"))), XDP_PASS, "decided under B, with B's classes");
+    assert_decided(&r, &conn, "irc", Method::Signature, Verdict::Allow);
+    assert_eq!(r.entry(&conn.syn()).expect("entry").class(), 0);
+    // And a decided flow moves with its client's new class.
+    let next = next_policy(&r, "version: 1\nrules:\n  - {name: lan, from: [192.0.2.0/25], apps: [irc], action: drop}\n");
+    let done = r.dp.apply(&next).expect("switch");
+    assert_eq!(done.changed, 1);
+    assert_decided(&r, &conn, "irc", Method::Signature, Verdict::Drop);
+    assert_eq!(r.entry(&conn.syn()).expect("entry").class(), 1);
+}
+
+#[test]
+fn a_reload_keeps_content_blocks_and_app_ids() {
+    let custom = |apps: &str, action: &str| {
+        format!(
+            "version: 1\ndefaults: {{action: {action}}}\ncatalogue:\n{apps}apps: {{corpchat: allow}}\n",
+        )
+    };
+    let acme = "  acme: {signatures: [{name: hi, direction: client, bytes: '41 43 4d 45'}]}\n";
+    let corp = "  corpchat: {signatures: [{name: hi, direction: client, bytes: '43 4f 52 50'}]}\n";
+    let mut r = rig(&custom(&format!("{acme}{corp}"), "allow"));
+    let acme_id = r.id("acme");
+    let corp_id = r.id("corpchat");
+    let acme_flow = Conn::v4(42001, 7000);
+    assert_eq!(open(&r, &acme_flow, &[b"ACME hello".to_vec()]), XDP_PASS);
+    let corp_flow = Conn::v4(42002, 7000);
+    assert_eq!(open(&r, &corp_flow, &[b"CORP hello".to_vec()]), XDP_PASS);
+    assert_decided(&r, &corp_flow, "corpchat", Method::Signature, Verdict::Allow);
+    // The content policy blocked a flow the policy allows.
+    let blocked = Conn::v4(42003, 7000);
+    assert_eq!(open(&r, &blocked, &[b"CORP other".to_vec()]), XDP_PASS);
+    let tuple = packet::tuple(&blocked.syn()).unwrap();
+    let mut entry = r.entry(&blocked.syn()).unwrap();
+    entry.verdict = Verdict::Drop as u8;
+    entry.flags |= imfw_common::flow::FLAG_NO_COPY | imfw_common::flow::FLAG_CONTENT_BLOCKED;
+    r.dp.set_flow(&tuple.key(), &entry).unwrap();
+
+    // B drops acme (now unknown: the default, drop) and lists corpchat first.
+    let next = next_policy(&r, &custom(corp, "drop"));
+    assert_eq!(next.app_id("corpchat"), Some(corp_id), "corpchat keeps its id although it moved");
+    assert_eq!(next.app_name(acme_id), None);
+    let done = r.dp.apply(&next).expect("switch");
+    assert_eq!((done.flows, done.changed, done.content_blocked), (2, 1, 1));
+    assert_eq!(r.run(&acme_flow.client(b"more")), XDP_DROP, "a flow of an app the policy forgot gets the default");
+    assert_eq!(r.entry(&acme_flow.syn()).unwrap().app, acme_id, "and keeps its app id");
+    assert_eq!(r.run(&corp_flow.client(b"more")), XDP_PASS, "corpchat still allowed");
+    assert_eq!(r.run(&blocked.client(b"more")), XDP_DROP, "the content block stays");
+}

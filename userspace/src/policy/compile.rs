@@ -11,7 +11,7 @@ use imfw_common::{
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{ADDR_MAX, NAMES_MAX, POLICY_ENTRIES, REDIRECT_SLOTS, SIGS_MAX, SRC_CLASSES},
     matcher::{
-        domain_hash, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
+        domain_hash, domain_hash_from, name_seed, AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigValue, SrcClass, LEN_NONE, SIG_LAST_BYTE,
         MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SigPrefilter, SIG_LEN, SIG_LEN_ATLEAST, SIG_OFFSET_MAX,
     },
     verdict::Verdict,
@@ -36,7 +36,10 @@ pub struct Compiled {
     pub sigs: Vec<(SigKey, SigValue)>,
     /// Which shapes a payload's first bytes leave possible (from `sig_classes` and `sigs`).
     pub sig_pre: SigPrefilter,
+    /// Generation 0's keys (see `name_seed`).
     pub names: Vec<(NameKey, AppMatch)>,
+    /// The domain of each entry of `names`, for the keys of generation 1.
+    pub name_domains: Vec<String>,
     /// (prefix length, network, app).
     pub addr4: Vec<(u32, [u8; 4], AppMatch)>,
     /// STUN attribute type -> app.
@@ -89,6 +92,11 @@ impl Compiled {
     pub fn action(&self, class: u32, app: u16) -> PolicyAction {
         let i = class as usize * usize::from(MAX_APPS) + usize::from(app);
         self.policy.get(i).copied().unwrap_or_default()
+    }
+
+    /// Whether any flow can get the verdict `monitor` (the content path needs its archive).
+    pub fn monitors(&self) -> bool {
+        self.policy.iter().any(|a| a.verdict == Verdict::Monitor as u8)
     }
 
     /// What the data plane does with a flow of `app` opened by `client`.
@@ -188,7 +196,7 @@ impl<'a> Builder<'a> {
                         Direction::Any => &[DIR_CLIENT, DIR_SERVER],
                     };
                     for &dir in dirs {
-                        let key = SigKey { class: class as u16, dir, _pad: 0, bytes: sig.masked16() };
+                        let key = SigKey { class: class as u16, dir, generation: 0, bytes: sig.masked16() };
                         match seen.entry(key) {
                             Entry::Vacant(v) => {
                                 v.insert(SigOrigin {
@@ -260,8 +268,10 @@ impl<'a> Builder<'a> {
                         }
                         None => {}
                     }
+                    // Both generations' hashes (see `name_seed`) share the map: all must differ.
                     let hash = domain_hash(&d);
-                    if let Some(other) = hashes.get(&hash) {
+                    let hash1 = domain_hash_from(name_seed(1), &d);
+                    if let Some(other) = hashes.get(&hash).or_else(|| hashes.get(&hash1)).or_else(|| (hash == hash1).then_some(&d)) {
                         self.errs.0.push(part.src.err(
                             &path,
                             format!("domain `{d}` has the same hash as `{other}`; the data plane cannot tell them apart"),
@@ -269,6 +279,8 @@ impl<'a> Builder<'a> {
                         continue;
                     }
                     hashes.insert(hash, d.clone());
+                    hashes.insert(hash1, d.clone());
+                    self.out.name_domains.push(d.clone());
                     domains.insert(d, (app, part.src.where_is(&path)));
                     self.out.names.push((NameKey { hash }, AppMatch { app, _pad: 0 }));
                 }
@@ -400,7 +412,6 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
                 unparsed_action: policy.defaults.unparsed.config_value(),
                 fragment_action: policy.defaults.fragments.config_value(),
                 sig_classes: 0,
-                ready: 1,
                 pending_action: match policy.defaults.pending {
                     Unclassified::Allow => imfw_common::config::ACTION_PASS,
                     Unclassified::Drop => imfw_common::config::ACTION_DROP,
@@ -408,13 +419,15 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
                 learn_dns: u32::from(policy.defaults.learn_dns),
                 monitor_hold: u32::from(policy.monitor.hold),
                 controller_down: policy.defaults.controller_down.config_value(),
-                _pad: 0,
+                version: 0,
+                generation: 0,
             },
             apps,
             sig_classes: Vec::new(),
             sig_pre: SigPrefilter::default(),
             sigs: Vec::new(),
             names: Vec::new(),
+            name_domains: Vec::new(),
             addr4: Vec::new(),
             stun: Vec::new(),
             addr6: Vec::new(),

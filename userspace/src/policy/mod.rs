@@ -184,6 +184,38 @@ impl Policy {
     pub fn app_names(&self) -> Vec<(u16, String)> {
         compile::app_table(&self.custom_apps)
     }
+
+    /// Gives the custom apps the ids they have in the policy in force (`running`: its id and
+    /// name table), so that flows, counters and events keep their meaning across a reload.
+    /// Apps new to this policy take ids the running policy does not use (an app it drops keeps
+    /// its id out of use for this reload), then, only when those run out, the ids it left.
+    /// Built-in ids never change. Call before [`Policy::compile`].
+    pub fn keep_app_ids(&mut self, running: &[(u16, String)]) {
+        let before: std::collections::HashMap<&str, u16> =
+            running.iter().filter(|(id, _)| *id >= CUSTOM_FIRST).map(|(id, n)| (n.as_str(), *id)).collect();
+        let mut used: std::collections::HashSet<u16> = std::collections::HashSet::new();
+        let mut kept = vec![None; self.custom_apps.len()];
+        for (slot, (_, name)) in kept.iter_mut().zip(&self.custom_apps) {
+            if let Some(&id) = before.get(name.as_str()) {
+                *slot = Some(id);
+                used.insert(id);
+            }
+        }
+        let taken: std::collections::HashSet<u16> = before.values().copied().collect();
+        let mut fresh = (CUSTOM_FIRST..MAX_APPS).filter(|id| !taken.contains(id));
+        let mut left = (CUSTOM_FIRST..MAX_APPS).filter(|id| taken.contains(id));
+        for (slot, (id, _)) in kept.iter().zip(self.custom_apps.iter_mut()) {
+            *id = match slot {
+                Some(k) => *k,
+                // parse() allows at most MAX_APPS - CUSTOM_FIRST custom apps, so an id is left.
+                None => match fresh.next().or_else(|| left.find(|i| !used.contains(i))) {
+                    Some(i) => i,
+                    None => *id,
+                },
+            };
+            used.insert(*id);
+        }
+    }
 }
 
 /// Reads and checks a policy file.

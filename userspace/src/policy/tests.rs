@@ -67,7 +67,6 @@ fn default_policy_parses_and_compiles() {
     }
     assert_eq!(Verdict::from_u8(c.action(0, 0).verdict), Verdict::Allow);
     assert_eq!(c.policy.len(), POLICY_ENTRIES as usize);
-    assert_eq!(c.config.ready, 1);
     assert_eq!(c.config.inspect_packets, 4);
     assert_eq!(c.config.sig_classes as usize, c.sig_classes.len());
     assert!(!c.sigs.is_empty() && !c.names.is_empty());
@@ -533,4 +532,35 @@ fn size_only_signatures_need_an_exact_size_and_ports() {
     one_error(&format!("{base}, min_len: 48, max_len: 48, ports: 9000}}\n"), 5, 9, "matches the same bytes as signature `threema-client-hello`");
     let (_, c) = ok(&format!("{base}, offset: 1, min_len: 48, max_len: 48, ports: 9000}}\n"));
     assert!(c.sigs.iter().any(|(_, v)| v.min_len == 48 && v.max_len == 48 && v.port_lo == 9000));
+}
+
+#[test]
+fn a_reload_keeps_custom_app_ids() {
+    let cat = |names: &[&str]| -> String {
+        let apps: String = names.iter().map(|n| format!("  {n}:\n    domains: [{n}.example]\n")).collect();
+        format!("version: 1\ncatalogue:\n{apps}")
+    };
+    let (_, running) = ok(&cat(&["acme", "beta", "gamma"]));
+    assert_eq!(running.app_id("beta"), Some(CUSTOM_FIRST + 1));
+    // beta and gamma move up, acme goes, delta is new.
+    let (mut p, _) = ok(&cat(&["gamma", "delta", "beta"]));
+    p.keep_app_ids(&running.apps);
+    let c = p.compile().expect("compiles");
+    assert_eq!(c.app_id("beta"), running.app_id("beta"));
+    assert_eq!(c.app_id("gamma"), running.app_id("gamma"));
+    let delta = c.app_id("delta").expect("delta has an id");
+    assert!(delta >= CUSTOM_FIRST + 3, "a new app does not take the id acme just left ({delta})");
+    assert_eq!(c.app_name(CUSTOM_FIRST), None, "acme's id is unused");
+    assert!(c.names.iter().any(|(k, m)| k.hash == domain_hash("beta.example") && Some(m.app) == running.app_id("beta")));
+    // With every id taken, a new app reuses one a dropped app left.
+    let many: Vec<String> = (0..usize::from(MAX_APPS - CUSTOM_FIRST)).map(|i| format!("app{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (_, full) = ok(&cat(&refs));
+    let mut next = refs.clone();
+    next[0] = "newcomer";
+    let (mut p, _) = ok(&cat(&next));
+    p.keep_app_ids(&full.apps);
+    let c = p.compile().expect("compiles");
+    assert_eq!(c.app_id("newcomer"), Some(CUSTOM_FIRST));
+    assert_eq!(c.app_id("app1"), full.app_id("app1"));
 }
