@@ -672,17 +672,18 @@ fn reload_notified(
     let outcome = match reload(path, s, controller, running_monitor, content) {
         Ok(done) => {
             let sw = &done.switched;
-            let mut summary = format!(
-                "reloaded {}: policy version {} in force, {} decided flows re-evaluated, {} changed verdict",
+            let later = if done.needs_restart.is_empty() {
+                String::new()
+            } else {
+                format!(" (monitor.{} take effect at the next restart)", done.needs_restart.join(", monitor."))
+            };
+            Ok(format!(
+                "reloaded {}: policy version {} in force, {} decided flows re-evaluated, {} changed verdict{later}",
                 path.display(),
                 sw.version,
                 sw.flows,
                 sw.changed
-            );
-            if !done.needs_restart.is_empty() {
-                summary.push_str(&format!(" (monitor.{} take effect at the next restart)", done.needs_restart.join(", monitor.")));
-            }
-            Ok(summary)
+            ))
         }
         Err(e) => Err(format!("{e:#}")),
     };

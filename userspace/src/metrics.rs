@@ -319,6 +319,7 @@ fn stat_help(s: Stat) -> &'static str {
 }
 
 /// The text exposition format (version 0.0.4) of one scrape.
+#[expect(clippy::too_many_lines, reason = "one family after the other, in the order a scrape shows them")]
 pub fn render(i: &Input) -> String {
     let mut out = String::with_capacity(8192);
     family(

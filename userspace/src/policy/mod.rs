@@ -228,6 +228,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
 
 /// Parses and checks policy text, running everything `imfw run` would except the interface
 /// lookups: the policy is compiled too, so that capacity limits and signature conflicts show.
+#[expect(clippy::too_many_lines, reason = "one section of the file after the other")]
 pub fn parse(source: &str, file_name: &str) -> Result<Policy, PolicyErrors> {
     let builtin = catalogue::builtin()?;
     let (src, file): (Source, PolicyFile) =
