@@ -116,13 +116,22 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
 pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
     let layout = Layout::new(opts.root.clone(), opts.prefix.clone())?;
     if layout.root.is_none() && systemd_running() {
-        // Stop before the binary goes. Stopping detaches XDP: the gateway is unprotected.
+        // Stop before the binary goes.
         println!("uninstall: systemctl disable --now imfw.service");
         let st = Command::new("systemctl")
             .args(["disable", "--now", "imfw.service"])
             .status();
         if !st.is_ok_and(|s| s.success()) {
             println!("uninstall: (imfw.service was not loaded or not running)");
+        }
+    }
+    let bin = layout.staged(&layout.bin());
+    if layout.root.is_none() && bin.is_file() {
+        // A stopped imfw keeps enforcing from its pins (a restart must leave no gap); an
+        // uninstall removes the program from the interfaces too.
+        println!("uninstall: {} unload", bin.display());
+        if !Command::new(&bin).arg("unload").status().is_ok_and(|s| s.success()) {
+            bail!("`{} unload` failed: the program may still be attached; nothing was removed", bin.display());
         }
     }
     for line in uninstall_files(&layout, opts.purge)? {

@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
 mod bench;
+mod deb;
 mod demo;
 mod install;
 mod prereq;
@@ -39,6 +40,9 @@ enum Cli {
     /// Remove the binary and the unit (stopping the service first); the policy, settings and
     /// state (/var/lib/imfw) stay unless --purge.
     Uninstall(install::UninstallOptions),
+    /// Build a Debian package (target/debian/imfw_VERSION_ARCH.deb) of the same files, binary
+    /// in /usr/sbin; removing it stops the service and unloads the pinned program.
+    Deb(deb::DebOptions),
 }
 
 fn main() {
@@ -58,6 +62,7 @@ fn run() -> Result<()> {
         Cli::Bench(opts) => bench::run(&opts),
         Cli::Install(opts) => install::install(&opts),
         Cli::Uninstall(opts) => install::uninstall(&opts),
+        Cli::Deb(opts) => deb::run(&opts),
     }
 }
 
