@@ -231,7 +231,7 @@ fn flows_status_and_prometheus_show_real_traffic() {
     for want in [
         "interfaces  imfw-lan0 (native",
         "imfw-wan0 (native",
-        "generation 1;",
+        "version 1;",
         "prometheus  http://127.0.0.1:9464/metrics",
     ] {
         assert!(text.contains(want), "`{want}` not in:\n{text}");
