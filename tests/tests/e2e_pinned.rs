@@ -8,8 +8,12 @@ use std::{
     io::Write as _,
     net::{SocketAddr, TcpStream},
     path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use imfw_common::config::CONTROLLER_GRACE_NS;
@@ -24,6 +28,9 @@ use imfw_tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(2);
+/// Bounds of the connection kept busy through a kill and a restart.
+const BUSY_LINES: u32 = 2_000;
+const BUSY_LIMIT: Duration = Duration::from_secs(60);
 const XMPP_PORT: u16 = 5222;
 
 fn root() {
@@ -105,6 +112,31 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
         .packets;
     let links = gw_links(&lab, &dir);
     let flows_map = pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap();
+    // A second allowed connection talks without a pause through the kill and the restart:
+    // every line must come back, none may be reset.
+    let mut busy = lab
+        .client_connect(SocketAddr::new(SERVER4.into(), XMPP_PORT), WAIT)
+        .unwrap();
+    busy.write_all(&xmpp.segments.concat()).unwrap();
+    assert!(!servers::read_some(&mut busy, WAIT).is_empty(), "the XMPP server answers");
+    let stop = Arc::new(AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let (mut sent, mut lost) = (0u32, Vec::new());
+            // Bounded: until told to stop, at most BUSY_LINES lines or BUSY_LIMIT.
+            while !stop.load(Ordering::Relaxed) && sent < BUSY_LINES && started.elapsed() < BUSY_LIMIT {
+                let line = format!("busy {sent}\n");
+                if !echoes(&mut busy, line.as_bytes()) {
+                    lost.push(sent);
+                }
+                sent += 1;
+            }
+            (sent, lost)
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
 
     // (a) kill -9: the pins, the program and its verdicts stay.
     lab.kill_imfw().unwrap();
@@ -160,6 +192,10 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
         "the established flow kept its verdict; log:\n{log}"
     );
     assert!(observe(&lab, &server, blocked())[0].blocked());
+    stop.store(true, Ordering::Relaxed);
+    let (sent, lost) = talker.join().unwrap();
+    assert!(sent >= 5, "the busy connection talked through the kill and the restart ({sent} lines)");
+    assert!(lost.is_empty(), "lines of the busy allowed connection lost around the kill and restart: {lost:?} of {sent}");
     let st = lab.imfw().stats().unwrap();
     assert!(
         st.counter(Some("xmpp"), "allow").packets > xmpp_allowed,
