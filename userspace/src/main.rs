@@ -386,6 +386,14 @@ fn stderr_is_journal() -> bool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        // A reporting command piped into `head` ends quietly when the reader goes, as other
+        // command-line tools do, instead of panicking in `println!`. Not `imfw run`: a
+        // client that closes the control socket early must cost the controller an EPIPE,
+        // never its life.
+        // SAFETY: restores the default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.cmd {
         Cmd::Check { policy } => return check(&policy),
         Cmd::Run { policy, iface, control, flows, pins, detach_on_exit } => {
