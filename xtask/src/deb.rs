@@ -13,8 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::{
-    cargo,
-    install::{install_files, Layout},
+    install::{install_files, release_bin, Layout},
     run_checked, target_dir,
 };
 
@@ -63,13 +62,7 @@ fi
 ";
 
 pub fn run(opts: &DebOptions) -> Result<()> {
-    let bin = if let Some(b) = &opts.bin {
-        b.clone()
-    } else {
-        println!("xtask: building the release binary");
-        run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
-        target_dir().join("release/imfw")
-    };
+    let bin = release_bin(opts.bin.as_deref())?;
     let out = opts.out.clone().unwrap_or_else(|| target_dir().join("debian"));
     let deb = build(&bin, &out, &architecture()?)?;
     println!("xtask: built {}", deb.display());

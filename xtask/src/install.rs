@@ -93,13 +93,7 @@ impl Layout {
 
 pub fn install(opts: &InstallOptions) -> Result<()> {
     let layout = Layout::new(opts.root.clone(), opts.prefix.clone())?;
-    let bin = if let Some(b) = &opts.bin {
-        b.clone()
-    } else {
-        println!("xtask: building the release binary");
-        run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
-        target_dir().join("release/imfw")
-    };
+    let bin = release_bin(opts.bin.as_deref())?;
     for line in install_files(&layout, &bin)? {
         println!("install: {line}");
     }
@@ -111,6 +105,16 @@ pub fn install(opts: &InstallOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The binary to install or package: `given`, else the release build (built now).
+pub fn release_bin(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(b) = given {
+        return Ok(b.to_path_buf());
+    }
+    println!("xtask: building the release binary");
+    run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
+    Ok(target_dir().join("release/imfw"))
 }
 
 pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
