@@ -41,6 +41,16 @@ pub const FLAG_CLEARED_SERVER: u8 = 32;
 /// The content policy blocked this flow: its verdict is the controller's, not the policy's,
 /// and a policy reload keeps it.
 pub const FLAG_CONTENT_BLOCKED: u8 = 64;
+/// `src_class` holds a class looked up (under the version in its tag). A new flow's entry is
+/// created without it: the lookup waits for the flow's first payload, so that a SYN (a scan,
+/// a flood) costs no trie walk.
+pub const FLAG_CLASS_KNOWN: u8 = 128;
+
+/// `addr_app` before the server's address was looked up in the app networks: the lookup waits
+/// until a payload leaves the address to decide (no name, an encrypted name, the budget spent),
+/// so flows that a name or a signature decides never pay it. Not an app id (they are below
+/// `MAX_APPS`).
+pub const ADDR_UNRESOLVED: u16 = u16::MAX;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -67,9 +77,10 @@ pub struct FlowEntry {
     /// [`SRC_CLASS_BITS`], and above them the low bits of the version of the policy it was
     /// looked up in (see [`FlowEntry::tagged_class`]).
     pub src_class: u16,
-    /// The app whose published or learned networks hold the server's address (0: none). It
-    /// decides the flow when the payload names nothing: a server name, when there is one,
-    /// outranks the address (a shared cloud address serves many names).
+    /// The app whose published or learned networks hold the server's address (0: none;
+    /// [`ADDR_UNRESOLVED`] until looked up). It decides the flow when the payload names
+    /// nothing: a server name, when there is one, outranks the address (a shared cloud address
+    /// serves many names).
     pub addr_app: u16,
     /// Segments of this monitored flow the ring buffer had no room for (saturating): the
     /// controller reads it to account the loss to the flow.
@@ -95,10 +106,16 @@ impl FlowEntry {
         self.src_class & ((1 << SRC_CLASS_BITS) - 1)
     }
 
-    /// Whether the source class was looked up under policy `version`.
+    /// Whether the source class was looked up, under policy `version`.
     #[inline(always)]
     pub const fn class_is_from(&self, version: u32) -> bool {
-        self.src_class >> SRC_CLASS_BITS == (version as u16) & (u16::MAX >> SRC_CLASS_BITS)
+        self.flags & FLAG_CLASS_KNOWN != 0 && self.src_class >> SRC_CLASS_BITS == (version as u16) & (u16::MAX >> SRC_CLASS_BITS)
+    }
+
+    /// The app of the server's address, when it was looked up.
+    #[inline(always)]
+    pub const fn addr_app_known(&self) -> Option<u16> {
+        if self.addr_app == ADDR_UNRESOLVED { None } else { Some(self.addr_app) }
     }
 
     /// `src_class` for class `class` found under policy `version`.

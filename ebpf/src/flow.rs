@@ -6,7 +6,7 @@ use imfw_common::{
     config::{ACTION_DROP, Config},
     maps::{LPM_GEN_BITS, lpm4, lpm6},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
-    flow::{DIR_CLIENT, DIR_SERVER, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    flow::{ADDR_UNRESOLVED, DIR_CLIENT, DIR_SERVER, FLAG_CLASS_KNOWN, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
 };
 
@@ -29,23 +29,38 @@ const ONE_WAY_FACTOR: u64 = 8;
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
-        Some(e) => e,
-        None => match create(cfg, pkt) {
-            Some(e) => e,
-            None => {
+        Some(e) => {
+            // SAFETY: a pointer into the flow table's value, valid for this program run.
+            // Concurrent updates from another CPU may race on the counters; they are statistics.
+            let e = unsafe { &mut *e };
+            e.packets += 1;
+            e.bytes += len;
+            e
+        }
+        None => {
+            let Some(new) = create(cfg, pkt, len) else {
                 // The table refused the entry (counted): the packet passes undecided.
                 count_verdict(APP_NONE, Verdict::Pending as u8, len);
                 return xdp_action::XDP_PASS;
+            };
+            if pkt.payload_len == 0 {
+                // A SYN (or a packet without payload of a flow picked up midway): nothing to
+                // inspect and no verdict yet, so the entry as inserted has all it needs and
+                // the table is not searched a second time for it.
+                return finish(cfg, new, len);
             }
-        },
+            match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
+                // SAFETY: as above.
+                Some(e) => unsafe { &mut *e },
+                None => {
+                    count_verdict(APP_NONE, Verdict::Pending as u8, len);
+                    return xdp_action::XDP_PASS;
+                }
+            }
+        }
     };
-    // SAFETY: a pointer into the flow table's value, valid for this program run. Concurrent
-    // updates from another CPU may race on the counters; they are statistics.
-    let e = unsafe { &mut *e };
-    e.packets += 1;
-    e.bytes += len;
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
-        refresh_class(cfg, &pkt.key, e);
+        resolve_class(cfg, &pkt.key, e);
         if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
                 let job = Job {
@@ -138,29 +153,33 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> Op
     if hold { Some(DropReason::Held) } else { None }
 }
 
+/// Inserts a new flow's entry, counting this packet, and returns it as inserted. Neither the
+/// client's class nor the server's app is looked up yet (see [`resolve_class`] and
+/// [`resolve_addr`]): a flow that never sends payload never walks a trie.
 #[inline(always)]
-fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
-    let generation = gen_of(cfg);
+fn create(cfg: &Config, pkt: &Pkt, len: u64) -> Option<&'static FlowEntry> {
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
     let budget = if cfg.inspect_packets > 255 { 255 } else { cfg.inspect_packets as u8 };
-    let (client, _) = pkt.key.client(client_is_a);
-    let (server, _) = pkt.key.server(client_is_a);
-    let e = FlowEntry {
+    let s = IMFW_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, ours for this run; the entry is read back before the run ends.
+    let e = unsafe { &mut (*s).entry };
+    *e = FlowEntry {
+        packets: 1,
+        bytes: len,
         client_is_a: client_is_a as u8,
         budget_client: budget,
         budget_server: budget,
-        src_class: FlowEntry::tagged_class(src_class(generation, pkt.key.family, &client), cfg.version),
-        addr_app: server_app(generation, pkt.key.family, &server).unwrap_or(APP_NONE),
+        addr_app: ADDR_UNRESOLVED,
         ..FlowEntry::default()
     };
     count_stat(Stat::FlowsCreated);
-    if IMFW_FLOWS.insert(&pkt.key, &e, 0).is_err() {
+    if IMFW_FLOWS.insert(&pkt.key, &*e, 0).is_err() {
         count_stat(Stat::FlowInsertFailed);
         return None;
     }
-    IMFW_FLOWS.get_ptr_mut(&pkt.key)
+    Some(e)
 }
 
 #[inline(always)]
@@ -197,16 +216,28 @@ fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     }
 }
 
-/// A flow created under another policy (a reload came while it was inspected) looks its
-/// client's class up again, since classes are numbered per policy: at most once per flow and
-/// reload, on a payload packet of a flow still inspected, before anything can decide it. Here
-/// in the main program rather than in the stages, whose verifier budget the name loops spend.
+/// Looks the client's class up on a payload packet of a flow still inspected, before anything
+/// can decide it: once per flow (its entry is created without it), and again after a reload
+/// came while it was inspected, since classes are numbered per policy. Here in the main program
+/// rather than in the stages, whose verifier budget the name loops spend.
 #[inline(always)]
-fn refresh_class(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
+fn resolve_class(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
     if !e.class_is_from(cfg.version) {
         let (client, _) = key.client(e.client_is_a != 0);
         e.src_class = FlowEntry::tagged_class(src_class(gen_of(cfg), key.family, &client), cfg.version);
+        e.flags |= FLAG_CLASS_KNOWN;
     }
+}
+
+/// The app of the server's address (`APP_NONE` for none), looked up in the packet's policy
+/// generation the first time something asks.
+#[inline(always)]
+pub fn resolve_addr(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) -> u16 {
+    if e.addr_app == ADDR_UNRESOLVED {
+        let (server, _) = key.server(e.client_is_a != 0);
+        e.addr_app = server_app(gen_of(cfg), key.family, &server).unwrap_or(APP_NONE);
+    }
+    e.addr_app
 }
 
 /// Spends one unit of the inspection budget of the packet's direction. Returns the direction
@@ -239,16 +270,17 @@ fn spend_budget(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, e: &mut FlowEntry) ->
 /// Ends inspection without a payload match: the server's address decides, if it is known.
 #[inline(always)]
 pub fn give_up(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
-    let (app, method) = given_up(e);
+    let (app, method) = given_up(cfg, key, e);
     decide(ctx, cfg, key, e, app, method);
 }
 
 /// What [`give_up`] decides a flow as (counted): the server address's app, or none.
 #[inline(always)]
-pub fn given_up(e: &FlowEntry) -> (u16, Method) {
-    if e.addr_app != APP_NONE {
+pub fn given_up(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) -> (u16, Method) {
+    let addr_app = resolve_addr(cfg, key, e);
+    if addr_app != APP_NONE {
         count_stat(Stat::Classified);
-        (e.addr_app, Method::Address)
+        (addr_app, Method::Address)
     } else {
         count_stat(Stat::Unclassified);
         (APP_NONE, Method::None)
@@ -259,7 +291,7 @@ pub fn given_up(e: &FlowEntry) -> (u16, Method) {
 /// classification. The verdict stays until the controller rewrites the entry.
 ///
 ///
-/// The class is the one [`refresh_class`] checked for this packet's generation before the
+/// The class is the one [`resolve_class`] checked for this packet's generation before the
 /// packet's inspection.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, app: u16, method: Method) {

@@ -19,7 +19,7 @@ use crate::{
     copy::{Copy, copy},
     finish,
     parse::IPPROTO_TCP,
-    flow::{decide, given_up, held, stream},
+    flow::{decide, given_up, held, resolve_addr, stream},
     maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict, generation},
     matching::{self, Outcome, Sigs},
 };
@@ -150,7 +150,7 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         }
         Outcome::Copy => {
             hand_over(ctx, &job, e.client_is_a);
-            if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(e)) } else { None }
+            if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(cfg, &job.key, e)) } else { None }
         }
         // A server name no app claims: the address no longer speaks for the flow.
         Outcome::Named | Outcome::NamedTls => {
@@ -161,11 +161,17 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         // policy's choice for hidden names (app `ech`) applies.
         Outcome::Hidden => {
             count_stat(Stat::Classified);
-            Some(if e.addr_app != APP_NONE { (e.addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
+            let addr_app = resolve_addr(cfg, &job.key, e);
+            Some(if addr_app != APP_NONE { (addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
         }
         // A payload without a name: the server's address decides now, if it is known.
-        Outcome::Nothing if e.addr_app != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) => Some(given_up(e)),
-        Outcome::Nothing => None,
+        Outcome::Nothing => {
+            if resolve_addr(cfg, &job.key, e) != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) {
+                Some(given_up(cfg, &job.key, e))
+            } else {
+                None
+            }
+        }
     };
     if let Some((app, method)) = decision {
         decide(ctx, cfg, &job.key, e, app, method);

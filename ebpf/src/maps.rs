@@ -90,6 +90,9 @@ pub struct Scratch {
     /// Loop results pass through here (volatile store and load) so that the verifier sees
     /// them as unknown values and merges the states of a loop's many exits.
     pub spill: [u64; 4],
+    /// A new flow's entry is built here, not on the stack: its byte fields get merged into
+    /// unaligned wide stores, which the verifier allows in map memory but not on the stack.
+    pub entry: FlowEntry,
 }
 
 #[inline(always)]

@@ -91,12 +91,17 @@ pub fn classify_capture(path: &Path, compiled: &Compiled) -> Result<CaptureRepor
     let mut flows = Vec::with_capacity(order.len());
     for (key, t, packets, bytes) in order {
         let entry = dp.flow(&key)?;
+        // The data plane looks the server's address up only when a payload leaves it to decide.
+        let addr_app = match &entry {
+            Some(e) if e.app == 0 && e.state != STATE_DECIDED => dp.flow_addr_app(&key, e)?,
+            _ => 0,
+        };
         let name = |app: u16| Some(compiled.app_name(app).map_or_else(|| format!("app#{app}"), str::to_owned));
         let (app, method, verdict) = match entry {
             Some(e) if e.app != 0 => (name(e.app), Method::from_u8(e.method), Verdict::from_u8(e.verdict)),
             // Still inspecting when the capture ended (e.g. a TCP flow without payload): the
             // server's address is all that is known, and the data plane has not acted on it.
-            Some(e) if e.state != STATE_DECIDED && e.addr_app != 0 => (name(e.addr_app), Method::Address, Verdict::Pending),
+            Some(e) if e.state != STATE_DECIDED && addr_app != 0 => (name(addr_app), Method::Address, Verdict::Pending),
             Some(e) => (None, Method::None, Verdict::from_u8(e.verdict)),
             None => (None, Method::None, Verdict::Pending),
         };

@@ -186,10 +186,11 @@ impl Controller {
     fn write_back(dp: &mut Dataplane, compiled: &Compiled, ev: &PayloadEvent, app: u16, name: String, ech: bool) -> Result<Option<Decision>> {
         let Some(mut e) = dp.flow(&ev.key)? else { return Ok(None) };
         let named = !name.is_empty() && name.parse::<IpAddr>().is_err() && !name.starts_with('[');
+        let addr_app = if app == 0 && (!named || ech) { dp.flow_addr_app(&ev.key, &e)? } else { 0 };
         let (app, method) = if app != 0 {
             (app, if ev.key.proto == IPPROTO_UDP { Method::Quic } else { Method::TlsSni })
-        } else if (!named || ech) && e.addr_app != 0 {
-            (e.addr_app, Method::Address)
+        } else if addr_app != 0 {
+            (addr_app, Method::Address)
         } else if ech {
             (APP_ECH, Method::Ech)
         } else {

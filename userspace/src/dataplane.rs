@@ -22,7 +22,7 @@ use aya::{
 use imfw_common::{
     config::{CONTROLLER_GRACE_NS, Config, Generations},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
-    flow::{FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
+    flow::{FLAG_CLASS_KNOWN, FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
     maps::{self as m, LPM_GEN_BITS, lpm4, lpm6, policy_index, redirect_index, stun_key},
     matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
@@ -521,6 +521,7 @@ impl Dataplane {
             entry.verdict = action.verdict;
             entry.redirect_slot = action.redirect_slot;
             entry.src_class = FlowEntry::tagged_class(u16::try_from(class).unwrap_or(0), version);
+            entry.flags |= FLAG_CLASS_KNOWN;
             if let Err(err) = table.insert(key, entry, BPF_EXIST) {
                 // Evicted or ended since it was read: nothing to re-evaluate.
                 if !matches!(table.get(&key, 0), Err(aya::maps::MapError::KeyNotFound)) {
@@ -542,6 +543,16 @@ impl Dataplane {
                 t.get(&Key::new(128 + LPM_GEN_BITS, lpm6(g, &a.octets())), 0).ok().map(|m| m.app)
             }
         })
+    }
+
+    /// The app of a flow's server address: the one the data plane looked up, or, when it has
+    /// not needed it yet, the one the policy in force gives (0: none).
+    pub fn flow_addr_app(&self, key: &FlowKey, e: &FlowEntry) -> Result<u16> {
+        if let Some(app) = e.addr_app_known() {
+            return Ok(app);
+        }
+        let (server, _) = key.server(e.client_is_a != 0);
+        Ok(self.addr_app(packet::addr(server, key.family))?.unwrap_or(0))
     }
 
     /// The app of the longest app network (built-in, policy or learned) holding `addr`, in the

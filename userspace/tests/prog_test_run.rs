@@ -10,7 +10,7 @@ use imfw::{
     policy::{self, Compiled},
 };
 use imfw_common::{
-    flow::FlowEntry,
+    flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry},
     verdict::{DropReason, Method, Stat, Verdict},
 };
 use imfw_tests::{
@@ -258,7 +258,22 @@ fn address_sets_decide_at_the_first_payload_without_a_name() {
     assert_decided(&r, &lit, "teams", Method::Address, Verdict::Drop);
     // Next door is not Telegram.
     let other = Conn { s: Ipv4Addr::new(149, 154, 176, 1).into(), ..Conn::v4(34003, 443) };
-    assert_eq!(open(&r, &other, &[blob]), XDP_PASS);
+    assert_eq!(open(&r, &other, &[blob.clone()]), XDP_PASS);
+    // The lookups wait for a payload that needs them: a flow without payload has walked no
+    // trie, and one a server name decides never looks its address up, yet its verdict is the
+    // one for its client's network.
+    let quiet = Conn { s: Ipv4Addr::new(149, 154, 167, 52).into(), ..Conn::v4(34006, 443) };
+    open(&r, &quiet, &[]);
+    let e = r.entry(&quiet.syn()).expect("flow entry");
+    assert_eq!((e.addr_app, e.flags & FLAG_CLASS_KNOWN), (ADDR_UNRESOLVED, 0), "a SYN and a SYN-ACK resolve nothing");
+    assert_eq!(r.run(&quiet.client(&blob)), XDP_DROP, "the first payload still finds the Telegram network");
+    let e = r.entry(&quiet.syn()).expect("flow entry");
+    assert_eq!((e.addr_app, e.flags & FLAG_CLASS_KNOWN), (r.id("telegram"), FLAG_CLASS_KNOWN));
+    let named = Conn { s: Ipv4Addr::new(149, 154, 167, 53).into(), ..Conn::v4(34007, 443) };
+    assert_eq!(open(&r, &named, &[ClientHello::new("web.whatsapp.com").build()]), XDP_DROP);
+    assert_decided(&r, &named, "whatsapp", Method::TlsSni, Verdict::Drop);
+    let e = r.entry(&named.syn()).expect("flow entry");
+    assert_eq!((e.addr_app, e.flags & FLAG_CLASS_KNOWN), (ADDR_UNRESOLVED, FLAG_CLASS_KNOWN));
 }
 
 #[test]
