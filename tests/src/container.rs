@@ -21,9 +21,9 @@
 //!   by its guard (which also kills every process left in it).
 //! - What imfw.service needs beyond nspawn's defaults, each found missing by a failed start:
 //!   `CAP_BPF` and `CAP_PERFMON` (not in nspawn's default bounding set, and a unit's
-//!   `CapabilityBoundingSet=` can only keep what its manager has); `CAP_NET_ADMIN` (nspawn
-//!   adds it for `--private-network`/`--network-veth` only, not for a namespace given by
-//!   path); `bpf(2)` in the system call filter (nspawn's allow list leaves it out: map
+//!   `CapabilityBoundingSet=` can only keep what its manager has); `CAP_NET_ADMIN` (the
+//!   redirect device map and the attach need it; nspawn adds it for `--private-network` or
+//!   `--network-veth` only, not for a namespace given by path); `bpf(2)` in the system call filter (nspawn's allow list leaves it out: map
 //!   creation fails with EPERM); and a bpffs at /sys/fs/bpf (nspawn mounts /sys read-only
 //!   and puts nothing there): one of the test's own, so the pins die with the container.
 //!   Nothing else: no devices, no cgroup options (nspawn mirrors the host's hierarchy), no
@@ -96,7 +96,16 @@ impl Container {
         let log_file = fs::File::create(&log)?;
         let netns_path = Path::new("/run/netns").join(ns.name());
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", WRAPPER, "imfw-boot"])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                WRAPPER,
+                "imfw-boot",
+            ])
             .arg(dir.path())
             .arg(stage)
             .arg(&machine)
@@ -113,7 +122,8 @@ impl Container {
             log,
             dir,
         };
-        c.wait_booted().with_context(|| format!("booting {}; nspawn said:\n{}", c.machine, c.log_tail()))?;
+        c.wait_booted()
+            .with_context(|| format!("booting {}; nspawn said:\n{}", c.machine, c.log_tail()))?;
         Ok(c)
     }
 
@@ -170,7 +180,11 @@ impl Container {
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        if let Some(st) = self.nspawn.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+        if let Some(st) = self
+            .nspawn
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
             self.nspawn = None;
             bail!("systemd-nspawn exited ({st})");
         }
@@ -207,7 +221,10 @@ impl Container {
                 .args(["--target", &self.leader.to_string(), "--all", "--"])
                 .args(cmd)
                 // The host's PATH may name directories the container's tools are not in.
-                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
                 .env("SYSTEMD_PAGER", "")
                 .env("SYSTEMD_COLORS", "0"),
             limit,
@@ -248,9 +265,16 @@ impl Container {
     /// The journal of `unit` inside the container ("" when unreadable), for checks and
     /// failure messages.
     pub fn journal(&self, unit: &str) -> String {
-        self.exec(&["journalctl", "--no-pager", "-o", "short-monotonic", "-u", unit])
-            .map(|o| o.stdout)
-            .unwrap_or_default()
+        self.exec(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "short-monotonic",
+            "-u",
+            unit,
+        ])
+        .map(|o| o.stdout)
+        .unwrap_or_default()
     }
 
     /// The last lines nspawn printed (the container's console).
@@ -316,7 +340,10 @@ fn child_named_systemd(parent: i32) -> Option<i32> {
             continue;
         };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
         if ppid == Some(parent) && comm == "systemd" {
             return Some(pid);
         }

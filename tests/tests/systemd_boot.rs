@@ -61,9 +61,16 @@ fn stage(bin: &Path) -> TempDir {
         fs::write(&to, bytes).unwrap();
         fs::set_permissions(&to, fs::Permissions::from_mode(mode)).unwrap();
     };
-    put(IMFW, &fs::read(bin).expect("reading the imfw binary"), 0o755);
+    put(
+        IMFW,
+        &fs::read(bin).expect("reading the imfw binary"),
+        0o755,
+    );
     let unit = fs::read_to_string(repo("packaging/imfw.service")).expect("packaging/imfw.service");
-    assert!(unit.contains(&format!("ExecStart={IMFW} run ")), "the unit no longer names {IMFW}");
+    assert!(
+        unit.contains(&format!("ExecStart={IMFW} run ")),
+        "the unit no longer names {IMFW}"
+    );
     put("/etc/systemd/system/imfw.service", unit.as_bytes(), 0o644);
     let env = fs::read_to_string(repo("packaging/imfw.default")).expect("packaging/imfw.default");
     let env = env.replace("\nIMFW_IFACES=\n", &format!("\nIMFW_IFACES={IFACE}\n"));
@@ -110,12 +117,16 @@ impl Unit<'_> {
 
     fn prop_u64(&self, p: &str) -> u64 {
         let v = self.prop(p);
-        v.parse().unwrap_or_else(|_| panic!("{p}={v:?} is not a number"))
+        v.parse()
+            .unwrap_or_else(|_| panic!("{p}={v:?} is not a number"))
     }
 
     fn state(&self) -> (String, String) {
         let mut m = self.show(&["ActiveState", "SubState"]);
-        (m.remove("ActiveState").unwrap(), m.remove("SubState").unwrap())
+        (
+            m.remove("ActiveState").unwrap(),
+            m.remove("SubState").unwrap(),
+        )
     }
 
     fn main_pid(&self) -> u64 {
@@ -193,7 +204,10 @@ fn imfw_service_under_a_booted_systemd() {
     let (ns, _stage, c) = boot();
     let u = Unit { c: &c };
     assert_eq!(u.prop("Type"), "notify");
-    assert!(xdp(&ns, IFACE).is_none(), "a program is attached before the start");
+    assert!(
+        xdp(&ns, IFACE).is_none(),
+        "a program is attached before the start"
+    );
 
     // Start: `systemctl start` of a Type=notify unit returns once imfw sent READY=1, and
     // imfw sends it only when the program is attached and the control socket answers. So
@@ -202,15 +216,19 @@ fn imfw_service_under_a_booted_systemd() {
     u.ctl("start");
     assert_eq!(u.state(), ("active".into(), "running".into()));
     let prog = xdp(&ns, IFACE).expect("no XDP program on the interface of /etc/default/imfw");
-    assert!(xdp(&ns, PEER).is_none(), "a program on {PEER}, which the settings do not name");
+    assert!(
+        xdp(&ns, PEER).is_none(),
+        "a program on {PEER}, which the settings do not name"
+    );
     let st = u.status();
     assert_eq!(st["policy"], POLICY_PATH, "{st}");
     assert_eq!(st["policy_version"], 1, "{st}");
+    assert_eq!(st["interfaces"][0]["iface"], IFACE, "{st}");
     assert_eq!(
-        st["interfaces"][0]["iface"], IFACE,
-        "{st}"
+        st["pid"].as_u64(),
+        Some(u.main_pid()),
+        "the control socket is not the main process's: {st}"
     );
-    assert_eq!(st["pid"].as_u64(), Some(u.main_pid()), "the control socket is not the main process's: {st}");
     let status = u.prop("StatusText");
     assert!(
         status.starts_with("enforcing ") && status.contains(POLICY_PATH) && status.contains(IFACE),
@@ -223,7 +241,8 @@ fn imfw_service_under_a_booted_systemd() {
     let ping_0 = u.prop_u64("WatchdogTimestampMonotonic");
     assert!(ping_0 > 0, "no watchdog ping since the start");
     assert!(
-        wait_until(WATCHDOG_WAIT, || u.prop_u64("WatchdogTimestampMonotonic") > ping_0),
+        wait_until(WATCHDOG_WAIT, || u.prop_u64("WatchdogTimestampMonotonic")
+            > ping_0),
         "no watchdog ping within {WATCHDOG_WAIT:?} (WatchdogSec=30)"
     );
 
@@ -255,7 +274,10 @@ fn imfw_service_under_a_booted_systemd() {
     assert_eq!(u.state(), ("active".into(), "running".into()));
     assert_eq!(u.main_pid(), pid);
     let status = u.prop("StatusText");
-    assert!(status.starts_with("reload refused"), "StatusText={status:?}");
+    assert!(
+        status.starts_with("reload refused"),
+        "StatusText={status:?}"
+    );
     let journal = u.journal();
     assert!(
         journal.contains(&format!("{POLICY_PATH}:2:")),
@@ -270,15 +292,26 @@ fn imfw_service_under_a_booted_systemd() {
     assert_eq!(link.prog_id, prog);
     u.ctl("stop");
     assert_eq!(u.state(), ("inactive".into(), "dead".into()));
-    assert_eq!(xdp(&ns, IFACE), Some(prog), "stopping the unit removed enforcement");
+    assert_eq!(
+        xdp(&ns, IFACE),
+        Some(prog),
+        "stopping the unit removed enforcement"
+    );
     assert_eq!(pins::link_facts(&link_pin(&c)).unwrap().id, link.id);
 
     // Start again: the new process adopts the pins (same link, same flow table).
     u.ctl("start");
     assert_eq!(u.state(), ("active".into(), "running".into()));
     assert_eq!(u.adoptions(), 1, "journal:\n{}", u.journal());
-    assert_eq!(pins::link_facts(&link_pin(&c)).unwrap().id, link.id, "a new link");
-    assert_eq!(pins::map_id(&c.path(&format!("{PINS}/maps/IMFW_FLOWS"))).unwrap(), flows);
+    assert_eq!(
+        pins::link_facts(&link_pin(&c)).unwrap().id,
+        link.id,
+        "a new link"
+    );
+    assert_eq!(
+        pins::map_id(&c.path(&format!("{PINS}/maps/IMFW_FLOWS"))).unwrap(),
+        flows
+    );
     assert_eq!(u.status()["policy_hash"].as_str(), Some(hash_2.as_str()));
 
     // kill -9: enforcement stays while no process runs, systemd restarts the unit
@@ -286,7 +319,10 @@ fn imfw_service_under_a_booted_systemd() {
     let pid = u.main_pid();
     let restarts = u.prop_u64("NRestarts");
     c.run(&["kill", "-9", &pid.to_string()]).unwrap();
-    assert!(xdp(&ns, IFACE).is_some(), "the program went with the process");
+    assert!(
+        xdp(&ns, IFACE).is_some(),
+        "the program went with the process"
+    );
     let restarted = wait_until(RESTART_WAIT, || {
         let m = u.show(&["NRestarts", "ActiveState", "SubState", "MainPID"]);
         m["NRestarts"].parse::<u64>().unwrap_or(0) > restarts
@@ -295,13 +331,25 @@ fn imfw_service_under_a_booted_systemd() {
             && m["MainPID"] != pid.to_string()
             && m["MainPID"] != "0"
     });
-    assert!(restarted, "not restarted within {RESTART_WAIT:?}: {:?}; journal:\n{}", u.show(&["NRestarts", "ActiveState", "SubState", "MainPID", "Result"]), u.journal());
+    assert!(
+        restarted,
+        "not restarted within {RESTART_WAIT:?}: {:?}; journal:\n{}",
+        u.show(&["NRestarts", "ActiveState", "SubState", "MainPID", "Result"]),
+        u.journal()
+    );
     assert_eq!(u.prop_u64("NRestarts"), restarts + 1);
     let journal = u.journal();
     assert!(journal.contains("status=9/KILL"), "{journal}");
     assert_eq!(u.adoptions(), 2, "journal:\n{journal}");
-    assert_eq!(pins::link_facts(&link_pin(&c)).unwrap().id, link.id, "a new link");
-    assert_eq!(pins::map_id(&c.path(&format!("{PINS}/maps/IMFW_FLOWS"))).unwrap(), flows);
+    assert_eq!(
+        pins::link_facts(&link_pin(&c)).unwrap().id,
+        link.id,
+        "a new link"
+    );
+    assert_eq!(
+        pins::map_id(&c.path(&format!("{PINS}/maps/IMFW_FLOWS"))).unwrap(),
+        flows
+    );
     assert!(xdp(&ns, IFACE).is_some());
     let st = u.status();
     assert_eq!(st["pid"].as_u64(), Some(u.main_pid()), "{st}");
@@ -349,7 +397,10 @@ fn hardening_holds(u: &Unit) {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(4) == Some(&PINS) && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "rw"))
     });
-    assert!(pins_rw, "{PINS} is not mounted read-write in the sandbox:\n{mounts}");
+    assert!(
+        pins_rw,
+        "{PINS} is not mounted read-write in the sandbox:\n{mounts}"
+    );
     // StateDirectory=: /var/lib/imfw is writable.
     let out = u.in_sandbox(&["touch", "/var/lib/imfw/.probe"]);
     assert_eq!(out.code(), 0, "{out:?}");
@@ -370,4 +421,64 @@ fn hardening_holds(u: &Unit) {
 
 fn xdp(ns: &Netns, ifname: &str) -> Option<u64> {
     pins::xdp_prog_id(ns, ifname).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Bad settings at start: a broken policy or an interface that does not exist fail
+/// `systemctl start` with the reason in the journal, attach nothing, and end in the unit's
+/// start limit instead of a restart loop; fixed settings start it again.
+#[test]
+fn bad_settings_fail_the_start_clearly() {
+    let (ns, _stage, c) = boot();
+    let u = Unit { c: &c };
+
+    u.write_policy(POLICY_BAD);
+    let out = c.exec(&["systemctl", "start", "imfw"]).unwrap();
+    assert_ne!(out.code(), 0, "started with a broken policy: {out:?}");
+    let journal = u.journal();
+    assert!(
+        journal.contains(&format!("{POLICY_PATH}:2:")) && journal.contains("refusing to start"),
+        "the journal does not say why:\n{journal}"
+    );
+    assert!(xdp(&ns, IFACE).is_none(), "attached with a broken policy");
+    // Restart=on-failure retries, StartLimitBurst=5 ends it (systemd 252 keeps
+    // Result=exit-code and says so in the journal).
+    let limited = wait_until(RESTART_WAIT, || {
+        u.prop("ActiveState") == "failed"
+            && u.journal().contains("Start request repeated too quickly")
+    });
+    assert!(
+        limited,
+        "no start limit: {:?}; journal:\n{}",
+        u.show(&["ActiveState", "Result", "NRestarts"]),
+        u.journal()
+    );
+    assert_eq!(u.prop_u64("NRestarts"), 5, "StartLimitBurst=5");
+    assert!(xdp(&ns, IFACE).is_none());
+
+    // A good policy, and an interface that is not there.
+    u.write_policy(POLICY_2);
+    let env_path = c.path("/etc/default/imfw");
+    let env = fs::read_to_string(&env_path).unwrap();
+    fs::write(
+        &env_path,
+        env.replace(&format!("IMFW_IFACES={IFACE}"), "IMFW_IFACES=nope0"),
+    )
+    .unwrap();
+    c.run(&["systemctl", "reset-failed", "imfw"]).unwrap();
+    let out = c.exec(&["systemctl", "start", "imfw"]).unwrap();
+    assert_ne!(out.code(), 0, "started on a missing interface: {out:?}");
+    let journal = u.journal();
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("imfw[") && l.contains("nope0")),
+        "the journal does not name the missing interface:\n{journal}"
+    );
+
+    // Fixed: it starts.
+    fs::write(&env_path, env).unwrap();
+    c.run(&["systemctl", "reset-failed", "imfw"]).unwrap();
+    u.ctl("start");
+    assert_eq!(u.state(), ("active".into(), "running".into()));
+    assert!(xdp(&ns, IFACE).is_some());
 }
