@@ -340,11 +340,11 @@ fn child_named_systemd(parent: i32) -> Option<i32> {
             continue;
         };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let ppid = rest
+        let parent_pid = rest
             .split_whitespace()
             .nth(1)
             .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(parent) && comm == "systemd" {
+        if parent_pid == Some(parent) && comm == "systemd" {
             return Some(pid);
         }
     }
