@@ -9,6 +9,7 @@
 //! - [`mix`]: a realistic gateway traffic mix (interleaved flows, IM and web) and a pcap writer.
 //! - [`scenario`]: many exchanges at once, judged as delivered or blocked.
 //! - [`capture`]: an `AF_PACKET` recorder for frames redirected to an interface.
+//! - [`container`]: a real systemd booted as PID 1 in a container (systemd-nspawn).
 //! - [`pins`]: a private BPF filesystem for `imfw run --pin-dir`, and what is pinned there.
 //!
 //! Everything that touches the kernel needs root. Every loop is bounded in count and time,
@@ -17,6 +18,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod container;
 pub mod imfw_proc;
 pub mod lab;
 pub mod mix;

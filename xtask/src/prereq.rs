@@ -15,7 +15,8 @@ use crate::run_checked;
 /// for the accuracy scorer, ngircd, mosquitto and prosody (real IRC, MQTT and XMPP servers,
 /// with mosquitto's clients) for the content-policy tests, libndpi-bin (ndpiReader, the
 /// reference classifier of `bench`), systemd (systemd-analyze, which checks the unit), bpftool
-/// (the pinned-state tests read links and maps).
+/// (the pinned-state tests read links and maps), systemd-container (systemd-nspawn, which boots
+/// a systemd in a container for the unit's test under a real service manager).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libndpi-bin",
     "systemd",
     "bpftool",
+    "systemd-container",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
