@@ -192,7 +192,12 @@ impl Lab {
     }
 
     /// As [`Lab::start_imfw_args`], with the binary at `bin` (an upgrade to another build).
-    pub fn start_imfw_bin_args(&mut self, bin: &Path, policy_yaml: &str, extra: &[&str]) -> Result<&ImfwProc> {
+    pub fn start_imfw_bin_args(
+        &mut self,
+        bin: &Path,
+        policy_yaml: &str,
+        extra: &[&str],
+    ) -> Result<&ImfwProc> {
         if self.imfw.is_some() {
             bail!("imfw already runs in this lab");
         }

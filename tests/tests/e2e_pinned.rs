@@ -25,10 +25,10 @@ use imfw_common::config::CONTROLLER_GRACE_NS;
 use imfw_tests::{
     imfw_proc::ImfwProc,
     lab::{Lab, SERVER4},
+    netns::spawn_in_netns,
     pins::{self, BpfFs},
     protocols::{self, Opener},
     scenario::{run_cases, Case, Observed},
-    netns::spawn_in_netns,
     servers::{self, TcpServer, UdpSink},
     util::{output_within, require_root, Rng},
 };
@@ -164,7 +164,10 @@ impl Traffic {
             thread::spawn(move || {
                 let started = Instant::now();
                 let (mut sent, mut lost) = (0u32, Vec::new());
-                while !stop.load(Ordering::Relaxed) && sent < BUSY_LINES && started.elapsed() < BUSY_LIMIT {
+                while !stop.load(Ordering::Relaxed)
+                    && sent < BUSY_LINES
+                    && started.elapsed() < BUSY_LIMIT
+                {
                     let line = format!("busy {sent}\n");
                     if !echoes(&mut busy, line.as_bytes()) {
                         lost.push(sent);
@@ -189,15 +192,28 @@ impl Traffic {
                     if at == DOWN {
                         down[0].fetch_add(1, Ordering::Relaxed);
                     }
-                    out.push(match TcpStream::connect_timeout(&dst, servers::CONNECT_TIMEOUT) {
-                        Ok(mut s) => {
-                            let local = s.local_addr().ok().map(servers::canonical);
-                            let error = s.write_all(&wa).err().map(|e| format!("write: {e}"));
-                            let reply_len = servers::read_some(&mut s, BLOCKED_REPLY_WAIT).len();
-                            Attempt { local, phase: at, reply_len, error }
-                        }
-                        Err(e) => Attempt { local: None, phase: at, reply_len: 0, error: Some(format!("connect: {e}")) },
-                    });
+                    out.push(
+                        match TcpStream::connect_timeout(&dst, servers::CONNECT_TIMEOUT) {
+                            Ok(mut s) => {
+                                let local = s.local_addr().ok().map(servers::canonical);
+                                let error = s.write_all(&wa).err().map(|e| format!("write: {e}"));
+                                let reply_len =
+                                    servers::read_some(&mut s, BLOCKED_REPLY_WAIT).len();
+                                Attempt {
+                                    local,
+                                    phase: at,
+                                    reply_len,
+                                    error,
+                                }
+                            }
+                            Err(e) => Attempt {
+                                local: None,
+                                phase: at,
+                                reply_len: 0,
+                                error: Some(format!("connect: {e}")),
+                            },
+                        },
+                    );
                 }
                 out
             })
@@ -207,15 +223,19 @@ impl Traffic {
             let (stop, phase, down) = (stop.clone(), phase.clone(), down.clone());
             let dst = SocketAddr::new(SERVER4.into(), LABCHAT_PORT);
             spawn_in_netns(lab.client.name(), move || {
-                let sock = match UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect(dst).map(|()| s)) {
-                    Ok(s) => s,
-                    Err(e) => return (None, [0; 3], Some(format!("udp socket: {e}"))),
-                };
+                let sock =
+                    match UdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect(dst).map(|()| s)) {
+                        Ok(s) => s,
+                        Err(e) => return (None, [0; 3], Some(format!("udp socket: {e}"))),
+                    };
                 let local = sock.local_addr().ok().map(servers::canonical);
                 let started = Instant::now();
                 let mut sent = [0u32; 3];
                 let mut n = 0u32;
-                while !stop.load(Ordering::Relaxed) && n < BLOCKED_DATAGRAMS && started.elapsed() < BUSY_LIMIT {
+                while !stop.load(Ordering::Relaxed)
+                    && n < BLOCKED_DATAGRAMS
+                    && started.elapsed() < BUSY_LIMIT
+                {
                     let mut d = b"LABCHAT1".to_vec();
                     d.extend_from_slice(&n.to_be_bytes());
                     d.resize(100, 0x5a);
@@ -236,7 +256,14 @@ impl Traffic {
         };
         // Some of each before the controller goes.
         thread::sleep(Duration::from_millis(500));
-        Traffic { stop, phase, down, talker, conns, datagrams }
+        Traffic {
+            stop,
+            phase,
+            down,
+            talker,
+            conns,
+            datagrams,
+        }
     }
 
     /// The controller is gone: attempts from now on count as made while it was down.
@@ -268,7 +295,11 @@ impl Traffic {
         self.stop.store(true, Ordering::Relaxed);
         let (lines, lost) = self.talker.join().unwrap();
         let attempts = self.conns.join().unwrap().expect("the client's namespace");
-        let (udp_local, datagrams, udp_error) = self.datagrams.join().unwrap().expect("the client's namespace");
+        let (udp_local, datagrams, udp_error) = self
+            .datagrams
+            .join()
+            .unwrap()
+            .expect("the client's namespace");
         // A byte that crossed the gateway reaches the server's log within a read timeout.
         thread::sleep(Duration::from_millis(200));
         let leaked: Vec<(SocketAddr, usize)> = attempts
@@ -329,28 +360,54 @@ impl TrafficReport {
     /// Asserts what the traffic must show around `what`.
     fn check(&self, what: &str) {
         let (lines, lost) = (self.lines, &self.lost);
-        assert!(lines >= 5, "the busy connection talked through {what} ({lines} lines)");
-        assert!(lost.is_empty(), "lines of the busy allowed connection lost around {what}: {lost:?} of {lines}");
+        assert!(
+            lines >= 5,
+            "the busy connection talked through {what} ({lines} lines)"
+        );
+        assert!(
+            lost.is_empty(),
+            "lines of the busy allowed connection lost around {what}: {lost:?} of {lines}"
+        );
         let counts = [BEFORE, DOWN, AFTER].map(|p| self.conns_in(p));
         assert!(
             counts[DOWN as usize] >= MIN_DOWN_CONNS && counts[AFTER as usize] >= 1,
             "blocked connections made before, while down, after {what}: {counts:?}"
         );
         assert!(
-            self.datagrams[DOWN as usize] >= MIN_DOWN_DATAGRAMS && self.datagrams[AFTER as usize] >= 1,
+            self.datagrams[DOWN as usize] >= MIN_DOWN_DATAGRAMS
+                && self.datagrams[AFTER as usize] >= 1,
             "blocked datagrams sent before, while down, after {what}: {:?}",
             self.datagrams
         );
         assert_eq!(self.udp_error, None, "the blocked UDP sender");
         let failed: Vec<&Attempt> = self.attempts.iter().filter(|a| a.error.is_some()).collect();
         assert!(failed.is_empty(), "blocked connections that could not connect or write (the handshake is never blocked): {failed:?}");
-        assert!(self.leaked.is_empty(), "blocked connections whose bytes reached the server around {what}: {:?}", self.leaked);
-        assert_eq!(self.port_bytes, 0, "bytes received on the blocked app's port {BLOCKED_PORT}");
+        assert!(
+            self.leaked.is_empty(),
+            "blocked connections whose bytes reached the server around {what}: {:?}",
+            self.leaked
+        );
+        assert_eq!(
+            self.port_bytes, 0,
+            "bytes received on the blocked app's port {BLOCKED_PORT}"
+        );
         let replied: Vec<&Attempt> = self.attempts.iter().filter(|a| a.reply_len > 0).collect();
-        assert!(replied.is_empty(), "blocked connections that got a reply: {replied:?}");
+        assert!(
+            replied.is_empty(),
+            "blocked connections that got a reply: {replied:?}"
+        );
         assert!(self.udp_local.is_some(), "the blocked UDP flow's address");
-        assert_eq!(self.udp_received, Some((0, 0)), "blocked datagrams that reached the server around {what} (of {:?} sent)", self.datagrams);
-        assert_eq!(self.udp_total, (0, 0), "datagrams received by the UDP server from anyone");
+        assert_eq!(
+            self.udp_received,
+            Some((0, 0)),
+            "blocked datagrams that reached the server around {what} (of {:?} sent)",
+            self.datagrams
+        );
+        assert_eq!(
+            self.udp_total,
+            (0, 0),
+            "datagrams received by the UDP server from anyone"
+        );
     }
 }
 
@@ -685,7 +742,12 @@ fn upgrade_bin() -> PathBuf {
 fn version_line(bin: &Path) -> String {
     let out = output_within(Command::new(bin).arg("--version"), WAIT * 5)
         .unwrap_or_else(|e| panic!("{} --version: {e:#}", bin.display()));
-    assert!(out.status.success(), "{} --version: {}", bin.display(), out.stderr);
+    assert!(
+        out.status.success(),
+        "{} --version: {}",
+        bin.display(),
+        out.stderr
+    );
     out.stdout.trim().to_owned()
 }
 
@@ -744,7 +806,11 @@ fn an_upgrade_to_a_rebuilt_binary_adopts_the_pinned_state() {
     let log = lab.stop_imfw_log().unwrap();
     traffic.controller_down();
     assert!(log.contains("stays attached and enforcing"), "{log}");
-    assert_eq!(gw_links(&lab, &dir), links, "the old program enforces between the two");
+    assert_eq!(
+        gw_links(&lab, &dir),
+        links,
+        "the old program enforces between the two"
+    );
     traffic.wait_down_attempts();
 
     if let Err(e) = lab.start_imfw_bin_args(&new_bin, TRAFFIC_POLICY, &["--pin-dir", &d]) {
@@ -765,26 +831,41 @@ fn an_upgrade_to_a_rebuilt_binary_adopts_the_pinned_state() {
     }
     let new_tags = prog_tags(&after);
     for (old, new) in tags.iter().zip(&new_tags) {
-        assert_ne!(old, new, "the rebuilt binary's program is other code (program tags)");
+        assert_ne!(
+            old, new,
+            "the rebuilt binary's program is other code (program tags)"
+        );
     }
-    assert_eq!(pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap(), flows_map, "flow table adopted");
+    assert_eq!(
+        pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap(),
+        flows_map,
+        "flow table adopted"
+    );
     assert_eq!(
         pins::map_id(&dir.join("maps/IMFW_COUNTERS")).unwrap(),
         counters_map,
         "counters adopted"
     );
     let status = lab.imfw().status().unwrap();
-    let new_tag = status["build_tag"].as_str().unwrap_or_else(|| panic!("no build tag: {status}"));
+    let new_tag = status["build_tag"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no build tag: {status}"));
     assert!(
         new_version.ends_with(&format!("(build {new_tag})")),
         "status names the build that --version names: {new_tag} / {new_version}"
     );
-    assert_ne!(old_tag, status["build_tag"], "status names the new build, not the old");
+    assert_ne!(
+        old_tag, status["build_tag"],
+        "status names the new build, not the old"
+    );
     assert!(
         echoes(&mut conn, b"hello 2\n"),
         "the established flow kept its verdict; log:\n{log}"
     );
-    assert!(observe(&lab, &server, blocked())[0].blocked(), "the new build blocks");
+    assert!(
+        observe(&lab, &server, blocked())[0].blocked(),
+        "the new build blocks"
+    );
     assert!(
         observe(&lab, &server, vec![xmpp.clone()])[0].delivered(),
         "the new build allows"
@@ -799,5 +880,9 @@ fn an_upgrade_to_a_rebuilt_binary_adopts_the_pinned_state() {
     );
     let _ = lab.stop_imfw_log().unwrap();
     pins::unload(&new_bin, &dir).unwrap();
-    assert!(pins::pins_below(&dir).is_empty(), "{:?}", pins::pins_below(&dir));
+    assert!(
+        pins::pins_below(&dir).is_empty(),
+        "{:?}",
+        pins::pins_below(&dir)
+    );
 }

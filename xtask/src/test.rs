@@ -58,10 +58,19 @@ const UPGRADE_BIN_ENV: &str = "IMFW_UPGRADE_BIN";
 /// `tagged-build` feature (artifacts of their own, dependencies shared, nothing rebuilt when
 /// both are current), and copied out of `release/`, which the plain build then takes back.
 fn upgrade_bin() -> Result<std::path::PathBuf> {
-    println!("xtask: building the tagged binary for the upgrade test (IMFW_BUILD_TAG={UPGRADE_TAG})");
+    println!(
+        "xtask: building the tagged binary for the upgrade test (IMFW_BUILD_TAG={UPGRADE_TAG})"
+    );
     run_checked(
         cargo()
-            .args(["build", "--release", "-p", "imfw", "--features", "tagged-build"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "imfw",
+                "--features",
+                "tagged-build",
+            ])
             .env("IMFW_BUILD_TAG", UPGRADE_TAG),
     )
     .context("tagged release build")?;
@@ -73,7 +82,8 @@ fn upgrade_bin() -> Result<std::path::PathBuf> {
     let tmp = dir.join("imfw.tmp");
     std::fs::copy(&built, &tmp)
         .with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
-    std::fs::rename(&tmp, &copy).with_context(|| format!("renaming {} to {}", tmp.display(), copy.display()))?;
+    std::fs::rename(&tmp, &copy)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), copy.display()))?;
     Ok(copy)
 }
 
