@@ -359,6 +359,12 @@ impl TrafficReport {
 
     /// Asserts what the traffic must show around `what`.
     fn check(&self, what: &str) {
+        eprintln!(
+            "{what}: {} allowed lines, blocked connections before/down/after {:?}, blocked datagrams {:?}",
+            self.lines,
+            [BEFORE, DOWN, AFTER].map(|p| self.conns_in(p)),
+            self.datagrams
+        );
         let (lines, lost) = (self.lines, &self.lost);
         assert!(
             lines >= 5,

@@ -72,6 +72,15 @@ pub fn answer(s: &Shared) -> Value {
     })
 }
 
+/// `VERSION (build TAG)`, or the version alone for an untagged build.
+fn version(v: &Value) -> String {
+    let version = v["version"].as_str().unwrap_or("?");
+    match v["build_tag"].as_str() {
+        Some(tag) => format!("{version} (build {tag})"),
+        None => version.to_owned(),
+    }
+}
+
 /// `1d 2h 3m 4s`, leading zero units left out.
 fn duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
@@ -91,12 +100,8 @@ pub fn render(v: &Value) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let _ = writeln!(
         out,
-        "imfw {}{} (pid {}), up {}",
-        v["version"].as_str().unwrap_or("?"),
-        v["build_tag"]
-            .as_str()
-            .map(|t| format!(" (build {t})"))
-            .unwrap_or_default(),
+        "imfw {} (pid {}), up {}",
+        version(v),
         n(&v["pid"]),
         duration(n(&v["uptime_s"]))
     );
