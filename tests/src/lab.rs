@@ -188,11 +188,21 @@ impl Lab {
     /// As [`Lab::start_imfw`], with `extra` arguments to `imfw run` in place of
     /// `--detach-on-exit` (e.g. `--pin-dir DIR`).
     pub fn start_imfw_args(&mut self, policy_yaml: &str, extra: &[&str]) -> Result<&ImfwProc> {
+        self.start_imfw_bin_args(&ImfwProc::bin(), policy_yaml, extra)
+    }
+
+    /// As [`Lab::start_imfw_args`], with the binary at `bin` (an upgrade to another build).
+    pub fn start_imfw_bin_args(
+        &mut self,
+        bin: &Path,
+        policy_yaml: &str,
+        extra: &[&str],
+    ) -> Result<&ImfwProc> {
         if self.imfw.is_some() {
             bail!("imfw already runs in this lab");
         }
         let p = ImfwProc::start_args(
-            &ImfwProc::bin(),
+            bin,
             &self.gw,
             policy_yaml,
             &[&self.gw_lan, &self.gw_wan],

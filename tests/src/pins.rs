@@ -103,6 +103,16 @@ pub fn link_facts(path: &Path) -> Result<LinkFacts> {
     })
 }
 
+/// The tag of program `id`: the kernel's hash of its instructions, so two loads of the same
+/// code share it and a rebuilt program with other code has another.
+pub fn prog_tag(id: u64) -> Result<String> {
+    let v = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+    v.get("tag")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no tag in {v}"))
+}
+
 /// The id of the map pinned at `path`.
 pub fn map_id(path: &Path) -> Result<u64> {
     let v = bpftool_json(&["map", "show", "pinned", &path.to_string_lossy()])?;

@@ -28,7 +28,7 @@ const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// imfw: an eBPF/XDP instant-messaging firewall for Linux gateways.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = imfw::status::VERSION_LINE, about)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

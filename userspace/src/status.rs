@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 
 use crate::control::Shared;
 
-/// The status reply. Keys read by scripts and tests: `interfaces` (`iface`, `ifindex`,
+/// This build's tag (`IMFW_BUILD_TAG` at build time), `None` for an untagged build.
+pub const BUILD_TAG: Option<&str> = option_env!("IMFW_BUILD_TAG");
+/// `VERSION (build TAG)`, or the version alone: what `imfw --version` prints.
+pub const VERSION_LINE: &str = env!("IMFW_VERSION_LINE");
+
+/// The status reply. Keys read by scripts and tests: `build_tag`, `interfaces` (`iface`, `ifindex`,
 /// `mode`), `policy`, `policy_hash`, `uptime_s`, `reloads`, `reloads_failed`.
 pub fn answer(s: &Shared) -> Value {
     let ifaces: Vec<_> = s
@@ -48,6 +53,7 @@ pub fn answer(s: &Shared) -> Value {
     let flow_capacity = s.dataplane.flow_table().map(|t| t.capacity()).ok();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "build_tag": BUILD_TAG.filter(|t| !t.is_empty()),
         "pid": std::process::id(),
         "interfaces": ifaces,
         "policy": s.policy_file,
@@ -64,6 +70,15 @@ pub fn answer(s: &Shared) -> Value {
         "prometheus": crate::metrics::endpoint().map(|a| a.to_string()),
         "counters": counters,
     })
+}
+
+/// `VERSION (build TAG)`, or the version alone for an untagged build.
+fn version(v: &Value) -> String {
+    let version = v["version"].as_str().unwrap_or("?");
+    match v["build_tag"].as_str() {
+        Some(tag) => format!("{version} (build {tag})"),
+        None => version.to_owned(),
+    }
 }
 
 /// `1d 2h 3m 4s`, leading zero units left out.
@@ -86,7 +101,7 @@ pub fn render(v: &Value) -> String {
     let _ = writeln!(
         out,
         "imfw {} (pid {}), up {}",
-        v["version"].as_str().unwrap_or("?"),
+        version(v),
         n(&v["pid"]),
         duration(n(&v["uptime_s"]))
     );
@@ -197,7 +212,7 @@ mod tests {
     #[test]
     fn status_reads_well() {
         let v = json!({
-            "version": "0.1.0", "pid": 42, "uptime_s": 3725,
+            "version": "0.1.0", "build_tag": "r2", "pid": 42, "uptime_s": 3725,
             "interfaces": [{"iface": "lan0", "ifindex": 3, "mode": "native"}, {"iface": "wan0", "ifindex": 4, "mode": "generic"}],
             "policy": "/etc/imfw/policy.yaml", "policy_hash": "0123456789abcdef0123456789abcdef", "policy_version": 3, "policy_generation": 0,
             "reloads": 2, "reloads_failed": 1, "flow_capacity": 262_144, "flow_entries": 17,
@@ -208,7 +223,7 @@ mod tests {
         });
         let text = render(&v);
         for want in [
-            "imfw 0.1.0 (pid 42), up 1h 2m 5s",
+            "imfw 0.1.0 (build r2) (pid 42), up 1h 2m 5s",
             "policy      /etc/imfw/policy.yaml (sha256 0123456789abcdef, version 3; reloads: 2 applied, 1 refused)",
             "interfaces  lan0 (native, ifindex 3), wan0 (generic, ifindex 4)",
             "flow table  17 of 262144 entries",

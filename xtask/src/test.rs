@@ -19,6 +19,7 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     prereq::ensure()?;
     let imfw = target_dir().join("release/imfw");
+    let upgrade = upgrade_bin()?;
 
     println!("xtask: building the release binary");
     run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
@@ -36,7 +37,8 @@ pub fn run(opts: &Options) -> Result<()> {
             ])
             .args(["--", "--test-threads=1"])
             .args(&opts.test_args)
-            .env("IMFW_BIN", &imfw),
+            .env("IMFW_BIN", &imfw)
+            .env(UPGRADE_BIN_ENV, &upgrade),
     )
     .context("tests failed")?;
 
@@ -44,6 +46,45 @@ pub fn run(opts: &Options) -> Result<()> {
         accuracy(&imfw.to_string_lossy())?;
     }
     Ok(())
+}
+
+/// The tag of the upgrade test's second binary.
+const UPGRADE_TAG: &str = "upgrade-test";
+/// Where the tests find it (read by `tests/tests/e2e_pinned.rs`).
+const UPGRADE_BIN_ENV: &str = "IMFW_UPGRADE_BIN";
+
+/// Builds the binary that the upgrade test moves to: the same sources with `IMFW_BUILD_TAG`
+/// set, so its version, status and XDP program code differ. Built first, under the
+/// `tagged-build` feature (artifacts of their own, dependencies shared, nothing rebuilt when
+/// both are current), and copied out of `release/`, which the plain build then takes back.
+fn upgrade_bin() -> Result<std::path::PathBuf> {
+    println!(
+        "xtask: building the tagged binary for the upgrade test (IMFW_BUILD_TAG={UPGRADE_TAG})"
+    );
+    run_checked(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "imfw",
+                "--features",
+                "tagged-build",
+            ])
+            .env("IMFW_BUILD_TAG", UPGRADE_TAG),
+    )
+    .context("tagged release build")?;
+    let built = target_dir().join("release/imfw");
+    let dir = target_dir().join(UPGRADE_TAG);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join("imfw");
+    // A new file, not a write into the old one, which a test may still be running.
+    let tmp = dir.join("imfw.tmp");
+    std::fs::copy(&built, &tmp)
+        .with_context(|| format!("copying {} to {}", built.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &copy)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), copy.display()))?;
+    Ok(copy)
 }
 
 /// Scores `imfw classify` on the labelled captures in `../shared`, when they are there.
