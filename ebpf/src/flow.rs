@@ -14,7 +14,7 @@ use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
     copy::{Copy, copy},
-    finish,
+    finish, klog,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
@@ -30,7 +30,7 @@ const ONE_WAY_FACTOR: u64 = 8;
 pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     let e = match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
         Some(e) => e,
-        None => match create(cfg, pkt) {
+        None => match create(ctx, cfg, pkt) {
             Some(e) => e,
             None => {
                 // The table refused the entry (counted): the packet passes undecided.
@@ -72,6 +72,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                 }
             }
             count_stat(Stat::InspectorMissing);
+            klog::stage_missing(cfg, JUMP_INSPECT);
         }
     }
     if e.verdict == Verdict::Monitor as u8 && pkt.key.proto == IPPROTO_TCP && e.flags & FLAG_NO_COPY == 0 {
@@ -139,7 +140,7 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> Op
 }
 
 #[inline(always)]
-fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
+fn create(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
     let generation = gen_of(cfg);
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
@@ -158,6 +159,7 @@ fn create(cfg: &Config, pkt: &Pkt) -> Option<*mut FlowEntry> {
     count_stat(Stat::FlowsCreated);
     if IMFW_FLOWS.insert(&pkt.key, &e, 0).is_err() {
         count_stat(Stat::FlowInsertFailed);
+        klog::flow_insert_failed(cfg, ctx.ingress_ifindex() as u32, pkt.key.proto);
         return None;
     }
     IMFW_FLOWS.get_ptr_mut(&pkt.key)
@@ -272,6 +274,7 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
     if app == APP_NONE {
         return;
     }
+    klog::classified(cfg, app, method as u8, action.verdict, key.server(e.client_is_a != 0).1, key.proto);
     match IMFW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
             slot.write(FlowEvent {
@@ -291,6 +294,9 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
             // segments, ClientHellos to reassemble) keep the wakeup.
             slot.submit(BPF_RB_NO_WAKEUP as u64);
         }
-        None => count_stat(Stat::EventsLost),
+        None => {
+            count_stat(Stat::EventsLost);
+            klog::ring_full(cfg, klog::LOST_EVENT);
+        }
     }
 }

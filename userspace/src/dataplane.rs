@@ -271,6 +271,12 @@ impl Dataplane {
         })
     }
 
+    /// Takes the reader of the program's log ring (see `klog`): from then on its records go to
+    /// the global logger when `klog::forward` runs.
+    pub fn kernel_logger(&mut self) -> Result<crate::klog::KernelLogger> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| anyhow!("the XDP program's log ring: {e}"))
+    }
+
     /// Writes the controller's heartbeat: it counts as alive for `CONTROLLER_GRACE_NS` more.
     pub fn heartbeat(&mut self) -> Result<()> {
         self.set_controller_deadline(monotonic_ns().saturating_add(CONTROLLER_GRACE_NS))
@@ -749,7 +755,10 @@ impl Dataplane {
             pins::remove_pin(&old)?;
         }
         for (name, map) in self.ebpf.maps() {
-            if name == m::SCRATCH || name == m::JUMP || (adopted && m::ADOPTED.contains(&name)) {
+            // Only the program's own maps: not the log ring nor the read-only data sections
+            // of the kernel log messages (`.rodata*`: bpffs refuses names with a dot), which
+            // belong to this program build alone.
+            if !name.starts_with("IMFW_") || name == m::SCRATCH || name == m::JUMP || (adopted && m::ADOPTED.contains(&name)) {
                 continue;
             }
             let path = dir.map_path(name);
