@@ -274,7 +274,12 @@ impl Dataplane {
     /// Takes the reader of the program's log ring (see `klog`): from then on its records go to
     /// the global logger when `klog::forward` runs.
     pub fn kernel_logger(&mut self) -> Result<crate::klog::KernelLogger> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| anyhow!("the XDP program's log ring: {e}"))
+        self.kernel_logger_with(log::logger())
+    }
+
+    /// As [`Dataplane::kernel_logger`], writing to `logger`; `flush` reads what is in the ring.
+    pub fn kernel_logger_with<T: log::Log>(&mut self, logger: T) -> Result<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(|e| anyhow!("the XDP program's log ring: {e}"))
     }
 
     /// Writes the controller's heartbeat: it counts as alive for `CONTROLLER_GRACE_NS` more.

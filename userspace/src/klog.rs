@@ -21,7 +21,9 @@ pub fn is_kernel(record: &log::Record<'_>) -> bool {
 /// Forwards the kernel's records to the global logger as they come, until the runtime ends.
 /// The program wakes the reader for every record; they are rare by construction.
 pub async fn forward(logger: KernelLogger) {
-    let mut fd = match AsyncFd::with_interest(logger, Interest::READABLE) {
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the same until the
+    // `AsyncFd` (which owns the logger) is dropped.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
             log::error!("kernel log: polling its ring: {e}; the XDP program's log messages are not shown");
