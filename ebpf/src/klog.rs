@@ -70,7 +70,13 @@ pub extern "C" fn imfw_klog_ring_full(kind: u32) -> u32 {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn imfw_klog_classified(app: u32, method: u32, verdict: u32, server_port: u32, proto: u32) -> u32 {
+pub extern "C" fn imfw_klog_classified(
+    app: u32,
+    method: u32,
+    verdict: u32,
+    server_port: u32,
+    proto: u32,
+) -> u32 {
     info!(&(), target: target!(), "flow classified: app={} method={} verdict={} server_port={} proto={}", app, method, verdict, server_port, proto);
     0
 }
@@ -124,7 +130,13 @@ pub fn ring_full(cfg: &Config, kind: u32) {
 #[inline(always)]
 pub fn classified(cfg: &Config, app: u16, method: u8, verdict: u8, server_port: u16, proto: u8) {
     if on(cfg, LOG_INFO) {
-        imfw_klog_classified(app as u32, method as u32, verdict as u32, server_port as u32, proto as u32);
+        imfw_klog_classified(
+            app as u32,
+            method as u32,
+            verdict as u32,
+            server_port as u32,
+            proto as u32,
+        );
     }
 }
 

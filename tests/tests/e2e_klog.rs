@@ -2,8 +2,7 @@
 //! binary on the lab gateway, real flows through it, and imfw's JSON log lines. Needs root and
 //! the release binary (`cargo xtask test` builds it; `IMFW_BIN` overrides its path).
 use std::{
-    fs,
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
@@ -40,14 +39,22 @@ fn classified_to(lab: &Lab, port: u16) -> Vec<Value> {
     let tail = format!(" server_port={port} proto=6");
     kernel_lines(lab)
         .into_iter()
-        .filter(|v| v["msg"].as_str().is_some_and(|m| m.starts_with("flow classified: ") && m.ends_with(&tail)))
+        .filter(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("flow classified: ") && m.ends_with(&tail))
+        })
         .collect()
 }
 
 fn wait_until(what: &str, lab: &Lab, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + EXPECT;
     while !done() {
-        assert!(Instant::now() < deadline, "{what} within {EXPECT:?}; log:\n{}", lab.imfw().log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {EXPECT:?}; log:\n{}",
+            lab.imfw().log_text()
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -58,8 +65,18 @@ fn blocked_flow(lab: &Lab, server: &TcpServer, port: u16) {
         .into_iter()
         .find(|o| o.app == "whatsapp" && o.label.starts_with("tls "))
         .expect("a WhatsApp TLS opener");
-    let obs = run_cases(&lab.client, server, vec![Case::from_opener(&wa, port, false)], WAIT);
-    assert!(obs[0].blocked(), "whatsapp to port {port} was not blocked: {:?}\n{}", obs[0], lab.imfw_log_tail());
+    let obs = run_cases(
+        &lab.client,
+        server,
+        vec![Case::from_opener(&wa, port, false)],
+        WAIT,
+    );
+    assert!(
+        obs[0].blocked(),
+        "whatsapp to port {port} was not blocked: {:?}\n{}",
+        obs[0],
+        lab.imfw_log_tail()
+    );
 }
 
 /// At `info` each classified flow gets one kernel line (JSON, `"source": "kernel"`); after a
@@ -73,7 +90,10 @@ fn klog_classified_flows_are_logged_at_info_and_not_at_warn() {
     }
     let mut lab = Lab::new().expect("lab");
     let server = TcpServer::start(&lab.server, &[443, 444, 445]).expect("server");
-    if let Err(e) = lab.start_imfw_args(&policy("info"), &["--detach-on-exit", "--log-format", "json"]) {
+    if let Err(e) = lab.start_imfw_args(
+        &policy("info"),
+        &["--detach-on-exit", "--log-format", "json"],
+    ) {
         panic!("{e:#}");
     }
     let file = lab.imfw().policy_path().to_path_buf();
@@ -81,26 +101,46 @@ fn klog_classified_flows_are_logged_at_info_and_not_at_warn() {
         fs::write(&file, policy(level)).expect("write the policy");
         lab.imfw().hangup().expect("SIGHUP");
         wait_until(&format!("reload #{count} to {level}"), lab, || {
-            lab.imfw().status().is_ok_and(|v| v["reloads"].as_u64() == Some(count))
+            lab.imfw()
+                .status()
+                .is_ok_and(|v| v["reloads"].as_u64() == Some(count))
         });
     };
 
     blocked_flow(&lab, &server, 443);
-    wait_until("a kernel line for the flow to 443", &lab, || !classified_to(&lab, 443).is_empty());
+    wait_until("a kernel line for the flow to 443", &lab, || {
+        !classified_to(&lab, 443).is_empty()
+    });
     let lines = classified_to(&lab, 443);
     assert_eq!(lines.len(), 1, "one line per classified flow: {lines:?}");
     assert_eq!(lines[0]["level"], "info", "{}", lines[0]);
-    assert!(lines[0]["msg"].as_str().is_some_and(|m| m.contains(" verdict=2 ")), "verdict drop: {}", lines[0]);
+    assert!(
+        lines[0]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains(" verdict=2 ")),
+        "verdict drop: {}",
+        lines[0]
+    );
 
     reload(&lab, "warn", 1);
     blocked_flow(&lab, &server, 444);
     reload(&lab, "info", 2);
     blocked_flow(&lab, &server, 445);
-    wait_until("a kernel line for the flow to 445", &lab, || !classified_to(&lab, 445).is_empty());
-    assert_eq!(classified_to(&lab, 444), Vec::<Value>::new(), "a line at `warn`; log:\n{}", lab.imfw().log_text());
+    wait_until("a kernel line for the flow to 445", &lab, || {
+        !classified_to(&lab, 445).is_empty()
+    });
+    assert_eq!(
+        classified_to(&lab, 444),
+        Vec::<Value>::new(),
+        "a line at `warn`; log:\n{}",
+        lab.imfw().log_text()
+    );
     assert_eq!(classified_to(&lab, 443).len(), 1);
     // Every kernel line is one of the program's messages, well formed.
     for v in kernel_lines(&lab) {
-        assert!(v["ts"].is_u64() && v["level"].is_string() && v["msg"].is_string(), "{v}");
+        assert!(
+            v["ts"].is_u64() && v["level"].is_string() && v["msg"].is_string(),
+            "{v}"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use aya_log::EbpfLogger;
 use log::Log;
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::io::{unix::AsyncFd, Interest};
 
 /// The `log` target of the kernel's records (the `target:` of every message in the program).
 pub const TARGET: &str = "kernel";
@@ -26,7 +26,9 @@ pub async fn forward(logger: KernelLogger) {
     let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
         Ok(fd) => fd,
         Err(e) => {
-            log::error!("kernel log: polling its ring: {e}; the XDP program's log messages are not shown");
+            log::error!(
+                "kernel log: polling its ring: {e}; the XDP program's log messages are not shown"
+            );
             return;
         }
     };

@@ -45,7 +45,13 @@ pub enum KernelLog {
 }
 
 impl KernelLog {
-    pub const ALL: [KernelLog; 5] = [KernelLog::Off, KernelLog::Error, KernelLog::Warn, KernelLog::Info, KernelLog::Debug];
+    pub const ALL: [KernelLog; 5] = [
+        KernelLog::Off,
+        KernelLog::Error,
+        KernelLog::Warn,
+        KernelLog::Info,
+        KernelLog::Debug,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -96,7 +102,9 @@ pub(crate) fn settings(
             Some(l) => out.kernel_log = *l,
             None => errs.0.push(src.err(
                 &join("observability", "kernel_log"),
-                format!("`{text}` is not a kernel log level; expected off, error, warn, info or debug"),
+                format!(
+                    "`{text}` is not a kernel log level; expected off, error, warn, info or debug"
+                ),
             )),
         }
     }
@@ -182,7 +190,7 @@ mod tests {
         one_error(
             "version: 1\nobservability: {prometheus: \"127.0.0.1:9464\", kernel_log: WARN}\n",
             2,
-            66,
+            59,
             "`WARN` is not a kernel log level",
         );
         one_error(
