@@ -1,5 +1,15 @@
 //! Rebuild the program when bpf-linker changes (a new LLVM can change the object), and let
 //! the BPF backend read and write unaligned words.
+/// The global functions of src/klog.rs.
+const KLOG_FUNCTIONS: [&str; 6] = [
+    "imfw_klog_flow_insert_failed",
+    "imfw_klog_stage_missing",
+    "imfw_klog_redirect_failed",
+    "imfw_klog_ring_full",
+    "imfw_klog_classified",
+    "imfw_klog_malformed",
+];
+
 fn main() {
     if let Ok(linker) = which::which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
@@ -12,5 +22,9 @@ fn main() {
         // aligned, which LLVM keeps. bpf-linker (LLVM 22) does the code generation, so the
         // feature goes to it; rustc passes no other `--cpu-features`.
         println!("cargo::rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
+        // The kernel log messages (src/klog.rs) stay global functions, which the verifier
+        // checks once on their own instead of along every path that calls them; unexported,
+        // the linker makes them static.
+        println!("cargo::rustc-link-arg=--export={}", KLOG_FUNCTIONS.join(","));
     }
 }

@@ -53,7 +53,19 @@ pub struct Config {
     /// program reads it where it needs the generation, rather than keeping one more value
     /// alive across the matchers' loops, which costs verifier states.
     pub generation: u32,
+    /// The most verbose kernel log level that is emitted: `LOG_OFF` .. `LOG_DEBUG`. Read only at
+    /// the program's rare sites (see the ebpf crate's `klog`), never on a decided flow's path.
+    pub kernel_log: u32,
 }
+
+/// `Config::kernel_log`: no kernel log messages at all.
+pub const LOG_OFF: u32 = 0;
+/// The levels, numbered as aya-log numbers them (`aya_log_common::Level`): a message of level
+/// `l` is emitted when `l <= kernel_log`.
+pub const LOG_ERROR: u32 = 1;
+pub const LOG_WARN: u32 = 2;
+pub const LOG_INFO: u32 = 3;
+pub const LOG_DEBUG: u32 = 4;
 
 impl Config {
     pub const DEFAULT: Config = Config {
@@ -67,10 +79,11 @@ impl Config {
         controller_down: ACTION_DROP,
         version: 0,
         generation: 0,
+        kernel_log: LOG_WARN,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 44);
 
 /// The value of `IMFW_CONFIG[0]`: both generations' settings and which one is in force.
 #[repr(C)]
@@ -89,4 +102,4 @@ impl Generations {
         Generations { ready: 0, active: 0, gens: [Config::DEFAULT, Config { generation: 1, ..Config::DEFAULT }] };
 }
 
-const _: () = assert!(core::mem::size_of::<Generations>() == 88);
+const _: () = assert!(core::mem::size_of::<Generations>() == 96);

@@ -14,7 +14,7 @@ use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
     copy::{Copy, copy},
-    finish,
+    finish, klog,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
@@ -38,7 +38,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             e
         }
         None => {
-            let Some(new) = create(cfg, pkt, len) else {
+            let Some(new) = create(ctx, cfg, pkt, len) else {
                 // The table refused the entry (counted): the packet passes undecided.
                 count_verdict(APP_NONE, Verdict::Pending as u8, len);
                 return xdp_action::XDP_PASS;
@@ -87,6 +87,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                 }
             }
             count_stat(Stat::InspectorMissing);
+            klog::stage_missing(cfg, JUMP_INSPECT);
         }
     }
     if e.verdict == Verdict::Monitor as u8 && pkt.key.proto == IPPROTO_TCP && e.flags & FLAG_NO_COPY == 0 {
@@ -157,7 +158,7 @@ pub fn stream(ctx: &XdpContext, cfg: &Config, c: &Copy, e: &mut FlowEntry) -> Op
 /// client's class nor the server's app is looked up yet (see [`resolve_class`] and
 /// [`resolve_addr`]): a flow that never sends payload never walks a trie.
 #[inline(always)]
-fn create(cfg: &Config, pkt: &Pkt, len: u64) -> Option<&'static FlowEntry> {
+fn create(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> Option<&'static FlowEntry> {
     // A SYN-ACK seen first means we missed the SYN: its receiver opened the flow.
     let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK);
     let client_is_a = if synack { !pkt.src_is_a } else { pkt.src_is_a };
@@ -177,6 +178,7 @@ fn create(cfg: &Config, pkt: &Pkt, len: u64) -> Option<&'static FlowEntry> {
     count_stat(Stat::FlowsCreated);
     if IMFW_FLOWS.insert(&pkt.key, &*e, 0).is_err() {
         count_stat(Stat::FlowInsertFailed);
+        klog::flow_insert_failed(cfg, ctx.ingress_ifindex() as u32, pkt.key.proto);
         return None;
     }
     Some(e)
@@ -304,6 +306,7 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
     if app == APP_NONE {
         return;
     }
+    klog::classified(cfg, app, method as u8, action.verdict, key.server(e.client_is_a != 0).1, key.proto);
     match IMFW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
             slot.write(FlowEvent {
@@ -323,6 +326,9 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
             // segments, ClientHellos to reassemble) keep the wakeup.
             slot.submit(BPF_RB_NO_WAKEUP as u64);
         }
-        None => count_stat(Stat::EventsLost),
+        None => {
+            count_stat(Stat::EventsLost);
+            klog::ring_full(cfg, klog::LOST_EVENT);
+        }
     }
 }

@@ -17,7 +17,7 @@ use imfw_common::{
 
 use crate::{
     copy::{Copy, copy},
-    finish,
+    finish, klog,
     parse::IPPROTO_TCP,
     flow::{decide, given_up, held, resolve_addr, stream},
     maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict, generation},
@@ -30,7 +30,7 @@ use crate::{
 /// Nothing is copied while the controller is down: nobody reads the ring, and its stale
 /// records would reach the next controller first.
 #[inline(always)]
-fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
+fn hand_over(ctx: &XdpContext, cfg: &Config, job: &Job, client_is_a: u8) {
     if !controller_alive() {
         return;
     }
@@ -44,7 +44,12 @@ fn hand_over(ctx: &XdpContext, job: &Job, client_is_a: u8) {
         client_is_a,
         tcp_flags: 0,
     };
-    count_stat(if copy(ctx, &c) { Stat::ToController } else { Stat::ToControllerLost });
+    if copy(ctx, &c) {
+        count_stat(Stat::ToController);
+    } else {
+        count_stat(Stat::ToControllerLost);
+        klog::ring_full(cfg, klog::LOST_PAYLOAD);
+    }
 }
 
 /// The payload that decided a flow `monitor` is its content's first segment: it goes to the
@@ -83,6 +88,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
             // SAFETY: on success this does not return; the names stage counts and enforces the packet.
             unsafe { IMFW_JUMP.tail_call(ctx, JUMP_NAMES) };
             count_stat(Stat::InspectorMissing);
+            klog::stage_missing(cfg, JUMP_NAMES);
             Outcome::Nothing
         }
     })
@@ -96,6 +102,7 @@ pub fn imfw_names(ctx: XdpContext) -> u32 {
             // SAFETY: on success this does not return; the ECH stage counts and enforces the packet.
             unsafe { IMFW_JUMP.tail_call(ctx, JUMP_ECH) };
             count_stat(Stat::InspectorMissing);
+            klog::stage_missing(cfg, JUMP_ECH);
             Outcome::Named
         }
         other => other,
@@ -145,11 +152,11 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         }
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
-            hand_over(ctx, &job, e.client_is_a);
+            hand_over(ctx, cfg, &job, e.client_is_a);
             None
         }
         Outcome::Copy => {
-            hand_over(ctx, &job, e.client_is_a);
+            hand_over(ctx, cfg, &job, e.client_is_a);
             if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(cfg, &job.key, e)) } else { None }
         }
         // A server name no app claims: the address no longer speaks for the flow.

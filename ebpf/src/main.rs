@@ -9,6 +9,7 @@
 mod copy;
 mod flow;
 mod inspect;
+mod klog;
 mod maps;
 mod matching;
 mod parse;
@@ -66,6 +67,7 @@ pub fn imfw_xdp(ctx: XdpContext) -> u32 {
         }
         Parsed::Malformed => {
             count_stat(Stat::Unparsed);
+            klog::malformed(cfg, ctx.ingress_ifindex() as u32, len, cfg.unparsed_action == ACTION_DROP);
             explicit(cfg.unparsed_action, DropReason::Unparsed, len)
         }
     }
@@ -119,12 +121,12 @@ pub(crate) fn finish(cfg: &Config, e: &FlowEntry, len: u64) -> u32 {
         }
     }
     maps::count_verdict(e.app, e.verdict, len);
-    enforce(e.verdict, e.redirect_slot, len)
+    enforce(cfg, e.verdict, e.redirect_slot, len)
 }
 
 /// Applies a flow's verdict.
 #[inline(always)]
-pub(crate) fn enforce(verdict: u8, redirect_slot: u8, len: u64) -> u32 {
+pub(crate) fn enforce(cfg: &Config, verdict: u8, redirect_slot: u8, len: u64) -> u32 {
     match Verdict::from_u8(verdict) {
         // Counted once, in the flow's verdict cell: userspace reads the `policy` drop reason
         // as the sum of the drop cells.
@@ -134,6 +136,7 @@ pub(crate) fn enforce(verdict: u8, redirect_slot: u8, len: u64) -> u32 {
             Err(_) => {
                 // Fail closed: a redirect target that vanished must not let the flow through.
                 count_drop(DropReason::RedirectFailed, len);
+                klog::redirect_failed(cfg, redirect_slot);
                 xdp_action::XDP_DROP
             }
         },

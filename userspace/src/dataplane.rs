@@ -271,6 +271,17 @@ impl Dataplane {
         })
     }
 
+    /// Takes the reader of the program's log ring (see `klog`): from then on its records go to
+    /// the global logger when `klog::forward` runs.
+    pub fn kernel_logger(&mut self) -> Result<crate::klog::KernelLogger> {
+        self.kernel_logger_with(log::logger())
+    }
+
+    /// As [`Dataplane::kernel_logger`], writing to `logger`; `flush` reads what is in the ring.
+    pub fn kernel_logger_with<T: log::Log>(&mut self, logger: T) -> Result<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).map_err(|e| anyhow!("the XDP program's log ring: {e}"))
+    }
+
     /// Writes the controller's heartbeat: it counts as alive for `CONTROLLER_GRACE_NS` more.
     pub fn heartbeat(&mut self) -> Result<()> {
         self.set_controller_deadline(monotonic_ns().saturating_add(CONTROLLER_GRACE_NS))
@@ -760,7 +771,10 @@ impl Dataplane {
             pins::remove_pin(&old)?;
         }
         for (name, map) in self.ebpf.maps() {
-            if name == m::SCRATCH || name == m::JUMP || (adopted && m::ADOPTED.contains(&name)) {
+            // Only the program's own maps: not the log ring nor the read-only data sections
+            // of the kernel log messages (`.rodata*`: bpffs refuses names with a dot), which
+            // belong to this program build alone.
+            if !name.starts_with("IMFW_") || name == m::SCRATCH || name == m::JUMP || (adopted && m::ADOPTED.contains(&name)) {
                 continue;
             }
             let path = dir.map_path(name);

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod events;
 pub mod flows;
+pub mod klog;
 pub mod metrics;
 pub mod notify;
 pub mod packet;

@@ -337,21 +337,27 @@ fn archive_cmd(cmd: ArchiveCmd) -> Result<ExitCode> {
 
 fn init_logging(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // The policy's `observability.kernel_log` chooses the kernel's messages, in the program.
+    b.filter_module(imfw::klog::TARGET, log::LevelFilter::Trace);
     let journal = stderr_is_journal();
     match format {
         LogFormat::Text => b.format(move |buf, r| {
             imfw::metrics::count_log(r.level());
             // Under systemd, journald reads the priority from a `<N>` prefix (sd-daemon(3)).
             let prio = if journal { syslog_prefix(r.level()) } else { "" };
-            writeln!(buf, "{prio}imfw {}: {}", r.level().as_str().to_lowercase(), r.args())
+            let source = if imfw::klog::is_kernel(r) { "source=kernel " } else { "" };
+            writeln!(buf, "{prio}imfw {}: {source}{}", r.level().as_str().to_lowercase(), r.args())
         }),
         LogFormat::Json => b.format(|buf, r| {
             imfw::metrics::count_log(r.level());
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "ts": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "level": r.level().as_str().to_lowercase(),
                 "msg": r.args().to_string(),
             });
+            if imfw::klog::is_kernel(r) {
+                line["source"] = serde_json::json!("kernel");
+            }
             writeln!(buf, "{line}")
         }),
     };
@@ -502,6 +508,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
     }
     dp.commit_pins().context("pinning the program, its links and its maps")?;
     let ring = dp.take_events().ok_or_else(|| anyhow!("event ring already taken"))?;
+    let kernel_log = dp.kernel_logger()?;
     let mut controller = Controller::new(&compiled);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let shared = Arc::new(Mutex::new(control::Shared {
@@ -520,6 +527,7 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
         let listener = control::bind(control_path)?;
         let (to_loop, mut from_socket) = tokio::sync::mpsc::channel::<control::LoopRequest>(4);
         tokio::spawn(control::serve(listener, shared.clone(), to_loop));
+        tokio::spawn(imfw::klog::forward(kernel_log));
         imfw::metrics::start(policy_full.observability.prometheus, shared.clone()).await?;
         // SAFETY: the ring buffer owns its fd and outlives the registration (both dropped here).
         let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the event ring: {e}"))?;

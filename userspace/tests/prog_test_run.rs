@@ -1304,3 +1304,85 @@ fn a_reload_keeps_content_blocks_and_app_ids() {
     assert_eq!(r.run(&corp_flow.client(b"more")), XDP_PASS, "corpchat still allowed");
     assert_eq!(r.run(&blocked.client(b"more")), XDP_DROP, "the content block stays");
 }
+
+/// The records of the program's log ring (`observability.kernel_log`): level, target, text.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<(log::Level, String, String)>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        self.0.lock().expect("capture").push((r.level(), r.target().to_owned(), r.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+impl Capture {
+    fn take(&self) -> Vec<(log::Level, String, String)> {
+        std::mem::take(&mut *self.0.lock().expect("capture"))
+    }
+}
+
+/// Each message appears from its level on, and a reload changes the level with the policy: a
+/// malformed packet (debug), a classified flow (info), a redirect with no interface (warn).
+#[test]
+fn kernel_log_messages_follow_the_policy_level() {
+    let policy = |level: &str| format!("version: 1\ndefaults: {{unparsed: drop}}\napps: {{irc: drop}}\nobservability: {{kernel_log: {level}}}\n");
+    let mut r = rig(&policy("debug"));
+    let capture = Capture::default();
+    let mut ring = r.dp.kernel_logger_with(capture.clone()).expect("the log ring");
+    let malformed = packets::tcp4(CLIENT4, 44001, SERVER4, 6667, tcp_flags::ACK, b"NICK x\r\n")[..14 + 12].to_vec();
+    // A flow decided redirect whose devmap slot holds no interface: fails closed.
+    let redirect = Conn::v4(38002, 443);
+    let redirected = |r: &mut Rig| {
+        assert_eq!(r.run(&redirect.syn()), XDP_PASS);
+        let key = packet::tuple(&redirect.syn()).expect("tuple").key();
+        let mut e = r.dp.flow(&key).expect("flow table").expect("the SYN made an entry");
+        e.state = imfw_common::flow::STATE_DECIDED;
+        e.verdict = Verdict::Redirect as u8;
+        e.redirect_slot = 9;
+        r.dp.set_flow(&key, &e).expect("set the flow");
+        assert_eq!(r.run(&redirect.client(b"x")), XDP_DROP, "a failed redirect drops");
+    };
+    let messages = |r: &mut Rig, ring: &mut aya_log::EbpfLogger<Capture>, cport: u16| {
+        assert_eq!(r.run(&malformed), XDP_DROP);
+        assert_eq!(open(r, &Conn::v4(cport, 6667), &[protocols::irc_registration("bob")]), XDP_DROP);
+        redirected(r);
+        ring.flush();
+        capture.take()
+    };
+
+    let got = messages(&mut r, &mut ring, 38001);
+    let irc = r.id("irc");
+    let want = [
+        (log::Level::Debug, "malformed packet (ifindex=".to_owned(), "len=26): dropped=1, counted as unparsed".to_owned()),
+        (log::Level::Info, format!("flow classified: app={irc} method={} verdict={}", Method::Signature as u8, Verdict::Drop as u8), " server_port=6667 proto=6".to_owned()),
+        (log::Level::Warn, "redirect to devmap slot 9 failed".to_owned(), "packet dropped (fail closed), counted as redirect_failed".to_owned()),
+    ];
+    assert_eq!(got.len(), want.len(), "one message per event at debug: {got:?}");
+    for ((level, target, text), (want_level, start, end)) in got.iter().zip(&want) {
+        assert_eq!(target, "kernel", "{text}");
+        assert_eq!(level, want_level, "{text}");
+        assert!(text.starts_with(start.as_str()) && text.contains(end.as_str()), "{text:?}: expected {start}…{end}");
+    }
+
+    // A reload to `warn`: only the failed redirect is worth a message.
+    let next = next_policy(&r, &policy("warn"));
+    r.dp.apply(&next).expect("reload");
+    let got = messages(&mut r, &mut ring, 38003);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, log::Level::Warn, "{got:?}");
+    assert!(got[0].2.starts_with("redirect to devmap slot 9 failed"), "{got:?}");
+
+    // `off`: nothing, while the counters still count.
+    let before = r.dp.snapshot().expect("snapshot").drop_reason(DropReason::RedirectFailed).packets;
+    let off = next_policy(&r, &policy("off"));
+    r.dp.apply(&off).expect("reload");
+    let got = messages(&mut r, &mut ring, 38004);
+    assert_eq!(got, [], "kernel_log: off");
+    assert_eq!(r.dp.snapshot().expect("snapshot").drop_reason(DropReason::RedirectFailed).packets, before + 1);
+}

@@ -23,7 +23,7 @@ pub use compile::Compiled;
 pub use error::{PolicyError, PolicyErrors};
 pub(crate) use error::Source;
 pub use model::{Action, AppList, Cidr, ControllerDown, Hex, PassDrop, Rule, Unclassified};
-pub use observability::Observability;
+pub use observability::{KernelLog, Observability};
 
 use crate::catalogue::{self, CatalogueEntry};
 use locate::{index, join, Pos};
@@ -92,7 +92,7 @@ pub struct Policy {
     /// `content:` compiled: the rules every message of a monitored flow goes through.
     pub content: std::sync::Arc<imfw_monitor::content::ContentPolicy>,
     pub monitor: Monitor,
-    /// `observability:`: the Prometheus endpoint.
+    /// `observability:`: the Prometheus endpoint, the kernel log level.
     pub observability: Observability,
     source: Source,
 }

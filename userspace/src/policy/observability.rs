@@ -1,4 +1,4 @@
-//! `observability:`: the Prometheus endpoint.
+//! `observability:`: the Prometheus endpoint and the kernel log level.
 
 use std::net::SocketAddr;
 
@@ -10,11 +10,13 @@ use super::{error::Source, locate::join, PolicyErrors};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of observability settings: prometheus"
+    expecting = "a mapping of observability settings: prometheus, kernel_log"
 )]
 pub struct ObservabilitySection {
     /// Address of the Prometheus endpoint (`GET /metrics`); absent: no endpoint.
     pub prometheus: Option<String>,
+    /// The most verbose level of the XDP program's own log messages (`KernelLog`).
+    pub kernel_log: Option<String>,
 }
 
 /// `observability:` with every absent key filled in.
@@ -22,6 +24,56 @@ pub struct ObservabilitySection {
 pub struct Observability {
     /// Where the Prometheus endpoint listens; `None`: off (the default).
     pub prometheus: Option<SocketAddr>,
+    pub kernel_log: KernelLog,
+}
+
+/// `observability.kernel_log`: which of the XDP program's log messages (aya-log) are sent to
+/// imfw's log. Each level includes the ones above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelLog {
+    Off,
+    /// Faults that lose inspection or state: a flow the table refused, a missing stage.
+    Error,
+    /// Also faults that lose a record or fail closed: a full event ring, a failed redirect.
+    /// The default: rare, each worth an operator's look, and each also counted.
+    #[default]
+    Warn,
+    /// Also one message per classified flow (app, method, verdict, server port).
+    Info,
+    /// Also one message per malformed packet.
+    Debug,
+}
+
+impl KernelLog {
+    pub const ALL: [KernelLog; 5] = [
+        KernelLog::Off,
+        KernelLog::Error,
+        KernelLog::Warn,
+        KernelLog::Info,
+        KernelLog::Debug,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelLog::Off => "off",
+            KernelLog::Error => "error",
+            KernelLog::Warn => "warn",
+            KernelLog::Info => "info",
+            KernelLog::Debug => "debug",
+        }
+    }
+
+    /// `Config::kernel_log`.
+    pub fn config_value(self) -> u32 {
+        use imfw_common::config::{LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_OFF, LOG_WARN};
+        match self {
+            KernelLog::Off => LOG_OFF,
+            KernelLog::Error => LOG_ERROR,
+            KernelLog::Warn => LOG_WARN,
+            KernelLog::Info => LOG_INFO,
+            KernelLog::Debug => LOG_DEBUG,
+        }
+    }
 }
 
 /// Checks `observability:` and fills in its defaults.
@@ -30,7 +82,7 @@ pub(crate) fn settings(
     src: &Source,
     errs: &mut PolicyErrors,
 ) -> Observability {
-    let mut out = Observability { prometheus: None };
+    let mut out = Observability::default();
     if let Some(text) = &o.prometheus {
         match text.trim().parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => out.prometheus = Some(a),
@@ -44,12 +96,24 @@ pub(crate) fn settings(
             )),
         }
     }
+    if let Some(text) = &o.kernel_log {
+        let want = text.trim();
+        match KernelLog::ALL.iter().find(|l| l.name() == want) {
+            Some(l) => out.kernel_log = *l,
+            None => errs.0.push(src.err(
+                &join("observability", "kernel_log"),
+                format!(
+                    "`{text}` is not a kernel log level; expected off, error, warn, info or debug"
+                ),
+            )),
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{super::parse, Observability};
+    use super::{super::parse, KernelLog, Observability};
 
     fn errors(text: &str) -> Vec<super::super::PolicyError> {
         match parse(text, "t.yaml") {
@@ -97,6 +161,44 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.observability.prometheus.map(|a| a.port()), Some(9100));
+    }
+
+    #[test]
+    fn the_kernel_log_level_is_read() {
+        let p = parse("version: 1\n", "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.observability.kernel_log, KernelLog::Warn);
+        for l in KernelLog::ALL {
+            let text = format!("version: 1\nobservability:\n  kernel_log: {}\n", l.name());
+            let p = parse(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.observability.kernel_log, l);
+            let c = p.compile().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.config.kernel_log, l.config_value());
+        }
+        // The numbers the program compares with (aya-log's levels, off below them).
+        let values: Vec<u32> = KernelLog::ALL.iter().map(|l| l.config_value()).collect();
+        assert_eq!(values, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn bad_kernel_log_levels_are_located() {
+        one_error(
+            "version: 1\nobservability:\n  kernel_log: verbose\n",
+            3,
+            15,
+            "not a kernel log level; expected off, error, warn, info or debug",
+        );
+        one_error(
+            "version: 1\nobservability: {prometheus: \"127.0.0.1:9464\", kernel_log: WARN}\n",
+            2,
+            59,
+            "`WARN` is not a kernel log level",
+        );
+        one_error(
+            "version: 1\nobservability:\n  kernel_log: [warn]\n",
+            3,
+            15,
+            "kernel_log",
+        );
     }
 
     #[test]
