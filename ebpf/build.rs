@@ -1,7 +1,8 @@
 //! Rebuild the program when bpf-linker changes (a new LLVM can change the object), and let
 //! the BPF backend read and write unaligned words.
-/// The global functions of src/klog.rs.
-const KLOG_FUNCTIONS: [&str; 6] = [
+/// The global functions: the name lookup of src/matching.rs and the messages of src/klog.rs.
+const GLOBAL_FUNCTIONS: [&str; 7] = [
+    "imfw_name_lookups",
     "imfw_klog_flow_insert_failed",
     "imfw_klog_stage_missing",
     "imfw_klog_redirect_failed",
@@ -19,12 +20,14 @@ fn main() {
         // byte by byte: an IPv6 header became 40 one-byte loads, each spilled to the stack. The
         // kernel accepts unaligned packet and map-value access on architectures that handle it
         // (x86-64, arm64: CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS); only stack access must stay
-        // aligned, which LLVM keeps. bpf-linker (LLVM 22) does the code generation, so the
+        // aligned, which LLVM does not always keep: it may merge a struct's small fields into
+        // one unaligned wide store (see the new flow entry in src/flow.rs), so such structs are
+        // built in map memory. bpf-linker (LLVM 22) does the code generation, so the
         // feature goes to it; rustc passes no other `--cpu-features`.
         println!("cargo::rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
-        // The kernel log messages (src/klog.rs) stay global functions, which the verifier
-        // checks once on their own instead of along every path that calls them; unexported,
-        // the linker makes them static.
-        println!("cargo::rustc-link-arg=--export={}", KLOG_FUNCTIONS.join(","));
+        // The name lookup and the kernel log messages stay global functions, which the
+        // verifier checks once on their own instead of along every path that calls them;
+        // unexported, the linker makes them static.
+        println!("cargo::rustc-link-arg=--export={}", GLOBAL_FUNCTIONS.join(","));
     }
 }

@@ -6,6 +6,7 @@ pub const SIG_CLASSES: &str = "IMFW_SIGCLASS";
 pub const SIGS: &str = "IMFW_SIGS";
 /// One `SigPrefilter`: the shapes a payload's first bytes leave possible.
 pub const SIG_PRE: &str = "IMFW_SIGPRE";
+pub const NAME_FILTER: &str = "IMFW_NAMEBITS";
 pub const NAMES: &str = "IMFW_NAMES";
 pub const ADDR4: &str = "IMFW_ADDR4";
 pub const ADDR6: &str = "IMFW_ADDR6";
@@ -58,6 +59,22 @@ pub const POLICY_ENTRIES: u32 = SRC_CLASSES * crate::app::MAX_APPS as u32;
 pub const REDIRECT_SLOTS: u32 = 16;
 /// Generations held side by side in every policy map.
 pub const GENS: u32 = crate::config::GENERATIONS;
+
+/// Words (u64) of one generation's name filter in `IMFW_NAMEBITS`: 2^20 bits, 128 KiB. A bit
+/// per domain hash, so that the suffixes of a server name that no domain can be are ruled out
+/// by one array read instead of a hash-map lookup each. With the 262,144 domains a policy may
+/// have, about a fifth of the other suffixes still pass; with a few thousand, almost none.
+pub const NAME_FILTER_WORDS: u32 = 1 << 14;
+
+/// Where the name filter keeps the bit of domain hash `hash` in generation `generation`: the
+/// word's index in `IMFW_NAMEBITS` and the bit in it. The hash's halves are folded together:
+/// FNV-1a's low bits depend on the input's low bits only.
+#[inline(always)]
+pub const fn name_filter_bit(generation: u32, hash: u64) -> (u32, u64) {
+    let x = hash ^ (hash >> 32);
+    let word = ((x >> 6) as u32) & (NAME_FILTER_WORDS - 1);
+    ((generation & 1) * NAME_FILTER_WORDS + word, 1u64 << (x & 63))
+}
 
 /// Index of a generation's redirect slot in `IMFW_REDIRECT` (what flows and policy rows store).
 #[inline(always)]

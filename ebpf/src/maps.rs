@@ -24,6 +24,8 @@ pub static IMFW_SIGCLASS: Array<SigClass> = Array::with_max_entries(MAX_SIG_CLAS
 #[map]
 pub static IMFW_SIGPRE: Array<SigPrefilter> = Array::with_max_entries(m::GENS, 0);
 #[map]
+pub static IMFW_NAMEBITS: Array<u64> = Array::with_max_entries(m::GENS * m::NAME_FILTER_WORDS, 0);
+#[map]
 pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX * m::GENS, 0);
 #[map]
 pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX * m::GENS, 0);

@@ -6,13 +6,13 @@ use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    maps::stun_key,
+    maps::{name_filter_bit, stun_key},
     matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
 use crate::parse::IPPROTO_UDP;
-use crate::maps::{IMFW_NAMES, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
+use crate::maps::{IMFW_NAMEBITS, IMFW_NAMES, IMFW_SCRATCH, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
 pub enum Outcome {
@@ -191,9 +191,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
     let (h, count) = suffix_hashes_from(name_seed(gen_of(cfg)), buf, off, len, slots);
     let count = launder(&mut spill[2], count as u64) as usize;
-    // SAFETY: pointer into the map value, valid for this run.
-    let lookup = |h: u64| IMFW_NAMES.get_ptr(&NameKey { hash: h }).map(|m| unsafe { (*m).app });
-    let app = lookup_suffixes(slots, count, h, lookup);
+    let app = imfw_name_lookups(gen_of(cfg), count as u32, h) as u16;
     if app != 0 {
         return Ok(Named::App(app, method));
     }
@@ -205,6 +203,36 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     }
     // Only TLS names no app claims pay for the second walk over the extensions, in its own stage.
     Ok(if method as u8 == Method::TlsSni as u8 { Named::UnknownTls } else { Named::Unknown })
+}
+
+/// The app of the longest domain of policy generation `generation` among a server name's
+/// suffixes: the `count` suffix hashes [`suffix_hashes_from`] left in the scratch buffer, then
+/// the whole name's hash `whole`; 0 for none.
+///
+/// A global function (exported by the linker, see build.rs): the verifier checks its loop once,
+/// on its own, and at the call site sees a call that returns a number, instead of walking the
+/// loop's lookups along each of the name parsers' paths.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imfw_name_lookups(generation: u32, count: u32, whole: u64) -> u32 {
+    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
+    // SAFETY: the per-CPU scratch buffer, ours for this program run.
+    let slots = unsafe { &(*scratch).hashes };
+    lookup_suffixes(slots, count as usize & 0xff, whole, |h| name_app(generation, h)) as u32
+}
+
+/// The app of domain hash `hash` in generation `generation`. Most suffixes of a name (`com`,
+/// `cdn.example.com`) are no domain of the policy: the name filter's bit rules them out with
+/// one array read, before the hash map is searched.
+#[inline(always)]
+fn name_app(generation: u32, hash: u64) -> Option<u16> {
+    let (word, bit) = name_filter_bit(generation, hash);
+    match IMFW_NAMEBITS.get(word) {
+        Some(w) if *w & bit != 0 => {}
+        _ => return None,
+    }
+    // SAFETY: pointer into the map value, valid for this run.
+    IMFW_NAMES.get_ptr(&NameKey { hash }).map(|m| unsafe { (*m).app })
 }
 
 /// The ECH stage: the ClientHello left in the scratch buffer by the earlier stages, whose

@@ -23,7 +23,7 @@ use imfw_common::{
     config::{CONTROLLER_GRACE_NS, Config, Generations},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FLAG_CLASS_KNOWN, FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
-    maps::{self as m, LPM_GEN_BITS, lpm4, lpm6, policy_index, redirect_index, stun_key},
+    maps::{self as m, LPM_GEN_BITS, NAME_FILTER_WORDS, lpm4, lpm6, name_filter_bit, policy_index, redirect_index, stun_key},
     matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
@@ -248,6 +248,10 @@ impl Dataplane {
             prog.load()
                 .map_err(|e| privilege_hint(anyhow!(e)))
                 .with_context(|| format!("loading the XDP program {name} into the kernel"))?;
+            // How close each program is to the verifier's limit of 1M processed instructions.
+            if let Some(n) = prog.info().ok().and_then(|i| i.verified_instruction_count()) {
+                log::debug!("program={name} verifier_processed_insns={n}");
+            }
         }
         for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM), (m::JUMP_ECH, m::ECH_PROGRAM)] {
             let fd = {
@@ -417,6 +421,16 @@ impl Dataplane {
         Ok(done)
     }
 
+    /// Writes words of the name filter (index in `IMFW_NAMEBITS`, value).
+    fn write_name_filter(&mut self, g: u32, words: BTreeMap<u32, u64>) -> Result<()> {
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(m::NAME_FILTER)?)?;
+        for (word, bits) in words {
+            debug_assert_eq!(word / NAME_FILTER_WORDS, g & 1);
+            a.set(word, bits, 0).map_err(map_err(m::NAME_FILTER))?;
+        }
+        Ok(())
+    }
+
     fn write_config(&mut self, v: Generations) -> Result<()> {
         let mut a: Array<_, Generations> = Array::try_from(self.map_mut(m::CONFIG)?)?;
         a.set(0, v, 0).map_err(map_err(m::CONFIG))?;
@@ -437,6 +451,7 @@ impl Dataplane {
             let mut a: Array<_, SigPrefilter> = Array::try_from(self.map_mut(m::SIG_PRE)?)?;
             a.set(g, c.sig_pre, 0).map_err(map_err(m::SIG_PRE))?;
         }
+        self.write_name_filter(g, name_filter(g, c))?;
         let gen8 = g as u8;
         self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
         self.fill_hash(m::NAMES, name_keys(g, c).zip(c.names.iter().map(|(_, v)| *v)))?;
@@ -480,6 +495,9 @@ impl Dataplane {
         let r = (|| {
             self.remove_hash::<SigKey, SigValue>(m::SIGS, c.sigs.iter().map(|(k, _)| SigKey { generation: gen8, ..*k }))?;
             self.remove_hash::<NameKey, AppMatch>(m::NAMES, name_keys(g, &c))?;
+            // Zero words where the old policy set bits (the rest are zero already).
+            let words = name_filter(g, &c).into_keys().map(|w| (w, 0));
+            self.write_name_filter(g, words.collect())?;
             self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
             self.remove_lpm::<[u8; 5], AppMatch>(m::ADDR4, c.addr4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
             self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
@@ -994,6 +1012,17 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.
+/// The non-zero words of generation `g`'s name filter for policy `c`, by index in
+/// `IMFW_NAMEBITS`.
+fn name_filter(g: u32, c: &Compiled) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for k in name_keys(g, c) {
+        let (word, bit) = name_filter_bit(g, k.hash);
+        *words.entry(word).or_insert(0) |= bit;
+    }
+    words
+}
+
 fn name_keys(g: u32, c: &Compiled) -> impl Iterator<Item = NameKey> + '_ {
     c.name_domains.iter().map(move |d| NameKey { hash: domain_hash_from(name_seed(g), d) })
 }
