@@ -338,7 +338,10 @@ fn next_escape(bytes: &[u8]) -> Option<usize> {
     let mut base = 0;
     for block in blocks {
         if any_escape(block) {
-            return block.iter().position(|&b| needs_escape(b)).map(|p| base + p);
+            return block
+                .iter()
+                .position(|&b| needs_escape(b))
+                .map(|p| base + p);
         }
         base += 32;
     }

@@ -159,7 +159,10 @@ impl Grams {
     fn bits_of(g: u32, log: u32) -> (usize, usize) {
         let h = u64::from(g).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mask = (1u64 << log) - 1;
-        ((h >> (64 - log)) as usize, ((h >> (64 - 2 * log)) & mask) as usize)
+        (
+            (h >> (64 - log)) as usize,
+            ((h >> (64 - 2 * log)) & mask) as usize,
+        )
     }
 
     fn build(folded: &[String]) -> Option<Grams> {
