@@ -318,10 +318,34 @@ fn lowest(flags: u64) -> usize {
     (flags.trailing_zeros() / 8) as usize
 }
 
-/// The index of the first byte that needs an escape, eight bytes at a time.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Whether a block holds a byte that needs an escape; branch-free over a fixed-size block,
+/// so that it compiles to a few SIMD compares.
+fn any_escape(block: &[u8; 32]) -> bool {
+    block
+        .iter()
+        .fold(0u8, |acc, &b| acc | u8::from(needs_escape(b)))
+        != 0
+}
+
+/// The index of the first byte that needs an escape: 32 bytes at a time through a branch-free
+/// test that the compiler turns into a few SIMD compares, then eight at a time.
 fn next_escape(bytes: &[u8]) -> Option<usize> {
-    let mut words = bytes.chunks_exact(8);
+    let (blocks, tail) = bytes.as_chunks::<32>();
     let mut base = 0;
+    for block in blocks {
+        if any_escape(block) {
+            return block
+                .iter()
+                .position(|&b| needs_escape(b))
+                .map(|p| base + p);
+        }
+        base += 32;
+    }
+    let mut words = tail.chunks_exact(8);
     for chunk in &mut words {
         let flags = escape_bytes(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
         if flags != 0 {
@@ -329,12 +353,12 @@ fn next_escape(bytes: &[u8]) -> Option<usize> {
         }
         base += 8;
     }
-    // The last 1 to 7 bytes, padded with spaces (which need no escape).
-    let rest = words.remainder();
-    let mut tail = [b' '; 8];
-    tail.iter_mut().zip(rest).for_each(|(t, &b)| *t = b);
-    let flags = escape_bytes(u64::from_le_bytes(tail));
-    (flags != 0).then(|| base + lowest(flags))
+    // The last 0 to 7 bytes.
+    words
+        .remainder()
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|p| base + p)
 }
 
 fn write_escape(out: &mut Vec<u8>, byte: u8) {

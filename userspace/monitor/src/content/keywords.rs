@@ -108,11 +108,15 @@ struct Phrase {
     written: Box<str>,
 }
 
-/// The log-2 of the bits in [`Grams::bits`]: 8 KiB, which stays in the L1 cache.
-const GRAM_LOG: u32 = 16;
-/// Most distinct phrase starts the filter takes (a sixteenth of its bits set at worst); a
-/// policy with more is searched by the automaton alone.
-const MAX_GRAMS: usize = 4096;
+/// Bits per distinct piece in each of the two filter tables: an eighth of each table's bits
+/// is set, so one window in about 64 passes both.
+const BITS_PER_GRAM: usize = 8;
+/// The log-2 of the bits of each table: at least 256 bytes, at most 8 KiB.
+const MIN_GRAM_LOG: u32 = 11;
+const MAX_GRAM_LOG: u32 = 16;
+/// Most distinct phrase pieces the filter takes; a policy with more is searched by the
+/// automaton alone.
+const MAX_GRAMS: usize = (1 << MAX_GRAM_LOG) / BITS_PER_GRAM;
 
 /// The first four bytes of a window, with bit 5 of every byte set: ASCII letters compare
 /// without case, and the few other bytes this merges only cost a failed comparison.
@@ -120,22 +124,26 @@ fn gram(window: [u8; 4]) -> u32 {
     u32::from_le_bytes(window) | 0x2020_2020
 }
 
-fn gram_bit(g: u32) -> usize {
-    (g.wrapping_mul(0x9E37_79B1) >> (32 - GRAM_LOG)) as usize
-}
-
-/// A filter in front of the phrase comparison: one bit per hashed four-byte piece of a
-/// phrase's start. Chat text is mostly words, and ordinary words share their letters with the
-/// phrases (which defeats the automaton's rare-byte prefilter), but they seldom share whole
-/// four-byte pieces.
+/// A filter in front of the phrase comparison: two tables of one bit per hashed four-byte
+/// piece of a phrase's start, each indexed by its own bits of one multiplicative hash. Chat
+/// text is mostly words, and ordinary words share their letters with the phrases (which
+/// defeats the automaton's rare-byte prefilter), but they seldom share whole four-byte pieces.
+///
+/// The tables are small on purpose: between two messages the rest of the content path (other
+/// flows' reassembly windows, parser buffers, the archive) pushes them out of the L1 cache,
+/// and every window looked up in a cold table costs a cache miss. Two tables of 512 bytes for
+/// a hundred phrases filter better than one of 8 KiB and touch a sixteenth of its lines.
 ///
 /// Only every `stride`-th window of the text is looked up: the table holds the pieces at
 /// offsets `0..stride` of every phrase, and every phrase is at least `stride + 3` bytes long,
 /// so an occurrence starting at `p` contains exactly one looked-up window, the one at the
 /// first multiple of `stride` from `p` on, and that window's piece is in the table with its
-/// offset. With phrases of seven bytes or more, a quarter of the windows are read.
+/// offset. With phrases of seven bytes or more, a quarter of the windows are read; with
+/// eleven or more, an eighth.
 struct Grams {
+    /// The first table in `bits[..words]`, the second in `bits[words..]`.
     bits: Box<[u64]>,
+    log: u32,
     /// (phrase, offset of the piece in it) by piece (as [`gram`] makes them).
     by_gram: hashbrown::HashMap<u32, Vec<(usize, usize)>>,
     /// The folded phrases, by phrase index.
@@ -143,10 +151,20 @@ struct Grams {
     stride: usize,
 }
 
-/// The longest stride: four windows per lookup.
-const MAX_STRIDE: usize = 4;
+/// The longest stride: one window in eight looked up (phrases of eleven bytes or more).
+const MAX_STRIDE: usize = 8;
 
 impl Grams {
+    /// The bit of `g` in each table: the top `log` bits of its hash, and the `log` below them.
+    fn bits_of(g: u32, log: u32) -> (usize, usize) {
+        let h = u64::from(g).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mask = (1u64 << log) - 1;
+        (
+            (h >> (64 - log)) as usize,
+            ((h >> (64 - 2 * log)) & mask) as usize,
+        )
+    }
+
     fn build(folded: &[String]) -> Option<Grams> {
         let shortest = folded.iter().map(String::len).min()?;
         let stride = shortest.checked_sub(3)?.clamp(1, MAX_STRIDE);
@@ -160,19 +178,33 @@ impl Grams {
         if by_gram.len() > MAX_GRAMS {
             return None;
         }
-        let mut bits = vec![0u64; (1 << GRAM_LOG) / 64].into_boxed_slice();
+        let log = (by_gram.len() * BITS_PER_GRAM)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(MIN_GRAM_LOG, MAX_GRAM_LOG);
+        let words = (1usize << log) / 64;
+        let mut bits = vec![0u64; 2 * words].into_boxed_slice();
         for g in by_gram.keys() {
-            let b = gram_bit(*g);
-            if let Some(w) = bits.get_mut(b / 64) {
-                *w |= 1 << (b % 64);
+            let (b1, b2) = Grams::bits_of(*g, log);
+            for b in [b1, words * 64 + b2] {
+                if let Some(w) = bits.get_mut(b / 64) {
+                    *w |= 1 << (b % 64);
+                }
             }
         }
         Some(Grams {
             bits,
+            log,
             by_gram,
             folded: folded.iter().map(|f| f.as_bytes().into()).collect(),
             stride,
         })
+    }
+
+    fn has_bit(&self, b: usize) -> bool {
+        self.bits
+            .get(b / 64)
+            .is_some_and(|word| word & (1 << (b % 64)) != 0)
     }
 
     /// Calls `f(phrase, start, end)` for every occurrence in `hay`, until it returns false.
@@ -180,14 +212,10 @@ impl Grams {
         let mut q = 0;
         while let Some(w) = hay.get(q..q + 4) {
             let g = gram([w[0], w[1], w[2], w[3]]);
-            let b = gram_bit(g);
+            let (b1, b2) = Grams::bits_of(g, self.log);
             let at = q;
             q += self.stride;
-            if self
-                .bits
-                .get(b / 64)
-                .is_none_or(|word| word & (1 << (b % 64)) == 0)
-            {
+            if !self.has_bit(b1) || !self.has_bit((1 << self.log) + b2) {
                 continue;
             }
             let Some(list) = self.by_gram.get(&g) else {

@@ -598,24 +598,26 @@ impl UrlRules {
                 whys.push((p.rule, Why::Prefix(i)));
             }
         }
+        // The URL as shown in a reason, made once for all the rules it matches.
+        let mut shown_url: Option<String> = None;
         for (rule, why) in whys {
             if out.iter().any(|(r, _)| *r == rule) {
                 continue;
             }
-            let what = match why {
-                Why::Domain(d) => format!("in domain `{d}`"),
-                Why::Suffix(i) => {
-                    format!("ends with `{}`", self.suffixes.get(i).map_or("", |s| &*s.0))
-                }
-                Why::Prefix(i) => format!(
-                    "starts with `{}`",
-                    self.prefixes.get(i).map_or("", |p| &*p.written)
+            let (what, item) = match why {
+                Why::Domain(d) => ("in domain", d),
+                Why::Suffix(i) => ("ends with", self.suffixes.get(i).map_or("", |s| &*s.0)),
+                Why::Prefix(i) => (
+                    "starts with",
+                    self.prefixes.get(i).map_or("", |p| &*p.written),
                 ),
             };
-            out.push((
-                rule,
-                format!("url `{}` {what}", super::shown(&url.to_string())),
-            ));
+            let shown = shown_url.get_or_insert_with(|| super::shown(&url.to_string()));
+            let mut reason = String::with_capacity(shown.len() + what.len() + item.len() + 10);
+            for part in ["url `", shown.as_str(), "` ", what, " `", item, "`"] {
+                reason.push_str(part);
+            }
+            out.push((rule, reason));
         }
     }
 }

@@ -466,6 +466,8 @@ pub struct XmppParser {
     bound_jid: Option<String>,
     /// Upload slot requests by iq id, oldest first.
     pending_uploads: VecDeque<(String, Attachment)>,
+    /// The element lists of the last stanza, kept for the next one.
+    scratch: DocScratch,
 }
 
 impl XmppParser {
@@ -584,15 +586,27 @@ impl XmppParser {
         bytes: &[u8],
         out: &mut Vec<Message>,
     ) -> Result<(), &'static str> {
-        let doc = Doc::parse(bytes)?;
+        let doc = Doc::parse(bytes, std::mem::take(&mut self.scratch))?;
+        let result = self.interpret(dir, start, &doc, out);
+        self.scratch = doc.into_scratch();
+        result
+    }
+
+    fn interpret(
+        &mut self,
+        dir: Direction,
+        start: u64,
+        doc: &Doc,
+        out: &mut Vec<Message>,
+    ) -> Result<(), &'static str> {
         let ns = doc.ns(0);
         // Negotiation elements are matched by name when their namespace was declared on the
         // stream header (which is not part of the element) or not at all.
         let ns_is = |want: &[u8]| ns.is_none_or(|ns| ns == want);
         let c2s = dir == Direction::ClientToServer;
         match local(doc.root_name()) {
-            b"message" => self.message(dir, start, &doc, out),
-            b"iq" => self.iq(dir, start, &doc, out),
+            b"message" => self.message(dir, start, doc, out),
+            b"iq" => self.iq(dir, start, doc, out),
             // RFC 6120 section 5.4.3.3: TLS starts right after `<proceed/>`.
             b"proceed" if !c2s && ns_is(NS_TLS) => {
                 self.switch_both(Mode::Encrypted);
@@ -941,6 +955,7 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
+#[derive(Debug)]
 struct Elem<'a> {
     name: &'a [u8],
     parent: Option<usize>,
@@ -954,16 +969,37 @@ struct Doc<'a> {
     attrs: Vec<(&'a [u8], &'a [u8])>,
     /// Character data by element: (element, is CDATA, raw bytes).
     texts: Vec<(usize, bool, &'a [u8])>,
+    /// The open elements while parsing (empty after); only its allocation is kept.
+    stack: Vec<usize>,
+}
+
+/// The allocations of a [`Doc`] between two stanzas, emptied: every stanza would otherwise
+/// allocate (and grow) four lists.
+#[derive(Debug, Default)]
+struct DocScratch {
+    elems: Vec<Elem<'static>>,
+    attrs: Vec<(&'static [u8], &'static [u8])>,
+    texts: Vec<(usize, bool, &'static [u8])>,
+    stack: Vec<usize>,
+}
+
+/// An empty list of another lifetime in the same allocation: the elements have the same
+/// layout, so collecting in place keeps the buffer (std's in-place iteration of `Vec`).
+fn recycle<T, U>(v: Vec<T>) -> Vec<U> {
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 impl<'a> Doc<'a> {
-    fn parse(s: &'a [u8]) -> Result<Doc<'a>, &'static str> {
+    /// Parses `s`, filling the lists of `scratch` (given back by [`Doc::into_scratch`]).
+    fn parse(s: &'a [u8], scratch: DocScratch) -> Result<Doc<'a>, &'static str> {
         let mut doc = Doc {
-            elems: Vec::new(),
-            attrs: Vec::new(),
-            texts: Vec::new(),
+            elems: recycle(scratch.elems),
+            attrs: recycle(scratch.attrs),
+            texts: recycle(scratch.texts),
+            stack: scratch.stack,
         };
-        let mut stack: Vec<usize> = Vec::new();
+        let mut stack = std::mem::take(&mut doc.stack);
+        stack.clear();
         let mut i = 0;
         while i < s.len() {
             let rest = &s[i..];
@@ -1009,7 +1045,18 @@ impl<'a> Doc<'a> {
         if doc.elems.is_empty() || !stack.is_empty() {
             return Err("incomplete element");
         }
+        doc.stack = stack;
         Ok(doc)
+    }
+
+    /// The emptied lists, for the next stanza.
+    fn into_scratch(self) -> DocScratch {
+        DocScratch {
+            elems: recycle(self.elems),
+            attrs: recycle(self.attrs),
+            texts: recycle(self.texts),
+            stack: self.stack,
+        }
     }
 
     /// Reads `<name attr='value' ...>` or `.../>` at the start of `s`; returns its length and

@@ -21,6 +21,9 @@ pub(super) struct Comparison {
     pub(super) span: Option<(usize, usize)>,
 }
 
+/// The first allocation of a window that is still growing: enough for a short flow.
+const FIRST_ALLOC: usize = 1024;
+
 impl Recent {
     pub(super) fn push(&mut self, capacity: usize, bytes: &[u8]) {
         if capacity == 0 || bytes.is_empty() {
@@ -36,6 +39,18 @@ impl Recent {
         if self.buf.len() < capacity && self.head == self.buf.len() {
             let room = capacity - self.buf.len();
             let (now, rest) = bytes.split_at(bytes.len().min(room));
+            let want = self.buf.len() + now.len();
+            if want > self.buf.capacity() {
+                // A first small allocation, then straight to the whole window: at most one
+                // reallocation (of at most FIRST_ALLOC bytes) instead of a doubling series
+                // that copies the window again at every step.
+                let target = if self.buf.capacity() == 0 {
+                    want.max(FIRST_ALLOC).min(capacity)
+                } else {
+                    capacity
+                };
+                self.buf.reserve_exact(target - self.buf.len());
+            }
             self.buf.extend_from_slice(now);
             self.head = self.buf.len() % capacity;
             self.len += now.len();
