@@ -83,7 +83,13 @@ impl ImfwProc {
 
     /// As [`ImfwProc::start`], with `extra` arguments to `imfw run` instead of
     /// `--detach-on-exit` (e.g. `--pin-dir DIR`).
-    pub fn start_args(bin: &Path, ns: &Netns, policy_yaml: &str, ifaces: &[&str], extra: &[&str]) -> Result<Self> {
+    pub fn start_args(
+        bin: &Path,
+        ns: &Netns,
+        policy_yaml: &str,
+        ifaces: &[&str],
+        extra: &[&str],
+    ) -> Result<Self> {
         Self::start_full(bin, ns, policy_yaml, ifaces, extra, &[])
     }
 

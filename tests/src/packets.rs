@@ -533,6 +533,20 @@ pub fn offsets(frame: &[u8]) -> Option<Offsets> {
     })
 }
 
+/// A data segment's payload that no matcher claims: a fixed xorshift stream, which looks like
+/// ciphertext and is the same on every run.
+pub fn opaque(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

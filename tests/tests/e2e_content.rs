@@ -73,7 +73,8 @@ fn connect_to_server(lab: &Lab, port: u16, who: &str) -> TcpStream {
             Err(e) => panic!("{who}: connecting to port {port}: {e:#}"),
         }
     };
-    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     s
 }
 
@@ -88,8 +89,14 @@ impl Irc {
         let s = connect_to_server(lab, IRC_PORT, nick);
         let r = BufReader::new(s.try_clone().expect("clone"));
         let mut c = Irc { w: s, r };
-        c.send(&format!("NICK {nick}\r\nUSER {nick} 0 * :{nick} of the lab\r\n")).expect("register");
-        assert!(c.wait_for(" 001 ", EXPECT).is_some(), "{nick}: no welcome from ngircd");
+        c.send(&format!(
+            "NICK {nick}\r\nUSER {nick} 0 * :{nick} of the lab\r\n"
+        ))
+        .expect("register");
+        assert!(
+            c.wait_for(" 001 ", EXPECT).is_some(),
+            "{nick}: no welcome from ngircd"
+        );
         c
     }
 
@@ -138,8 +145,15 @@ impl Irc {
 }
 
 fn imfw(args: &[&str]) -> (i32, String) {
-    let out = output_within(Command::new(ImfwProc::bin()).args(args), Duration::from_secs(30)).expect("imfw archive");
-    (out.status.code().unwrap_or(-1), format!("{}{}", out.stdout, out.stderr))
+    let out = output_within(
+        Command::new(ImfwProc::bin()).args(args),
+        Duration::from_secs(30),
+    )
+    .expect("imfw archive");
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", out.stdout, out.stderr),
+    )
 }
 
 #[test]
@@ -169,43 +183,99 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
 
     alice.send("PRIVMSG bob :lunch at noon?\r\n").expect("send");
     let got = bob.wait_for("lunch at noon?", EXPECT);
-    assert!(got.as_deref().is_some_and(|l| l.starts_with(":alice!")), "bob did not get alice's clean message\n{}", lab.imfw_log_tail());
+    assert!(
+        got.as_deref().is_some_and(|l| l.starts_with(":alice!")),
+        "bob did not get alice's clean message\n{}",
+        lab.imfw_log_tail()
+    );
 
-    alice.send("PRIVMSG bob :the Project Falcon numbers are in\r\n").expect("send");
-    assert!(bob.wait_for("Falcon", NEVER).is_none(), "the blocked message reached bob");
-    assert!(alice.is_reset_within(EXPECT), "alice's connection was not reset\n{}", lab.imfw_log_tail());
+    alice
+        .send("PRIVMSG bob :the Project Falcon numbers are in\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("Falcon", NEVER).is_none(),
+        "the blocked message reached bob"
+    );
+    assert!(
+        alice.is_reset_within(EXPECT),
+        "alice's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
 
     let mut carol = Irc::connect(&lab, "carol");
-    carol.send("PRIVMSG bob :\u{1}DCC SEND \"invoice 2026.exe\" 3221225986 5000 73802\u{1}\r\n").expect("send");
-    assert!(bob.wait_for("DCC SEND", NEVER).is_none(), "the blocked file offer reached bob");
-    assert!(carol.is_reset_within(EXPECT), "carol's connection was not reset\n{}", lab.imfw_log_tail());
+    carol
+        .send("PRIVMSG bob :\u{1}DCC SEND \"invoice 2026.exe\" 3221225986 5000 73802\u{1}\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("DCC SEND", NEVER).is_none(),
+        "the blocked file offer reached bob"
+    );
+    assert!(
+        carol.is_reset_within(EXPECT),
+        "carol's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
 
     // A card number and a link to a blocked domain: the same.
     let mut dave = Irc::connect(&lab, "dave");
-    dave.send("PRIVMSG bob :pay with 4111-1111-1111-1111 please\r\n").expect("send");
-    assert!(bob.wait_for("pay with", NEVER).is_none(), "the card number reached bob");
-    assert!(dave.is_reset_within(EXPECT), "dave's connection was not reset\n{}", lab.imfw_log_tail());
+    dave.send("PRIVMSG bob :pay with 4111-1111-1111-1111 please\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("pay with", NEVER).is_none(),
+        "the card number reached bob"
+    );
+    assert!(
+        dave.is_reset_within(EXPECT),
+        "dave's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
     let mut erin = Irc::connect(&lab, "erin");
-    erin.send("PRIVMSG bob :reset your password at HTTPS://Login.PHISH.example/reset\r\n").expect("send");
-    assert!(bob.wait_for("reset your password", NEVER).is_none(), "the phishing link reached bob");
-    assert!(erin.is_reset_within(EXPECT), "erin's connection was not reset\n{}", lab.imfw_log_tail());
+    erin.send("PRIVMSG bob :reset your password at HTTPS://Login.PHISH.example/reset\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("reset your password", NEVER).is_none(),
+        "the phishing link reached bob"
+    );
+    assert!(
+        erin.is_reset_within(EXPECT),
+        "erin's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
 
     // bob's own connection is untouched.
-    bob.send("PRIVMSG bob :note to self\r\n").expect("bob still connected");
-    assert!(bob.wait_for("note to self", EXPECT).is_some(), "bob's connection broke");
+    bob.send("PRIVMSG bob :note to self\r\n")
+        .expect("bob still connected");
+    assert!(
+        bob.wait_for("note to self", EXPECT).is_some(),
+        "bob's connection broke"
+    );
     drop((alice, bob, carol, dave, erin));
     let status = lab.stop_imfw().expect("stop imfw");
     assert!(status.success(), "imfw exited with {status}");
 
-    let (a, k) = (archive.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let (a, k) = (
+        archive.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+    );
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
     assert_eq!(code, 0, "verify after the run:\n{out}");
     let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "irc"]);
-    for needle in ["lunch at noon?", "Project Falcon", "secrets", "no-executables", "cards", "phishing", "note to self"] {
+    for needle in [
+        "lunch at noon?",
+        "Project Falcon",
+        "secrets",
+        "no-executables",
+        "cards",
+        "phishing",
+        "note to self",
+    ] {
         assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
     }
     let (_, exported) = imfw(&["archive", "export", "--dir", a, "--party", "alice"]);
-    assert!(exported.lines().count() >= 2 && exported.lines().all(|l| l.starts_with('{')), "export:\n{exported}");
+    assert!(
+        exported.lines().count() >= 2 && exported.lines().all(|l| l.starts_with('{')),
+        "export:\n{exported}"
+    );
 
     // Tampering: one changed byte in a message body fails verification.
     let seg = fs::read_dir(&archive)
@@ -215,7 +285,10 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
         .find(|p| p.extension().is_some_and(|x| x == "log"))
         .expect("a segment file");
     let mut bytes = fs::read(&seg).expect("read segment");
-    let at = bytes.windows(5).position(|w| w == b"lunch").expect("the clean message in the segment");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"lunch")
+        .expect("the clean message in the segment");
     bytes[at] = b'p';
     fs::write(&seg, bytes).expect("tamper");
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
@@ -226,7 +299,11 @@ fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
 fn wait_status(lab: &Lab, field: &str, want: u64) -> bool {
     let deadline = Instant::now() + EXPECT;
     while Instant::now() < deadline {
-        if lab.imfw().status().is_ok_and(|v| v[field].as_u64() == Some(want)) {
+        if lab
+            .imfw()
+            .status()
+            .is_ok_and(|v| v[field].as_u64() == Some(want))
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -257,31 +334,79 @@ fn sighup_reloads_content_rules_and_a_bad_file_changes_nothing() {
     }
     let mut bob = Irc::connect(&lab, "bob");
     let mut alice = Irc::connect(&lab, "alice");
-    alice.send("PRIVMSG bob :the heron audit is due\r\n").expect("send");
-    assert!(bob.wait_for("heron audit is due", EXPECT).is_some(), "not blocked yet\n{}", lab.imfw_log_tail());
+    alice
+        .send("PRIVMSG bob :the heron audit is due\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("heron audit is due", EXPECT).is_some(),
+        "not blocked yet\n{}",
+        lab.imfw_log_tail()
+    );
 
     // A broken file: refused, counted, and the running rules stay.
     let file = lab.imfw().policy_path().to_path_buf();
     fs::write(&file, "version: 1\napps: {irc: monitr}\n").expect("write the bad policy");
     lab.imfw().hangup().expect("SIGHUP");
-    assert!(wait_status(&lab, "reloads_failed", 1), "the bad reload was not counted\n{}", lab.imfw_log_tail());
-    assert!(lab.imfw_log_tail().contains("reload refused"), "{}", lab.imfw_log_tail());
-    alice.send("PRIVMSG bob :the heron audit moved\r\n").expect("send");
-    assert!(bob.wait_for("heron audit moved", EXPECT).is_some(), "a refused reload changed the rules\n{}", lab.imfw_log_tail());
-    alice.send("PRIVMSG bob :project falcon is go\r\n").expect("send");
-    assert!(bob.wait_for("falcon", NEVER).is_none(), "the old rule went away with the bad file");
-    assert!(alice.is_reset_within(EXPECT), "alice was not reset by the old rule\n{}", lab.imfw_log_tail());
+    assert!(
+        wait_status(&lab, "reloads_failed", 1),
+        "the bad reload was not counted\n{}",
+        lab.imfw_log_tail()
+    );
+    assert!(
+        lab.imfw_log_tail().contains("reload refused"),
+        "{}",
+        lab.imfw_log_tail()
+    );
+    alice
+        .send("PRIVMSG bob :the heron audit moved\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("heron audit moved", EXPECT).is_some(),
+        "a refused reload changed the rules\n{}",
+        lab.imfw_log_tail()
+    );
+    alice
+        .send("PRIVMSG bob :project falcon is go\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("falcon", NEVER).is_none(),
+        "the old rule went away with the bad file"
+    );
+    assert!(
+        alice.is_reset_within(EXPECT),
+        "alice was not reset by the old rule\n{}",
+        lab.imfw_log_tail()
+    );
 
     // A good file: its rule applies to the next message.
     fs::write(&file, policy("heron audit")).expect("write the new policy");
     lab.imfw().hangup().expect("SIGHUP");
-    assert!(wait_status(&lab, "reloads", 1), "the good reload did not take\n{}", lab.imfw_log_tail());
+    assert!(
+        wait_status(&lab, "reloads", 1),
+        "the good reload did not take\n{}",
+        lab.imfw_log_tail()
+    );
     let mut carol = Irc::connect(&lab, "carol");
-    carol.send("PRIVMSG bob :project falcon is fine now\r\n").expect("send");
-    assert!(bob.wait_for("falcon is fine", EXPECT).is_some(), "the dropped rule still applies\n{}", lab.imfw_log_tail());
-    carol.send("PRIVMSG bob :the heron audit numbers\r\n").expect("send");
-    assert!(bob.wait_for("heron audit numbers", NEVER).is_none(), "the reloaded rule did not block");
-    assert!(carol.is_reset_within(EXPECT), "carol was not reset\n{}", lab.imfw_log_tail());
+    carol
+        .send("PRIVMSG bob :project falcon is fine now\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("falcon is fine", EXPECT).is_some(),
+        "the dropped rule still applies\n{}",
+        lab.imfw_log_tail()
+    );
+    carol
+        .send("PRIVMSG bob :the heron audit numbers\r\n")
+        .expect("send");
+    assert!(
+        bob.wait_for("heron audit numbers", NEVER).is_none(),
+        "the reloaded rule did not block"
+    );
+    assert!(
+        carol.is_reset_within(EXPECT),
+        "carol was not reset\n{}",
+        lab.imfw_log_tail()
+    );
     drop((alice, bob, carol));
     let status = lab.stop_imfw().expect("stop imfw");
     assert!(status.success(), "imfw exited with {status}");
@@ -296,7 +421,11 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     let archive = dir.path().join("archive");
     let key = dir.path().join("archive.key");
     let conf = dir.path().join("mosquitto.conf");
-    fs::write(&conf, format!("listener 1883 {SERVER4}\nallow_anonymous true\npersistence false\n")).expect("write mosquitto.conf");
+    fs::write(
+        &conf,
+        format!("listener 1883 {SERVER4}\nallow_anonymous true\npersistence false\n"),
+    )
+    .expect("write mosquitto.conf");
     let mut lab = Lab::new().expect("lab");
     let _broker = Proc(
         lab.server
@@ -321,14 +450,20 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     let host = SERVER4.to_string();
     let publish = |text: &str| {
         output_within(
-            lab.client.command("mosquitto_pub").args(["-h", &host, "-t", "lab/chat", "-i", "alice", "-m", text]),
+            lab.client
+                .command("mosquitto_pub")
+                .args(["-h", &host, "-t", "lab/chat", "-i", "alice", "-m", text]),
             Duration::from_secs(20),
         )
     };
     // The broker may take a moment to listen: the first clean publish is retried.
     let deadline = Instant::now() + EXPECT;
     while !publish("warming up").is_ok_and(|o| o.status.success()) {
-        assert!(Instant::now() < deadline, "mosquitto_pub never got through\n{}", lab.imfw_log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto_pub never got through\n{}",
+            lab.imfw_log_tail()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let mut sub = Proc(
@@ -357,12 +492,20 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     // Held segments make the subscription take a few retransmissions: publish until it has.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !seen("lab/chat ready") {
-        assert!(Instant::now() < deadline, "the subscriber never subscribed\n{}", lab.imfw_log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber never subscribed\n{}",
+            lab.imfw_log_tail()
+        );
         let _ = publish("ready");
         std::thread::sleep(Duration::from_millis(500));
     }
     let clean = publish("lunch at noon?").expect("mosquitto_pub");
-    assert!(clean.status.success(), "clean publish failed: {}", clean.stderr);
+    assert!(
+        clean.status.success(),
+        "clean publish failed: {}",
+        clean.stderr
+    );
     let deadline = Instant::now() + EXPECT;
     while !seen("lab/chat lunch at noon?") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -370,11 +513,21 @@ fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     let _ = publish("the Project Falcon numbers are in");
     std::thread::sleep(NEVER);
     let got = lines.lock().map(|l| l.clone()).unwrap_or_default();
-    assert!(got.contains("lab/chat lunch at noon?"), "the subscriber missed the clean message: {got:?}\n{}", lab.imfw_log_tail());
-    assert!(!got.contains("Falcon"), "the blocked message reached the subscriber: {got:?}");
+    assert!(
+        got.contains("lab/chat lunch at noon?"),
+        "the subscriber missed the clean message: {got:?}\n{}",
+        lab.imfw_log_tail()
+    );
+    assert!(
+        !got.contains("Falcon"),
+        "the blocked message reached the subscriber: {got:?}"
+    );
     let status = lab.stop_imfw().expect("stop imfw");
     assert!(status.success(), "imfw exited with {status}");
-    let (a, k) = (archive.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let (a, k) = (
+        archive.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+    );
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
     assert_eq!(code, 0, "verify after the run:\n{out}");
     let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "mqtt"]);
@@ -393,7 +546,11 @@ fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -411,16 +568,38 @@ impl Xmpp {
 
     fn connect(lab: &Lab, user: &str) -> Xmpp {
         let s = connect_to_server(lab, 5222, user);
-        let mut c = Xmpp { s, got: String::new() };
+        let mut c = Xmpp {
+            s,
+            got: String::new(),
+        };
         c.send(Self::HEADER).expect("stream");
-        assert!(c.wait_for("</stream:features>", EXPECT), "{user}: no stream features: {}", c.got);
+        assert!(
+            c.wait_for("</stream:features>", EXPECT),
+            "{user}: no stream features: {}",
+            c.got
+        );
         let auth = base64(format!("\0{user}\0lab-secret").as_bytes());
-        c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>")).expect("auth");
-        assert!(c.wait_for("<success", EXPECT), "{user}: SASL failed: {}", c.got);
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
+        ))
+        .expect("auth");
+        assert!(
+            c.wait_for("<success", EXPECT),
+            "{user}: SASL failed: {}",
+            c.got
+        );
         c.send(Self::HEADER).expect("restart");
-        assert!(c.wait_for("</stream:features>", EXPECT), "{user}: no features after SASL: {}", c.got);
+        assert!(
+            c.wait_for("</stream:features>", EXPECT),
+            "{user}: no features after SASL: {}",
+            c.got
+        );
         c.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>lab</resource></bind></iq>").expect("bind");
-        assert!(c.wait_for("</jid>", EXPECT), "{user}: bind failed: {}", c.got);
+        assert!(
+            c.wait_for("</jid>", EXPECT),
+            "{user}: bind failed: {}",
+            c.got
+        );
         c.send("<presence/>").expect("presence");
         c
     }
@@ -466,7 +645,11 @@ fn start_prosody(lab: &Lab, dir: &TempDir) -> Proc {
     let accounts = data.join("lab%2eexample").join("accounts");
     fs::create_dir_all(&accounts).expect("prosody data dir");
     for user in ["alice", "bob", "carol"] {
-        fs::write(accounts.join(format!("{user}.dat")), "return {\n\t[\"password\"] = \"lab-secret\";\n};\n").expect("account");
+        fs::write(
+            accounts.join(format!("{user}.dat")),
+            "return {\n\t[\"password\"] = \"lab-secret\";\n};\n",
+        )
+        .expect("account");
     }
     let conf = dir.path().join("prosody.cfg.lua");
     fs::write(
@@ -518,25 +701,56 @@ fn xmpp_through_the_gateway_is_archived_and_blocked_by_content() {
     let log = || fs::read_to_string(dir.path().join("prosody.log")).unwrap_or_default();
     let mut bob = Xmpp::connect(&lab, "bob");
     let mut alice = Xmpp::connect(&lab, "alice");
-    alice.send("<message to='bob@lab.example' type='chat'><body>lunch at noon?</body></message>").expect("send");
-    assert!(bob.wait_for("lunch at noon?", EXPECT), "bob did not get alice's message: {}\nprosody: {}\n{}", bob.got, log(), lab.imfw_log_tail());
+    alice
+        .send("<message to='bob@lab.example' type='chat'><body>lunch at noon?</body></message>")
+        .expect("send");
+    assert!(
+        bob.wait_for("lunch at noon?", EXPECT),
+        "bob did not get alice's message: {}\nprosody: {}\n{}",
+        bob.got,
+        log(),
+        lab.imfw_log_tail()
+    );
     alice.send("<message to='bob@lab.example' type='chat'><body>the Project Falcon numbers</body></message>").expect("send");
-    assert!(!bob.wait_for("Falcon", NEVER), "the blocked message reached bob");
-    assert!(alice.is_reset_within(EXPECT), "alice's connection was not reset\n{}", lab.imfw_log_tail());
+    assert!(
+        !bob.wait_for("Falcon", NEVER),
+        "the blocked message reached bob"
+    );
+    assert!(
+        alice.is_reset_within(EXPECT),
+        "alice's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
     let mut carol = Xmpp::connect(&lab, "carol");
     carol
         .send("<message to='bob@lab.example' type='chat'><body>invoice attached</body><x xmlns='jabber:x:oob'><url>http://files.lab.example/invoice.exe</url></x></message>")
         .expect("send");
-    assert!(!bob.wait_for("invoice", NEVER), "the blocked file offer reached bob");
-    assert!(carol.is_reset_within(EXPECT), "carol's connection was not reset\n{}", lab.imfw_log_tail());
+    assert!(
+        !bob.wait_for("invoice", NEVER),
+        "the blocked file offer reached bob"
+    );
+    assert!(
+        carol.is_reset_within(EXPECT),
+        "carol's connection was not reset\n{}",
+        lab.imfw_log_tail()
+    );
     drop((alice, bob, carol));
     let status = lab.stop_imfw().expect("stop imfw");
     assert!(status.success(), "imfw exited with {status}");
-    let (a, k) = (archive.to_str().expect("utf-8 path"), key.to_str().expect("utf-8 path"));
+    let (a, k) = (
+        archive.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+    );
     let (code, out) = imfw(&["archive", "verify", "--dir", a, "--key", k]);
     assert_eq!(code, 0, "verify after the run:\n{out}");
     let (_, found) = imfw(&["archive", "search", "--dir", a, "--app", "xmpp"]);
-    for needle in ["lunch at noon?", "alice@lab.example", "bob@lab.example", "secrets", "no-executables"] {
+    for needle in [
+        "lunch at noon?",
+        "alice@lab.example",
+        "bob@lab.example",
+        "secrets",
+        "no-executables",
+    ] {
         assert!(found.contains(needle), "archive lacks {needle:?}:\n{found}");
     }
 }

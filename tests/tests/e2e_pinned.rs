@@ -116,6 +116,29 @@ fn xmpp_conn(lab: &Lab, xmpp: &Case) -> TcpStream {
     conn
 }
 
+/// The controller that just started adopted the pinned state: it says so, and every link is
+/// the one `links` describes (never detached) holding a new program, attached to its
+/// interface. Returns the links as they are now.
+fn assert_adopted(
+    lab: &Lab,
+    dir: &Path,
+    links: &[(String, pins::LinkFacts)],
+) -> Vec<(String, pins::LinkFacts)> {
+    let log = lab.imfw().log_text();
+    assert!(log.contains("adopted the pinned state"), "{log}");
+    let after = gw_links(lab, dir);
+    for ((ifname, old), (_, new)) in links.iter().zip(&after) {
+        assert_eq!(new.id, old.id, "{ifname}: the same link, never detached");
+        assert_ne!(new.prog_id, old.prog_id, "{ifname}: a new program in it");
+        assert_eq!(
+            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
+            Some(new.prog_id),
+            "{ifname}"
+        );
+    }
+    after
+}
+
 fn prog_tags(links: &[(String, pins::LinkFacts)]) -> Vec<String> {
     links
         .iter()
@@ -484,18 +507,7 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
     // (b) restart: the same links get a new program; the flow table is the same map.
     start(&mut lab, policy, &dir);
     traffic.controller_up();
-    let log = lab.imfw().log_text();
-    assert!(log.contains("adopted the pinned state"), "{log}");
-    let after = gw_links(&lab, &dir);
-    for ((ifname, old), (_, new)) in links.iter().zip(&after) {
-        assert_eq!(new.id, old.id, "{ifname}: the same link, never detached");
-        assert_ne!(new.prog_id, old.prog_id, "{ifname}: a new program in it");
-        assert_eq!(
-            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
-            Some(new.prog_id),
-            "{ifname}"
-        );
-    }
+    let after = assert_adopted(&lab, &dir, &links);
     assert_eq!(
         prog_tags(&after),
         tags,
@@ -508,7 +520,8 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
     );
     assert!(
         echoes(&mut conn, b"hello 3\n"),
-        "the established flow kept its verdict; log:\n{log}"
+        "the established flow kept its verdict; log:\n{}",
+        lab.imfw().log_text()
     );
     assert!(observe(&lab, &server, blocked())[0].blocked());
     let report = traffic.finish(&server, &sink);
@@ -823,18 +836,7 @@ fn an_upgrade_to_a_rebuilt_binary_adopts_the_pinned_state() {
         panic!("{e:#}");
     }
     traffic.controller_up();
-    let log = lab.imfw().log_text();
-    assert!(log.contains("adopted the pinned state"), "{log}");
-    let after = gw_links(&lab, &dir);
-    for ((ifname, old), (_, new)) in links.iter().zip(&after) {
-        assert_eq!(new.id, old.id, "{ifname}: the same link, never detached");
-        assert_ne!(new.prog_id, old.prog_id, "{ifname}: a new program in it");
-        assert_eq!(
-            pins::xdp_prog_id(&lab.gw, ifname).unwrap(),
-            Some(new.prog_id),
-            "{ifname}"
-        );
-    }
+    let after = assert_adopted(&lab, &dir, &links);
     let new_tags = prog_tags(&after);
     for (old, new) in tags.iter().zip(&new_tags) {
         assert_ne!(

@@ -46,7 +46,12 @@ fn a_client_hello_with_the_name_in_its_second_segment_is_blocked() {
     let mut web = protocols::ClientHello::new("www.example.com");
     web.post_quantum = true;
     web.order = protocols::ExtOrder::SniLast;
-    let web_case = imfw_tests::scenario::Case::other("tls www.example.com, SNI in 2nd segment", web.build(), 443, false);
+    let web_case = imfw_tests::scenario::Case::other(
+        "tls www.example.com, SNI in 2nd segment",
+        web.build(),
+        443,
+        false,
+    );
     let mut all = cases;
     all.push(web_case);
     // Long enough for the allowed hello's retransmission (the first RTO is at least 200 ms).
@@ -56,7 +61,10 @@ fn a_client_hello_with_the_name_in_its_second_segment_is_blocked() {
         .iter()
         .filter_map(imfw_tests::scenario::Observed::problem_if_should_block)
         .collect();
-    problems.extend(web.iter().filter_map(imfw_tests::scenario::Observed::problem_if_should_pass));
+    problems.extend(
+        web.iter()
+            .filter_map(imfw_tests::scenario::Observed::problem_if_should_pass),
+    );
     assert!(
         problems.is_empty(),
         "split ClientHellos were not handled:\n  {}\nimfw log:\n{}",

@@ -28,7 +28,7 @@ use imfw_common::{
     verdict::{Stat, Verdict},
 };
 use imfw_tests::bench::median;
-use imfw_tests::packets::{tcp4, tcp_flags, Ethernet, ETH_P_ARP};
+use imfw_tests::packets::{opaque, tcp4, tcp_flags, Ethernet, ETH_P_ARP};
 use imfw_tests::protocols::ClientHello;
 use serde_json::{json, Value};
 
@@ -212,20 +212,6 @@ fn key4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> FlowKey {
 
 fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr) -> Vec<u8> {
     tcp4(src, sport, dst, 443, tcp_flags::SYN, &[])
-}
-
-/// A data segment's payload: bytes no matcher claims (a fixed xorshift stream, like
-/// ciphertext, the same on every run).
-fn opaque(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
 }
 
 /// A client packet without payload.

@@ -55,7 +55,7 @@ use imfw_common::{
 };
 use imfw_tests::{
     bench::median,
-    packets::{tcp4, tcp6, tcp_flags, udp4, udp6, with_vlan},
+    packets::{opaque, tcp4, tcp6, tcp_flags, udp4, udp6, with_vlan},
     protocols::{http_get, irc_registration, mqtt_connect, ClientHello},
 };
 use serde_json::{json, Value};
@@ -279,20 +279,6 @@ fn frame(
         (L4::Udp, IpAddr::V6(s), IpAddr::V6(d)) => udp6(s, sp, d, dp, payload),
         _ => bail!("client {client} and server {server} are of different families"),
     })
-}
-
-/// A data segment's payload: bytes no matcher claims.
-fn opaque(len: usize) -> Vec<u8> {
-    // A fixed xorshift stream: looks like ciphertext, the same on every run.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8
-        })
-        .collect()
 }
 
 fn app_id(c: &Compiled, name: &str) -> Result<u16> {

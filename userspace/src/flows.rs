@@ -317,6 +317,7 @@ mod tests {
 
     use super::*;
 
+    #[expect(clippy::too_many_arguments, reason = "one argument per column of the table the tests build")]
     fn flow(
         client: &str,
         cport: u16,
