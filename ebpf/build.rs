@@ -1,8 +1,10 @@
 //! Rebuild the program when bpf-linker changes (a new LLVM can change the object), and let
 //! the BPF backend read and write unaligned words.
-/// The global functions: the name lookup of src/matching.rs and the messages of src/klog.rs.
-const GLOBAL_FUNCTIONS: [&str; 7] = [
+/// The global functions: the name lookups and the ECH check of src/matching.rs and the
+/// messages of src/klog.rs.
+const GLOBAL_FUNCTIONS: [&str; 8] = [
     "imfw_name_lookups",
+    "imfw_tls_has_ech",
     "imfw_klog_flow_insert_failed",
     "imfw_klog_stage_missing",
     "imfw_klog_redirect_failed",
@@ -25,7 +27,7 @@ fn main() {
         // built in map memory. bpf-linker (LLVM 22) does the code generation, so the
         // feature goes to it; rustc passes no other `--cpu-features`.
         println!("cargo::rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
-        // The name lookup and the kernel log messages stay global functions, which the
+        // The name lookups, the ECH check and the kernel log messages stay global functions, which the
         // verifier checks once on their own instead of along every path that calls them;
         // unexported, the linker makes them static.
         println!("cargo::rustc-link-arg=--export={}", GLOBAL_FUNCTIONS.join(","));

@@ -33,13 +33,8 @@ pub const INSPECT_PROGRAM: &str = "imfw_inspect";
 /// The second inspection stage (STUN, server names), tail-called by the first.
 pub const JUMP_NAMES: u32 = 1;
 pub const NAMES_PROGRAM: &str = "imfw_names";
-/// The third stage: a ClientHello whose name no app claims is searched for Encrypted Client
-/// Hello. On its own because its extension walk, after the name matchers' loops, would
-/// multiply their verifier states past the limit.
-pub const JUMP_ECH: u32 = 2;
-pub const ECH_PROGRAM: &str = "imfw_ech";
 /// Entries of `IMFW_JUMP`.
-pub const JUMP_SLOTS: u32 = 3;
+pub const JUMP_SLOTS: u32 = 2;
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "imfw_xdp";

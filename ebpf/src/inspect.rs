@@ -10,7 +10,7 @@ use imfw_common::{
 
 use imfw_common::{
     config::Config,
-    maps::{JUMP_ECH, JUMP_NAMES},
+    maps::JUMP_NAMES,
     event::{EVENT_PAYLOAD, EVENT_STREAM},
     flow::{DIR_CLIENT, FLAG_CONTROLLER, FLAG_NO_COPY, FlowEntry},
 };
@@ -94,26 +94,14 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
     })
 }
 
-/// The second inspection stage: STUN attributes, TLS server names, HTTP hosts.
+/// The second inspection stage: STUN attributes, TLS server names, HTTP hosts, and whether a
+/// ClientHello's unclaimed name is only the outer name of an Encrypted Client Hello.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, false, |ctx, cfg, job, scratch| match matching::names(cfg, job, scratch) {
-        Outcome::NamedTls => {
-            // SAFETY: on success this does not return; the ECH stage counts and enforces the packet.
-            unsafe { IMFW_JUMP.tail_call(ctx, JUMP_ECH) };
-            count_stat(Stat::InspectorMissing);
-            klog::stage_missing(cfg, JUMP_ECH);
-            Outcome::Named
-        }
+    stage(&ctx, false, |_, cfg, job, scratch| match matching::names(cfg, job, scratch) {
+        Outcome::NamedTls => matching::hidden(job),
         other => other,
     })
-}
-
-/// The third inspection stage: is a ClientHello's unclaimed name only the outer name of an
-/// Encrypted Client Hello?
-#[xdp]
-pub fn imfw_ech(ctx: XdpContext) -> u32 {
-    stage(&ctx, false, |_, _, job, scratch| matching::hidden(job, scratch))
 }
 
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides

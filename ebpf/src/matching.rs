@@ -24,7 +24,7 @@ pub enum Outcome {
     Copy,
     /// A server name that no app claims.
     Named,
-    /// A TLS server name that no app claims: the ECH stage looks further.
+    /// A TLS server name that no app claims: [`hidden`] looks further.
     NamedTls,
     /// A ClientHello whose name no app claims and that hides its real name with Encrypted
     /// Client Hello: the outer name says nothing of the server.
@@ -235,14 +235,26 @@ fn name_app(generation: u32, hash: u64) -> Option<u16> {
     IMFW_NAMES.get_ptr(&NameKey { hash }).map(|m| unsafe { (*m).app })
 }
 
-/// The ECH stage: the ClientHello left in the scratch buffer by the earlier stages, whose
-/// server name no app claims, is searched for Encrypted Client Hello.
+/// Whether a ClientHello whose server name no app claims hides its real name with Encrypted
+/// Client Hello (the extension walk of [`imfw_tls_has_ech`]).
 #[inline(always)]
-pub fn hidden(job: &Job, scratch: *mut Scratch) -> Outcome {
-    let payload_len = job.payload_len as usize & 0xffff;
-    // SAFETY: the per-CPU scratch buffer, filled by the signature stage.
+pub fn hidden(job: &Job) -> Outcome {
+    if imfw_tls_has_ech(job.payload_len) != 0 { Outcome::Hidden } else { Outcome::Named }
+}
+
+/// 1 when the ClientHello the signature stage left in the scratch buffer (`payload_len` bytes
+/// long) carries an `encrypted_client_hello` extension, else 0.
+///
+/// A global function (exported by the linker, see build.rs): the verifier walks the extension
+/// loop once, on its own, rather than after each of the name matchers' paths, so the check
+/// runs in the names stage instead of a third program and its tail call.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imfw_tls_has_ech(payload_len: u32) -> u32 {
+    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
+    // SAFETY: the per-CPU scratch buffer, filled by the signature stage in this program run.
     let buf = unsafe { &(*scratch).buf };
-    if tls_has_ech(buf, loaded_len(payload_len)) { Outcome::Hidden } else { Outcome::Named }
+    tls_has_ech(buf, loaded_len(payload_len as usize & 0xffff)) as u32
 }
 
 /// A ClientHello record (RFC 8446 §5.1) longer than the bytes present.

@@ -355,7 +355,7 @@ fn new_flows(plan: &Plan) -> Result<()> {
     emit(&json!({
         "scenario": "new-flows", "name": "new flow: first payload packet of a non-IM flow (TLS ClientHello, name in no app)",
         "value": rate(first_ns), "unit": "flows/s", "target": {"value_min": 1_000_000},
-        "note": format!("1e9 / {first_ns:.1} ns per first ClientHello ({OTHER_NAME}: signatures, 5 name suffixes, ECH stage), after the flow's SYN; {method}"),
+        "note": format!("1e9 / {first_ns:.1} ns per first ClientHello ({OTHER_NAME}: signatures, 5 name suffixes, ECH check), after the flow's SYN; {method}"),
     }));
     emit(&json!({
         "scenario": "new-flows", "name": "new flow: SYN + first payload packet (non-IM TLS)",

@@ -240,7 +240,7 @@ impl Dataplane {
     }
 
     fn with_programs(mut ebpf: Ebpf) -> Result<Self> {
-        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
+        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -253,7 +253,7 @@ impl Dataplane {
                 log::debug!("program={name} verifier_processed_insns={n}");
             }
         }
-        for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM), (m::JUMP_ECH, m::ECH_PROGRAM)] {
+        for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM)] {
             let fd = {
                 let prog: &Xdp = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
                 prog.fd()?.try_clone().map_err(|e| anyhow!("program {name}: {e}"))?
@@ -799,11 +799,21 @@ impl Dataplane {
             pins::remove_pin(&path)?;
             map.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
         }
-        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM, m::ECH_PROGRAM] {
+        let programs = [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM];
+        for name in programs {
             let path = dir.prog_path(name);
             pins::remove_pin(&path)?;
             let prog: &mut Xdp = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             prog.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+        }
+        // A program an older build pinned and this one no longer has (`imfw_ech`, before the
+        // ECH check moved into the names stage) would hold its memory until `imfw unload`.
+        if let Some(progs) = dir.prog_path(m::PROGRAM).parent() {
+            for entry in std::fs::read_dir(progs).into_iter().flatten().flatten() {
+                if !programs.iter().any(|p| entry.file_name() == *p) {
+                    pins::remove_pin(&entry.path())?;
+                }
+            }
         }
         dir.write_layout()
     }
