@@ -38,6 +38,10 @@ pub const JUMP_SLOTS: u32 = 2;
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "imfw_xdp";
+/// Every program of the object: the main one, then the inspection stages.
+pub const PROGRAMS: [&str; 3] = [PROGRAM, INSPECT_PROGRAM, NAMES_PROGRAM];
+/// The inspection stages by their slot in `IMFW_JUMP`.
+pub const STAGES: [(u32, &str); JUMP_SLOTS as usize] = [(JUMP_INSPECT, INSPECT_PROGRAM), (JUMP_NAMES, NAMES_PROGRAM)];
 
 /// Default flow-table capacity (LRU: the least recently used flow is evicted when full).
 pub const FLOWS_DEFAULT: u32 = 262_144;

@@ -14,7 +14,7 @@ use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
     copy::{Copy, copy},
-    finish, klog,
+    finish, klog, pass_undecided,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
@@ -38,25 +38,17 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             e
         }
         None => {
-            let Some(new) = create(ctx, cfg, pkt, len) else {
-                // The table refused the entry (counted): the packet passes undecided.
-                count_verdict(APP_NONE, Verdict::Pending as u8, len);
-                return xdp_action::XDP_PASS;
-            };
+            // The table refused the entry (counted): the packet passes undecided.
+            let Some(new) = create(ctx, cfg, pkt, len) else { return pass_undecided(len) };
             if pkt.payload_len == 0 {
                 // A SYN (or a packet without payload of a flow picked up midway): nothing to
                 // inspect and no verdict yet, so the entry as inserted has all it needs and
                 // the table is not searched a second time for it.
                 return finish(cfg, new, len);
             }
-            match IMFW_FLOWS.get_ptr_mut(&pkt.key) {
-                // SAFETY: as above.
-                Some(e) => unsafe { &mut *e },
-                None => {
-                    count_verdict(APP_NONE, Verdict::Pending as u8, len);
-                    return xdp_action::XDP_PASS;
-                }
-            }
+            let Some(e) = IMFW_FLOWS.get_ptr_mut(&pkt.key) else { return pass_undecided(len) };
+            // SAFETY: as above.
+            unsafe { &mut *e }
         }
     };
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {

@@ -17,10 +17,10 @@ use imfw_common::{
 
 use crate::{
     copy::{Copy, copy},
-    finish, klog,
+    finish, klog, pass_undecided,
     parse::IPPROTO_TCP,
     flow::{decide, given_up, held, resolve_addr, stream},
-    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, count_verdict, generation},
+    maps::{IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, Job, Scratch, config, controller_alive, count_stat, generation},
     matching::{self, Outcome, Sigs},
 };
 
@@ -98,10 +98,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// ClientHello's unclaimed name is only the outer name of an Encrypted Client Hello.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, false, |_, cfg, job, scratch| match matching::names(cfg, job, scratch) {
-        Outcome::NamedTls => matching::hidden(job),
-        other => other,
-    })
+    stage(&ctx, false, |_, cfg, job, scratch| matching::names(cfg, job, scratch))
 }
 
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
@@ -125,10 +122,7 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
         // looked up only by the stage that ends the inspection, below.
         run(ctx, cfg, &job, scratch)
     };
-    let Some(e) = IMFW_FLOWS.get_ptr_mut(&job.key) else {
-        count_verdict(APP_NONE, Verdict::Pending as u8, len);
-        return xdp_action::XDP_PASS;
-    };
+    let Some(e) = IMFW_FLOWS.get_ptr_mut(&job.key) else { return pass_undecided(len) };
     // SAFETY: pointer into the flow table's value, valid for this run.
     let e = unsafe { &mut *e };
     // One call of `decide` for every outcome: inlined once, the verifier walks it once per
@@ -148,7 +142,7 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
             if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(cfg, &job.key, e)) } else { None }
         }
         // A server name no app claims: the address no longer speaks for the flow.
-        Outcome::Named | Outcome::NamedTls => {
+        Outcome::Named => {
             e.addr_app = APP_NONE;
             None
         }

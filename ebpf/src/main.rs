@@ -16,8 +16,10 @@ mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
+    app::APP_NONE,
     config::{ACTION_DROP, Config},
     flow::{FLAG_CONTROLLER, FlowEntry, STATE_INSPECTING},
+    matcher::{NAME_HASH_INIT, name_hash_step},
     verdict::{DropReason, Stat, Verdict},
 };
 
@@ -73,20 +75,26 @@ pub fn imfw_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// FNV-1a of `IMFW_BUILD_TAG` at build time (0 untagged): see the `None` arm above.
+/// A hash of `IMFW_BUILD_TAG` at build time (0 untagged): see the `None` arm above. Any hash
+/// that differs between tags would do; the name hash's step is at hand.
 const BUILD_TAG_HASH: u64 = match option_env!("IMFW_BUILD_TAG") {
-    Some(t) => fnv1a(t.as_bytes()),
+    Some(t) => {
+        let (b, mut h, mut i) = (t.as_bytes(), NAME_HASH_INIT, 0);
+        while i < b.len() {
+            h = name_hash_step(h, b[i]);
+            i += 1;
+        }
+        h
+    }
     None => 0,
 };
 
-const fn fnv1a(b: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    let mut i = 0;
-    while i < b.len() {
-        h = (h ^ b[i] as u64).wrapping_mul(0x0100_0000_01b3);
-        i += 1;
-    }
-    h
+/// A packet of a flow without an entry (the table refused it, or lost it since): it passes
+/// undecided, counted in the pending cell of no app.
+#[inline(always)]
+pub(crate) fn pass_undecided(len: u64) -> u32 {
+    maps::count_verdict(APP_NONE, Verdict::Pending as u8, len);
+    xdp_action::XDP_PASS
 }
 
 /// The policy's explicit choice for packets that cannot be classified.

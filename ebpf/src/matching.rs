@@ -22,10 +22,9 @@ pub enum Outcome {
     Controller,
     /// A copy for the controller; the flow goes on as if nothing matched.
     Copy,
-    /// A server name that no app claims.
+    /// A server name that no app claims (for a TLS name, one that hides no Encrypted Client
+    /// Hello).
     Named,
-    /// A TLS server name that no app claims: [`hidden`] looks further.
-    NamedTls,
     /// A ClientHello whose name no app claims and that hides its real name with Encrypted
     /// Client Hello: the outer name says nothing of the server.
     Hidden,
@@ -106,14 +105,15 @@ fn loaded_len(payload_len: usize) -> usize {
     (want.wrapping_sub(1) & SCRATCH_MASK) + 1
 }
 
-/// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer.
+/// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer,
+/// and for a TLS name no app claims, the Encrypted Client Hello check.
 #[inline(always)]
 pub fn names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
     match run_names(cfg, job, scratch) {
         Ok(Named::App(app, method)) => Outcome::Found(app, method),
         Ok(Named::Copy) => Outcome::Copy,
         Ok(Named::Unknown) => Outcome::Named,
-        Ok(Named::UnknownTls) => Outcome::NamedTls,
+        Ok(Named::UnknownTls) => hidden(job),
         Ok(Named::Nothing) => Outcome::Nothing,
         Err(Handover) => Outcome::Controller,
     }
@@ -201,7 +201,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     if literal || len == 0 || method as u8 == Method::Stun as u8 {
         return Ok(Named::Nothing);
     }
-    // Only TLS names no app claims pay for the second walk over the extensions, in its own stage.
+    // Only TLS names no app claims pay for the second walk over the extensions (`hidden`).
     Ok(if method as u8 == Method::TlsSni as u8 { Named::UnknownTls } else { Named::Unknown })
 }
 
@@ -238,7 +238,7 @@ fn name_app(generation: u32, hash: u64) -> Option<u16> {
 /// Whether a ClientHello whose server name no app claims hides its real name with Encrypted
 /// Client Hello (the extension walk of [`imfw_tls_has_ech`]).
 #[inline(always)]
-pub fn hidden(job: &Job) -> Outcome {
+fn hidden(job: &Job) -> Outcome {
     if imfw_tls_has_ech(job.payload_len) != 0 { Outcome::Hidden } else { Outcome::Named }
 }
 

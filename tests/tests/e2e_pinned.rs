@@ -116,6 +116,15 @@ fn xmpp_conn(lab: &Lab, xmpp: &Case) -> TcpStream {
     conn
 }
 
+/// Packets of `app` the running controller has counted as allowed.
+fn allowed_packets(lab: &Lab, app: &str) -> u64 {
+    lab.imfw()
+        .stats()
+        .unwrap()
+        .counter(Some(app), "allow")
+        .packets
+}
+
 /// The controller that just started adopted the pinned state: it says so, and every link is
 /// the one `links` describes (never detached) holding a new program, attached to its
 /// interface. Returns the links as they are now.
@@ -461,12 +470,7 @@ fn kill_9_keeps_enforcing_and_a_restart_adopts_the_pinned_state() {
     assert!(echoes(&mut conn, b"hello 1\n"), "echo before the kill");
     let before = observe(&lab, &server, blocked());
     assert!(before[0].blocked(), "{:?}", before[0]);
-    let xmpp_allowed = lab
-        .imfw()
-        .stats()
-        .unwrap()
-        .counter(Some("xmpp"), "allow")
-        .packets;
+    let xmpp_allowed = allowed_packets(&lab, "xmpp");
     let links = gw_links(&lab, &dir);
     let tags = prog_tags(&links);
     let flows_map = pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap();
@@ -810,12 +814,7 @@ fn an_upgrade_to_a_rebuilt_binary_adopts_the_pinned_state() {
     let mut conn = xmpp_conn(&lab, &xmpp);
     assert!(echoes(&mut conn, b"hello 1\n"), "echo before the upgrade");
     assert!(observe(&lab, &server, blocked())[0].blocked());
-    let xmpp_allowed = lab
-        .imfw()
-        .stats()
-        .unwrap()
-        .counter(Some("xmpp"), "allow")
-        .packets;
+    let xmpp_allowed = allowed_packets(&lab, "xmpp");
     let links = gw_links(&lab, &dir);
     let tags = prog_tags(&links);
     let flows_map = pins::map_id(&dir.join("maps/IMFW_FLOWS")).unwrap();

@@ -240,7 +240,7 @@ impl Dataplane {
     }
 
     fn with_programs(mut ebpf: Ebpf) -> Result<Self> {
-        for name in [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM] {
+        for name in m::PROGRAMS {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -253,7 +253,7 @@ impl Dataplane {
                 log::debug!("program={name} verifier_processed_insns={n}");
             }
         }
-        for (slot, name) in [(m::JUMP_INSPECT, m::INSPECT_PROGRAM), (m::JUMP_NAMES, m::NAMES_PROGRAM)] {
+        for (slot, name) in m::STAGES {
             let fd = {
                 let prog: &Xdp = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
                 prog.fd()?.try_clone().map_err(|e| anyhow!("program {name}: {e}"))?
@@ -799,8 +799,7 @@ impl Dataplane {
             pins::remove_pin(&path)?;
             map.pin(&path).map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
         }
-        let programs = [m::PROGRAM, m::INSPECT_PROGRAM, m::NAMES_PROGRAM];
-        for name in programs {
+        for name in m::PROGRAMS {
             let path = dir.prog_path(name);
             pins::remove_pin(&path)?;
             let prog: &mut Xdp = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
@@ -810,7 +809,7 @@ impl Dataplane {
         // ECH check moved into the names stage) would hold its memory until `imfw unload`.
         if let Some(progs) = dir.prog_path(m::PROGRAM).parent() {
             for entry in std::fs::read_dir(progs).into_iter().flatten().flatten() {
-                if !programs.iter().any(|p| entry.file_name() == *p) {
+                if !m::PROGRAMS.iter().any(|p| entry.file_name() == *p) {
                     pins::remove_pin(&entry.path())?;
                 }
             }
@@ -1021,7 +1020,6 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0).saturating_mul(1_000_000_000).saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
-/// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.
 /// The non-zero words of generation `g`'s name filter for policy `c`, by index in
 /// `IMFW_NAMEBITS`.
 fn name_filter(g: u32, c: &Compiled) -> BTreeMap<u32, u64> {
@@ -1033,6 +1031,7 @@ fn name_filter(g: u32, c: &Compiled) -> BTreeMap<u32, u64> {
     words
 }
 
+/// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.
 fn name_keys(g: u32, c: &Compiled) -> impl Iterator<Item = NameKey> + '_ {
     c.name_domains.iter().map(move |d| NameKey { hash: domain_hash_from(name_seed(g), d) })
 }
