@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap},
-    programs::{xdp::XdpLinkId, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, HashMap, ProgramArray},
+    programs::{xdp::XdpLinkId, ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use imfw_common::flow::FlowKey;
@@ -93,6 +93,11 @@ impl BenchRefs {
             .program(r.program())
             .ok_or_else(|| anyhow!("program {} missing", r.program()))?
             .try_into()?)
+    }
+
+    /// Reference `r`'s program, to hand to a [`Replay`].
+    pub fn program_fd(&self, r: Reference) -> Result<&ProgramFd> {
+        Ok(self.program(r)?.fd()?)
     }
 
     /// Runs one frame once; returns the XDP action.
@@ -248,19 +253,8 @@ impl TrafficGen {
         if frames.is_empty() {
             bail!("the traffic generator needs at least one frame");
         }
-        let count = u32::try_from(frames.len())
-            .map_err(|_| anyhow!("{} frames are too many for the generator", frames.len()))?;
+        let count = check_frames(frames)?;
         let longest = frames.iter().map(Vec::len).max().unwrap_or(0);
-        if let Some((i, f)) = frames
-            .iter()
-            .enumerate()
-            .find(|(_, f)| !(14..=GEN_FRAME_MAX).contains(&f.len()))
-        {
-            bail!(
-                "frame {i} of the mix is {} bytes: the generator sends 14 to {GEN_FRAME_MAX}",
-                f.len()
-            );
-        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(GEN_FRAMES, count)
             // The reference's table is not used by the generator: keep it small.
@@ -275,24 +269,7 @@ impl TrafficGen {
             prog.load()
                 .context("loading the traffic generator program")?;
         }
-        {
-            let mut map: Array<_, GenFrame> = Array::try_from(
-                ebpf.map_mut(GEN_FRAMES)
-                    .ok_or_else(|| anyhow!("map {GEN_FRAMES} missing"))?,
-            )?;
-            let mut v = GenFrame {
-                len: 0,
-                _pad: 0,
-                data: [0; GEN_FRAME_ROOM],
-            };
-            for (i, f) in (0u32..).zip(frames) {
-                v.data[..f.len()].copy_from_slice(f);
-                v.data[f.len()..].fill(0);
-                v.len = u32::try_from(f.len()).unwrap_or(u32::MAX);
-                map.set(i, v, 0)
-                    .map_err(|e| anyhow!("map {GEN_FRAMES}: {e}"))?;
-            }
-        }
+        write_frames(&mut ebpf, frames)?;
         let mut g = TrafficGen {
             ebpf,
             count,
@@ -318,20 +295,7 @@ impl TrafficGen {
 
     /// The next frame sent is the mix's first.
     pub fn rewind(&mut self) -> Result<()> {
-        let mut c: Array<_, GenCursor> = Array::try_from(
-            self.ebpf
-                .map_mut(GEN_CURSOR)
-                .ok_or_else(|| anyhow!("map {GEN_CURSOR} missing"))?,
-        )?;
-        c.set(
-            0,
-            GenCursor {
-                next: 0,
-                count: self.count,
-            },
-            0,
-        )
-        .map_err(|e| anyhow!("map {GEN_CURSOR}: {e}"))
+        set_cursor(&mut self.ebpf, 0, self.count)
     }
 
     /// The index of the next frame to send.
@@ -383,6 +347,171 @@ impl TrafficGen {
         Ok(Played {
             wall,
             kernel_ns_per_frame: ns,
+        })
+    }
+}
+
+/// The number of `frames`, each checked to fit the program's frame room.
+fn check_frames(frames: &[Vec<u8>]) -> Result<u32> {
+    if let Some((i, f)) = frames
+        .iter()
+        .enumerate()
+        .find(|(_, f)| !(14..=GEN_FRAME_MAX).contains(&f.len()))
+    {
+        bail!(
+            "frame {i} is {} bytes: the player and the generator take 14 to {GEN_FRAME_MAX}",
+            f.len()
+        );
+    }
+    u32::try_from(frames.len()).map_err(|_| anyhow!("{} frames are too many", frames.len()))
+}
+
+/// Writes `frames` into `BENCH_GEN_FRAMES` from index 0 on.
+fn write_frames(ebpf: &mut Ebpf, frames: &[Vec<u8>]) -> Result<()> {
+    let mut map: Array<_, GenFrame> = Array::try_from(
+        ebpf.map_mut(GEN_FRAMES)
+            .ok_or_else(|| anyhow!("map {GEN_FRAMES} missing"))?,
+    )?;
+    let mut v = GenFrame {
+        len: 0,
+        _pad: 0,
+        data: [0; GEN_FRAME_ROOM],
+    };
+    for (i, f) in (0u32..).zip(frames) {
+        v.data[..f.len()].copy_from_slice(f);
+        v.data[f.len()..].fill(0);
+        v.len = u32::try_from(f.len()).unwrap_or(u32::MAX);
+        map.set(i, v, 0)
+            .map_err(|e| anyhow!("map {GEN_FRAMES}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sets the cursor of `BENCH_GEN_CURSOR`: the next frame is `next`, of `count`.
+fn set_cursor(ebpf: &mut Ebpf, next: u32, count: u32) -> Result<()> {
+    let mut c: Array<_, GenCursor> = Array::try_from(
+        ebpf.map_mut(GEN_CURSOR)
+            .ok_or_else(|| anyhow!("map {GEN_CURSOR} missing"))?,
+    )?;
+    c.set(0, GenCursor { next, count }, 0)
+        .map_err(|e| anyhow!("map {GEN_CURSOR}: {e}"))
+}
+
+const REPLAY_PROGRAM: &str = "bench_replay";
+const REPLAY_TARGET: &str = "BENCH_REPLAY_TARGET";
+
+/// What one [`Replay::run`] call did.
+#[derive(Clone, Copy, Debug)]
+pub struct Replayed {
+    /// The XDP action of the last run (the kernel returns only that one).
+    pub last_action: u32,
+    /// The kernel's mean time per frame over the call: the player's copy of the frame, the
+    /// tail call and the target program.
+    pub ns_per_frame: f64,
+}
+
+/// The in-kernel player: `bench_replay` runs a list of frames, one per run, back to back in
+/// one `BPF_PROG_TEST_RUN` call (`repeat` = frames), handing each to a target program with a
+/// tail call. What a program costs per packet in a stream of different packets (new flows,
+/// a traffic mix), with warm code as in a driver's poll loop and without a system call per
+/// packet; the player's own part is what it costs with the empty program as its target.
+pub struct Replay {
+    ebpf: Ebpf,
+    capacity: u32,
+    count: u32,
+    /// The frame handed to the kernel; the player resizes it to each frame it writes.
+    seed_frame: Vec<u8>,
+}
+
+impl Replay {
+    /// Loads the player with room for `capacity` frames.
+    pub fn load(capacity: u32) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("the bench reference object is empty: rebuild without AYA_BUILD_SKIP");
+        }
+        if capacity == 0 {
+            bail!("the player needs room for at least one frame");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(GEN_FRAMES, capacity)
+            // The reference's table is not used by the player: keep it small.
+            .map_max_entries(FLOWS, 1)
+            .load(OBJECT)
+            .context("loading the in-kernel player (needs root or CAP_BPF)")?;
+        {
+            let prog: &mut Xdp = ebpf
+                .program_mut(REPLAY_PROGRAM)
+                .ok_or_else(|| anyhow!("program {REPLAY_PROGRAM} missing from the reference object"))?
+                .try_into()?;
+            prog.load().context("loading the in-kernel player program")?;
+        }
+        Ok(Replay {
+            ebpf,
+            capacity,
+            count: 0,
+            seed_frame: vec![0; 64],
+        })
+    }
+
+    /// The frames the next runs play, in order from the first (at most the capacity given
+    /// to [`Replay::load`]).
+    pub fn set_frames(&mut self, frames: &[Vec<u8>]) -> Result<()> {
+        let count = check_frames(frames)?;
+        if count == 0 || count > self.capacity {
+            bail!(
+                "{count} frames for a player with room for {}",
+                self.capacity
+            );
+        }
+        write_frames(&mut self.ebpf, frames)?;
+        set_cursor(&mut self.ebpf, 0, count)?;
+        self.count = count;
+        Ok(())
+    }
+
+    /// The next frame played is the first again.
+    pub fn rewind(&mut self) -> Result<()> {
+        set_cursor(&mut self.ebpf, 0, self.count)
+    }
+
+    /// The program each frame is handed to (an XDP program: imfw's, or a reference's).
+    pub fn set_target(&mut self, prog: &ProgramFd) -> Result<()> {
+        let mut a = ProgramArray::try_from(
+            self.ebpf
+                .map_mut(REPLAY_TARGET)
+                .ok_or_else(|| anyhow!("map {REPLAY_TARGET} missing"))?,
+        )?;
+        a.set(0, prog, 0)
+            .map_err(|e| anyhow!("map {REPLAY_TARGET}: {e}"))
+    }
+
+    /// Plays `runs` frames (from the cursor on, wrapping at the end of the list) to the
+    /// target in one call.
+    pub fn run(&self, runs: u32) -> Result<Replayed> {
+        if self.count == 0 {
+            bail!("the player has no frames");
+        }
+        let prog: &Xdp = self
+            .ebpf
+            .program(REPLAY_PROGRAM)
+            .ok_or_else(|| anyhow!("program {REPLAY_PROGRAM} missing"))?
+            .try_into()?;
+        let opts = TestRunOptions {
+            data_in: Some(&self.seed_frame),
+            repeat: runs,
+            ..TestRunOptions::new()
+        };
+        let out = prog
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {REPLAY_PROGRAM}"))?;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a mean time per frame in ns is far below 2^52"
+        )]
+        let ns = out.duration.as_nanos() as f64;
+        Ok(Replayed {
+            last_action: out.return_value,
+            ns_per_frame: ns,
         })
     }
 }

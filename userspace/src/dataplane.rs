@@ -302,6 +302,11 @@ impl Dataplane {
         Ok(self.ebpf.program(m::PROGRAM).ok_or_else(|| anyhow!("program missing"))?.try_into()?)
     }
 
+    /// The entry program, for a bench's in-kernel player to hand frames to.
+    pub fn program_fd(&self) -> Result<&aya::programs::ProgramFd> {
+        Ok(self.program()?.fd()?)
+    }
+
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
     }

@@ -12,6 +12,12 @@
 //!   `BPF_PROG_TEST_RUN` in live-frames mode on a veth, it rewrites each frame it is given into
 //!   the next frame of a traffic mix held in `BENCH_GEN_FRAMES` and sends it out of that veth
 //!   (`XDP_TX`), so that one call plays a whole mix, in order, to the program on the peer.
+//! - `bench_replay` is no reference either but the in-kernel benches' player: run with
+//!   `BPF_PROG_TEST_RUN` and `repeat` N, it rewrites the frame into the next of the frames in
+//!   `BENCH_GEN_FRAMES` (as `bench_gen` does) and tail-calls the program under test in
+//!   `BENCH_REPLAY_TARGET`. One call runs N different frames back to back, as a driver's poll
+//!   loop does, so a figure carries the player's copy of each frame (measured on its own with
+//!   the empty program as the target) but not a system call per frame.
 //!
 //! Not loaded by imfw: the bench embeds this object on its own.
 #![no_std]
@@ -24,7 +30,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
     macros::map,
     macros::xdp,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, ProgramArray},
     programs::XdpContext,
 };
 use imfw_common::{flow::FlowKey, maps::FLOWS_DEFAULT};
@@ -81,6 +87,10 @@ static BENCH_GEN_FRAMES: Array<GenFrame> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_GEN_CURSOR: Array<GenCursor> = Array::with_max_entries(1, 0);
 
+/// The program the player hands each frame to (slot 0), set by the loader.
+#[map]
+static BENCH_REPLAY_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// The floor: a program run that does nothing.
 #[xdp]
 pub fn bench_empty(_ctx: XdpContext) -> u32 {
@@ -106,6 +116,19 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_ABORTED,
     }
+}
+
+/// The player: the frame becomes the next frame of `BENCH_GEN_FRAMES`, which the program in
+/// `BENCH_REPLAY_TARGET` then runs on; its action is the run's. A frame it cannot write, or a
+/// missing target, aborts the run.
+#[xdp]
+pub fn bench_replay(ctx: XdpContext) -> u32 {
+    if try_gen(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: a tail call on this program's own context; it returns only if it failed.
+    unsafe { BENCH_REPLAY_TARGET.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
 }
 
 #[inline(always)]
