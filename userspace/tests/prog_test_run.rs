@@ -995,7 +995,7 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
         let (IpAddr::V4(a), IpAddr::V4(b)) = (src, dst) else { unreachable!() };
         Ethernet::default().encode(0x0800, &Ipv4::new(a, b, 6).encode(&t.encode(src, dst, payload)))
     };
-    let mut feed = |r: &mut Rig, cp: &mut ContentPath| {
+    let feed = |r: &mut Rig, cp: &mut ContentPath| {
         for ev in r.dp.drain_events() {
             if let Event::Stream(p) = ev {
                 cp.on_stream(&p, &mut r.dp, &r.c, 1, 2_000).expect("content path");
@@ -1006,7 +1006,7 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
     let reg = b"NICK alice\r\nUSER alice 0 * :Alice\r\n".to_vec();
     // Each segment is held (`monitor.hold`) until the content path has read it; the sender's
     // retransmission then passes.
-    let mut deliver = |r: &mut Rig, cp: &mut ContentPath, f: &[u8]| {
+    let deliver = |r: &mut Rig, cp: &mut ContentPath, f: &[u8]| {
         let first = r.run(f);
         feed(r, cp);
         (first, r.run(f))
@@ -1385,4 +1385,43 @@ fn kernel_log_messages_follow_the_policy_level() {
     let got = messages(&mut r, &mut ring, 38004);
     assert_eq!(got, [], "kernel_log: off");
     assert_eq!(r.dp.snapshot().expect("snapshot").drop_reason(DropReason::RedirectFailed).packets, before + 1);
+}
+
+/// The bench's in-kernel player (`bench_replay`) hands each frame of its list, in order and
+/// once per run, to the program in its target slot: played to imfw, a list of a SYN, a
+/// WhatsApp ClientHello and a SYN of another flow leaves the entries and counters those
+/// packets leave one call at a time, and the call's action is the last frame's. Its figures
+/// in `cargo xtask bench` rest on this.
+#[test]
+fn bench_player_runs_each_frame_once_through_its_target() {
+    use imfw::bench_refs::{BenchRefs, Reference, Replay};
+    let r = rig(BLOCK_ALL);
+    let wa = Conn::v4(41000, 443);
+    let other = Conn::v4(41001, 443);
+    let hello = ClientHello::new("web.whatsapp.com").build();
+    let frames = vec![wa.syn(), wa.client(&hello), other.syn()];
+    let mut player = Replay::load(4).expect("load the player");
+    player.set_frames(&frames).expect("write the frames");
+    player.set_target(r.dp.program_fd().expect("imfw's program")).expect("set the target");
+    let played = player.run(3).expect("play");
+    assert_eq!(played.last_action, XDP_PASS, "the last frame is a SYN, which passes");
+    assert!(played.ns_per_frame > 0.0, "the kernel timed the runs");
+    assert_decided(&r, &wa, "whatsapp", Method::TlsSni, Verdict::Drop);
+    let e = r.entry(&other.syn()).expect("the second flow's entry");
+    assert_eq!((e.packets, e.app), (1, 0), "one SYN, nothing to classify yet");
+    assert_eq!(r.stat(Stat::Packets), 3);
+    assert_eq!(r.stat(Stat::FlowsCreated), 2);
+    // The list wraps: the next run plays the first frame (a packet of a decided flow now).
+    let played = player.run(2).expect("play on");
+    assert_eq!(played.last_action, XDP_DROP, "the ClientHello of a dropped flow");
+    assert_eq!(r.entry(&wa.syn()).expect("entry").packets, 4, "its SYN and ClientHello twice");
+    assert_eq!(r.stat(Stat::FlowsCreated), 2, "no flow created twice");
+    // Another target on the same list: the stateful reference sees the frames, imfw does not.
+    let refs = BenchRefs::load(64).expect("load the references");
+    player.set_target(refs.program_fd(Reference::Stateful).expect("reference")).expect("set the target");
+    player.rewind().expect("rewind");
+    assert_eq!(player.run(3).expect("play").last_action, XDP_PASS);
+    let key = packet::tuple(&other.syn()).expect("tuple").key();
+    assert_eq!(refs.flow(&key).expect("reference table").map(|e| e.packets), Some(1));
+    assert_eq!(r.stat(Stat::Packets), 5, "imfw ran no frame of the reference's call");
 }
