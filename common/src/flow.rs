@@ -136,12 +136,21 @@ impl FlowKey {
     #[inline(always)]
     pub fn canonical(src: [u32; 4], sport: u16, dst: [u32; 4], dport: u16, proto: u8, family: u8) -> (FlowKey, bool) {
         let src_first = endpoint_le(&src, sport, &dst, dport);
-        let key = if src_first {
-            FlowKey { addr_a: src, addr_b: dst, port_a: sport, port_b: dport, proto, family, _pad: [0; 2] }
-        } else {
-            FlowKey { addr_a: dst, addr_b: src, port_a: dport, port_b: sport, proto, family, _pad: [0; 2] }
-        };
-        (key, src_first)
+        // The endpoints are swapped with masks, not chosen in two branches: the BPF backend has
+        // no conditional move, and two branches that each build the key merge with every word
+        // of it spilled to the stack and reloaded.
+        let m = (src_first as u32).wrapping_sub(1);
+        let mut addr_a = [0u32; 4];
+        let mut addr_b = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            let d = (src[i] ^ dst[i]) & m;
+            addr_a[i] = src[i] ^ d;
+            addr_b[i] = dst[i] ^ d;
+            i += 1;
+        }
+        let p = (sport ^ dport) & m as u16;
+        (FlowKey { addr_a, addr_b, port_a: sport ^ p, port_b: dport ^ p, proto, family, _pad: [0; 2] }, src_first)
     }
 
     /// Address and port of the flow's client.

@@ -102,29 +102,30 @@ fn try_parse(ctx: &XdpContext) -> Result<Parsed, ()> {
 fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Parsed, ()> {
     // The fixed header in one checked read, before any variable-offset check: LLVM otherwise
     // folds these fixed-offset checks into the options check below, which the verifier cannot
-    // follow.
+    // follow. Read as words: the addresses are used whole, and the other fields come out of
+    // registers, where a byte array had each byte loaded and spilled on its own.
     // SAFETY: 20 bytes checked by ptr_at.
-    let h = unsafe { *ptr_at::<[u8; 20]>(ctx, l3).ok_or(())? };
-    if h[0] >> 4 != 4 {
+    let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u32; 5]>(ctx, l3).ok_or(())?) };
+    let w0 = h[0].to_ne_bytes();
+    if w0[0] >> 4 != 4 {
         return Err(());
     }
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let ihl = ((w0[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(());
     }
-    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let total = u16::from_be_bytes([w0[2], w0[3]]) as usize;
     if total < ihl {
         return Err(());
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    let proto = h[9];
-    let src = [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0];
-    let dst = [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0];
+    let w1 = h[1].to_ne_bytes();
+    let frag = u16::from_be_bytes([w1[2], w1[3]]);
+    let proto = h[2].to_ne_bytes()[1];
     if frag & 0x1fff != 0 {
         // A non-first fragment carries no L4 header: reading one would misread payload.
         return Ok(Parsed::Fragment);
     }
-    l4(ctx, l3 + ihl, total - ihl, proto, src, dst, 4)
+    l4(ctx, l3 + ihl, total - ihl, proto, [h[3], 0, 0, 0], [h[4], 0, 0, 0], 4)
 }
 
 #[inline(always)]
@@ -211,20 +212,22 @@ fn l4(
     }
     let (sport, dport, hdr, flags, seq) = match proto {
         IPPROTO_TCP => {
-            let ports = ptr_at::<[u8; 14]>(ctx, off).ok_or(())?;
-            // SAFETY: 14 bytes checked by ptr_at.
-            let h = unsafe { *ports };
+            // Ports, sequence number, acknowledgment number, data offset and flags, as words.
+            // SAFETY: 16 bytes checked by ptr_at (the fixed header is 20).
+            let h = unsafe { core::ptr::read_unaligned(ptr_at::<[u32; 4]>(ctx, off).ok_or(())?) };
+            let ports = h[0].to_ne_bytes();
+            let w3 = h[3].to_ne_bytes();
             // The payload starts at data offset * 4, not after the fixed 20 bytes (options).
-            let doff = ((h[12] >> 4) as usize) * 4;
+            let doff = ((w3[0] >> 4) as usize) * 4;
             if doff < 20 {
                 return Err(());
             }
             (
-                u16::from_be_bytes([h[0], h[1]]),
-                u16::from_be_bytes([h[2], h[3]]),
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
                 doff,
-                h[13],
-                u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                w3[1],
+                u32::from_be(h[1]),
             )
         }
         IPPROTO_UDP => {
