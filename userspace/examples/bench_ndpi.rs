@@ -431,24 +431,15 @@ fn player_pass(
     let mut sum = [0.0f64; 3];
     for (i, chunk) in m.frames.chunks(PLAYER_CHUNK).enumerate() {
         player.set_frames(chunk)?;
-        let n = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-        for k in 0..3 {
-            let which = (i + k) % 3;
-            match which {
-                0 => player.set_target(dp.program_fd()?)?,
-                1 => player.set_target(refs.program_fd(Reference::Empty)?)?,
-                _ => player.set_target(refs.program_fd(Reference::Stateful)?)?,
-            }
-            player.rewind()?;
-            let r = player.run(n)?;
+        let targets = [dp.program_fd()?, refs.program_fd(Reference::Empty)?, refs.program_fd(Reference::Stateful)?];
+        let runs = player.play_to_each(&targets, i)?;
+        for (which, r) in runs.iter().enumerate() {
             if r.last_action == XDP_ABORTED {
                 bail!("the player aborted a run (target {which}): a frame it could not write, or no target");
             }
-            sum[which] += r.ns_per_frame * f64::from(n);
-            if which == 0 {
-                dp.drain_events();
-            }
+            sum[which] += r.ns_per_frame * chunk.len() as f64;
         }
+        dp.drain_events();
     }
     let snap = dp.snapshot()?;
     for st in [Stat::EventsLost, Stat::StreamLost, Stat::ToControllerLost, Stat::FlowInsertFailed] {

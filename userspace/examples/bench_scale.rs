@@ -453,15 +453,8 @@ fn stream_of_new_flows(plan: &Plan, dp: &mut Dataplane, clients: &mut Clients, h
         let mut parts = [[0.0f64; 3]; 2];
         for (p, frames) in [&syns, &firsts].into_iter().enumerate() {
             player.set_frames(frames)?;
-            for k in 0..3 {
-                let which = (batch + k) % 3;
-                match which {
-                    0 => player.set_target(dp.program_fd()?)?,
-                    1 => player.set_target(refs.program_fd(Reference::Empty)?)?,
-                    _ => player.set_target(refs.program_fd(Reference::Stateful)?)?,
-                }
-                player.rewind()?;
-                let r = player.run(plan.setup_flows)?;
+            let targets = [dp.program_fd()?, refs.program_fd(Reference::Empty)?, refs.program_fd(Reference::Stateful)?];
+            for (which, r) in player.play_to_each(&targets, batch)?.iter().enumerate() {
                 if r.last_action != XDP_PASS {
                     bail!("new flows: the last frame played to target {which} got XDP action {}, expected XDP_PASS", r.last_action);
                 }

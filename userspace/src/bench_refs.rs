@@ -255,20 +255,7 @@ impl TrafficGen {
         }
         let count = check_frames(frames)?;
         let longest = frames.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(GEN_FRAMES, count)
-            // The reference's table is not used by the generator: keep it small.
-            .map_max_entries(FLOWS, 1)
-            .load(OBJECT)
-            .context("loading the traffic generator (needs root or CAP_BPF)")?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(GEN_PROGRAM)
-                .ok_or_else(|| anyhow!("program {GEN_PROGRAM} missing from the reference object"))?
-                .try_into()?;
-            prog.load()
-                .context("loading the traffic generator program")?;
-        }
+        let mut ebpf = load_frame_program(count, GEN_PROGRAM, "the traffic generator")?;
         write_frames(&mut ebpf, frames)?;
         let mut g = TrafficGen {
             ebpf,
@@ -349,6 +336,24 @@ impl TrafficGen {
             kernel_ns_per_frame: ns,
         })
     }
+}
+
+/// The reference object with room for `frames` frames in `BENCH_GEN_FRAMES` and its program
+/// `program` loaded (`what` names it in errors). The stateful reference's table, which
+/// neither the generator nor the player uses, is kept small.
+fn load_frame_program(frames: u32, program: &str, what: &str) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(GEN_FRAMES, frames)
+        .map_max_entries(FLOWS, 1)
+        .load(OBJECT)
+        .with_context(|| format!("loading {what} (needs root or CAP_BPF)"))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the reference object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading the program of {what}"))?;
+    Ok(ebpf)
 }
 
 /// The number of `frames`, each checked to fit the program's frame room.
@@ -432,19 +437,7 @@ impl Replay {
         if capacity == 0 {
             bail!("the player needs room for at least one frame");
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(GEN_FRAMES, capacity)
-            // The reference's table is not used by the player: keep it small.
-            .map_max_entries(FLOWS, 1)
-            .load(OBJECT)
-            .context("loading the in-kernel player (needs root or CAP_BPF)")?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(REPLAY_PROGRAM)
-                .ok_or_else(|| anyhow!("program {REPLAY_PROGRAM} missing from the reference object"))?
-                .try_into()?;
-            prog.load().context("loading the in-kernel player program")?;
-        }
+        let ebpf = load_frame_program(capacity, REPLAY_PROGRAM, "the in-kernel player")?;
         Ok(Replay {
             ebpf,
             capacity,
@@ -483,6 +476,22 @@ impl Replay {
         )?;
         a.set(0, prog, 0)
             .map_err(|e| anyhow!("map {REPLAY_TARGET}: {e}"))
+    }
+
+    /// Plays the whole list once to each of `targets`, in turn from `targets[first % len]`
+    /// (so that callers can vary which one meets the list first), each from the first frame.
+    /// Returns what each call did, in the order of `targets`.
+    pub fn play_to_each(&mut self, targets: &[&ProgramFd], first: usize) -> Result<Vec<Replayed>> {
+        let mut out: Vec<Option<Replayed>> = vec![None; targets.len()];
+        for k in 0..targets.len() {
+            let t = (first + k) % targets.len();
+            self.set_target(targets[t])?;
+            self.rewind()?;
+            out[t] = Some(self.run(self.count)?);
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| anyhow!("a target was not played to")))
+            .collect()
     }
 
     /// Plays `runs` frames (from the cursor on, wrapping at the end of the list) to the

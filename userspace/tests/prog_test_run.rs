@@ -1400,28 +1400,33 @@ fn bench_player_runs_each_frame_once_through_its_target() {
     let other = Conn::v4(41001, 443);
     let hello = ClientHello::new("web.whatsapp.com").build();
     let frames = vec![wa.syn(), wa.client(&hello), other.syn()];
-    let mut player = Replay::load(4).expect("load the player");
-    player.set_frames(&frames).expect("write the frames");
-    player.set_target(r.dp.program_fd().expect("imfw's program")).expect("set the target");
-    let played = player.run(3).expect("play");
-    assert_eq!(played.last_action, XDP_PASS, "the last frame is a SYN, which passes");
-    assert!(played.ns_per_frame > 0.0, "the kernel timed the runs");
+    let mut replay = Replay::load(4).expect("load the player");
+    replay.set_frames(&frames).expect("write the frames");
+    replay.set_target(r.dp.program_fd().expect("imfw's program")).expect("set the target");
+    let first = replay.run(3).expect("play");
+    assert_eq!(first.last_action, XDP_PASS, "the last frame is a SYN, which passes");
+    assert!(first.ns_per_frame > 0.0, "the kernel timed the runs");
     assert_decided(&r, &wa, "whatsapp", Method::TlsSni, Verdict::Drop);
     let e = r.entry(&other.syn()).expect("the second flow's entry");
     assert_eq!((e.packets, e.app), (1, 0), "one SYN, nothing to classify yet");
     assert_eq!(r.stat(Stat::Packets), 3);
     assert_eq!(r.stat(Stat::FlowsCreated), 2);
     // The list wraps: the next run plays the first frame (a packet of a decided flow now).
-    let played = player.run(2).expect("play on");
-    assert_eq!(played.last_action, XDP_DROP, "the ClientHello of a dropped flow");
+    let again = replay.run(2).expect("play on");
+    assert_eq!(again.last_action, XDP_DROP, "the ClientHello of a dropped flow");
     assert_eq!(r.entry(&wa.syn()).expect("entry").packets, 4, "its SYN and ClientHello twice");
     assert_eq!(r.stat(Stat::FlowsCreated), 2, "no flow created twice");
-    // Another target on the same list: the stateful reference sees the frames, imfw does not.
+    // The whole list to each of two targets, the reference first: each sees every frame once,
+    // from the first, and the results come back in the targets' order.
     let refs = BenchRefs::load(64).expect("load the references");
-    player.set_target(refs.program_fd(Reference::Stateful).expect("reference")).expect("set the target");
-    player.rewind().expect("rewind");
-    assert_eq!(player.run(3).expect("play").last_action, XDP_PASS);
-    let key = packet::tuple(&other.syn()).expect("tuple").key();
-    assert_eq!(refs.flow(&key).expect("reference table").map(|e| e.packets), Some(1));
-    assert_eq!(r.stat(Stat::Packets), 5, "imfw ran no frame of the reference's call");
+    let imfw = r.dp.program_fd().expect("imfw's program");
+    let stateful = refs.program_fd(Reference::Stateful).expect("reference");
+    let each = replay.play_to_each(&[imfw, stateful], 1).expect("play to each");
+    assert_eq!(each.len(), 2);
+    assert_eq!(each[0].last_action, XDP_PASS, "imfw's last frame: the other flow's SYN");
+    assert_eq!(each[1].last_action, XDP_PASS, "the reference passes everything");
+    assert_eq!(r.stat(Stat::Packets), 8);
+    assert_eq!(r.entry(&wa.syn()).expect("entry").packets, 6);
+    let key = packet::tuple(&wa.syn()).expect("tuple").key();
+    assert_eq!(refs.flow(&key).expect("reference table").map(|e| e.packets), Some(2), "its SYN and ClientHello");
 }
