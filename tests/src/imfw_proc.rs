@@ -39,14 +39,20 @@ impl ImfwProc {
     /// The binary under test: `$IMFW_BIN`, else `release/imfw` in the target directory
     /// (`$CARGO_TARGET_DIR` or the workspace's `target/`).
     pub fn bin() -> PathBuf {
-        if let Some(p) = std::env::var_os("IMFW_BIN").filter(|p| !p.is_empty()) {
+        Self::built("IMFW_BIN", "release/imfw")
+    }
+
+    /// A binary the build left: `$var` when set, else `path` in the target directory
+    /// (`$CARGO_TARGET_DIR` or the workspace's `target/`).
+    pub fn built(var: &str, path: &str) -> PathBuf {
+        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
             return PathBuf::from(p);
         }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .filter(|p| !p.is_empty())
             .map_or_else(|| root.join("target"), |d| root.join(d));
-        target.join("release/imfw")
+        target.join(path)
     }
 
     /// Fails clearly when the binary is missing.

@@ -751,14 +751,7 @@ fn flows_that_wait_for_a_dead_controller_follow_controller_down() {
 /// The upgrade test's second binary: `$IMFW_UPGRADE_BIN`, else `upgrade-test/imfw` in the
 /// target directory, where `cargo xtask test` puts it.
 fn upgrade_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("IMFW_UPGRADE_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| root.join("target"), |d| root.join(d));
-    target.join("upgrade-test/imfw")
+    ImfwProc::built("IMFW_UPGRADE_BIN", "upgrade-test/imfw")
 }
 
 /// `BIN --version`.

@@ -376,22 +376,23 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
          played to the empty program); median of {} batches after a warm-up batch; default policy, flow table of {}, {} entries \
          in it after {} flows",
         thousands(plan.setup_flows.into()),
-        stream.syn.len(),
+        stream.syn.0.len(),
         thousands(m::FLOWS_DEFAULT.into()),
         thousands(stream.entries as u64),
         thousands(stream_flows.into())
     );
-    let (s_syn, s_first) = (median(&stream.syn), median(&stream.first));
+    let (syn, first) = (stream.syn.net(), stream.first.net());
+    let (s_syn, s_first) = (median(&syn), median(&first));
     emit(&json!({
         "scenario": "new-flows", "name": "new flow set-up: SYN (flow entry created)",
         "value": rate(s_syn), "unit": "flows/s", "target": {"value_min": 1_000_000},
         "note": format!(
             "1e9 / {s_syn:.1} ns per SYN (batches {} ns; {:.1} ns with the player's part of {:.1} ns; the stateful reference's \
              insert of a new flow {:.1} ns by the same method); {method}; {per_call}",
-            spread(&stream.syn),
-            median(&stream.syn_gross),
-            median(&stream.syn_floor),
-            median(&stream.syn_stateful),
+            spread(&syn),
+            stream.syn.median(0),
+            stream.syn.median(1),
+            stream.syn.stateful(),
         ),
     }));
     emit(&json!({
@@ -400,10 +401,10 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
         "note": format!(
             "1e9 / {s_first:.1} ns per first ClientHello ({OTHER_NAME}: signatures, 5 name suffixes, ECH check), after the flow's \
              SYN (batches {} ns; {:.1} ns with the player's part of {:.1} ns; the stateful reference's lookup {:.1} ns); {method}",
-            spread(&stream.first),
-            median(&stream.first_gross),
-            median(&stream.first_floor),
-            median(&stream.first_stateful),
+            spread(&first),
+            stream.first.median(0),
+            stream.first.median(1),
+            stream.first.stateful(),
         ),
     }));
     emit(&json!({
@@ -413,18 +414,33 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
     }));
 }
 
-/// What a stream of new flows costs imfw per packet, net of the player's part, and the parts.
+/// One kind of packet played in batches: per batch, the kernel's ns per frame with imfw, the
+/// empty program (the player's own part) and the stateful reference as the target.
+struct Runs(Vec<[f64; 3]>);
+
+impl Runs {
+    /// imfw's time less the player's part, per batch.
+    fn net(&self) -> Vec<f64> {
+        self.0.iter().map(|[imfw, empty, _]| imfw - empty).collect()
+    }
+
+    /// The median over batches of target `i`'s run (0 imfw, 1 the empty program).
+    fn median(&self, i: usize) -> f64 {
+        median(&self.0.iter().map(|r| r[i]).collect::<Vec<_>>())
+    }
+
+    /// The median over batches of the stateful reference's time less the player's part.
+    fn stateful(&self) -> f64 {
+        median(&self.0.iter().map(|[_, empty, stateful]| stateful - empty).collect::<Vec<_>>())
+    }
+}
+
+/// What a stream of new flows cost: its SYNs and its first payloads.
 struct Stream {
     /// Entries in the stream's flow table at the end.
     entries: usize,
-    syn: Vec<f64>,
-    syn_gross: Vec<f64>,
-    syn_floor: Vec<f64>,
-    syn_stateful: Vec<f64>,
-    first: Vec<f64>,
-    first_gross: Vec<f64>,
-    first_floor: Vec<f64>,
-    first_stateful: Vec<f64>,
+    syn: Runs,
+    first: Runs,
 }
 
 /// Batches of new flows played in the kernel: each batch's SYNs back to back in one call, then
@@ -436,14 +452,8 @@ fn stream_of_new_flows(plan: &Plan, dp: &mut Dataplane, clients: &mut Clients, h
     let mut player = Replay::load(plan.setup_flows)?;
     let mut out = Stream {
         entries: 0,
-        syn: Vec::new(),
-        syn_gross: Vec::new(),
-        syn_floor: Vec::new(),
-        syn_stateful: Vec::new(),
-        first: Vec::new(),
-        first_gross: Vec::new(),
-        first_floor: Vec::new(),
-        first_stateful: Vec::new(),
+        syn: Runs(Vec::new()),
+        first: Runs(Vec::new()),
     };
     for batch in 0..=plan.batches {
         let before = dp.snapshot()?.stat(Stat::FlowsCreated);
@@ -476,25 +486,19 @@ fn stream_of_new_flows(plan: &Plan, dp: &mut Dataplane, clients: &mut Clients, h
         if batch == 0 {
             continue; // warm-up
         }
-        let [[sg, sf, ss], [fg, ff, fs]] = parts;
-        out.syn.push(sg - sf);
-        out.syn_gross.push(sg);
-        out.syn_floor.push(sf);
-        out.syn_stateful.push(ss - sf);
-        out.first.push(fg - ff);
-        out.first_gross.push(fg);
-        out.first_floor.push(ff);
-        out.first_stateful.push(fs - ff);
+        let [syn, first] = parts;
+        out.syn.0.push(syn);
+        out.first.0.push(first);
     }
     out.entries = dp.flows()?.len();
     eprintln!(
         "  stream of new flows (player): SYN {:.1} ns, first payload {:.1} ns (player's part {:.1} / {:.1} ns; stateful reference {:.1} / {:.1} ns)",
-        median(&out.syn),
-        median(&out.first),
-        median(&out.syn_floor),
-        median(&out.first_floor),
-        median(&out.syn_stateful),
-        median(&out.first_stateful)
+        median(&out.syn.net()),
+        median(&out.first.net()),
+        out.syn.median(1),
+        out.first.median(1),
+        out.syn.stateful(),
+        out.first.stateful()
     );
     Ok(out)
 }

@@ -406,7 +406,7 @@ const REPLAY_PROGRAM: &str = "bench_replay";
 const REPLAY_TARGET: &str = "BENCH_REPLAY_TARGET";
 
 /// What one [`Replay::run`] call did.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Replayed {
     /// The XDP action of the last run (the kernel returns only that one).
     pub last_action: u32,
@@ -482,16 +482,14 @@ impl Replay {
     /// (so that callers can vary which one meets the list first), each from the first frame.
     /// Returns what each call did, in the order of `targets`.
     pub fn play_to_each(&mut self, targets: &[&ProgramFd], first: usize) -> Result<Vec<Replayed>> {
-        let mut out: Vec<Option<Replayed>> = vec![None; targets.len()];
+        let mut out = vec![Replayed::default(); targets.len()];
         for k in 0..targets.len() {
             let t = (first + k) % targets.len();
             self.set_target(targets[t])?;
             self.rewind()?;
-            out[t] = Some(self.run(self.count)?);
+            out[t] = self.run(self.count)?;
         }
-        out.into_iter()
-            .map(|r| r.ok_or_else(|| anyhow!("a target was not played to")))
-            .collect()
+        Ok(out)
     }
 
     /// Plays `runs` frames (from the cursor on, wrapping at the end of the list) to the
