@@ -4,7 +4,7 @@ pub const CONFIG: &str = "IMFW_CONFIG";
 pub const FLOWS: &str = "IMFW_FLOWS";
 pub const SIG_CLASSES: &str = "IMFW_SIGCLASS";
 pub const SIGS: &str = "IMFW_SIGS";
-/// One `SigPrefilter`: the shapes a payload's first bytes leave possible.
+/// One `SigPrefilter`: the shapes a payload's length and chosen bytes leave possible.
 pub const SIG_PRE: &str = "IMFW_SIGPRE";
 pub const NAME_FILTER: &str = "IMFW_NAMEBITS";
 pub const NAMES: &str = "IMFW_NAMES";

@@ -64,81 +64,131 @@ impl SigClass {
     }
 }
 
-/// Leading payload bytes the shape prefilter reads.
-pub const PRE_BYTES: usize = 4;
+/// Payload bytes the shape prefilter reads, at positions chosen per policy.
+pub const PRE_BYTES: usize = 8;
 
-/// Which signature shapes a payload's first bytes leave possible: bit `c` of `admit[k][b]` is
-/// set when shape `c` can match a payload whose byte `k` is `b` (a shape that does not look at
-/// byte `k` admits every value). The kernel ANDs the words of a payload's first
-/// [`PRE_BYTES`] bytes and runs only the shapes left: a TLS record (`16 03 01`) rules out
-/// every text protocol's shape in four loads, where each shape's own check costs tens of
-/// instructions.
+/// Which signature shapes a payload leaves possible, before any shape's own check: bit `c` of
+/// `admit[k][b]` is set when shape `c` can match a payload whose byte at `pos[k]` is `b` (a
+/// shape that does not look at that byte admits every value), and bit `c` of
+/// `admit_len[l % 256]` when a signature of shape `c` accepts a payload of length `l`. The
+/// kernel ANDs the nine words a payload selects and runs only the shapes left: a TLS record
+/// rules out every text protocol's shape, and a ClientHello every binary shape whose bytes lie
+/// in its header or random, in about fifty instructions, where each shape's own check costs
+/// tens and a hash lookup.
 ///
-/// Bytes past a short payload are stale scratch bytes; they can only rule out shapes that
-/// need more bytes than the payload has, which its length check rules out anyway.
+/// The positions are those that cover the most shapes (see [`SigPrefilter::build`]), so that
+/// each shape is ruled out by a byte it looks at whenever the policy's shapes allow.
+///
+/// Bytes past a short payload are stale scratch bytes; only a shape that looks at such a byte
+/// can be ruled out by it, and that shape needs more bytes than the payload has, which its
+/// length check rules out anyway.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SigPrefilter {
+    /// Payload offsets, each below `SIG_OFFSET_MAX + SIG_LEN`.
+    pub pos: [u16; PRE_BYTES],
     pub admit: [[u32; 256]; PRE_BYTES],
+    pub admit_len: [u32; 256],
 }
 
-const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 4 * 256 * PRE_BYTES);
+const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 * 256 * (PRE_BYTES + 1));
 
 impl Default for SigPrefilter {
     fn default() -> Self {
-        SigPrefilter { admit: [[0; 256]; PRE_BYTES] }
+        SigPrefilter { pos: [0; PRE_BYTES], admit: [[u32::MAX; 256]; PRE_BYTES], admit_len: [u32::MAX; 256] }
     }
 }
 
+/// Offsets a shape can look at: every offset up to `SIG_OFFSET_MAX`, and its window.
+const PRE_OFFSETS: usize = SIG_OFFSET_MAX as usize + SIG_LEN;
+
+/// The payload offset byte `j` of a shape's window stands at, when its mask keeps any bit of it.
+fn looks_at(c: &SigClass, j: usize) -> Option<(usize, u8)> {
+    let m = *c.mask.get(j)?;
+    (m != 0).then_some((c.offset as usize + j, m))
+}
+
 impl SigPrefilter {
-    /// The prefilter of `classes`, with the signature keys of each (any direction).
-    pub fn build<'a>(classes: &[SigClass], keys: impl IntoIterator<Item = &'a SigKey>) -> SigPrefilter {
-        let mut pre = SigPrefilter::default();
-        let n = classes.len().min(32);
-        let all: u32 = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
-        for row in &mut pre.admit {
-            row.fill(all);
-        }
-        // The bytes `k` each shape looks at: its bit is cleared there, then set back for the
-        // values its signatures take.
-        let looks = |c: &SigClass, k: usize| -> Option<(usize, u8)> {
-            let j = k.checked_sub(c.offset as usize)?;
-            let m = *c.mask.get(j)?;
-            (m != 0).then_some((j, m))
-        };
-        for (ci, c) in classes.iter().enumerate().take(n) {
-            for (k, row) in pre.admit.iter_mut().enumerate() {
-                if looks(c, k).is_some() {
-                    for w in row.iter_mut() {
-                        *w &= !(1u32 << ci);
-                    }
+    /// The prefilter of `classes`, with the signatures of each (any direction).
+    ///
+    /// Positions are chosen greedily: each next one is the byte the most shapes not yet
+    /// covered look at (the lowest offset on a tie), until every shape that looks at a byte is
+    /// covered; positions left over go to the bytes the most shapes look at. Size-only shapes
+    /// look at no byte: their signatures' lengths rule them out.
+    pub fn build<'a>(classes: &[SigClass], sigs: impl IntoIterator<Item = (&'a SigKey, &'a SigValue)>) -> SigPrefilter {
+        let n = classes.len().min(MAX_SIG_CLASSES as usize);
+        let classes = &classes[..n];
+        // Offset -> the shapes that look at it.
+        let mut lookers = [0u32; PRE_OFFSETS];
+        for (ci, c) in classes.iter().enumerate() {
+            for j in 0..SIG_LEN {
+                if let Some(w) = looks_at(c, j).and_then(|(p, _)| lookers.get_mut(p)) {
+                    *w |= 1 << ci;
                 }
             }
         }
-        for key in keys {
+        let (mut pos, mut chosen) = ([0usize; PRE_BYTES], 0);
+        let mut covered = 0u32;
+        while chosen < PRE_BYTES {
+            // Most shapes not yet covered first, then most shapes; the lowest offset on a tie.
+            let best = lookers
+                .iter()
+                .enumerate()
+                .filter(|&(p, &s)| s != 0 && !pos[..chosen].contains(&p))
+                .max_by_key(|&(p, &s)| ((s & !covered).count_ones(), s.count_ones(), core::cmp::Reverse(p)));
+            let Some((p, &s)) = best else { break };
+            pos[chosen] = p;
+            chosen += 1;
+            covered |= s;
+        }
+        let pos = &pos[..chosen];
+        let mut pre = SigPrefilter::default();
+        let all: u32 = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+        for (k, &p) in pos.iter().enumerate() {
+            pre.pos[k] = p as u16;
+            let looked = lookers[p];
+            pre.admit[k] = [all & !looked; 256];
+        }
+        // Unused positions keep their all-ones rows; the length rows start from the shapes
+        // whose signatures are not all bounded in length.
+        pre.admit_len = [0; 256];
+        for (key, v) in sigs {
             let ci = key.class as usize;
-            let Some(c) = classes.get(ci).filter(|_| ci < n) else { continue };
-            for (k, row) in pre.admit.iter_mut().enumerate() {
-                if let Some((j, m)) = looks(c, k) {
-                    let want = key.bytes[j] & m;
-                    for (b, w) in row.iter_mut().enumerate() {
-                        if (b as u8) & m == want {
-                            *w |= 1u32 << ci;
-                        }
+            let Some(c) = classes.get(ci) else { continue };
+            for (k, &p) in pos.iter().enumerate() {
+                let Some(j) = p.checked_sub(c.offset as usize) else { continue };
+                let Some((_, m)) = looks_at(c, j) else { continue };
+                let want = key.bytes[j] & m;
+                for (b, w) in pre.admit[k].iter_mut().enumerate() {
+                    if (b as u8) & m == want {
+                        *w |= 1u32 << ci;
                     }
+                }
+            }
+            let (lo, hi) = (usize::from(v.min_len), usize::from(v.max_len));
+            if v.max_len == 0 || hi < lo || hi - lo >= 255 {
+                for w in &mut pre.admit_len {
+                    *w |= 1u32 << ci;
+                }
+            } else {
+                for l in lo..=hi {
+                    pre.admit_len[l & 0xff] |= 1u32 << ci;
                 }
             }
         }
         pre
     }
 
-    /// The shapes a payload starting with `first` can match.
+    /// The shapes a payload of `len` bytes, held in `buf`, can match.
     #[inline(always)]
-    pub fn candidates(&self, first: [u8; PRE_BYTES]) -> u32 {
-        self.admit[0][first[0] as usize]
-            & self.admit[1][first[1] as usize]
-            & self.admit[2][first[2] as usize]
-            & self.admit[3][first[3] as usize]
+    pub fn candidates(&self, buf: &[u8; SCRATCH_LEN], len: usize) -> u32 {
+        let mut c = self.admit_len[len & 0xff];
+        let mut k = 0;
+        while k < PRE_BYTES {
+            c &= self.admit[k][buf[self.pos[k] as usize & SCRATCH_MASK] as usize];
+            k += 1;
+        }
+        c
     }
 }
 
@@ -918,8 +968,9 @@ mod tests {
         assert!(sig_key(&b, 5, &size_only, 3, 1).is_some());
     }
 
-    /// The prefilter never rules out a shape whose key a payload has among the signatures, and
-    /// does rule out shapes whose leading bytes differ.
+    /// The prefilter never rules out a shape whose key a payload has among the signatures (nor
+    /// a length one of its signatures accepts), and does rule out shapes whose bytes or
+    /// lengths differ.
     #[test]
     fn the_prefilter_keeps_every_shape_a_payload_can_match() {
         let mask = |m: &[u8]| {
@@ -931,49 +982,71 @@ mod tests {
             SigClass::new(0, 3, mask(&[0xff, 0xff, 0xff])),       // "<?x"-like text start
             SigClass::new(0, 2, mask(&[0xf0, 0, 0, 0])),          // a nibble at byte 0, len 1 significant
             SigClass::new(2, 2, mask(&[0xff, 0xff])),             // bytes 2 and 3
-            SigClass::new(4, 2, mask(&[0xff, 0xff])),             // past the prefilter's bytes
+            SigClass::new(4, 2, mask(&[0xff, 0xff])),             // bytes 4 and 5
             SigClass::new(0, 1, [0; SIG_LEN]),                    // size only
+            SigClass::new(9, 2, mask(&[0, 0xff])),                // byte 10 alone
         ];
         let key = |class: u16, b: &[u8]| SigKey { class, dir: 0, generation: 0, bytes: mask(b) };
-        let keys = [
-            key(0, b"<?x"),
-            key(0, b"NIC"),
-            key(1, &[0x10]),
-            key(2, &[0x03, 0x01]),
-            key(3, &[0xaa, 0xbb]),
-            key(4, &[]),
+        let val = |min_len: u16, max_len: u16| SigValue { min_len, max_len, ..SigValue::default() };
+        let sigs = [
+            (key(0, b"<?x"), val(3, 0)),
+            (key(0, b"NIC"), val(3, 0)),
+            (key(1, &[0x10]), val(0, 0)),
+            (key(2, &[0x03, 0x01]), val(4, 0)),
+            (key(3, &[0xaa, 0xbb]), val(6, 0)),
+            (key(4, &[]), val(12, 12)),
+            (key(5, &[0, 0x7f]), val(11, 20)),
         ];
-        let pre = SigPrefilter::build(&classes, keys.iter());
+        let pre = SigPrefilter::build(&classes, sigs.iter().map(|(k, v)| (k, v)));
+        // Offsets 0, 2, 4 and 10 cover the five shapes that look at bytes (0 covers two, and 2
+        // is looked at by two); the other three are the rest the shapes look at.
+        assert_eq!(&pre.pos[..7], &[0, 2, 4, 10, 1, 3, 5]);
         let mut shapes = classes;
-        for k in &keys {
+        for (k, _) in &sigs {
             shapes[k.class as usize].admit(&k.bytes);
         }
-        // Every payload of a small alphabet over the prefilter's bytes, past them anything.
-        let alphabet = [0x00u8, 0x01, 0x03, 0x10, 0x16, 0x1f, b'<', b'?', b'x', b'N', b'I', b'C', 0xaa];
+        // Every payload of a small alphabet over the bytes the shapes look at, at every
+        // length around the size-only one.
+        let alphabet = [0x00u8, 0x01, 0x03, 0x10, 0x16, b'<', b'?', b'x', b'N', 0x7f, 0xaa, 0xbb];
         let mut checked = 0;
+        let mut ruled_out = 0;
         for &a in &alphabet {
-            for &b in &alphabet {
-                for &c in &alphabet {
-                    for &d in &alphabet {
-                        let payload = [a, b, c, d, 0xaa, 0xbb, 0, 0];
-                        let cand = pre.candidates([a, b, c, d]);
-                        let bb = buf(&payload);
-                        for (ci, shape) in shapes.iter().enumerate() {
-                            let hit = sig_key(&bb, payload.len(), shape, ci as u16, 0).is_some_and(|k| keys.contains(&k));
-                            if hit {
-                                assert_ne!(cand & (1 << ci), 0, "shape {ci} ruled out for {payload:02x?}");
-                                checked += 1;
+            for &c in &alphabet {
+                for &d in &alphabet {
+                    for &e in &[0xaau8, 0x7f, 0] {
+                        for len in [11usize, 12, 13, 268] {
+                            let mut payload = [0u8; 16];
+                            payload[..11].copy_from_slice(&[a, b'?', c, d, e, 0xbb, 0, 0, 0, 0, d]);
+                            let cand = pre.candidates(&buf(&payload), len);
+                            let bb = buf(&payload);
+                            for (ci, shape) in shapes.iter().enumerate() {
+                                let hit = sig_key(&bb, len.min(16), shape, ci as u16, 0)
+                                    .and_then(|k| sigs.iter().find(|(s, _)| *s == k))
+                                    .is_some_and(|(_, v)| len >= v.min_len as usize && (v.max_len == 0 || len <= v.max_len as usize));
+                                if hit {
+                                    assert_ne!(cand & (1 << ci), 0, "shape {ci} ruled out for {payload:02x?}, length {len}");
+                                    checked += 1;
+                                } else if cand & (1 << ci) == 0 {
+                                    ruled_out += 1;
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        assert!(checked > 1000);
-        // A TLS record's first bytes leave only the shapes that can match it.
-        let tls = pre.candidates([0x16, 0x03, 0x01, 0x02]);
-        assert_eq!(tls, 0b11010, "the nibble shape (0x16 & 0xf0 is 0x10), the one past the prefilter's bytes, the size-only one");
-        assert_eq!(pre.candidates(*b"<?xm") & 1, 1);
-        assert_eq!(pre.candidates([0x1f, 0, 0x03, 0x01]) & 0b110, 0b110);
+        assert!(checked > 1000 && ruled_out > 10_000, "{checked} matches, {ruled_out} shapes ruled out");
+        // A TLS ClientHello's bytes leave only the nibble shape (0x16 & 0xf0 is 0x10).
+        let mut hello = [0u8; 64];
+        hello[..6].copy_from_slice(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+        assert_eq!(pre.candidates(&buf(&hello), 517), 0b10);
+        assert_eq!(pre.candidates(&buf(b"<?xml ver"), 40) & 1, 1);
+        // The size-only shape: its length, modulo 256 (its own check sees the rest).
+        assert_eq!(pre.candidates(&buf(&hello), 12) & 0b1_0000, 0b1_0000);
+        assert_eq!(pre.candidates(&buf(&hello), 268) & 0b1_0000, 0b1_0000);
+        assert_eq!(pre.candidates(&buf(&hello), 13) & 0b1_0000, 0);
+        // Without signatures, no shape is left; the default admits all.
+        assert_eq!(SigPrefilter::build(&classes, core::iter::empty()).candidates(&buf(&hello), 12), 0);
+        assert_eq!(SigPrefilter::default().candidates(&buf(&hello), 12), u32::MAX);
     }
 }

@@ -66,18 +66,21 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     let last = if payload_len <= SCRATCH_LEN { buf[last_at] as u64 } else { LAST_UNKNOWN as u64 };
     // One unknown value for the verifier, not two states through the loop below.
     let last = launder(&mut spill[3], last) as u16;
-    // The shapes the first bytes leave possible (userspace writes the prefilter with the
-    // shapes, before the policy is marked ready).
-    let cand = match IMFW_SIGPRE.get(generation) {
-        Some(pre) => pre.candidates([buf[0], buf[1], buf[2], buf[3]]),
+    // The shapes the payload's length and a few of its bytes leave possible (userspace writes
+    // the prefilter with the shapes, before the policy is marked ready).
+    let mut cand = match IMFW_SIGPRE.get(generation) {
+        Some(pre) => pre.candidates(buf, payload_len),
         None => u32::MAX,
     };
     let mut c = 0u32;
     while c < MAX_SIG_CLASSES {
-        if c >= cfg.sig_classes {
+        // Past the last candidate, nothing is left to look up (most payloads have none).
+        if c >= cfg.sig_classes || cand == 0 {
             break;
         }
-        if (cand >> c) & 1 == 0 {
+        let this = cand & 1;
+        cand >>= 1;
+        if this == 0 {
             c += 1;
             continue;
         }

@@ -445,7 +445,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
     ];
     b.signatures(&parts);
     b.out.config.sig_classes = b.out.sig_classes.len() as u32;
-    b.out.sig_pre = SigPrefilter::build(&b.out.sig_classes, b.out.sigs.iter().map(|(k, _)| k));
+    b.out.sig_pre = SigPrefilter::build(&b.out.sig_classes, b.out.sigs.iter().map(|(k, v)| (k, v)));
     b.names_and_addresses(&parts);
     let prefixes = b.source_classes(policy);
     let actions = b.actions(policy);

@@ -7,7 +7,7 @@ use imfw_common::{
     app::{builtin_id, CUSTOM_FIRST, MAX_APPS},
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{POLICY_ENTRIES, SRC_CLASSES},
-    matcher::{domain_hash, SigKey, SigValue, SrcClass, LEN_U16BE, MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN_ATLEAST},
+    matcher::{domain_hash, SigKey, PROBE_NONE, SCRATCH_LEN, SigValue, SrcClass, LEN_U16BE, MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN_ATLEAST},
     verdict::Verdict,
 };
 
@@ -420,6 +420,43 @@ fn signature_shapes_and_key_masking() {
     let mut bytes = [0u8; 16];
     bytes[..3].copy_from_slice(&[0x11, 0x20, 0x03]);
     assert_eq!((mine[2].0.dir, mine[2].0.bytes), (DIR_SERVER, bytes));
+}
+
+/// Every signature of the built-in catalogue, written into a payload of each length it
+/// accepts (up to 600 bytes), leaves its shape among the kernel's prefilter candidates, and a
+/// ClientHello leaves none of the catalogue's shapes.
+#[test]
+fn the_prefilter_keeps_every_catalogue_signature() {
+    let (_, c) = ok("version: 1\n");
+    let mut checked = 0;
+    for (k, v) in &c.sigs {
+        let shape = &c.sig_classes[k.class as usize];
+        let mut buf = [0u8; SCRATCH_LEN];
+        for j in 0..16 {
+            buf[shape.offset as usize + j] = k.bytes[j] & shape.mask[j];
+        }
+        let lo = usize::from(v.min_len).max(usize::from(shape.offset + shape.len));
+        let hi = if v.max_len == 0 { 600 } else { usize::from(v.max_len) };
+        for len in lo..=hi {
+            let cand = c.sig_pre.candidates(&buf, len);
+            assert_ne!(cand & (1 << k.class), 0, "shape {} of app {} ruled out at length {len}", k.class, v.app);
+            checked += 1;
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+    // A ClientHello (every name length from 1 to 40) rules out every shape of the catalogue
+    // that looks at bytes; a size-only one only where its length, modulo 256, is the hello's.
+    let size_only: u32 = c.sig_classes.iter().enumerate().filter(|(_, s)| s.probe == PROBE_NONE).map(|(i, _)| 1 << i).sum();
+    let mut none = 0;
+    for n in 1..=40 {
+        let hello = imfw_tests::protocols::ClientHello::new(&"a".repeat(n)).build();
+        let mut buf = [0u8; SCRATCH_LEN];
+        buf[..hello.len()].copy_from_slice(&hello);
+        let cand = c.sig_pre.candidates(&buf, hello.len());
+        assert_eq!(cand & !size_only, 0, "a ClientHello of {} bytes", hello.len());
+        none += usize::from(cand == 0);
+    }
+    assert!(none >= 39, "{none} of 40 ClientHellos with no candidate");
 }
 
 #[test]
