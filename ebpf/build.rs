@@ -1,8 +1,10 @@
 //! Rebuild the program when bpf-linker changes (a new LLVM can change the object), and let
 //! the BPF backend read and write unaligned words.
-/// The global functions: the name lookups and the ECH check of src/matching.rs and the
-/// messages of src/klog.rs.
-const GLOBAL_FUNCTIONS: [&str; 8] = [
+/// The global functions: the ClientHello walks and the name matcher of src/matching.rs and
+/// the messages of src/klog.rs.
+const GLOBAL_FUNCTIONS: [&str; 10] = [
+    "imfw_tls_sni",
+    "imfw_name_app",
     "imfw_name_lookups",
     "imfw_tls_has_ech",
     "imfw_klog_flow_insert_failed",
@@ -27,7 +29,7 @@ fn main() {
         // built in map memory. bpf-linker (LLVM 22) does the code generation, so the
         // feature goes to it; rustc passes no other `--cpu-features`.
         println!("cargo::rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
-        // The name lookups, the ECH check and the kernel log messages stay global functions, which the
+        // The ClientHello walks, the name matcher and the kernel log messages stay global functions, which the
         // verifier checks once on their own instead of along every path that calls them;
         // unexported, the linker makes them static.
         println!("cargo::rustc-link-arg=--export={}", GLOBAL_FUNCTIONS.join(","));

@@ -14,7 +14,9 @@ use imfw_common::maps::JUMP_INSPECT;
 
 use crate::{
     copy::{Copy, copy},
-    finish, klog, pass_undecided,
+    finish, inspect, klog,
+    matching::{self, Hello},
+    pass_undecided,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
@@ -54,6 +56,21 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
     if e.state == STATE_INSPECTING && pkt.payload_len > 0 {
         resolve_class(cfg, &pkt.key, e);
         if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
+            // A whole ClientHello is matched here: most first payloads are one, and this path
+            // spares them the stages' tail calls, job and second flow lookup.
+            let mut loaded = 0;
+            if dir == DIR_CLIENT && e.flags & FLAG_CONTROLLER == 0 {
+                match matching::client_hello(ctx, cfg, pkt) {
+                    Hello::Decided(outcome) => {
+                        if let Some((app, method)) = inspect::settle(cfg, &pkt.key, e, outcome) {
+                            decide(ctx, cfg, &pkt.key, e, app, method);
+                        }
+                        return finish(cfg, e, len);
+                    }
+                    Hello::Loaded => loaded = 1,
+                    Hello::No => {}
+                }
+            }
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
                 let job = Job {
                     key: pkt.key,
@@ -66,7 +83,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     tcp_flags: pkt.tcp_flags,
                     controller: (e.flags & FLAG_CONTROLLER != 0) as u8,
                     generation: gen_of(cfg) as u8,
-                    _pad: [0; 1],
+                    loaded,
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {

@@ -1,6 +1,8 @@
 //! The payload inspector: a second XDP program, tail-called by the main one for the first
 //! payload packets of a flow. It runs the matchers, decides the flow, then counts and enforces
-//! the packet, exactly as the main program would have.
+//! the packet, exactly as the main program would have. A whole TLS ClientHello that no
+//! signature shape can match is matched in the main program instead
+//! (`matching::client_hello`), with the same functions and the same conclusion ([`settle`]).
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use imfw_common::{
@@ -12,7 +14,7 @@ use imfw_common::{
     config::Config,
     maps::JUMP_NAMES,
     event::{EVENT_PAYLOAD, EVENT_STREAM},
-    flow::{DIR_CLIENT, FLAG_CONTROLLER, FLAG_NO_COPY, FlowEntry},
+    flow::{DIR_CLIENT, FLAG_CONTROLLER, FLAG_NO_COPY, FlowEntry, FlowKey},
 };
 
 use crate::{
@@ -101,6 +103,40 @@ pub fn imfw_names(ctx: XdpContext) -> u32 {
     stage(&ctx, false, |_, cfg, job, scratch| matching::names(cfg, job, scratch))
 }
 
+/// What a payload's outcome decides the flow as, if anything (counted), for the outcomes that
+/// need no copy for the controller: the stages' and the main program's ClientHello path's.
+#[inline(always)]
+pub(crate) fn settle(cfg: &Config, key: &FlowKey, e: &mut FlowEntry, outcome: Outcome) -> Option<(u16, Method)> {
+    match outcome {
+        Outcome::Found(app, method) => {
+            count_stat(Stat::Classified);
+            Some((app, method))
+        }
+        // A server name no app claims: the address no longer speaks for the flow.
+        Outcome::Named => {
+            e.addr_app = APP_NONE;
+            None
+        }
+        // The real name is encrypted: the address still speaks for the flow; without one, the
+        // policy's choice for hidden names (app `ech`) applies.
+        Outcome::Hidden => {
+            count_stat(Stat::Classified);
+            let addr_app = resolve_addr(cfg, key, e);
+            Some(if addr_app != APP_NONE { (addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
+        }
+        // A payload without a name: the server's address decides now, if it is known.
+        Outcome::Nothing => {
+            if resolve_addr(cfg, key, e) != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) {
+                Some(given_up(cfg, key, e))
+            } else {
+                None
+            }
+        }
+        // Handled by the stage, which copies the payload.
+        Outcome::Controller | Outcome::Copy => None,
+    }
+}
+
 /// Runs one inspection stage for the job the main program left in the scratch buffer, decides
 /// the flow from its outcome, then counts and enforces the packet as the main program would.
 #[inline(always)]
@@ -128,10 +164,6 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
     // One call of `decide` for every outcome: inlined once, the verifier walks it once per
     // state out of the matchers rather than once per outcome.
     let decision = match outcome {
-        Outcome::Found(app, method) => {
-            count_stat(Stat::Classified);
-            Some((app, method))
-        }
         Outcome::Controller => {
             e.flags |= FLAG_CONTROLLER;
             hand_over(ctx, cfg, &job, e.client_is_a);
@@ -141,26 +173,7 @@ fn stage(ctx: &XdpContext, stream: bool, run: impl FnOnce(&XdpContext, &Config, 
             hand_over(ctx, cfg, &job, e.client_is_a);
             if e.budget_client == 0 && e.budget_server == 0 { Some(given_up(cfg, &job.key, e)) } else { None }
         }
-        // A server name no app claims: the address no longer speaks for the flow.
-        Outcome::Named => {
-            e.addr_app = APP_NONE;
-            None
-        }
-        // The real name is encrypted: the address still speaks for the flow; without one, the
-        // policy's choice for hidden names (app `ech`) applies.
-        Outcome::Hidden => {
-            count_stat(Stat::Classified);
-            let addr_app = resolve_addr(cfg, &job.key, e);
-            Some(if addr_app != APP_NONE { (addr_app, Method::Address) } else { (APP_ECH, Method::Ech) })
-        }
-        // A payload without a name: the server's address decides now, if it is known.
-        Outcome::Nothing => {
-            if resolve_addr(cfg, &job.key, e) != APP_NONE || (e.budget_client == 0 && e.budget_server == 0) {
-                Some(given_up(cfg, &job.key, e))
-            } else {
-                None
-            }
-        }
+        other => settle(cfg, &job.key, e, other),
     };
     if let Some((app, method)) = decision {
         decide(ctx, cfg, &job.key, e, app, method);

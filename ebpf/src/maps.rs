@@ -78,7 +78,8 @@ pub struct Job {
     /// The policy generation the main program read for this packet: the stages use it, never
     /// the current one, so that a packet sees one policy across the tail calls.
     pub generation: u8,
-    pub _pad: [u8; 1],
+    /// 1 when the main program left the payload in the scratch buffer (`matching::Hello::Loaded`).
+    pub loaded: u8,
 }
 
 /// Per-CPU working memory of the inspector.
@@ -172,3 +173,4 @@ pub fn policy(generation: u32, class: u16, app: u16) -> PolicyAction {
         None => PolicyAction::default(),
     }
 }
+

@@ -11,7 +11,7 @@ use imfw_common::{
     verdict::Method,
 };
 
-use crate::parse::IPPROTO_UDP;
+use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, Pkt, payload_head};
 use crate::maps::{IMFW_NAMEBITS, IMFW_NAMES, IMFW_SCRATCH, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
@@ -53,10 +53,13 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
     let n = loaded_len(payload_len);
-    // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
-    if rc != 0 {
-        return Sigs::Nothing;
+    // The main program's ClientHello path may have copied it already.
+    if job.loaded == 0 {
+        // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
+        let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
+        if rc != 0 {
+            return Sigs::Nothing;
+        }
     }
     // The last byte, for trailer checks: read at an index laundered through map memory, since
     // the compiler drops the mask of one it can prove in range and the verifier cannot.
@@ -144,8 +147,8 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     }
     // SAFETY: the per-CPU scratch buffer, filled by the signature program before its tail call.
     let buf = unsafe { &mut (*scratch).buf };
-    // SAFETY: as above; the slots and spill follow the buffer in the same per-CPU value.
-    let (slots, spill) = unsafe { (&mut (*scratch).hashes, &mut (*scratch).spill) };
+    // SAFETY: as above; the spill slots follow the buffer in the same per-CPU value.
+    let spill = unsafe { &mut (*scratch).spill };
     // Each path out of the signature loop has narrowed `n` differently; laundered, they enter
     // the parsers' loops below as one verifier state.
     let n = ((launder(&mut spill[0], loaded_len(payload_len) as u64) as usize).wrapping_sub(1) & SCRATCH_MASK) + 1;
@@ -175,7 +178,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
         return Ok(Named::Nothing);
     } else if buf[0] == 0x16 {
         // One call site for the name matcher, whichever protocol carried the name.
-        let Some((off, len)) = tls_sni(buf, n) else {
+        let Some((off, len)) = sni_of(imfw_tls_sni(job.payload_len)) else {
             // The record goes on past this segment: the name may be in what follows.
             return if client_hello_continues(buf, n) { Err(Handover) } else { Ok(Named::Nothing) };
         };
@@ -192,20 +195,120 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // they merge into one verifier state instead of each exploring the name loops again.
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
-    let (h, count) = suffix_hashes_from(name_seed(gen_of(cfg)), buf, off, len, slots);
-    let count = launder(&mut spill[2], count as u64) as usize;
-    let app = imfw_name_lookups(gen_of(cfg), count as u32, h) as u16;
-    if app != 0 {
-        return Ok(Named::App(app, method));
+    let app = imfw_name_app(gen_of(cfg), off as u32, len as u32);
+    if app & NAME_UNKNOWN == 0 && app != 0 {
+        return Ok(Named::App(app as u16, method));
     }
     // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
-    let last = buf[(off + len).wrapping_sub(1) & SCRATCH_MASK];
-    let literal = last.is_ascii_digit() || last == b']';
-    if literal || len == 0 || method as u8 == Method::Stun as u8 {
+    if app == 0 || method as u8 == Method::Stun as u8 {
         return Ok(Named::Nothing);
     }
     // Only TLS names no app claims pay for the second walk over the extensions (`hidden`).
     Ok(if method as u8 == Method::TlsSni as u8 { Named::UnknownTls } else { Named::Unknown })
+}
+
+/// [`imfw_name_app`]'s result for a server name that no app claims (not an address literal).
+const NAME_UNKNOWN: u32 = 0x1_0000;
+
+/// The app of the server name `buf[off..off + len]` in the scratch buffer, in policy generation
+/// `generation`: the longest of its domains the policy has. [`NAME_UNKNOWN`] for a name no app
+/// claims, 0 for an address literal (`192.0.2.1`, `[2001:db8::1]`) or an empty name.
+///
+/// A global function (exported by the linker, see build.rs): the verifier walks the hash loop
+/// once, on its own, for the names stage and for the main program's ClientHello path.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imfw_name_app(generation: u32, off: u32, len: u32) -> u32 {
+    let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: the per-CPU scratch buffer, ours for this program run.
+    let (buf, slots) = unsafe { (&(*scratch).buf, &mut (*scratch).hashes) };
+    let (off, len) = (off as usize & SCRATCH_MASK, len as usize & 0xff);
+    let (h, count) = suffix_hashes_from(name_seed(generation), buf, off, len, slots);
+    let app = imfw_name_lookups(generation, count as u32, h);
+    if app != 0 {
+        return app;
+    }
+    let last = buf[(off + len).wrapping_sub(1) & SCRATCH_MASK];
+    if len == 0 || last.is_ascii_digit() || last == b']' { 0 } else { NAME_UNKNOWN }
+}
+
+/// The server name of the ClientHello held in the scratch buffer (`payload_len` bytes long), as
+/// `offset << 16 | length`; 0 when the bytes present carry none.
+///
+/// A global function (exported by the linker, see build.rs), called by the names stage and by
+/// the main program's ClientHello path: the verifier walks the extension loop once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn imfw_tls_sni(payload_len: u32) -> u32 {
+    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
+    // SAFETY: the per-CPU scratch buffer, filled in this program run.
+    let buf = unsafe { &(*scratch).buf };
+    match tls_sni(buf, loaded_len(payload_len as usize & 0xffff)) {
+        // A name is at least one byte long, and lies in the buffer.
+        Some((off, len)) => ((off as u32 & SCRATCH_MASK as u32) << 16) | (len as u32 & 0xffff),
+        None => 0,
+    }
+}
+
+/// [`imfw_tls_sni`]'s result as offset and length.
+#[inline(always)]
+fn sni_of(r: u32) -> Option<(usize, usize)> {
+    if r == 0 { None } else { Some(((r >> 16) as usize, (r & 0xffff) as usize)) }
+}
+
+/// What the main program's ClientHello path made of a first client payload.
+pub enum Hello {
+    /// Not a ClientHello: nothing was read past the payload's first bytes.
+    No,
+    /// A ClientHello the stages decide (see [`client_hello`]); its bytes are in the scratch
+    /// buffer already, so the signature stage does not copy them again.
+    Loaded,
+    Decided(Outcome),
+}
+
+/// A first client payload that is a TLS ClientHello, matched in the main program: its server
+/// name decides the flow there, without the two inspection stages, their tail calls and their
+/// second flow lookup. Only where the stages would conclude the same: a payload that a
+/// signature shape may match (the stages run the signatures first), one without a server name
+/// in the bytes present (the controller may reassemble it) and one whose name is an address
+/// literal (the server's address decides) go on to the stages.
+#[inline(always)]
+pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Hello {
+    if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < 47 {
+        return Hello::No;
+    }
+    // Record type handshake, version 3.x, handshake type client_hello: read in the packet, so
+    // that other payloads cost no copy here.
+    let Some(head) = payload_head(ctx, pkt.payload_off) else { return Hello::No };
+    if head[0] != 0x16 || head[1] != 3 || head[5] != 1 {
+        return Hello::No;
+    }
+    let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return Hello::No };
+    // SAFETY: the per-CPU scratch buffer is ours for this program run.
+    let buf = unsafe { &mut (*scratch).buf };
+    let payload_len = pkt.payload_len & 0xffff;
+    let n = loaded_len(payload_len);
+    // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, pkt.payload_off as u32, buf.as_mut_ptr().cast(), n as u32) };
+    if rc != 0 {
+        return Hello::No;
+    }
+    let generation = gen_of(cfg);
+    match IMFW_SIGPRE.get(generation) {
+        Some(pre) if pre.candidates(buf, payload_len) == 0 => {}
+        _ => return Hello::Loaded,
+    }
+    let Some((off, len)) = sni_of(imfw_tls_sni(payload_len as u32)) else { return Hello::Loaded };
+    let app = imfw_name_app(generation, off as u32, len as u32);
+    Hello::Decided(if app == 0 {
+        return Hello::Loaded;
+    } else if app & NAME_UNKNOWN == 0 {
+        Outcome::Found(app as u16, Method::TlsSni)
+    } else if imfw_tls_has_ech(payload_len as u32) != 0 {
+        Outcome::Hidden
+    } else {
+        Outcome::Named
+    })
 }
 
 /// The app of the longest domain of policy generation `generation` among a server name's

@@ -66,6 +66,17 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
+/// The first eight bytes of the payload at `payload_off`, when the frame holds them.
+#[inline(always)]
+pub fn payload_head(ctx: &XdpContext, payload_off: usize) -> Option<[u8; 8]> {
+    // Bound the offset for the verifier, as `l4` does; payloads start far below this.
+    if payload_off > 2048 {
+        return None;
+    }
+    // SAFETY: 8 bytes checked by ptr_at.
+    ptr_at::<[u8; 8]>(ctx, payload_off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
     match try_parse(ctx) {

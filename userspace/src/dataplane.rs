@@ -868,6 +868,13 @@ impl Dataplane {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Takes inspection stage `slot` (`JUMP_INSPECT`, `JUMP_NAMES`) out of the jump table, so
+    /// that a test sees what the main program decides alone: a packet it sends on to that stage
+    /// passes uninspected, counted as `inspector_missing`.
+    pub fn remove_stage(&mut self, slot: u32) -> Result<()> {
+        ProgramArray::try_from(self.map_mut(m::JUMP)?)?.clear_index(&slot).map_err(map_err(m::JUMP))
+    }
+
     /// Runs one frame through the program with `BPF_PROG_TEST_RUN` and returns the XDP action.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32> {
         let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };

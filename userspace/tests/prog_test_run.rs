@@ -10,7 +10,9 @@ use imfw::{
     policy::{self, Compiled},
 };
 use imfw_common::{
-    flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry},
+    flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry, STATE_INSPECTING},
+    maps::JUMP_INSPECT,
+    matcher::SCRATCH_LEN,
     verdict::{DropReason, Method, Stat, Verdict},
 };
 use imfw_tests::{
@@ -1068,6 +1070,53 @@ fn encrypted_client_hello_is_an_explicit_policy_choice() {
     let c = Conn::v4(41006, 443);
     assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_PASS, "`all` does not cover hidden names");
     assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
+}
+
+/// A whole ClientHello is decided by the main program, without the inspection stages; what it
+/// cannot decide the same way goes on to them: a payload a signature shape may match, a name
+/// that is an address literal, a ClientHello whose name is not in its first segment, and any
+/// other protocol.
+#[test]
+fn the_main_program_decides_a_whole_client_hello_alone() {
+    let mut r = rig("version: 1\ndefaults: {action: allow}\napps: {whatsapp: drop}\n");
+    r.dp.remove_stage(JUMP_INSPECT).expect("clear the stage's slot");
+    let missing = |r: &Rig| r.stat(Stat::InspectorMissing);
+    let c = Conn::v4(42001, 443);
+    assert_eq!(open(&r, &c, &[ClientHello::new("web.whatsapp.com").build()]), XDP_DROP);
+    assert_decided(&r, &c, "whatsapp", Method::TlsSni, Verdict::Drop);
+    let c = Conn::v4(42002, 443);
+    assert_eq!(open(&r, &c, &[ClientHello { ech: true, ..ClientHello::new("public.example") }.build()]), XDP_PASS);
+    assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
+    // A name no app claims leaves the flow undecided, its address no longer speaking for it.
+    let c = Conn::v4(42003, 443);
+    assert_eq!(open(&r, &c, &[ClientHello::new("docs.example.net").build()]), XDP_PASS);
+    let e = r.entry(&c.syn()).expect("flow");
+    assert_eq!((e.app, e.state, e.addr_app), (0, STATE_INSPECTING, 0));
+    assert_eq!(missing(&r), 0, "no ClientHello so far needed a stage");
+    // Names of 13 to 212 bytes: the catalogue's size-only signature (48 bytes) makes the
+    // ClientHello whose length is 48 modulo 256 one the signature stage must see.
+    let mut shaped = 0;
+    for n in 1..=200usize {
+        let hello = ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build();
+        let mut buf = [0u8; SCRATCH_LEN];
+        buf[..hello.len()].copy_from_slice(&hello);
+        shaped += u64::from(r.c.sig_pre.candidates(&buf, hello.len()) != 0);
+        let c = Conn::v4(43000 + n as u16, 443);
+        assert_eq!(open(&r, &c, &[hello]), XDP_PASS);
+    }
+    assert_eq!(shaped, 1, "one length a signature shape may match");
+    assert_eq!(missing(&r), shaped, "only that ClientHello went on to the stages");
+    let before = missing(&r);
+    for (port, payload) in [
+        (42010, ClientHello::new("192.0.2.80").build()),
+        (42011, protocols::http_get("web.telegram.org", "/")),
+        (42012, ClientHello { post_quantum: true, order: ExtOrder::SniLast, ..ClientHello::new("web.whatsapp.com") }.build()[..1448].to_vec()),
+    ] {
+        let c = Conn::v4(port, 443);
+        assert_eq!(open(&r, &c, &[payload]), XDP_PASS, "uninspected, the packet passes");
+        assert_eq!(r.entry(&c.syn()).expect("flow").app, 0);
+    }
+    assert_eq!(missing(&r) - before, 3, "each went on to the missing stage");
 }
 
 #[test]
