@@ -69,9 +69,10 @@ pub const PRE_BYTES: usize = 8;
 
 /// Which signature shapes a payload leaves possible, before any shape's own check: bit `c` of
 /// `admit[k][b]` is set when shape `c` can match a payload whose byte at `pos[k]` is `b` (a
-/// shape that does not look at that byte admits every value), and bit `c` of
-/// `admit_len[l % 256]` when a signature of shape `c` accepts a payload of length `l`. The
-/// kernel ANDs the nine words a payload selects and runs only the shapes left: a TLS record
+/// shape that does not look at that byte admits every value), bit `c` of `admit_len[l % 256]`
+/// when a signature of shape `c` accepts a payload of length `l`, and bit `c` of
+/// `admit_port[p % 256]` when one accepts server port `p`. The kernel ANDs the ten words a
+/// payload selects and runs only the shapes left: a TLS record
 /// rules out every text protocol's shape, and a ClientHello every binary shape whose bytes lie
 /// in its header or random, in about fifty instructions, where each shape's own check costs
 /// tens and a hash lookup.
@@ -89,13 +90,34 @@ pub struct SigPrefilter {
     pub pos: [u16; PRE_BYTES],
     pub admit: [[u32; 256]; PRE_BYTES],
     pub admit_len: [u32; 256],
+    pub admit_port: [u32; 256],
 }
 
-const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 * 256 * (PRE_BYTES + 1));
+const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 * 256 * (PRE_BYTES + 2));
 
 impl Default for SigPrefilter {
     fn default() -> Self {
-        SigPrefilter { pos: [0; PRE_BYTES], admit: [[u32::MAX; 256]; PRE_BYTES], admit_len: [u32::MAX; 256] }
+        SigPrefilter {
+            pos: [0; PRE_BYTES],
+            admit: [[u32::MAX; 256]; PRE_BYTES],
+            admit_len: [u32::MAX; 256],
+            admit_port: [u32::MAX; 256],
+        }
+    }
+}
+
+/// Sets bit `bit` in the words of `row` for every value in `lo..=hi` modulo 256, or in all of
+/// them when the range is unbounded (`hi` 0) or spans 256 values.
+fn admit_range(row: &mut [u32; 256], lo: u16, hi: u16, bit: u32) {
+    let (lo, hi) = (usize::from(lo), usize::from(hi));
+    if hi == 0 || hi < lo || hi - lo >= 255 {
+        for w in row.iter_mut() {
+            *w |= bit;
+        }
+    } else {
+        for v in lo..=hi {
+            row[v & 0xff] |= bit;
+        }
     }
 }
 
@@ -149,9 +171,10 @@ impl SigPrefilter {
             let looked = lookers[p];
             pre.admit[k] = [all & !looked; 256];
         }
-        // Unused positions keep their all-ones rows; the length rows start from the shapes
-        // whose signatures are not all bounded in length.
+        // Unused positions keep their all-ones rows; the length and port rows start empty and
+        // admit what each signature accepts.
         pre.admit_len = [0; 256];
+        pre.admit_port = [0; 256];
         for (key, v) in sigs {
             let ci = key.class as usize;
             let Some(c) = classes.get(ci) else { continue };
@@ -165,24 +188,16 @@ impl SigPrefilter {
                     }
                 }
             }
-            let (lo, hi) = (usize::from(v.min_len), usize::from(v.max_len));
-            if v.max_len == 0 || hi < lo || hi - lo >= 255 {
-                for w in &mut pre.admit_len {
-                    *w |= 1u32 << ci;
-                }
-            } else {
-                for l in lo..=hi {
-                    pre.admit_len[l & 0xff] |= 1u32 << ci;
-                }
-            }
+            admit_range(&mut pre.admit_len, v.min_len, v.max_len, 1u32 << ci);
+            admit_range(&mut pre.admit_port, v.port_lo, v.port_hi, 1u32 << ci);
         }
         pre
     }
 
-    /// The shapes a payload of `len` bytes, held in `buf`, can match.
+    /// The shapes a payload of `len` bytes, held in `buf`, to server port `port`, can match.
     #[inline(always)]
-    pub fn candidates(&self, buf: &[u8; SCRATCH_LEN], len: usize) -> u32 {
-        let mut c = self.admit_len[len & 0xff];
+    pub fn candidates(&self, buf: &[u8; SCRATCH_LEN], len: usize, port: u16) -> u32 {
+        let mut c = self.admit_len[len & 0xff] & self.admit_port[usize::from(port & 0xff)];
         let mut k = 0;
         while k < PRE_BYTES {
             c &= self.admit[k][buf[self.pos[k] as usize & SCRATCH_MASK] as usize];
@@ -994,7 +1009,7 @@ mod tests {
             (key(1, &[0x10]), val(0, 0)),
             (key(2, &[0x03, 0x01]), val(4, 0)),
             (key(3, &[0xaa, 0xbb]), val(6, 0)),
-            (key(4, &[]), val(12, 12)),
+            (key(4, &[]), SigValue { port_lo: 5222, port_hi: 5222, ..val(12, 12) }),
             (key(5, &[0, 0x7f]), val(11, 20)),
         ];
         let pre = SigPrefilter::build(&classes, sigs.iter().map(|(k, v)| (k, v)));
@@ -1006,7 +1021,7 @@ mod tests {
             shapes[k.class as usize].admit(&k.bytes);
         }
         // Every payload of a small alphabet over the bytes the shapes look at, at every
-        // length around the size-only one.
+        // length around the size-only one, to its port and others.
         let alphabet = [0x00u8, 0x01, 0x03, 0x10, 0x16, b'<', b'?', b'x', b'N', 0x7f, 0xaa, 0xbb];
         let mut checked = 0;
         let mut ruled_out = 0;
@@ -1015,19 +1030,25 @@ mod tests {
                 for &d in &alphabet {
                     for &e in &[0xaau8, 0x7f, 0] {
                         for len in [11usize, 12, 13, 268] {
-                            let mut payload = [0u8; 16];
-                            payload[..11].copy_from_slice(&[a, b'?', c, d, e, 0xbb, 0, 0, 0, 0, d]);
-                            let cand = pre.candidates(&buf(&payload), len);
-                            let bb = buf(&payload);
-                            for (ci, shape) in shapes.iter().enumerate() {
-                                let hit = sig_key(&bb, len.min(16), shape, ci as u16, 0)
-                                    .and_then(|k| sigs.iter().find(|(s, _)| *s == k))
-                                    .is_some_and(|(_, v)| len >= v.min_len as usize && (v.max_len == 0 || len <= v.max_len as usize));
-                                if hit {
-                                    assert_ne!(cand & (1 << ci), 0, "shape {ci} ruled out for {payload:02x?}, length {len}");
-                                    checked += 1;
-                                } else if cand & (1 << ci) == 0 {
-                                    ruled_out += 1;
+                            for port in [5222u16, 443, 358] {
+                                let mut payload = [0u8; 16];
+                                payload[..11].copy_from_slice(&[a, b'?', c, d, e, 0xbb, 0, 0, 0, 0, d]);
+                                let cand = pre.candidates(&buf(&payload), len, port);
+                                let bb = buf(&payload);
+                                for (ci, shape) in shapes.iter().enumerate() {
+                                    let hit = sig_key(&bb, len.min(16), shape, ci as u16, 0)
+                                        .and_then(|k| sigs.iter().find(|(s, _)| *s == k))
+                                        .is_some_and(|(_, v)| {
+                                            len >= v.min_len as usize
+                                                && (v.max_len == 0 || len <= v.max_len as usize)
+                                                && (v.port_hi == 0 || (v.port_lo..=v.port_hi).contains(&port))
+                                        });
+                                    if hit {
+                                        assert_ne!(cand & (1 << ci), 0, "shape {ci} ruled out for {payload:02x?}, length {len}, port {port}");
+                                        checked += 1;
+                                    } else if cand & (1 << ci) == 0 {
+                                        ruled_out += 1;
+                                    }
                                 }
                             }
                         }
@@ -1039,14 +1060,15 @@ mod tests {
         // A TLS ClientHello's bytes leave only the nibble shape (0x16 & 0xf0 is 0x10).
         let mut hello = [0u8; 64];
         hello[..6].copy_from_slice(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
-        assert_eq!(pre.candidates(&buf(&hello), 517), 0b10);
-        assert_eq!(pre.candidates(&buf(b"<?xml ver"), 40) & 1, 1);
-        // The size-only shape: its length, modulo 256 (its own check sees the rest).
-        assert_eq!(pre.candidates(&buf(&hello), 12) & 0b1_0000, 0b1_0000);
-        assert_eq!(pre.candidates(&buf(&hello), 268) & 0b1_0000, 0b1_0000);
-        assert_eq!(pre.candidates(&buf(&hello), 13) & 0b1_0000, 0);
+        assert_eq!(pre.candidates(&buf(&hello), 517, 443), 0b10);
+        assert_eq!(pre.candidates(&buf(b"<?xml ver"), 40, 5222) & 1, 1);
+        // The size-only shape: its length and port, modulo 256 (its own check sees the rest).
+        assert_eq!(pre.candidates(&buf(&hello), 12, 5222) & 0b1_0000, 0b1_0000);
+        assert_eq!(pre.candidates(&buf(&hello), 268, 358) & 0b1_0000, 0b1_0000);
+        assert_eq!(pre.candidates(&buf(&hello), 13, 5222) & 0b1_0000, 0);
+        assert_eq!(pre.candidates(&buf(&hello), 12, 443) & 0b1_0000, 0);
         // Without signatures, no shape is left; the default admits all.
-        assert_eq!(SigPrefilter::build(&classes, core::iter::empty()).candidates(&buf(&hello), 12), 0);
-        assert_eq!(SigPrefilter::default().candidates(&buf(&hello), 12), u32::MAX);
+        assert_eq!(SigPrefilter::build(&classes, core::iter::empty()).candidates(&buf(&hello), 12, 5222), 0);
+        assert_eq!(SigPrefilter::default().candidates(&buf(&hello), 12, 443), u32::MAX);
     }
 }

@@ -60,7 +60,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             // spares them the stages' tail calls, job and second flow lookup.
             let mut loaded = 0;
             if dir == DIR_CLIENT && e.flags & FLAG_CONTROLLER == 0 {
-                match matching::client_hello(ctx, cfg, pkt) {
+                match matching::client_hello(ctx, cfg, pkt, pkt.key.server(e.client_is_a != 0).1) {
                     Hello::Decided(outcome) => {
                         if let Some((app, method)) = inspect::settle(cfg, &pkt.key, e, outcome) {
                             decide(ctx, cfg, &pkt.key, e, app, method);

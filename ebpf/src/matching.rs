@@ -72,7 +72,7 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     // The shapes the payload's length and a few of its bytes leave possible (userspace writes
     // the prefilter with the shapes, before the policy is marked ready).
     let mut cand = match IMFW_SIGPRE.get(generation) {
-        Some(pre) => pre.candidates(buf, payload_len),
+        Some(pre) => pre.candidates(buf, payload_len, job.server_port),
         None => u32::MAX,
     };
     let mut c = 0u32;
@@ -273,7 +273,7 @@ pub enum Hello {
 /// in the bytes present (the controller may reassemble it) and one whose name is an address
 /// literal (the server's address decides) go on to the stages.
 #[inline(always)]
-pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Hello {
+pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16) -> Hello {
     if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < 47 {
         return Hello::No;
     }
@@ -295,7 +295,7 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt) -> Hello {
     }
     let generation = gen_of(cfg);
     match IMFW_SIGPRE.get(generation) {
-        Some(pre) if pre.candidates(buf, payload_len) == 0 => {}
+        Some(pre) if pre.candidates(buf, payload_len, server_port) == 0 => {}
         _ => return Hello::Loaded,
     }
     let Some((off, len)) = sni_of(imfw_tls_sni(payload_len as u32)) else { return Hello::Loaded };

@@ -1093,15 +1093,16 @@ fn the_main_program_decides_a_whole_client_hello_alone() {
     let e = r.entry(&c.syn()).expect("flow");
     assert_eq!((e.app, e.state, e.addr_app), (0, STATE_INSPECTING, 0));
     assert_eq!(missing(&r), 0, "no ClientHello so far needed a stage");
-    // Names of 13 to 212 bytes: the catalogue's size-only signature (48 bytes) makes the
-    // ClientHello whose length is 48 modulo 256 one the signature stage must see.
+    // Names of 13 to 212 bytes, to XMPP's port: the catalogue's size-only XMPP signature (48
+    // bytes, port 5222) makes the ClientHello whose length is 48 modulo 256 one the signature
+    // stage must see.
     let mut shaped = 0;
     for n in 1..=200usize {
         let hello = ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build();
         let mut buf = [0u8; SCRATCH_LEN];
         buf[..hello.len()].copy_from_slice(&hello);
-        shaped += u64::from(r.c.sig_pre.candidates(&buf, hello.len()) != 0);
-        let c = Conn::v4(43000 + n as u16, 443);
+        shaped += u64::from(r.c.sig_pre.candidates(&buf, hello.len(), 5222) != 0);
+        let c = Conn::v4(43000 + n as u16, 5222);
         assert_eq!(open(&r, &c, &[hello]), XDP_PASS);
     }
     assert_eq!(shaped, 1, "one length a signature shape may match");

@@ -437,26 +437,31 @@ fn the_prefilter_keeps_every_catalogue_signature() {
         }
         let lo = usize::from(v.min_len).max(usize::from(shape.offset + shape.len));
         let hi = if v.max_len == 0 { 600 } else { usize::from(v.max_len) };
+        let ports = if v.port_hi == 0 { vec![80, 443, 5222] } else { vec![v.port_lo, v.port_hi] };
         for len in lo..=hi {
-            let cand = c.sig_pre.candidates(&buf, len);
-            assert_ne!(cand & (1 << k.class), 0, "shape {} of app {} ruled out at length {len}", k.class, v.app);
-            checked += 1;
+            for &port in &ports {
+                let cand = c.sig_pre.candidates(&buf, len, port);
+                assert_ne!(cand & (1 << k.class), 0, "shape {} of app {} ruled out at length {len}, port {port}", k.class, v.app);
+                checked += 1;
+            }
         }
     }
     assert!(checked > 10_000, "{checked}");
-    // A ClientHello (every name length from 1 to 40) rules out every shape of the catalogue
-    // that looks at bytes; a size-only one only where its length, modulo 256, is the hello's.
+    // A ClientHello (every name length from 1 to 300) to port 443 rules out every shape of the
+    // catalogue; to XMPP's port, the size-only one is left where its length is the hello's
+    // modulo 256.
     let size_only: u32 = c.sig_classes.iter().enumerate().filter(|(_, s)| s.probe == PROBE_NONE).map(|(i, _)| 1 << i).sum();
-    let mut none = 0;
-    for n in 1..=40 {
+    let mut left = 0;
+    for n in 1..=300 {
         let hello = imfw_tests::protocols::ClientHello::new(&"a".repeat(n)).build();
         let mut buf = [0u8; SCRATCH_LEN];
         buf[..hello.len()].copy_from_slice(&hello);
-        let cand = c.sig_pre.candidates(&buf, hello.len());
-        assert_eq!(cand & !size_only, 0, "a ClientHello of {} bytes", hello.len());
-        none += usize::from(cand == 0);
+        assert_eq!(c.sig_pre.candidates(&buf, hello.len(), 443), 0, "a ClientHello of {} bytes", hello.len());
+        let xmpp = c.sig_pre.candidates(&buf, hello.len(), 5222);
+        assert_eq!(xmpp & !size_only, 0, "a ClientHello of {} bytes to port 5222", hello.len());
+        left += usize::from(xmpp != 0);
     }
-    assert!(none >= 39, "{none} of 40 ClientHellos with no candidate");
+    assert!((1..=2).contains(&left), "{left} of 300 ClientHellos to port 5222 leave the size-only shape");
 }
 
 #[test]
