@@ -157,6 +157,7 @@ fn imfw(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario through the lab: each step needs the state the steps before it left")]
 fn irc_through_the_gateway_is_archived_and_blocked_by_content() {
     if let Err(e) = require_root() {
         panic!("{e:#}");
@@ -413,6 +414,7 @@ fn sighup_reloads_content_rules_and_a_bad_file_changes_nothing() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario through the lab: each step needs the state the steps before it left")]
 fn mqtt_through_the_gateway_is_archived_and_blocked_by_content() {
     if let Err(e) = require_root() {
         panic!("{e:#}");

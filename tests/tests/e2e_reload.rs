@@ -137,6 +137,7 @@ fn server_got(server: &TcpServer, s: &TcpStream, port: u16) -> usize {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario through the lab: each step needs the state the steps before it left")]
 fn a_reload_under_traffic_switches_verdicts_and_loses_no_allowed_byte() {
     if let Err(e) = require_root() {
         panic!("{e:#}");
@@ -264,14 +265,14 @@ fn a_reload_under_traffic_switches_verdicts_and_loses_no_allowed_byte() {
         lab.imfw_log_tail()
     );
     assert!(b.echoed == b.sent, "the echo differs from what was sent");
-    let stats = lab.imfw().stats().expect("stats");
+    let counters = lab.imfw().stats().expect("stats");
     assert!(
-        stats.counter(Some("mqtt"), "drop").packets >= 2,
+        counters.counter(Some("mqtt"), "drop").packets >= 2,
         "MQTT drops not counted: {:?}",
-        stats.0
+        counters.0
     );
     assert_eq!(
-        stats.counter(Some("irc"), "drop").packets,
+        counters.counter(Some("irc"), "drop").packets,
         0,
         "an IRC packet was dropped"
     );

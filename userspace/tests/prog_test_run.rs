@@ -244,10 +244,10 @@ fn address_sets_decide_at_the_first_payload_without_a_name() {
     // Telegram's published networks: an unnamed payload (any protocol) decides the flow.
     let blob = vec![0x5a; 64];
     let tg4 = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(34001, 443) };
-    assert_eq!(open(&r, &tg4, &[blob.clone()]), XDP_DROP);
+    assert_eq!(open(&r, &tg4, std::slice::from_ref(&blob)), XDP_DROP);
     assert_decided(&r, &tg4, "telegram", Method::Address, Verdict::Drop);
     let tg6 = Conn { s: "2001:67c:4e8:f004::a".parse::<Ipv6Addr>().unwrap().into(), ..Conn::v6(34002, 80) };
-    assert_eq!(open(&r, &tg6, &[blob.clone()]), XDP_DROP);
+    assert_eq!(open(&r, &tg6, std::slice::from_ref(&blob)), XDP_DROP);
     assert_decided(&r, &tg6, "telegram", Method::Address, Verdict::Drop);
     // A server name in the payload outranks the address: a name no app claims leaves the flow
     // to the rest of inspection, which finds nothing.
@@ -260,7 +260,7 @@ fn address_sets_decide_at_the_first_payload_without_a_name() {
     assert_decided(&r, &lit, "teams", Method::Address, Verdict::Drop);
     // Next door is not Telegram.
     let other = Conn { s: Ipv4Addr::new(149, 154, 176, 1).into(), ..Conn::v4(34003, 443) };
-    assert_eq!(open(&r, &other, &[blob.clone()]), XDP_PASS);
+    assert_eq!(open(&r, &other, std::slice::from_ref(&blob)), XDP_PASS);
     // The lookups wait for a payload that needs them: a flow without payload has walked no
     // trie, and one a server name decides never looks its address up, yet its verdict is the
     // one for its client's network.
@@ -346,10 +346,10 @@ rules:
     );
     let ch = ClientHello::new("web.whatsapp.com").build();
     let sales = Conn::v4(36001, 443);
-    assert_eq!(open(&r, &sales, &[ch.clone()]), XDP_PASS);
+    assert_eq!(open(&r, &sales, std::slice::from_ref(&ch)), XDP_PASS);
     assert_decided(&r, &sales, "whatsapp", Method::TlsSni, Verdict::Allow);
     let sales6 = Conn::v6(36002, 443);
-    assert_eq!(open(&r, &sales6, &[ch.clone()]), XDP_PASS);
+    assert_eq!(open(&r, &sales6, std::slice::from_ref(&ch)), XDP_PASS);
     let lab = Conn { c: Ipv4Addr::new(192, 0, 2, 200).into(), ..Conn::v4(36003, 443) };
     assert_eq!(open(&r, &lab, &[ClientHello::new("web.telegram.org").build()]), XDP_DROP, "lab may use no IM");
     let elsewhere = Conn { c: Ipv4Addr::new(198, 51, 100, 7).into(), s: SERVER4.into(), ..Conn::v4(36004, 443) };
@@ -410,7 +410,7 @@ fn counters_match_the_packets_sent() {
     let mut rng = Rng::new(7);
     let c = Conn::v4(39001, 443);
     let first = protocols::telegram_start(MtprotoTransport::Intermediate, &mut rng);
-    open(&r, &c, &[first.clone()]);
+    open(&r, &c, std::slice::from_ref(&first));
     let extra = 25u64;
     let mut dropped_bytes = c.client(&first).len() as u64;
     for i in 0..extra {
@@ -726,12 +726,12 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     for (i, conn) in [Conn::v4(49001, 443), Conn::v6(49002, 8443)].into_iter().enumerate() {
         open(&r, &conn, &[]);
         let seg = |seq: u32, data: &[u8]| {
-            let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK | tcp_flags::PSH);
-            t.seq = seq;
-            let s = t.encode(conn.c, conn.s, data);
+            let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK | tcp_flags::PSH);
+            tcp.seq = seq;
+            let segment = tcp.encode(conn.c, conn.s, data);
             match (conn.c, conn.s) {
-                (IpAddr::V4(a), IpAddr::V4(b)) => Ethernet::default().encode(0x0800, &Ipv4::new(a, b, 6).encode(&s)),
-                (IpAddr::V6(a), IpAddr::V6(b)) => Ethernet::default().encode(0x86dd, &Ipv6::new(a, b, 6).encode(&s)),
+                (IpAddr::V4(src), IpAddr::V4(dst)) => Ethernet::default().encode(0x0800, &Ipv4::new(src, dst, 6).encode(&segment)),
+                (IpAddr::V6(src), IpAddr::V6(dst)) => Ethernet::default().encode(0x86dd, &Ipv6::new(src, dst, 6).encode(&segment)),
                 _ => unreachable!(),
             }
         };
@@ -758,13 +758,13 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     web.order = ExtOrder::SniLast;
     let web = web.build();
     open(&r, &conn, &[]);
-    let mut t = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
-    t.seq = 9000;
-    let a = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, &web[..1448])));
-    t.seq = 9000 + 1448;
-    let b = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&t.encode(conn.c, conn.s, &web[1448..])));
-    r.run(&a);
-    r.run(&b);
+    let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
+    tcp.seq = 9000;
+    let first = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &web[..1448])));
+    tcp.seq = 9000 + 1448;
+    let second = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &web[1448..])));
+    r.run(&first);
+    r.run(&second);
     for ev in r.dp.drain_events() {
         if let Event::Payload(p) = ev {
             assert_eq!(ctl.on_payload(&p, &mut r.dp, &r.c).unwrap(), None);
@@ -899,7 +899,7 @@ fn monitored_flows_stream_their_segments_to_the_controller() {
     r.dp.drain_events();
     let c = Conn::v4(42001, 6667);
     let reg = protocols::irc_registration("alice");
-    open(&r, &c, &[reg.clone()]);
+    open(&r, &c, std::slice::from_ref(&reg));
     assert_decided(&r, &c, "irc", Method::Signature, Verdict::Monitor);
     let mut tcp = Tcp::new(c.sport, c.cport, tcp_flags::ACK | tcp_flags::PSH);
     tcp.seq = 777;
@@ -947,7 +947,7 @@ fn held_segments_pass_once_the_controller_has_read_them() {
     r.dp.drain_events();
     let c = Conn::v4(42201, 6667);
     let reg = protocols::irc_registration("alice");
-    assert_eq!(open(&r, &c, &[reg.clone()]), XDP_DROP, "held");
+    assert_eq!(open(&r, &c, std::slice::from_ref(&reg)), XDP_DROP, "held");
     assert_eq!(r.run(&c.client(&reg)), XDP_DROP, "still held: not read yet");
     let copies = r.dp.drain_events().into_iter().filter(|e| matches!(e, Event::Stream(_))).count();
     assert_eq!(copies, 2, "each transmission is copied until read");
@@ -992,10 +992,10 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
     let c = Conn::v4(42101, 6667);
     let frame = |from_client: bool, seq: u32, payload: &[u8]| {
         let (src, dst, sp, dp) = if from_client { (c.c, c.s, c.cport, c.sport) } else { (c.s, c.c, c.sport, c.cport) };
-        let mut t = Tcp::new(sp, dp, tcp_flags::ACK | tcp_flags::PSH);
-        t.seq = seq;
-        let (IpAddr::V4(a), IpAddr::V4(b)) = (src, dst) else { unreachable!() };
-        Ethernet::default().encode(0x0800, &Ipv4::new(a, b, 6).encode(&t.encode(src, dst, payload)))
+        let mut tcp = Tcp::new(sp, dp, tcp_flags::ACK | tcp_flags::PSH);
+        tcp.seq = seq;
+        let (IpAddr::V4(src4), IpAddr::V4(dst4)) = (src, dst) else { unreachable!() };
+        Ethernet::default().encode(0x0800, &Ipv4::new(src4, dst4, 6).encode(&tcp.encode(src, dst, payload)))
     };
     let feed = |r: &mut Rig, cp: &mut ContentPath| {
         for ev in r.dp.drain_events() {

@@ -139,6 +139,24 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Clippy for the lint gate of `cargo xtask test` (in rustup's default profile, but not in
+/// its minimal one).
+pub fn ensure_clippy() -> Result<()> {
+    let present = crate::cargo()
+        .args(["clippy", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        println!("prereq: clippy: installed");
+        return Ok(());
+    }
+    println!("prereq: clippy: missing, installing");
+    run_checked(Command::new("rustup").args(["component", "add", "clippy"]))
+        .context("rustup component add clippy")
+}
+
 fn ensure_rust_src() -> Result<()> {
     let out = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])

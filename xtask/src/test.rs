@@ -24,6 +24,23 @@ pub fn run(opts: &Options) -> Result<()> {
     println!("xtask: building the release binary");
     run_checked(cargo().args(["build", "--release", "-p", "imfw"])).context("release build")?;
 
+    // The workspace's lints (clippy pedantic, see Cargo.toml) on every target, tests and
+    // examples included, as errors: they stay clean because this gate fails on them.
+    prereq::ensure_clippy()?;
+    println!("xtask: clippy on every target, warnings as errors");
+    run_checked(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "imfw-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found warnings")?;
+
     println!("xtask: running the tests (root tests share kernel state: one thread)");
     run_checked(
         cargo()
