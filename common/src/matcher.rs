@@ -72,10 +72,9 @@ pub const PRE_BYTES: usize = 8;
 /// shape that does not look at that byte admits every value), bit `c` of `admit_len[l % 256]`
 /// when a signature of shape `c` accepts a payload of length `l`, and bit `c` of
 /// `admit_port[p % 256]` when one accepts server port `p`. The kernel ANDs the ten words a
-/// payload selects and runs only the shapes left: a TLS record
-/// rules out every text protocol's shape, and a ClientHello every binary shape whose bytes lie
-/// in its header or random, in about fifty instructions, where each shape's own check costs
-/// tens and a hash lookup.
+/// payload selects and runs only the shapes left: a TLS record rules out every text protocol's
+/// shape, and a ClientHello every binary shape whose bytes lie in its header or random, in
+/// about fifty instructions, where each shape's own check costs tens and a hash lookup.
 ///
 /// The positions are those that cover the most shapes (see [`SigPrefilter::build`]), so that
 /// each shape is ruled out by a byte it looks at whenever the policy's shapes allow.
@@ -430,8 +429,8 @@ pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], 
 /// extensions end (the declared end, or the bytes present if fewer).
 #[inline(always)]
 fn hello_extensions(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize)> {
-    // Record: handshake(22), legacy version 3.x; handshake type client_hello(1).
-    if len < 47 || at(buf, 0) != 0x16 || at(buf, 1) != 3 || at(buf, 2) > 4 || at(buf, 5) != 1 {
+    let head = [at(buf, 0), at(buf, 1), at(buf, 2), at(buf, 3), at(buf, 4), at(buf, 5)];
+    if len < CLIENT_HELLO_MIN || !is_client_hello_head(head) {
         return None;
     }
     let sid_len = at(buf, 43) as usize;
@@ -453,6 +452,17 @@ fn hello_extensions(buf: &[u8; SCRATCH_LEN], len: usize) -> Option<(usize, usize
     let ext_end_declared = p + 2 + be16(buf, p);
     let ext_end = if ext_end_declared < len { ext_end_declared } else { len };
     Some((p + 2, ext_end))
+}
+
+/// Bytes of the shortest ClientHello record [`tls_sni`] reads: record and handshake headers,
+/// version, random and the session id's length.
+pub const CLIENT_HELLO_MIN: usize = 47;
+
+/// Whether a payload's first six bytes open a ClientHello record: handshake (22), legacy
+/// version 3.x, handshake type client_hello (1).
+#[inline(always)]
+pub const fn is_client_hello_head(b: [u8; 6]) -> bool {
+    b[0] == 0x16 && b[1] == 3 && b[2] <= 4 && b[5] == 1
 }
 
 /// Finds the server name in a TLS ClientHello (RFC 8446 §4.1.2, RFC 6066 §3) that starts at

@@ -58,9 +58,10 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
         if let Some((dir, client_first)) = spend_budget(ctx, cfg, pkt, e) {
             // A whole ClientHello is matched here: most first payloads are one, and this path
             // spares them the stages' tail calls, job and second flow lookup.
+            let server_port = pkt.key.server(e.client_is_a != 0).1;
             let mut loaded = 0;
             if dir == DIR_CLIENT && e.flags & FLAG_CONTROLLER == 0 {
-                match matching::client_hello(ctx, cfg, pkt, pkt.key.server(e.client_is_a != 0).1) {
+                match matching::client_hello(ctx, cfg, pkt, server_port) {
                     Hello::Decided(outcome) => {
                         if let Some((app, method)) = inspect::settle(cfg, &pkt.key, e, outcome) {
                             decide(ctx, cfg, &pkt.key, e, app, method);
@@ -79,7 +80,7 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     seq: pkt.seq,
                     dir,
                     client_first: client_first as u8,
-                    server_port: pkt.key.server(e.client_is_a != 0).1,
+                    server_port,
                     tcp_flags: pkt.tcp_flags,
                     controller: (e.flags & FLAG_CONTROLLER != 0) as u8,
                     generation: gen_of(cfg) as u8,

@@ -173,4 +173,3 @@ pub fn policy(generation: u32, class: u16, app: u16) -> PolicyAction {
         None => PolicyAction::default(),
     }
 }
-

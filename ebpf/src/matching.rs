@@ -7,7 +7,7 @@ use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
     maps::{name_filter_bit, stun_key},
-    matcher::{LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
+    matcher::{CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
@@ -54,12 +54,8 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     let buf = unsafe { &mut (*scratch).buf };
     let n = loaded_len(payload_len);
     // The main program's ClientHello path may have copied it already.
-    if job.loaded == 0 {
-        // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
-        let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, job.payload_off, buf.as_mut_ptr().cast(), n as u32) };
-        if rc != 0 {
-            return Sigs::Nothing;
-        }
+    if job.loaded == 0 && !load_payload(ctx, job.payload_off, n, buf) {
+        return Sigs::Nothing;
     }
     // The last byte, for trailer checks: read at an index laundered through map memory, since
     // the compiler drops the mask of one it can prove in range and the verifier cannot.
@@ -69,12 +65,7 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     let last = if payload_len <= SCRATCH_LEN { buf[last_at] as u64 } else { LAST_UNKNOWN as u64 };
     // One unknown value for the verifier, not two states through the loop below.
     let last = launder(&mut spill[3], last) as u16;
-    // The shapes the payload's length and a few of its bytes leave possible (userspace writes
-    // the prefilter with the shapes, before the policy is marked ready).
-    let mut cand = match IMFW_SIGPRE.get(generation) {
-        Some(pre) => pre.candidates(buf, payload_len, job.server_port),
-        None => u32::MAX,
-    };
+    let mut cand = sig_candidates(generation, buf, payload_len, job.server_port);
     let mut c = 0u32;
     while c < MAX_SIG_CLASSES {
         // Past the last candidate, nothing is left to look up (most payloads have none).
@@ -102,6 +93,25 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
         c += 1;
     }
     Sigs::Continue
+}
+
+/// Copies `n` bytes of the packet's payload from `payload_off` into the scratch buffer `buf`;
+/// false when the packet does not hold them.
+#[inline(always)]
+fn load_payload(ctx: &XdpContext, payload_off: u32, n: usize, buf: &mut [u8; SCRATCH_LEN]) -> bool {
+    // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
+    unsafe { bpf_xdp_load_bytes(ctx.ctx, payload_off, buf.as_mut_ptr().cast(), n as u32) == 0 }
+}
+
+/// The signature shapes a payload of `len` bytes in `buf`, to server port `port`, may match:
+/// what the prefilter of policy generation `generation` leaves (userspace writes it with the
+/// shapes, before the policy is marked ready).
+#[inline(always)]
+fn sig_candidates(generation: u32, buf: &[u8; SCRATCH_LEN], len: usize, port: u16) -> u32 {
+    match IMFW_SIGPRE.get(generation) {
+        Some(pre) => pre.candidates(buf, len, port),
+        None => u32::MAX,
+    }
 }
 
 /// Bytes of a payload held in the scratch buffer: in [1, SCRATCH_LEN] for the verifier.
@@ -195,19 +205,19 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // they merge into one verifier state instead of each exploring the name loops again.
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
-    let app = imfw_name_app(gen_of(cfg), off as u32, len as u32);
-    if app & NAME_UNKNOWN == 0 && app != 0 {
-        return Ok(Named::App(app as u16, method));
-    }
-    // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
-    if app == 0 || method as u8 == Method::Stun as u8 {
-        return Ok(Named::Nothing);
-    }
-    // Only TLS names no app claims pay for the second walk over the extensions (`hidden`).
-    Ok(if method as u8 == Method::TlsSni as u8 { Named::UnknownTls } else { Named::Unknown })
+    Ok(match imfw_name_app(gen_of(cfg), off as u32, len as u32) {
+        // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
+        0 => Named::Nothing,
+        NAME_UNKNOWN if method as u8 == Method::Stun as u8 => Named::Nothing,
+        // Only TLS names no app claims pay for the second walk over the extensions (`hidden`).
+        NAME_UNKNOWN if method as u8 == Method::TlsSni as u8 => Named::UnknownTls,
+        NAME_UNKNOWN => Named::Unknown,
+        app => Named::App(app as u16, method),
+    })
 }
 
-/// [`imfw_name_app`]'s result for a server name that no app claims (not an address literal).
+/// [`imfw_name_app`]'s result for a server name that no app claims (not an address literal):
+/// above every app id.
 const NAME_UNKNOWN: u32 = 0x1_0000;
 
 /// The app of the server name `buf[off..off + len]` in the scratch buffer, in policy generation
@@ -274,41 +284,33 @@ pub enum Hello {
 /// literal (the server's address decides) go on to the stages.
 #[inline(always)]
 pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16) -> Hello {
-    if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < 47 {
+    if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < CLIENT_HELLO_MIN {
         return Hello::No;
     }
-    // Record type handshake, version 3.x, handshake type client_hello: read in the packet, so
-    // that other payloads cost no copy here.
+    // Read in the packet, so that other payloads cost no copy here.
     let Some(head) = payload_head(ctx, pkt.payload_off) else { return Hello::No };
-    if head[0] != 0x16 || head[1] != 3 || head[5] != 1 {
+    if !is_client_hello_head([head[0], head[1], head[2], head[3], head[4], head[5]]) {
         return Hello::No;
     }
     let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return Hello::No };
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
     let payload_len = pkt.payload_len & 0xffff;
-    let n = loaded_len(payload_len);
-    // SAFETY: buf holds SCRATCH_LEN bytes and n <= SCRATCH_LEN; the helper checks the packet.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, pkt.payload_off as u32, buf.as_mut_ptr().cast(), n as u32) };
-    if rc != 0 {
+    if !load_payload(ctx, pkt.payload_off as u32, loaded_len(payload_len), buf) {
         return Hello::No;
     }
     let generation = gen_of(cfg);
-    match IMFW_SIGPRE.get(generation) {
-        Some(pre) if pre.candidates(buf, payload_len, server_port) == 0 => {}
-        _ => return Hello::Loaded,
+    if sig_candidates(generation, buf, payload_len, server_port) != 0 {
+        return Hello::Loaded;
     }
     let Some((off, len)) = sni_of(imfw_tls_sni(payload_len as u32)) else { return Hello::Loaded };
-    let app = imfw_name_app(generation, off as u32, len as u32);
-    Hello::Decided(if app == 0 {
-        return Hello::Loaded;
-    } else if app & NAME_UNKNOWN == 0 {
-        Outcome::Found(app as u16, Method::TlsSni)
-    } else if imfw_tls_has_ech(payload_len as u32) != 0 {
-        Outcome::Hidden
-    } else {
-        Outcome::Named
-    })
+    let outcome = match imfw_name_app(generation, off as u32, len as u32) {
+        0 => return Hello::Loaded,
+        NAME_UNKNOWN if imfw_tls_has_ech(payload_len as u32) != 0 => Outcome::Hidden,
+        NAME_UNKNOWN => Outcome::Named,
+        app => Outcome::Found(app as u16, Method::TlsSni),
+    };
+    Hello::Decided(outcome)
 }
 
 /// The app of the longest domain of policy generation `generation` among a server name's

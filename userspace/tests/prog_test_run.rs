@@ -93,9 +93,17 @@ impl Conn {
     }
 
     fn frame(&self, from_client: bool, flags: u8, payload: &[u8]) -> Vec<u8> {
+        // The segment builder's own sequence number.
+        self.frame_at(from_client, flags, Tcp::new(0, 0, flags).seq, payload)
+    }
+
+    /// As [`Conn::frame`], with sequence number `seq`.
+    fn frame_at(&self, from_client: bool, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
         let (src, dst, sp, dp) =
             if from_client { (self.c, self.s, self.cport, self.sport) } else { (self.s, self.c, self.sport, self.cport) };
-        let seg = Tcp::new(sp, dp, flags).encode(src, dst, payload);
+        let mut tcp = Tcp::new(sp, dp, flags);
+        tcp.seq = seq;
+        let seg = tcp.encode(src, dst, payload);
         let eth = Ethernet { vlans: self.vlans.clone(), ..Ethernet::default() };
         match (src, dst) {
             (IpAddr::V4(a), IpAddr::V4(b)) => eth.encode(0x0800, &Ipv4::new(a, b, 6).encode(&seg)),
@@ -725,16 +733,7 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     assert!(hello.len() > 1448, "the hello must need two segments");
     for (i, conn) in [Conn::v4(49001, 443), Conn::v6(49002, 8443)].into_iter().enumerate() {
         open(&r, &conn, &[]);
-        let seg = |seq: u32, data: &[u8]| {
-            let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK | tcp_flags::PSH);
-            tcp.seq = seq;
-            let segment = tcp.encode(conn.c, conn.s, data);
-            match (conn.c, conn.s) {
-                (IpAddr::V4(src), IpAddr::V4(dst)) => Ethernet::default().encode(0x0800, &Ipv4::new(src, dst, 6).encode(&segment)),
-                (IpAddr::V6(src), IpAddr::V6(dst)) => Ethernet::default().encode(0x86dd, &Ipv6::new(src, dst, 6).encode(&segment)),
-                _ => unreachable!(),
-            }
-        };
+        let seg = |seq: u32, data: &[u8]| conn.frame_at(true, tcp_flags::ACK | tcp_flags::PSH, seq, data);
         assert_eq!(r.run(&seg(5000, &hello[..1448])), XDP_PASS, "pending while the controller waits");
         assert_eq!(r.run(&seg(5000 + 1448, &hello[1448..])), XDP_PASS);
         let mut decided = Vec::new();
@@ -758,13 +757,8 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     web.order = ExtOrder::SniLast;
     let web = web.build();
     open(&r, &conn, &[]);
-    let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
-    tcp.seq = 9000;
-    let first = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &web[..1448])));
-    tcp.seq = 9000 + 1448;
-    let second = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &web[1448..])));
-    r.run(&first);
-    r.run(&second);
+    r.run(&conn.frame_at(true, tcp_flags::ACK, 9000, &web[..1448]));
+    r.run(&conn.frame_at(true, tcp_flags::ACK, 9000 + 1448, &web[1448..]));
     for ev in r.dp.drain_events() {
         if let Event::Payload(p) = ev {
             assert_eq!(ctl.on_payload(&p, &mut r.dp, &r.c).unwrap(), None);
@@ -782,13 +776,8 @@ fn a_client_hello_split_over_segments_is_decided_by_the_controller() {
     hidden.order = ExtOrder::SniLast;
     let hidden = hidden.build();
     open(&r, &conn, &[]);
-    let mut tcp = Tcp::new(conn.cport, conn.sport, tcp_flags::ACK);
-    tcp.seq = 12000;
-    let first = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &hidden[..1448])));
-    tcp.seq = 12000 + 1448;
-    let second = Ethernet::default().encode(0x0800, &Ipv4::new(CLIENT4, SERVER4, 6).encode(&tcp.encode(conn.c, conn.s, &hidden[1448..])));
-    r.run(&first);
-    r.run(&second);
+    r.run(&conn.frame_at(true, tcp_flags::ACK, 12000, &hidden[..1448]));
+    r.run(&conn.frame_at(true, tcp_flags::ACK, 12000 + 1448, &hidden[1448..]));
     let mut decided = Vec::new();
     for ev in r.dp.drain_events() {
         if let Event::Payload(p) = ev {
@@ -990,13 +979,7 @@ fn a_blocked_keyword_drops_and_resets_a_monitored_flow() {
         Ok(())
     }));
     let c = Conn::v4(42101, 6667);
-    let frame = |from_client: bool, seq: u32, payload: &[u8]| {
-        let (src, dst, sp, dp) = if from_client { (c.c, c.s, c.cport, c.sport) } else { (c.s, c.c, c.sport, c.cport) };
-        let mut tcp = Tcp::new(sp, dp, tcp_flags::ACK | tcp_flags::PSH);
-        tcp.seq = seq;
-        let (IpAddr::V4(src4), IpAddr::V4(dst4)) = (src, dst) else { unreachable!() };
-        Ethernet::default().encode(0x0800, &Ipv4::new(src4, dst4, 6).encode(&tcp.encode(src, dst, payload)))
-    };
+    let frame = |from_client: bool, seq: u32, payload: &[u8]| c.frame_at(from_client, tcp_flags::ACK | tcp_flags::PSH, seq, payload);
     let feed = |r: &mut Rig, cp: &mut ContentPath| {
         for ev in r.dp.drain_events() {
             if let Event::Stream(p) = ev {
