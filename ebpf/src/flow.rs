@@ -15,7 +15,7 @@ use imfw_common::maps::JUMP_INSPECT;
 use crate::{
     copy::{Copy, copy},
     finish, inspect, klog,
-    matching::{self, Hello},
+    matching,
     pass_undecided,
     maps::{
         IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
@@ -59,17 +59,12 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
             // A whole ClientHello is matched here: most first payloads are one, and this path
             // spares them the stages' tail calls, job and second flow lookup.
             let server_port = pkt.key.server(e.client_is_a != 0).1;
-            let mut loaded = 0;
             if dir == DIR_CLIENT && e.flags & FLAG_CONTROLLER == 0 {
-                match matching::client_hello(ctx, cfg, pkt, server_port) {
-                    Hello::Decided(outcome) => {
-                        if let Some((app, method)) = inspect::settle(cfg, &pkt.key, e, outcome) {
-                            decide(ctx, cfg, &pkt.key, e, app, method);
-                        }
-                        return finish(cfg, e, len);
+                if let Some(outcome) = matching::client_hello(ctx, cfg, pkt, server_port) {
+                    if let Some((app, method)) = inspect::settle(cfg, &pkt.key, e, outcome) {
+                        decide(ctx, cfg, &pkt.key, e, app, method);
                     }
-                    Hello::Loaded => loaded = 1,
-                    Hello::No => {}
+                    return finish(cfg, e, len);
                 }
             }
             if let Some(s) = IMFW_SCRATCH.get_ptr_mut(0) {
@@ -84,7 +79,6 @@ pub fn handle(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, len: u64) -> u32 {
                     tcp_flags: pkt.tcp_flags,
                     controller: (e.flags & FLAG_CONTROLLER != 0) as u8,
                     generation: gen_of(cfg) as u8,
-                    loaded,
                 };
                 // SAFETY: per-CPU scratch, ours for this run; the inspector reads it next.
                 unsafe {

@@ -100,7 +100,7 @@ pub fn imfw_inspect(ctx: XdpContext) -> u32 {
 /// ClientHello's unclaimed name is only the outer name of an Encrypted Client Hello.
 #[xdp]
 pub fn imfw_names(ctx: XdpContext) -> u32 {
-    stage(&ctx, false, |_, cfg, job, scratch| matching::names(cfg, job, scratch))
+    stage(&ctx, false, matching::names)
 }
 
 /// What a payload's outcome decides the flow as, if anything (counted), for the outcomes that

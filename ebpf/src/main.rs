@@ -19,7 +19,7 @@ use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config},
     flow::{FLAG_CONTROLLER, FlowEntry, STATE_INSPECTING},
-    matcher::{NAME_HASH_INIT, name_hash_step},
+    matcher::{NAME_HASH_INIT, name_hash_word},
     verdict::{DropReason, Stat, Verdict},
 };
 
@@ -81,7 +81,7 @@ const BUILD_TAG_HASH: u64 = match option_env!("IMFW_BUILD_TAG") {
     Some(t) => {
         let (b, mut h, mut i) = (t.as_bytes(), NAME_HASH_INIT, 0);
         while i < b.len() {
-            h = name_hash_step(h, b[i]);
+            h = name_hash_word(h, b[i] as u64);
             i += 1;
         }
         h

@@ -78,8 +78,6 @@ pub struct Job {
     /// The policy generation the main program read for this packet: the stages use it, never
     /// the current one, so that a packet sees one policy across the tail calls.
     pub generation: u8,
-    /// 1 when the main program left the payload in the scratch buffer (`matching::Hello::Loaded`).
-    pub loaded: u8,
 }
 
 /// Per-CPU working memory of the inspector.

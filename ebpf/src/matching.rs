@@ -2,16 +2,16 @@
 //! `imfw_common::matcher`, shared with userspace tests; this file feeds it packet bytes and
 //! map lookups.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
     maps::{name_filter_bit, stun_key},
-    matcher::{CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
+    matcher::{Bytes, CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
-use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, Pkt, payload_head};
+use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, InPacket, Pkt, payload_head};
 use crate::maps::{IMFW_NAMEBITS, IMFW_NAMES, IMFW_SCRATCH, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
@@ -53,8 +53,7 @@ pub fn signatures(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scrat
     // SAFETY: the per-CPU scratch buffer is ours for this program run.
     let buf = unsafe { &mut (*scratch).buf };
     let n = loaded_len(payload_len);
-    // The main program's ClientHello path may have copied it already.
-    if job.loaded == 0 && !load_payload(ctx, job.payload_off, n, buf) {
+    if !load_payload(ctx, job.payload_off, n, buf) {
         return Sigs::Nothing;
     }
     // The last byte, for trailer checks: read at an index laundered through map memory, since
@@ -103,11 +102,11 @@ fn load_payload(ctx: &XdpContext, payload_off: u32, n: usize, buf: &mut [u8; SCR
     unsafe { bpf_xdp_load_bytes(ctx.ctx, payload_off, buf.as_mut_ptr().cast(), n as u32) == 0 }
 }
 
-/// The signature shapes a payload of `len` bytes in `buf`, to server port `port`, may match:
+/// The signature shapes a payload of `len` bytes read from `buf`, to server port `port`, may match:
 /// what the prefilter of policy generation `generation` leaves (userspace writes it with the
 /// shapes, before the policy is marked ready).
 #[inline(always)]
-fn sig_candidates(generation: u32, buf: &[u8; SCRATCH_LEN], len: usize, port: u16) -> u32 {
+fn sig_candidates<B: Bytes>(generation: u32, buf: &B, len: usize, port: u16) -> u32 {
     match IMFW_SIGPRE.get(generation) {
         Some(pre) => pre.candidates(buf, len, port),
         None => u32::MAX,
@@ -124,12 +123,12 @@ fn loaded_len(payload_len: usize) -> usize {
 /// Runs the STUN and name matchers on the payload [`signatures`] left in the scratch buffer,
 /// and for a TLS name no app claims, the Encrypted Client Hello check.
 #[inline(always)]
-pub fn names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
-    match run_names(cfg, job, scratch) {
+pub fn names(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Outcome {
+    match run_names(ctx, cfg, job, scratch) {
         Ok(Named::App(app, method)) => Outcome::Found(app, method),
         Ok(Named::Copy) => Outcome::Copy,
         Ok(Named::Unknown) => Outcome::Named,
-        Ok(Named::UnknownTls) => hidden(job),
+        Ok(Named::UnknownTls) => hidden(ctx, job.payload_off, job.payload_len),
         Ok(Named::Nothing) => Outcome::Nothing,
         Err(Handover) => Outcome::Controller,
     }
@@ -149,7 +148,7 @@ enum Named {
 }
 
 #[inline(always)]
-fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
+fn run_names(ctx: &XdpContext, cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Handover> {
     let dir = job.dir;
     let payload_len = job.payload_len as usize & 0xffff;
     if payload_len == 0 {
@@ -188,7 +187,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
         return Ok(Named::Nothing);
     } else if buf[0] == 0x16 {
         // One call site for the name matcher, whichever protocol carried the name.
-        let Some((off, len)) = sni_of(imfw_tls_sni(job.payload_len)) else {
+        let Some((off, len)) = sni_of(imfw_tls_sni(ctx.ctx, job.payload_off, job.payload_len)) else {
             // The record goes on past this segment: the name may be in what follows.
             return if client_hello_continues(buf, n) { Err(Handover) } else { Ok(Named::Nothing) };
         };
@@ -205,7 +204,7 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
     // they merge into one verifier state instead of each exploring the name loops again.
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
-    Ok(match imfw_name_app(gen_of(cfg), off as u32, len as u32) {
+    Ok(match imfw_name_app(ctx.ctx, gen_of(cfg), job.payload_off, off as u32, len as u32) {
         // An address literal (`192.0.2.1`, `[2001:db8::1]`) or a STUN realm names no service.
         0 => Named::Nothing,
         NAME_UNKNOWN if method as u8 == Method::Stun as u8 => Named::Nothing,
@@ -220,40 +219,70 @@ fn run_names(cfg: &Config, job: &Job, scratch: *mut Scratch) -> Result<Named, Ha
 /// above every app id.
 const NAME_UNKNOWN: u32 = 0x1_0000;
 
-/// The app of the server name `buf[off..off + len]` in the scratch buffer, in policy generation
-/// `generation`: the longest of its domains the policy has. [`NAME_UNKNOWN`] for a name no app
-/// claims, 0 for an address literal (`192.0.2.1`, `[2001:db8::1]`) or an empty name.
+/// The app of the server name at `off` (`len` bytes) of the payload at `payload_off` of the
+/// packet, read in the packet, in policy generation `generation`: the longest of its domains
+/// the policy has. [`NAME_UNKNOWN`] for a name no app claims, 0 for an address literal
+/// (`192.0.2.1`, `[2001:db8::1]`) or an empty name.
 ///
 /// A global function (exported by the linker, see build.rs): the verifier walks the hash loop
 /// once, on its own, for the names stage and for the main program's ClientHello path.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn imfw_name_app(generation: u32, off: u32, len: u32) -> u32 {
+pub extern "C" fn imfw_name_app(ctx: *mut xdp_md, generation: u32, payload_off: u32, off: u32, len: u32) -> u32 {
     let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return 0 };
-    // SAFETY: the per-CPU scratch buffer, ours for this program run.
-    let (buf, slots) = unsafe { (&(*scratch).buf, &mut (*scratch).hashes) };
+    // SAFETY: the per-CPU scratch value, ours for this program run.
+    let slots = unsafe { &mut (*scratch).hashes };
+    // SAFETY: as above; the spill slots follow the buffer in the same per-CPU value.
+    let spill = unsafe { &raw mut (*scratch).spill[2] };
+    let name = Opaque(InPacket::new(&XdpContext::new(ctx), payload_off as usize), spill);
     let (off, len) = (off as usize & SCRATCH_MASK, len as usize & 0xff);
-    let (h, count) = suffix_hashes_from(name_seed(generation), buf, off, len, slots);
+    let (h, count) = suffix_hashes_from(name_seed(generation), &name, off, len, slots);
     let app = imfw_name_lookups(generation, count as u32, h);
     if app != 0 {
         return app;
     }
-    let last = buf[(off + len).wrapping_sub(1) & SCRATCH_MASK];
+    let last = name.at((off + len).wrapping_sub(1));
     if len == 0 || last.is_ascii_digit() || last == b']' { 0 } else { NAME_UNKNOWN }
 }
 
-/// The server name of the ClientHello held in the scratch buffer (`payload_len` bytes long), as
-/// `offset << 16 | length`; 0 when the bytes present carry none.
+/// A payload read in the packet, whose [`Bytes::opaque`] passes values through a spill slot of
+/// the scratch value: the name hash's dot loop then leaves each iteration with unknown values
+/// that the verifier finds alike, where exact ones multiplied its states past its limit.
+struct Opaque(InPacket, *mut u64);
+
+impl Bytes for Opaque {
+    #[inline(always)]
+    fn at(&self, i: usize) -> u8 {
+        self.0.at(i)
+    }
+
+    #[inline(always)]
+    fn word(&self, i: usize) -> u64 {
+        self.0.word(i)
+    }
+
+    #[inline(always)]
+    fn opaque(&self, v: u64) -> u64 {
+        // SAFETY: a valid, aligned slot of the per-CPU scratch value, which nothing else uses
+        // while the name is hashed.
+        unsafe {
+            core::ptr::write_volatile(self.1, v);
+            core::ptr::read_volatile(self.1)
+        }
+    }
+}
+
+/// The server name of the ClientHello that starts the payload at `payload_off` of the packet
+/// (`payload_len` bytes long), read in the packet, as `offset << 16 | length` (the offset in the
+/// payload); 0 when the bytes present carry none.
 ///
 /// A global function (exported by the linker, see build.rs), called by the names stage and by
 /// the main program's ClientHello path: the verifier walks the extension loop once.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn imfw_tls_sni(payload_len: u32) -> u32 {
-    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
-    // SAFETY: the per-CPU scratch buffer, filled in this program run.
-    let buf = unsafe { &(*scratch).buf };
-    match tls_sni(buf, loaded_len(payload_len as usize & 0xffff)) {
+pub extern "C" fn imfw_tls_sni(ctx: *mut xdp_md, payload_off: u32, payload_len: u32) -> u32 {
+    let payload = InPacket::new(&XdpContext::new(ctx), payload_off as usize);
+    match tls_sni(&payload, loaded_len(payload_len as usize & 0xffff)) {
         // A name is at least one byte long, and lies in the buffer.
         Some((off, len)) => ((off as u32 & SCRATCH_MASK as u32) << 16) | (len as u32 & 0xffff),
         None => 0,
@@ -266,51 +295,35 @@ fn sni_of(r: u32) -> Option<(usize, usize)> {
     if r == 0 { None } else { Some(((r >> 16) as usize, (r & 0xffff) as usize)) }
 }
 
-/// What the main program's ClientHello path made of a first client payload.
-pub enum Hello {
-    /// Not a ClientHello: nothing was read past the payload's first bytes.
-    No,
-    /// A ClientHello the stages decide (see [`client_hello`]); its bytes are in the scratch
-    /// buffer already, so the signature stage does not copy them again.
-    Loaded,
-    Decided(Outcome),
-}
-
 /// A first client payload that is a TLS ClientHello, matched in the main program: its server
 /// name decides the flow there, without the two inspection stages, their tail calls and their
-/// second flow lookup. Only where the stages would conclude the same: a payload that a
-/// signature shape may match (the stages run the signatures first), one without a server name
-/// in the bytes present (the controller may reassemble it) and one whose name is an address
-/// literal (the server's address decides) go on to the stages.
+/// second flow lookup, and without a copy of the payload (the prefilter, the extension walk
+/// and the name matcher read the packet in place). `None` where the stages would conclude
+/// otherwise: a payload that a signature shape may match (the stages run the signatures
+/// first), one without a server name in the bytes present (the controller may reassemble it)
+/// and one whose name is an address literal (the server's address decides).
 #[inline(always)]
-pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16) -> Hello {
+pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16) -> Option<Outcome> {
     if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < CLIENT_HELLO_MIN {
-        return Hello::No;
+        return None;
     }
-    // Read in the packet, so that other payloads cost no copy here.
-    let Some(head) = payload_head(ctx, pkt.payload_off) else { return Hello::No };
+    let head = payload_head(ctx, pkt.payload_off)?;
     if !is_client_hello_head([head[0], head[1], head[2], head[3], head[4], head[5]]) {
-        return Hello::No;
-    }
-    let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return Hello::No };
-    // SAFETY: the per-CPU scratch buffer is ours for this program run.
-    let buf = unsafe { &mut (*scratch).buf };
-    let payload_len = pkt.payload_len & 0xffff;
-    if !load_payload(ctx, pkt.payload_off as u32, loaded_len(payload_len), buf) {
-        return Hello::No;
+        return None;
     }
     let generation = gen_of(cfg);
-    if sig_candidates(generation, buf, payload_len, server_port) != 0 {
-        return Hello::Loaded;
+    let payload_len = pkt.payload_len & 0xffff;
+    if sig_candidates(generation, &InPacket::new(ctx, pkt.payload_off), payload_len, server_port) != 0 {
+        return None;
     }
-    let Some((off, len)) = sni_of(imfw_tls_sni(payload_len as u32)) else { return Hello::Loaded };
-    let outcome = match imfw_name_app(generation, off as u32, len as u32) {
-        0 => return Hello::Loaded,
-        NAME_UNKNOWN if imfw_tls_has_ech(payload_len as u32) != 0 => Outcome::Hidden,
+    let (payload_off, payload_len) = (pkt.payload_off as u32, payload_len as u32);
+    let (off, len) = sni_of(imfw_tls_sni(ctx.ctx, payload_off, payload_len))?;
+    Some(match imfw_name_app(ctx.ctx, generation, payload_off, off as u32, len as u32) {
+        0 => return None,
+        NAME_UNKNOWN if imfw_tls_has_ech(ctx.ctx, payload_off, payload_len) != 0 => Outcome::Hidden,
         NAME_UNKNOWN => Outcome::Named,
         app => Outcome::Found(app as u16, Method::TlsSni),
-    };
-    Hello::Decided(outcome)
+    })
 }
 
 /// The app of the longest domain of policy generation `generation` among a server name's
@@ -346,23 +359,22 @@ fn name_app(generation: u32, hash: u64) -> Option<u16> {
 /// Whether a ClientHello whose server name no app claims hides its real name with Encrypted
 /// Client Hello (the extension walk of [`imfw_tls_has_ech`]).
 #[inline(always)]
-fn hidden(job: &Job) -> Outcome {
-    if imfw_tls_has_ech(job.payload_len) != 0 { Outcome::Hidden } else { Outcome::Named }
+fn hidden(ctx: &XdpContext, payload_off: u32, payload_len: u32) -> Outcome {
+    if imfw_tls_has_ech(ctx.ctx, payload_off, payload_len) != 0 { Outcome::Hidden } else { Outcome::Named }
 }
 
-/// 1 when the ClientHello the signature stage left in the scratch buffer (`payload_len` bytes
-/// long) carries an `encrypted_client_hello` extension, else 0.
+/// 1 when the ClientHello that starts the payload at `payload_off` of the packet
+/// (`payload_len` bytes long) carries an `encrypted_client_hello` extension, else 0; read in
+/// the packet.
 ///
 /// A global function (exported by the linker, see build.rs): the verifier walks the extension
 /// loop once, on its own, rather than after each of the name matchers' paths, so the check
 /// runs in the names stage instead of a third program and its tail call.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn imfw_tls_has_ech(payload_len: u32) -> u32 {
-    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
-    // SAFETY: the per-CPU scratch buffer, filled by the signature stage in this program run.
-    let buf = unsafe { &(*scratch).buf };
-    tls_has_ech(buf, loaded_len(payload_len as usize & 0xffff)) as u32
+pub extern "C" fn imfw_tls_has_ech(ctx: *mut xdp_md, payload_off: u32, payload_len: u32) -> u32 {
+    let payload = InPacket::new(&XdpContext::new(ctx), payload_off as usize);
+    tls_has_ech(&payload, loaded_len(payload_len as usize & 0xffff)) as u32
 }
 
 /// A ClientHello record (RFC 8446 §5.1) longer than the bytes present.

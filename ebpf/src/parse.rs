@@ -4,7 +4,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use imfw_common::flow::FlowKey;
+use imfw_common::{
+    flow::FlowKey,
+    matcher::{Bytes, SCRATCH_MASK},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -64,6 +67,54 @@ fn two_at(ctx: &XdpContext, off: usize) -> Option<[u8; 2]> {
 fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     // SAFETY: ptr_at checked both bytes are inside the packet.
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+/// A payload read where it lies in the packet, byte by byte (see [`Bytes`]): a parser that
+/// needs a few of its bytes (a ClientHello's lengths and extension headers, the prefilter's
+/// eight) costs no copy of them all.
+#[derive(Clone, Copy)]
+pub struct InPacket {
+    start: usize,
+    end: usize,
+}
+
+impl InPacket {
+    /// The payload at `payload_off` of `ctx`'s packet.
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext, payload_off: usize) -> InPacket {
+        // Bounded for the verifier, as `payload_head` does; payloads start far below this.
+        InPacket { start: ctx.data() + (payload_off & PAYLOAD_OFF_MASK), end: ctx.data_end() }
+    }
+}
+
+/// Payload offsets [`InPacket`] reads from: headers end far below this.
+const PAYLOAD_OFF_MASK: usize = 0x7ff;
+
+impl Bytes for InPacket {
+    #[inline(always)]
+    fn at(&self, i: usize) -> u8 {
+        // Compared as pointers, without `inbounds`: compared as integers, LLVM turns `p + 1 >
+        // end` into `p >= end`, from which the verifier learns no packet range.
+        let p = (self.start as *const u8).wrapping_add(i & SCRATCH_MASK);
+        if p.wrapping_add(1) > self.end as *const u8 {
+            0
+        } else {
+            // SAFETY: the byte lies before the packet's end, checked above.
+            unsafe { *p }
+        }
+    }
+
+    #[inline(always)]
+    fn word(&self, i: usize) -> u64 {
+        let p = (self.start as *const u8).wrapping_add(i & SCRATCH_MASK);
+        if p.wrapping_add(8) > self.end as *const u8 {
+            0
+        } else {
+            // SAFETY: the eight bytes lie before the packet's end, checked above; the kernel
+            // reads unaligned packet memory (see build.rs).
+            unsafe { core::ptr::read_unaligned(p.cast::<u64>()) }
+        }
+    }
 }
 
 /// The first eight bytes of the payload at `payload_off`, when the frame holds them.
