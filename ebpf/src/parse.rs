@@ -82,13 +82,14 @@ impl InPacket {
     /// The payload at `payload_off` of `ctx`'s packet.
     #[inline(always)]
     pub fn new(ctx: &XdpContext, payload_off: usize) -> InPacket {
-        // Bounded for the verifier, as `payload_head` does; payloads start far below this.
+        // Bounded for the verifier (with an index below SCRATCH_LEN, within its 64 KiB limit on
+        // packet offsets); a frame without fragments is a page at most.
         InPacket { start: ctx.data() + (payload_off & PAYLOAD_OFF_MASK), end: ctx.data_end() }
     }
 }
 
-/// Payload offsets [`InPacket`] reads from: headers end far below this.
-const PAYLOAD_OFF_MASK: usize = 0x7ff;
+/// Payload offsets [`InPacket`] reads from: every offset in a frame.
+const PAYLOAD_OFF_MASK: usize = 0x7fff;
 
 impl Bytes for InPacket {
     #[inline(always)]
