@@ -1,8 +1,8 @@
 //! Matchers shared by the XDP program and userspace.
 //!
 //! The kernel copies the first bytes of a payload into a per-CPU scratch buffer and runs these
-//! functions on it (the TLS parsers and the shape prefilter read the packet in place, through
-//! [`Bytes`]); userspace compiles the policy with the same hashing and runs the same parsers
+//! functions on it (the TLS parsers, the shape prefilter and the name hash read the packet in
+//! place, through [`Bytes`]); userspace compiles the policy with the same hashing and runs the same parsers
 //! in unit tests. Every index is masked with `SCRATCH_MASK` so the verifier sees a
 //! bounded access and the compiler drops the bounds checks: logical limits are enforced
 //! separately against the payload length.
@@ -509,6 +509,7 @@ pub fn suffix_hashes_from<B: Bytes>(seed: u64, buf: &B, off: usize, len: usize, 
         h = name_hash_word(h, w);
         j += 1;
     }
+    // Not reached: a name of at most NAME_MAX bytes ends at word NAME_WORDS - 1 at the latest.
     (h, 0)
 }
 

@@ -265,10 +265,7 @@ impl Bytes for Opaque {
     fn opaque(&self, v: u64) -> u64 {
         // SAFETY: a valid, aligned slot of the per-CPU scratch value, which nothing else uses
         // while the name is hashed.
-        unsafe {
-            core::ptr::write_volatile(self.1, v);
-            core::ptr::read_volatile(self.1)
-        }
+        launder(unsafe { &mut *self.1 }, v)
     }
 }
 
@@ -320,8 +317,7 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16)
     let (off, len) = sni_of(imfw_tls_sni(ctx.ctx, payload_off, payload_len))?;
     Some(match imfw_name_app(ctx.ctx, generation, payload_off, off as u32, len as u32) {
         0 => return None,
-        NAME_UNKNOWN if imfw_tls_has_ech(ctx.ctx, payload_off, payload_len) != 0 => Outcome::Hidden,
-        NAME_UNKNOWN => Outcome::Named,
+        NAME_UNKNOWN => hidden(ctx, payload_off, payload_len),
         app => Outcome::Found(app as u16, Method::TlsSni),
     })
 }

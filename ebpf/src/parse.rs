@@ -91,30 +91,29 @@ impl InPacket {
 /// Payload offsets [`InPacket`] reads from: every offset in a frame.
 const PAYLOAD_OFF_MASK: usize = 0x7fff;
 
-impl Bytes for InPacket {
+impl InPacket {
+    /// Where payload bytes `i .. i + n` lie, when the packet holds them all.
     #[inline(always)]
-    fn at(&self, i: usize) -> u8 {
+    fn bytes(&self, i: usize, n: usize) -> Option<*const u8> {
         // Compared as pointers, without `inbounds`: compared as integers, LLVM turns `p + 1 >
         // end` into `p >= end`, from which the verifier learns no packet range.
         let p = (self.start as *const u8).wrapping_add(i & SCRATCH_MASK);
-        if p.wrapping_add(1) > self.end as *const u8 {
-            0
-        } else {
-            // SAFETY: the byte lies before the packet's end, checked above.
-            unsafe { *p }
-        }
+        if p.wrapping_add(n) > self.end as *const u8 { None } else { Some(p) }
+    }
+}
+
+impl Bytes for InPacket {
+    #[inline(always)]
+    fn at(&self, i: usize) -> u8 {
+        // SAFETY: the byte lies before the packet's end, checked by `bytes`.
+        self.bytes(i, 1).map_or(0, |p| unsafe { *p })
     }
 
     #[inline(always)]
     fn word(&self, i: usize) -> u64 {
-        let p = (self.start as *const u8).wrapping_add(i & SCRATCH_MASK);
-        if p.wrapping_add(8) > self.end as *const u8 {
-            0
-        } else {
-            // SAFETY: the eight bytes lie before the packet's end, checked above; the kernel
-            // reads unaligned packet memory (see build.rs).
-            unsafe { core::ptr::read_unaligned(p.cast::<u64>()) }
-        }
+        // SAFETY: the eight bytes lie before the packet's end, checked by `bytes`; the kernel
+        // reads unaligned packet memory (see build.rs).
+        self.bytes(i, 8).map_or(0, |p| unsafe { core::ptr::read_unaligned(p.cast::<u64>()) })
     }
 }
 
