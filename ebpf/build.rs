@@ -16,6 +16,9 @@ const GLOBAL_FUNCTIONS: [&str; 10] = [
 ];
 
 fn main() {
+    // aya-build passes the host's architecture; the classification log needs to know it
+    // (src/flow.rs, `report`).
+    println!("cargo::rustc-check-cfg=cfg(bpf_target_arch, values(any()))");
     if let Ok(linker) = which::which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
     }

@@ -21,6 +21,34 @@ pub struct FlowEvent {
 
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 56);
 
+/// Where one CPU's section of the classification log stands (`IMFW_CLASSPOS`, indexed by CPU).
+///
+/// The log carries the `FlowEvent`s of classified flows from the XDP program to the controller
+/// in two memory-mapped arrays (`BPF_F_MMAPABLE`), without the ring buffer's lock and helper
+/// calls: each CPU writes only its own section of `IMFW_CLASSLOG` (`CLASS_LOG_SLOTS` records
+/// from index `cpu * CLASS_LOG_SLOTS`), and an XDP program never runs twice at once on one CPU.
+/// - The program writes record `written % CLASS_LOG_SLOTS` of its section, then `written + 1`,
+///   unless the section is full (`written - read == CLASS_LOG_SLOTS`): then the record is lost,
+///   counted as `events_lost`, as when the ring buffer is full.
+/// - The controller reads the records from `read` up to `written`, then stores `written` in
+///   `read`, which frees their slots.
+///
+/// Both counters only grow. The program's stores reach the controller in program order only
+/// where the CPU keeps stores in order (x86-64): elsewhere the program sends classifications
+/// through the ring buffer (`EVENT_CLASSIFIED` records in `IMFW_EVENTS`), and the log stays empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassLogPos {
+    /// Records the program has written (the next one's number). Written by the program only.
+    pub written: u64,
+    /// Records the controller has read. Written by the controller only.
+    pub read: u64,
+    /// To a cache line of its own, so that two CPUs never write the same line.
+    pub _pad: [u64; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<ClassLogPos>() == 64);
+
 /// A payload the data plane could not decide on alone, for the controller to reassemble
 /// (a TLS ClientHello longer than its first segment).
 pub const EVENT_PAYLOAD: u32 = 2;

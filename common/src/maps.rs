@@ -18,6 +18,11 @@ pub const COUNTERS: &str = "IMFW_COUNTERS";
 pub const DROPS: &str = "IMFW_DROPS";
 pub const STATS: &str = "IMFW_STATS";
 pub const EVENTS: &str = "IMFW_EVENTS";
+/// The classification log's records (`FlowEvent`): one section of `CLASS_LOG_SLOTS` per CPU.
+/// See `imfw_common::event::ClassLogPos`.
+pub const CLASS_LOG: &str = "IMFW_CLASSLOG";
+/// The classification log's positions (`ClassLogPos`): one per CPU.
+pub const CLASS_LOG_POS: &str = "IMFW_CLASSPOS";
 pub const SCRATCH: &str = "IMFW_SCRATCH";
 /// One u64: the controller's heartbeat, a deadline in `CLOCK_MONOTONIC` nanoseconds (the
 /// kernel's `bpf_ktime_get_coarse_ns`). Past it, the controller counts as down and flows that
@@ -117,6 +122,9 @@ pub fn lpm6(generation: u32, addr: &[u8; 16]) -> [u8; 17] {
 pub const LPM_GEN_BITS: u32 = 8;
 /// Room for about 2,000 copied segments between two reads by the controller.
 pub const EVENTS_BYTES: u32 = 1 << 22;
+/// Records in each CPU's section of the classification log (a power of two): 4,096 flows
+/// classified on one CPU between two reads by the controller (every 50 ms), 229 KiB per CPU.
+pub const CLASS_LOG_SLOTS: u32 = 1 << 12;
 
 /// Version of the layout of the maps a restarted or upgraded `imfw run` adopts from its pins
 /// (`ADOPTED`). Bump it whenever a repr(C) type stored in them (`FlowKey`, `FlowEntry`,

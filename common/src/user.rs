@@ -2,7 +2,7 @@
 
 use crate::{
     config::{Config, Generations},
-    event::{FlowEvent, PayloadEvent},
+    event::{ClassLogPos, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
     matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::Counter,
@@ -13,6 +13,7 @@ use crate::{
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Generations {}
 unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for ClassLogPos {}
 unsafe impl aya::Pod for PayloadEvent {}
 unsafe impl aya::Pod for FlowEntry {}
 unsafe impl aya::Pod for FlowKey {}

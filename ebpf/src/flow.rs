@@ -1,6 +1,6 @@
 //! Flow state: find or create the flow's entry, spend its inspection budget, decide once.
 
-use aya_ebpf::{bindings::{BPF_RB_NO_WAKEUP, xdp_action}, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config},
@@ -18,7 +18,7 @@ use crate::{
     matching,
     pass_undecided,
     maps::{
-        IMFW_ADDR4, IMFW_ADDR6, IMFW_EVENTS, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -311,28 +311,77 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
         return;
     }
     klog::classified(cfg, app, method as u8, action.verdict, key.server(e.client_is_a != 0).1, key.proto);
+    let event = FlowEvent {
+        kind: EVENT_CLASSIFIED,
+        ifindex: ctx.ingress_ifindex() as u32,
+        key: *key,
+        app,
+        method: method as u8,
+        verdict: action.verdict,
+        client_is_a: e.client_is_a,
+        redirect_slot: action.redirect_slot,
+        src_class: e.class(),
+    };
+    if !report(&event) {
+        count_stat(Stat::EventsLost);
+        klog::ring_full(cfg, klog::LOST_EVENT);
+    }
+}
+
+/// Hands a classification to the controller: appended to this CPU's section of the
+/// classification log (see `imfw_common::event::ClassLogPos`), two array lookups and a few
+/// stores, where the ring buffer's reserve and submit take a lock, two helper calls and the
+/// calls within them. False when the section is full.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn report(event: &FlowEvent) -> bool {
+    use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
+    use imfw_common::maps::CLASS_LOG_SLOTS;
+
+    use crate::maps::{IMFW_CLASSLOG, IMFW_CLASSPOS};
+
+    // SAFETY: a helper without arguments or side effects (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(pos) = IMFW_CLASSPOS.get_ptr_mut(cpu) else { return false };
+    // SAFETY: pointers into map values, valid for this run. This CPU's position and section
+    // are written by this program on this CPU only, one run at a time; `read` is the
+    // controller's, read once.
+    unsafe {
+        let written = core::ptr::read_volatile(&(*pos).written);
+        let read = core::ptr::read_volatile(&(*pos).read);
+        if written.wrapping_sub(read) >= CLASS_LOG_SLOTS as u64 {
+            return false;
+        }
+        let index = cpu.wrapping_mul(CLASS_LOG_SLOTS) | (written as u32 & (CLASS_LOG_SLOTS - 1));
+        let Some(slot) = IMFW_CLASSLOG.get_ptr_mut(index) else { return false };
+        *slot = *event;
+        // The record's stores stay before the count's: x86-64 keeps stores in order, so the
+        // controller, which reads the count first, never sees a record before it is written.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        core::ptr::write_volatile(&mut (*pos).written, written.wrapping_add(1));
+    }
+    true
+}
+
+/// As above, through the ring buffer, on CPUs that may reorder stores (see
+/// `imfw_common::event::ClassLogPos`).
+#[cfg(not(bpf_target_arch = "x86_64"))]
+#[inline(always)]
+fn report(event: &FlowEvent) -> bool {
+    use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
+
+    use crate::maps::IMFW_EVENTS;
+
     match IMFW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
-            slot.write(FlowEvent {
-                kind: EVENT_CLASSIFIED,
-                ifindex: ctx.ingress_ifindex() as u32,
-                key: *key,
-                app,
-                method: method as u8,
-                verdict: action.verdict,
-                client_is_a: e.client_is_a,
-                redirect_slot: action.redirect_slot,
-                src_class: e.class(),
-            });
+            slot.write(*event);
             // No wakeup: waking the reader costs an interrupt (a VM exit on a virtual
             // machine) whenever it had caught up, which on a quiet ring is every event. The
-            // controller reads the ring every 200 ms anyway; copies it must act on soon (held
+            // controller reads the ring every 50 ms anyway; copies it must act on soon (held
             // segments, ClientHellos to reassemble) keep the wakeup.
             slot.submit(BPF_RB_NO_WAKEUP as u64);
+            true
         }
-        None => {
-            count_stat(Stat::EventsLost);
-            klog::ring_full(cfg, klog::LOST_EVENT);
-        }
+        None => false,
     }
 }

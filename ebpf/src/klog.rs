@@ -61,7 +61,7 @@ pub extern "C" fn imfw_klog_redirect_failed(slot: u32) -> u32 {
 #[inline(never)]
 pub extern "C" fn imfw_klog_ring_full(kind: u32) -> u32 {
     if kind == LOST_EVENT {
-        warn!(&(), target: target!(), "event ring full: a classification event was lost, counted as events_lost");
+        warn!(&(), target: target!(), "classification log full (this CPU's section unread): a classification event was lost, counted as events_lost");
     } else {
         warn!(&(), target: target!(), "event ring full: a payload for the controller was lost, counted as to_controller_lost");
     }

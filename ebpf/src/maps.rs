@@ -1,6 +1,7 @@
 //! The program's maps. Names match `imfw_common::maps`; the controller fills them.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
@@ -8,6 +9,7 @@ use aya_ebpf::{
 use imfw_common::{
     app::MAX_APPS,
     config::{Config, Generations},
+    event::{ClassLogPos, FlowEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
@@ -52,6 +54,12 @@ pub static IMFW_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP
 pub static IMFW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS, 0);
 #[map]
 pub static IMFW_EVENTS: RingBuf = RingBuf::with_byte_size(m::EVENTS_BYTES, 0);
+/// The classification log (see `imfw_common::event::ClassLogPos`): userspace sizes both maps
+/// for the machine's CPUs at load time and maps them into its memory.
+#[map]
+pub static IMFW_CLASSLOG: Array<FlowEvent> = Array::with_max_entries(m::CLASS_LOG_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static IMFW_CLASSPOS: Array<ClassLogPos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 pub static IMFW_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]

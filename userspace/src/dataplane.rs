@@ -29,6 +29,7 @@ use imfw_common::{
 };
 
 use crate::{
+    classlog::ClassLog,
     packet,
     pins::{self, Found, MapSpec, PinDir},
     policy::Compiled,
@@ -106,6 +107,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     events: Option<RingBuf<MapData>>,
+    /// Where the program reports classified flows (x86-64; elsewhere they come in `events`).
+    class_log: ClassLog,
     pins: Option<Pinning>,
     /// What `IMFW_CONFIG[0]` holds; this is its only writer.
     gens: Generations,
@@ -197,11 +200,15 @@ impl Dataplane {
     /// Nothing is pinned, and the controller counts as always alive: the caller (`imfw
     /// classify`, tests, benches) reads the events itself between packets.
     pub fn load(flow_capacity: u32) -> Result<Self> {
+        let cpus = cpus()?;
+        let (log, positions) = ClassLog::entries(cpus)?;
         let ebpf = EbpfLoader::new()
             .map_max_entries(m::FLOWS, flow_capacity)
+            .map_max_entries(m::CLASS_LOG, log)
+            .map_max_entries(m::CLASS_LOG_POS, positions)
             .load(object()?)
             .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
-        let mut dp = Self::with_programs(ebpf)?;
+        let mut dp = Self::with_programs(ebpf, cpus)?;
         dp.set_controller_deadline(u64::MAX)?;
         Ok(dp)
     }
@@ -215,15 +222,17 @@ impl Dataplane {
         let object = object()?;
         let expected = adopted_specs(object, flow_capacity)?;
         let found = dir.inspect(&expected)?;
+        let cpus = cpus()?;
+        let (log, positions) = ClassLog::entries(cpus)?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(m::FLOWS, flow_capacity);
+        loader.map_max_entries(m::FLOWS, flow_capacity).map_max_entries(m::CLASS_LOG, log).map_max_entries(m::CLASS_LOG_POS, positions);
         if found == Found::Compatible {
             for name in m::ADOPTED {
                 loader.map_pin_path(name, dir.map_path(name));
             }
         }
         let ebpf = loader.load(object).map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
-        let mut dp = Self::with_programs(ebpf)?;
+        let mut dp = Self::with_programs(ebpf, cpus)?;
         let adopted = found == Found::Compatible;
         if adopted {
             let flows = dp.flows().map_or(0, |f| f.len());
@@ -239,7 +248,7 @@ impl Dataplane {
         Ok(dp)
     }
 
-    fn with_programs(mut ebpf: Ebpf) -> Result<Self> {
+    fn with_programs(mut ebpf: Ebpf, cpus: usize) -> Result<Self> {
         for name in m::PROGRAMS {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -263,10 +272,13 @@ impl Dataplane {
         }
         let events = ebpf.take_map(m::EVENTS).ok_or_else(|| anyhow!("map {} missing", m::EVENTS))?;
         let events = RingBuf::try_from(events)?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
+        let class_log = ClassLog::new(take(&mut ebpf, m::CLASS_LOG)?, take(&mut ebpf, m::CLASS_LOG_POS)?, cpus)?;
         Ok(Dataplane {
             ebpf,
             attached: Vec::new(),
             events: Some(events),
+            class_log,
             pins: None,
             gens: Generations::EMPTY,
             written: [None, None],
@@ -969,9 +981,17 @@ impl Dataplane {
         self.events.take()
     }
 
-    /// Drains pending events without blocking (offline mode).
+    /// The flows classified since the last call, from the classification log.
+    pub fn classified(&mut self) -> Vec<FlowEvent> {
+        let mut records = Vec::new();
+        self.class_log.read(&mut records);
+        records
+    }
+
+    /// Drains pending events without blocking (offline mode): the classification log's, then
+    /// the ring's.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
+        let mut out: Vec<Event> = self.classified().into_iter().map(Event::Classified).collect();
         if let Some(rb) = self.events.as_mut() {
             while let Some(item) = rb.next() {
                 if let Some(ev) = parse_event(&item) {
@@ -989,6 +1009,11 @@ impl Drop for Dataplane {
     fn drop(&mut self) {
         let _ = self.detach_all();
     }
+}
+
+/// The CPUs the kernel may run the program on (`bpf_get_smp_processor_id` is below it).
+fn cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
 }
 
 /// The XDP object, or why this build has none.

@@ -5,6 +5,7 @@ pub mod bench_refs;
 pub mod capture;
 pub mod catalogue;
 pub mod classify;
+pub mod classlog;
 pub mod content_path;
 pub mod control;
 pub mod controller;

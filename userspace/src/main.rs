@@ -22,9 +22,10 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// Exit status for an invalid policy (or other bad input the user must fix).
 const EXIT_BAD_INPUT: u8 = 2;
-/// How often the loop reads the event ring besides its wakeups: the latest a classification
-/// is logged (the kernel submits those without waking the reader).
-const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the loop reads the classification log, and the event ring besides its wakeups:
+/// the latest a classification is logged (the kernel reports those without waking the reader).
+/// Reading the log costs no system call; each CPU's section holds `CLASS_LOG_SLOTS` records.
+const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// imfw: an eBPF/XDP instant-messaging firewall for Linux gateways.
 #[derive(Parser)]
@@ -602,11 +603,14 @@ fn run(policy_path: &Path, ifaces: &[String], control_path: &Path, flows: u32, p
                     let mut guard = guard?;
                     let batch = read_ring(guard.get_inner_mut());
                     guard.clear_ready();
+                    // The flows' classifications first, as they happened first.
+                    log_classified(&shared);
                     handle_events(&batch, &shared, &mut controller, &mut content, clock);
                 }
                 _ = drain.tick() => {
-                    // Classification events do not wake the loop (the kernel submits them
-                    // without a wakeup, which costs an interrupt each): read them here.
+                    // Classifications do not wake the loop (a wakeup costs an interrupt each):
+                    // read them here.
+                    log_classified(&shared);
                     let batch = read_ring(ring.get_mut());
                     if !batch.is_empty() {
                         handle_events(&batch, &shared, &mut controller, &mut content, clock);
@@ -850,6 +854,15 @@ fn read_ring(rb: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
         }
     }
     out
+}
+
+/// Logs the flows classified since the last read of the classification log.
+fn log_classified(shared: &Arc<Mutex<control::Shared>>) {
+    let Ok(mut s) = shared.lock() else { return };
+    let s = &mut *s;
+    for ev in s.dataplane.classified() {
+        log::info!("{}", events::describe(&ev, &s.compiled));
+    }
 }
 
 /// Logs classifications, hands payloads to the controller and segments to the content path.

@@ -302,7 +302,7 @@ fn stat_help(s: Stat) -> &'static str {
         Stat::FlowInsertFailed => "Flow-table inserts the kernel refused.",
         Stat::Inspected => "Payload packets that went through the matchers.",
         Stat::Unclassified => "Flows whose inspection budget ran out without an app.",
-        Stat::EventsLost => "Classification events lost because the event ring was full.",
+        Stat::EventsLost => "Classification events lost because the classification log (or on CPUs other than x86-64, the event ring) was full.",
         Stat::Classified => "Flows classified as an app.",
         Stat::InspectorMissing => {
             "Packets that passed uninspected because the inspector tail call failed."

@@ -412,6 +412,67 @@ fn classifications_are_reported_once_per_flow() {
     assert_eq!(events[0].key, t.key());
 }
 
+/// Keeps the calling thread on the CPU it runs on until dropped, then restores its affinity:
+/// the classification log has a section per CPU, and a test that fills one must stay on it.
+struct OnOneCpu(libc::cpu_set_t);
+
+impl OnOneCpu {
+    fn new() -> Self {
+        // SAFETY: cpu_set_t is plain bits; sched_getaffinity and sched_setaffinity get the
+        // calling thread (0) and a set of the right size; sched_getcpu has no arguments.
+        unsafe {
+            let mut was: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut was), 0, "sched_getaffinity");
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(usize::try_from(libc::sched_getcpu()).expect("sched_getcpu"), &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const one), 0, "sched_setaffinity");
+            OnOneCpu(was)
+        }
+    }
+}
+
+impl Drop for OnOneCpu {
+    fn drop(&mut self) {
+        // SAFETY: as above, with the set saved by `new`.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const self.0) };
+    }
+}
+
+/// A CPU's section of the classification log holds `CLASS_LOG_SLOTS` records until the
+/// controller reads them: classifications past that are lost and counted (`events_lost`),
+/// never written over unread ones; once read, the section takes new ones again. Records come
+/// out in the order written.
+#[test]
+fn a_full_classification_log_counts_what_it_loses() {
+    use imfw::dataplane::Event;
+    use imfw_common::maps::CLASS_LOG_SLOTS;
+    let _cpu = OnOneCpu::new();
+    let mut r = rig(BLOCK_ALL);
+    let _ = r.dp.drain_events();
+    let slots = CLASS_LOG_SLOTS as u16;
+    let extra = 5u16;
+    let conn = |i: u16| Conn::v4(1024 + i, 1883);
+    let key = |i: u16| packet::tuple(&conn(i).syn()).expect("tuple").key();
+    for i in 0..slots + extra {
+        let c = conn(i);
+        assert_eq!(r.run(&c.client(&protocols::mqtt_connect(4, "sensor"))), XDP_DROP, "flow {i}");
+    }
+    assert_eq!(r.stat(Stat::Classified), u64::from(slots + extra));
+    assert_eq!(r.stat(Stat::EventsLost), u64::from(extra), "the classifications past a full section");
+    let read: Vec<_> = r.dp.drain_events().into_iter().filter_map(|e| if let Event::Classified(c) = e { Some(c) } else { None }).collect();
+    assert_eq!(read.len(), usize::from(slots), "a full section, nothing written over");
+    assert!(read.iter().all(|e| e.app == r.id("mqtt") && Verdict::from_u8(e.verdict) == Verdict::Drop));
+    assert_eq!(read[0].key, key(0), "the first written comes out first");
+    assert_eq!(read[usize::from(slots) - 1].key, key(slots - 1), "the last kept is the last before the section filled");
+    // Read, the section takes classifications again, from where it stood.
+    let c = conn(slots + extra);
+    assert_eq!(r.run(&c.client(&protocols::mqtt_connect(4, "sensor"))), XDP_DROP);
+    let again: Vec<_> = r.dp.drain_events().into_iter().filter_map(|e| if let Event::Classified(c) = e { Some(c) } else { None }).collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].key, key(slots + extra));
+    assert_eq!(r.stat(Stat::EventsLost), u64::from(extra));
+}
+
 #[test]
 fn counters_match_the_packets_sent() {
     let r = rig(BLOCK_ALL);
