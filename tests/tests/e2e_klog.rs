@@ -47,6 +47,24 @@ fn classified_to(lab: &Lab, port: u16) -> Vec<Value> {
         .collect()
 }
 
+/// The controller's own "classified" lines (from the classification log the XDP program
+/// writes, whatever the kernel log level) for WhatsApp flows to `port`.
+fn controller_classified(lab: &Lab, port: u16) -> Vec<Value> {
+    let server = format!(":{port} ifindex=");
+    lab.imfw()
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["source"] != "kernel")
+        .filter(|v| {
+            v["msg"].as_str().is_some_and(|m| {
+                m.starts_with("classified app=whatsapp method=tls_sni verdict=drop l4=tcp ")
+                    && m.contains(&server)
+            })
+        })
+        .collect()
+}
+
 fn wait_until(what: &str, lab: &Lab, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + EXPECT;
     while !done() {
@@ -136,6 +154,13 @@ fn klog_classified_flows_are_logged_at_info_and_not_at_warn() {
         lab.imfw().log_text()
     );
     assert_eq!(classified_to(&lab, 443).len(), 1);
+    // The controller logs each classification once, whatever the kernel's level.
+    for port in [443, 444, 445] {
+        wait_until(&format!("the controller's line for the flow to {port}"), &lab, || {
+            !controller_classified(&lab, port).is_empty()
+        });
+        assert_eq!(controller_classified(&lab, port).len(), 1, "port {port}; log:\n{}", lab.imfw().log_text());
+    }
     // Every kernel line is one of the program's messages, well formed.
     for v in kernel_lines(&lab) {
         assert!(
