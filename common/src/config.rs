@@ -56,7 +56,16 @@ pub struct Config {
     /// The most verbose kernel log level that is emitted: `LOG_OFF` .. `LOG_DEBUG`. Read only at
     /// the program's rare sites (see the ebpf crate's `klog`), never on a decided flow's path.
     pub kernel_log: u32,
+    /// The families this policy's rules name source networks of (`SRC_NETS_V4`,
+    /// `SRC_NETS_V6`): a flow of another family is of the default class without a walk of the
+    /// family's trie, which would find nothing.
+    pub src_nets: u32,
 }
+
+/// `Config::src_nets`: the policy's rules name IPv4 source networks.
+pub const SRC_NETS_V4: u32 = 1;
+/// `Config::src_nets`: the policy's rules name IPv6 source networks.
+pub const SRC_NETS_V6: u32 = 2;
 
 /// `Config::kernel_log`: no kernel log messages at all.
 pub const LOG_OFF: u32 = 0;
@@ -80,10 +89,11 @@ impl Config {
         version: 0,
         generation: 0,
         kernel_log: LOG_WARN,
+        src_nets: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 44);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
 /// The value of `IMFW_CONFIG[0]`: both generations' settings and which one is in force.
 #[repr(C)]
@@ -102,4 +112,4 @@ impl Generations {
         Generations { ready: 0, active: 0, gens: [Config::DEFAULT, Config { generation: 1, ..Config::DEFAULT }] };
 }
 
-const _: () = assert!(core::mem::size_of::<Generations>() == 96);
+const _: () = assert!(core::mem::size_of::<Generations>() == 104);

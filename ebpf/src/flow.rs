@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use imfw_common::{
     app::APP_NONE,
-    config::{ACTION_DROP, Config},
+    config::{ACTION_DROP, Config, SRC_NETS_V4, SRC_NETS_V6},
     maps::{LPM_GEN_BITS, lpm4, lpm6},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{ADDR_UNRESOLVED, DIR_CLIENT, DIR_SERVER, FLAG_CLASS_KNOWN, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
@@ -204,7 +204,13 @@ fn v6_bytes(a: &[u32; 4]) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn src_class(generation: u32, family: u8, addr: &[u32; 4]) -> u16 {
+fn src_class(cfg: &Config, family: u8, addr: &[u32; 4]) -> u16 {
+    let generation = gen_of(cfg);
+    let nets = if family == 4 { SRC_NETS_V4 } else { SRC_NETS_V6 };
+    if cfg.src_nets & nets == 0 {
+        // No rule names a network of this family: its trie is empty.
+        return 0;
+    }
     let class = if family == 4 {
         IMFW_SRC4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|c| c.class)
     } else {
@@ -230,7 +236,7 @@ fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
 fn resolve_class(cfg: &Config, key: &FlowKey, e: &mut FlowEntry) {
     if !e.class_is_from(cfg.version) {
         let (client, _) = key.client(e.client_is_a != 0);
-        e.src_class = FlowEntry::tagged_class(src_class(gen_of(cfg), key.family, &client), cfg.version);
+        e.src_class = FlowEntry::tagged_class(src_class(cfg, key.family, &client), cfg.version);
         e.flags |= FLAG_CLASS_KNOWN;
     }
 }

@@ -364,6 +364,19 @@ rules:
     assert_eq!(open(&r, &elsewhere, &[ch]), XDP_DROP, "per-app action outside the rule networks");
 }
 
+/// A family no rule names a network of has no trie to walk (`Config::src_nets`): its flows
+/// are of the default class, the other family's still get their rule's.
+#[test]
+fn a_family_without_rule_networks_gets_the_app_actions() {
+    let ch = || vec![ClientHello::new("web.whatsapp.com").build()];
+    let r = rig("version: 1\ndefaults: {action: allow}\napps: {whatsapp: drop}\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: [whatsapp], action: allow}\n");
+    assert_eq!(open(&r, &Conn::v4(36101, 443), &ch()), XDP_PASS, "the IPv4 rule");
+    assert_eq!(open(&r, &Conn::v6(36102, 443), &ch()), XDP_DROP, "IPv6: the app's action");
+    let r = rig("version: 1\ndefaults: {action: allow}\napps: {whatsapp: drop}\nrules:\n  - {name: lan, from: [2001:db8::/32], apps: [whatsapp], action: allow}\n");
+    assert_eq!(open(&r, &Conn::v6(36103, 443), &ch()), XDP_PASS, "the IPv6 rule");
+    assert_eq!(open(&r, &Conn::v4(36104, 443), &ch()), XDP_DROP, "IPv4: the app's action");
+}
+
 #[test]
 fn redirect_and_monitor_verdicts() {
     let r = rig(

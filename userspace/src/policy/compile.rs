@@ -7,7 +7,7 @@ use std::{
 
 use imfw_common::{
     app::{APP_ECH, BUILTIN_APPS, MAX_APPS},
-    config::Config,
+    config::{Config, SRC_NETS_V4, SRC_NETS_V6},
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{ADDR_MAX, NAMES_MAX, POLICY_ENTRIES, REDIRECT_SLOTS, SIGS_MAX, SRC_CLASSES},
     matcher::{
@@ -422,6 +422,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
                 version: 0,
                 generation: 0,
                 kernel_log: policy.observability.kernel_log.config_value(),
+                src_nets: 0,
             },
             apps,
             sig_classes: Vec::new(),
@@ -450,6 +451,7 @@ pub(crate) fn compile(policy: &Policy, builtin: &Catalogue) -> Result<Compiled, 
     let prefixes = b.source_classes(policy);
     let actions = b.actions(policy);
     b.rows(policy, &prefixes, &actions);
+    b.out.config.src_nets = if b.out.src4.is_empty() { 0 } else { SRC_NETS_V4 } | if b.out.src6.is_empty() { 0 } else { SRC_NETS_V6 };
     b.errs.into_result()?;
     Ok(b.out)
 }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use imfw_common::{
     app::{builtin_id, CUSTOM_FIRST, MAX_APPS},
+    config::{SRC_NETS_V4, SRC_NETS_V6},
     flow::{DIR_CLIENT, DIR_SERVER},
     maps::{POLICY_ENTRIES, SRC_CLASSES},
     matcher::{domain_hash, SigKey, PROBE_NONE, SCRATCH_LEN, SigValue, SrcClass, LEN_U16BE, MAX_SIG_CLASSES, SIG_CLIENT_FIRST, SIG_LEN_ATLEAST},
@@ -71,6 +72,7 @@ fn default_policy_parses_and_compiles() {
     assert_eq!(c.config.sig_classes as usize, c.sig_classes.len());
     assert!(!c.sigs.is_empty() && !c.names.is_empty());
     assert!(c.src4.is_empty() && c.src6.is_empty() && c.redirect_ifaces.is_empty());
+    assert_eq!(c.config.src_nets, 0, "no trie to walk for either family");
     assert_eq!(p.hash.len(), 64);
     assert_eq!(c.hash, p.hash);
 }
@@ -349,6 +351,11 @@ fn hidden_names_are_allowed_unless_the_policy_names_ech() {
 fn ipv6_rules_share_class_numbering() {
     let (_, c) = ok("version: 1\nrules:\n  - name: r\n    from: [192.0.2.0/24, 2001:db8:1::/48, 2001:db8:1:2::1]\n    apps: [irc]\n    action: drop\n");
     assert_eq!(c.src4.len(), 1);
+    assert_eq!(c.config.src_nets, SRC_NETS_V4 | SRC_NETS_V6);
+    let (_, v6) = ok("version: 1\nrules:\n  - {name: r, from: [2001:db8:1::/48], apps: [irc], action: drop}\n");
+    assert_eq!(v6.config.src_nets, SRC_NETS_V6, "an IPv4 flow skips the empty IPv4 trie");
+    let (_, v4) = ok("version: 1\nrules:\n  - {name: r, from: [192.0.2.0/24], apps: [irc], action: drop}\n");
+    assert_eq!(v4.config.src_nets, SRC_NETS_V4);
     assert_eq!(c.src6.iter().map(|(l, _, s)| (*l, s.class)).collect::<Vec<_>>(), vec![(48, 2), (128, 3)]);
     assert_eq!(verdict(&c, "2001:db8:1:2::1", id("irc")), Verdict::Drop);
     assert_eq!(verdict(&c, "2001:db8:1:3::1", id("irc")), Verdict::Drop);
