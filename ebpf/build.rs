@@ -2,10 +2,9 @@
 //! the BPF backend read and write unaligned words.
 /// The global functions: the ClientHello walks and the name matcher of src/matching.rs and
 /// the messages of src/klog.rs.
-const GLOBAL_FUNCTIONS: [&str; 10] = [
+const GLOBAL_FUNCTIONS: [&str; 9] = [
     "imfw_tls_sni",
     "imfw_name_app",
-    "imfw_name_lookups",
     "imfw_tls_has_ech",
     "imfw_klog_flow_insert_failed",
     "imfw_klog_stage_missing",
