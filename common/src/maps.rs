@@ -7,6 +7,7 @@ pub const SIGS: &str = "IMFW_SIGS";
 /// One `SigPrefilter`: the shapes a payload's length and chosen bytes leave possible.
 pub const SIG_PRE: &str = "IMFW_SIGPRE";
 pub const NAME_FILTER: &str = "IMFW_NAMEBITS";
+/// The name table: `NameBucket`s, `NAME_BUCKETS` per generation (see [`name_buckets`]).
 pub const NAMES: &str = "IMFW_NAMES";
 pub const ADDR4: &str = "IMFW_ADDR4";
 pub const ADDR6: &str = "IMFW_ADDR6";
@@ -69,6 +70,25 @@ pub const GENS: u32 = crate::config::GENERATIONS;
 /// by one array read instead of a hash-map lookup each. With the 262,144 domains a policy may
 /// have, about a fifth of the other suffixes still pass; with a few thousand, almost none.
 pub const NAME_FILTER_WORDS: u32 = 1 << 14;
+
+/// Buckets of one generation's name table (`IMFW_NAMES`), a power of two: with
+/// `NAME_BUCKET_SLOTS` names each, twice the room `NAMES_MAX` names need, so that every name
+/// finds a place in one of its two buckets (8 MiB per generation).
+pub const NAME_BUCKETS: u32 = 1 << 17;
+const _: () = assert!(NAME_BUCKETS as usize * crate::matcher::NAME_BUCKET_SLOTS == 2 * NAMES_MAX as usize);
+
+/// The two buckets of the name table where domain hash `hash` may be, in generation
+/// `generation`: their indices in `IMFW_NAMES`. Each comes from a multiply of the hash by its
+/// own odd constant, whose top bits depend on all of the hash's; neither uses the bits the
+/// name filter does in the same way. The two may be the same bucket.
+#[inline(always)]
+pub const fn name_buckets(generation: u32, hash: u64) -> (u32, u32) {
+    const SHIFT: u32 = 64 - NAME_BUCKETS.trailing_zeros();
+    let base = (generation & 1) * NAME_BUCKETS;
+    let a = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> SHIFT) as u32;
+    let b = (hash.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> SHIFT) as u32;
+    (base + a, base + b)
+}
 
 /// Where the name filter keeps the bit of domain hash `hash` in generation `generation`: the
 /// word's index in `IMFW_NAMEBITS` and the bit in it. The hash's halves are folded together:

@@ -268,13 +268,49 @@ pub struct SigValue {
 
 const _: () = assert!(core::mem::size_of::<SigValue>() == 20);
 
-/// Key of `IMFW_NAMES`: hash of a domain, see [`name_hash_step`], started from the seed of the
+/// A domain as the name table (`IMFW_NAMES`) stores it: hash of a domain, see [`name_hash_step`], started from the seed of the
 /// policy generation (see `config` and [`name_seed`]): the two generations' keys differ with
 /// no cost per lookup, which the verifier's budget for the name loops cannot spare.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NameKey {
     pub hash: u64,
+}
+
+/// Names in one bucket of the name table.
+pub const NAME_BUCKET_SLOTS: usize = 4;
+
+/// A bucket of the name table (`IMFW_NAMES`, see `maps::name_buckets`): up to
+/// `NAME_BUCKET_SLOTS` domain hashes and their apps, on one cache line. A free slot has app 0
+/// (`APP_NONE`), which no lookup returns.
+///
+/// An array of buckets rather than a hash map: the program reads a bucket with an array
+/// lookup, which the verifier turns into a bounds check and an address, where a hash-map
+/// lookup is a helper call that hashes the key again and walks a bucket list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NameBucket {
+    pub hashes: [u64; NAME_BUCKET_SLOTS],
+    pub apps: [u16; NAME_BUCKET_SLOTS],
+    /// To the cache line (the array's values start on a page).
+    pub _pad: [u64; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<NameBucket>() == 64);
+
+impl NameBucket {
+    /// The app of domain hash `hash` if this bucket holds it.
+    #[inline(always)]
+    pub fn app(&self, hash: u64) -> Option<u16> {
+        let mut i = 0;
+        while i < NAME_BUCKET_SLOTS {
+            if self.hashes[i] == hash && self.apps[i] != 0 {
+                return Some(self.apps[i]);
+            }
+            i += 1;
+        }
+        None
+    }
 }
 
 /// Start value of the name hashes of generation 1 (generation 0 starts from
@@ -288,7 +324,7 @@ pub const fn name_seed(generation: u32) -> u64 {
     NAME_HASH_INIT ^ ((generation & 1) as u64).wrapping_neg() & (NAME_HASH_INIT ^ NAME_HASH_INIT_GEN1)
 }
 
-/// Value of `IMFW_NAMES` and of the address tries.
+/// Value of the address tries (and a name's app in a compiled policy).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AppMatch {
@@ -335,7 +371,7 @@ pub const fn name_hash_word(h: u64, w: u64) -> u64 {
     x ^ (x >> 29)
 }
 
-/// Hash of a domain as userspace stores it in `IMFW_NAMES` (a trailing dot is ignored), in
+/// Hash of a domain as userspace stores it in the name table `IMFW_NAMES` (a trailing dot is ignored), in
 /// generation 0.
 pub fn domain_hash(domain: &str) -> u64 {
     domain_hash_from(NAME_HASH_INIT, domain)

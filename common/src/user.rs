@@ -4,7 +4,7 @@ use crate::{
     config::{Config, Generations},
     event::{ClassLogPos, FlowEvent, PayloadEvent},
     flow::{FlowEntry, FlowKey},
-    matcher::{AppMatch, NameKey, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
+    matcher::{AppMatch, NameBucket, NameKey, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::Counter,
 };
 
@@ -19,6 +19,7 @@ unsafe impl aya::Pod for FlowEntry {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for AppMatch {}
 unsafe impl aya::Pod for NameKey {}
+unsafe impl aya::Pod for NameBucket {}
 unsafe impl aya::Pod for PolicyAction {}
 unsafe impl aya::Pod for SigClass {}
 unsafe impl aya::Pod for SigKey {}

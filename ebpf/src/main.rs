@@ -5,6 +5,9 @@
 //! and domain labels, never by the number of apps or domains in the policy.
 #![no_std]
 #![no_main]
+// `#[inline(always)]` on a closure (the name matcher's lookup, see matching.rs): the program
+// is built with the nightly toolchain anyway (`-Z build-std`).
+#![feature(stmt_expr_attributes)]
 
 mod copy;
 mod flow;

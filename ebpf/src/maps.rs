@@ -12,7 +12,7 @@ use imfw_common::{
     event::{ClassLogPos, FlowEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
-    matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameKey, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameBucket, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
 };
 
@@ -30,7 +30,7 @@ pub static IMFW_NAMEBITS: Array<u64> = Array::with_max_entries(m::GENS * m::NAME
 #[map]
 pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::SIGS_MAX * m::GENS, 0);
 #[map]
-pub static IMFW_NAMES: HashMap<NameKey, AppMatch> = HashMap::with_max_entries(m::NAMES_MAX * m::GENS, 0);
+pub static IMFW_NAMES: Array<NameBucket> = Array::with_max_entries(m::NAME_BUCKETS * m::GENS, 0);
 #[map]
 pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX * m::GENS, 0);
 #[map]

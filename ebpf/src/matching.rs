@@ -6,8 +6,8 @@ use aya_ebpf::{bindings::xdp_md, helpers::generated::bpf_xdp_load_bytes, program
 use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
-    maps::{name_filter_bit, stun_key},
-    matcher::{Bytes, CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, NameKey, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
+    maps::{name_buckets, name_filter_bit, stun_key},
+    matcher::{Bytes, CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni},
     verdict::Method,
 };
 
@@ -334,12 +334,15 @@ fn name_lookups(generation: u32, count: u32, whole: u64) -> u32 {
     let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
     // SAFETY: the per-CPU scratch buffer, ours for this program run.
     let slots = unsafe { &(*scratch).hashes };
-    lookup_suffixes(slots, count as usize & 0xff, whole, |h| name_app(generation, h)) as u32
+    // Inlined: LLVM left the closure a function of its own, a BPF call per suffix looked up.
+    let lookup = #[inline(always)]
+    |h| name_app(generation, h);
+    lookup_suffixes(slots, count as usize & 0xff, whole, lookup) as u32
 }
 
 /// The app of domain hash `hash` in generation `generation`. Most suffixes of a name (`com`,
 /// `cdn.example.com`) are no domain of the policy: the name filter's bit rules them out with
-/// one array read, before the hash map is searched.
+/// one array read, before the name table's two buckets for the hash are read.
 #[inline(always)]
 fn name_app(generation: u32, hash: u64) -> Option<u16> {
     let (word, bit) = name_filter_bit(generation, hash);
@@ -347,8 +350,11 @@ fn name_app(generation: u32, hash: u64) -> Option<u16> {
         Some(w) if *w & bit != 0 => {}
         _ => return None,
     }
-    // SAFETY: pointer into the map value, valid for this run.
-    IMFW_NAMES.get_ptr(&NameKey { hash }).map(|m| unsafe { (*m).app })
+    let (a, b) = name_buckets(generation, hash);
+    if let Some(app) = IMFW_NAMES.get(a).and_then(|k| k.app(hash)) {
+        return Some(app);
+    }
+    IMFW_NAMES.get(b).and_then(|k| k.app(hash))
 }
 
 /// Whether a ClientHello whose server name no app claims hides its real name with Encrypted

@@ -23,8 +23,8 @@ use imfw_common::{
     config::{CONTROLLER_GRACE_NS, Config, Generations},
     event::{EVENT_CLASSIFIED, EVENT_PAYLOAD, EVENT_STREAM, FlowEvent, PayloadEvent},
     flow::{FLAG_CLASS_KNOWN, FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
-    maps::{self as m, LPM_GEN_BITS, NAME_FILTER_WORDS, lpm4, lpm6, name_filter_bit, policy_index, redirect_index, stun_key},
-    matcher::{AppMatch, MAX_SIG_CLASSES, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
+    maps::{self as m, LPM_GEN_BITS, NAME_BUCKETS, NAME_FILTER_WORDS, lpm4, lpm6, name_filter_bit, policy_index, redirect_index, stun_key},
+    matcher::{AppMatch, MAX_SIG_CLASSES, NameBucket, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
     verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
@@ -471,7 +471,7 @@ impl Dataplane {
         self.write_name_filter(g, name_filter(g, c))?;
         let gen8 = g as u8;
         self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
-        self.fill_hash(m::NAMES, name_keys(g, c).zip(c.names.iter().map(|(_, v)| *v)))?;
+        self.write_name_table(g, name_table(g, c)?)?;
         self.fill_hash(m::STUN, c.stun.iter().map(|(t, v)| (stun_key(g, *t), *v)))?;
         self.fill_lpm(m::ADDR4, c.addr4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
         self.fill_lpm(m::ADDR6, c.addr6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
@@ -511,7 +511,9 @@ impl Dataplane {
         let gen8 = g as u8;
         let r = (|| {
             self.remove_hash::<SigKey, SigValue>(m::SIGS, c.sigs.iter().map(|(k, _)| SigKey { generation: gen8, ..*k }))?;
-            self.remove_hash::<NameKey, AppMatch>(m::NAMES, name_keys(g, &c))?;
+            // Empty the buckets the old policy filled (the rest are empty already).
+            let buckets = name_table(g, &c)?.into_keys().map(|i| (i, NameBucket::default()));
+            self.write_name_table(g, buckets.collect())?;
             // Zero words where the old policy set bits (the rest are zero already).
             let words = name_filter(g, &c).into_keys().map(|w| (w, 0));
             self.write_name_filter(g, words.collect())?;
@@ -646,6 +648,16 @@ impl Dataplane {
     pub fn remove_learned(&mut self, addr: IpAddr) -> Result<()> {
         self.remove_learned_in(self.gens.active & 1, addr)?;
         self.learned.remove(&addr);
+        Ok(())
+    }
+
+    /// Writes buckets of generation `g`'s half of the name table.
+    fn write_name_table(&mut self, g: u32, buckets: BTreeMap<u32, NameBucket>) -> Result<()> {
+        let mut a: Array<_, NameBucket> = Array::try_from(self.map_mut(m::NAMES)?)?;
+        for (i, k) in buckets {
+            debug_assert_eq!(i / NAME_BUCKETS, g & 1);
+            a.set(i, k, 0).map_err(map_err(m::NAMES))?;
+        }
         Ok(())
     }
 
@@ -1066,6 +1078,11 @@ fn name_filter(g: u32, c: &Compiled) -> BTreeMap<u32, u64> {
         *words.entry(word).or_insert(0) |= bit;
     }
     words
+}
+
+/// Generation `g`'s name-table buckets for policy `c`, by index in `IMFW_NAMES`.
+fn name_table(g: u32, c: &Compiled) -> Result<BTreeMap<u32, NameBucket>> {
+    crate::nametab::build(g, name_keys(g, c).zip(c.names.iter()).map(|(k, (_, v))| (k.hash, v.app)))
 }
 
 /// The keys of a compiled policy's names in generation `g`: hashes from the generation's seed.

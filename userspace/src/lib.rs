@@ -15,6 +15,7 @@ pub mod events;
 pub mod flows;
 pub mod klog;
 pub mod metrics;
+pub mod nametab;
 pub mod notify;
 pub mod packet;
 pub mod pins;
