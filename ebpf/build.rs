@@ -2,8 +2,9 @@
 //! the BPF backend read and write unaligned words.
 /// The global functions: the ClientHello walks and the name matcher of src/matching.rs and
 /// the messages of src/klog.rs.
-const GLOBAL_FUNCTIONS: [&str; 9] = [
+const GLOBAL_FUNCTIONS: [&str; 10] = [
     "imfw_tls_sni",
+    "imfw_hello_app",
     "imfw_name_app",
     "imfw_tls_has_ech",
     "imfw_klog_flow_insert_failed",
