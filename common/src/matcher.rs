@@ -424,6 +424,13 @@ pub trait Bytes {
         w
     }
 
+    /// Bytes `i .. i + 4` as a big-endian number (`i` below `SCRATCH_LEN`); 0 where the
+    /// source does not hold them all. A TLS extension's header (type, length) in one read.
+    #[inline(always)]
+    fn be32(&self, i: usize) -> u32 {
+        ((self.at(i) as u32) << 24) | ((self.at(i + 1) as u32) << 16) | ((self.at(i + 2) as u32) << 8) | self.at(i + 3) as u32
+    }
+
     /// `v`, through memory the kernel's verifier does not track where the source has some
     /// (see [`suffix_hashes_from`]); `v` itself elsewhere.
     #[inline(always)]
@@ -627,8 +634,9 @@ pub fn tls_sni<B: Bytes>(buf: &B, len: usize) -> Option<(usize, usize)> {
         if p + 4 > ext_end {
             return None;
         }
-        let ty = be16(buf, p);
-        let elen = be16(buf, p + 2);
+        // In the bytes present: p + 4 <= ext_end <= len.
+        let head = buf.be32(p) as usize;
+        let (ty, elen) = (head >> 16, head & 0xffff);
         if ty == 0 {
             // server_name: list length, then (type host_name(0), length, name).
             if elen < 5 || p + 9 > len || at(buf, p + 6) != 0 {
@@ -661,10 +669,12 @@ pub fn tls_has_ech<B: Bytes>(buf: &B, len: usize) -> bool {
         if p + 4 > ext_end {
             return false;
         }
-        if be16(buf, p) == TLS_EXT_ECH {
+        // In the bytes present, as in `tls_sni`.
+        let head = buf.be32(p) as usize;
+        if head >> 16 == TLS_EXT_ECH {
             return true;
         }
-        p += 4 + be16(buf, p + 2);
+        p += 4 + (head & 0xffff);
         n += 1;
     }
     false

@@ -115,6 +115,12 @@ impl Bytes for InPacket {
         // reads unaligned packet memory (see build.rs).
         self.bytes(i, 8).map_or(0, |p| unsafe { core::ptr::read_unaligned(p.cast::<u64>()) })
     }
+
+    #[inline(always)]
+    fn be32(&self, i: usize) -> u32 {
+        // SAFETY: as for `word`, four bytes.
+        self.bytes(i, 4).map_or(0, |p| u32::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }))
+    }
 }
 
 /// The first eight bytes of the payload at `payload_off`, when the frame holds them.
