@@ -584,7 +584,9 @@ pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], 
 /// extensions end (the declared end, or the bytes present if fewer).
 #[inline(always)]
 fn hello_extensions<B: Bytes>(buf: &B, len: usize) -> Option<(usize, usize)> {
-    let head = [at(buf, 0), at(buf, 1), at(buf, 2), at(buf, 3), at(buf, 4), at(buf, 5)];
+    // One read where the source has words (`len` covers them: CLIENT_HELLO_MIN > 8).
+    let w = buf.word(0).to_le_bytes();
+    let head = [w[0], w[1], w[2], w[3], w[4], w[5]];
     if len < CLIENT_HELLO_MIN || !is_client_hello_head(head) {
         return None;
     }
