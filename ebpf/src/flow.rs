@@ -328,7 +328,7 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
         redirect_slot: action.redirect_slot,
         src_class: e.class(),
     };
-    if !report(&event) {
+    if !report(event) {
         count_stat(Stat::EventsLost);
         klog::ring_full(cfg, klog::LOST_EVENT);
     }
@@ -337,10 +337,12 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
 /// Hands a classification to the controller: appended to this CPU's section of the
 /// classification log (see `imfw_common::event::ClassLogPos`), two array lookups and a few
 /// stores, where the ring buffer's reserve and submit take a lock, two helper calls and the
-/// calls within them. False when the section is full.
+/// calls within them. False when the section is full. The event comes by value, so that its
+/// fields are stored where it goes: a copy on the stack got byte fields merged into unaligned
+/// wide stores, which the verifier refuses on the stack.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn report(event: &FlowEvent) -> bool {
+fn report(event: FlowEvent) -> bool {
     use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
     use imfw_common::maps::CLASS_LOG_SLOTS;
 
@@ -360,7 +362,7 @@ fn report(event: &FlowEvent) -> bool {
         }
         let index = cpu.wrapping_mul(CLASS_LOG_SLOTS) | (written as u32 & (CLASS_LOG_SLOTS - 1));
         let Some(slot) = IMFW_CLASSLOG.get_ptr_mut(index) else { return false };
-        *slot = *event;
+        *slot = event;
         // The record's stores stay before the count's: x86-64 keeps stores in order, so the
         // controller, which reads the count first, never sees a record before it is written.
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
@@ -373,14 +375,14 @@ fn report(event: &FlowEvent) -> bool {
 /// `imfw_common::event::ClassLogPos`).
 #[cfg(not(bpf_target_arch = "x86_64"))]
 #[inline(always)]
-fn report(event: &FlowEvent) -> bool {
+fn report(event: FlowEvent) -> bool {
     use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
 
     use crate::maps::IMFW_EVENTS;
 
     match IMFW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
-            slot.write(*event);
+            slot.write(event);
             // No wakeup: waking the reader costs an interrupt (a VM exit on a virtual
             // machine) whenever it had caught up, which on a quiet ring is every event. The
             // controller reads the ring every 50 ms anyway; copies it must act on soon (held
