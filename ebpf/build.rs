@@ -1,7 +1,7 @@
 //! Rebuild the program when bpf-linker changes (a new LLVM can change the object), and let
 //! the BPF backend read and write unaligned words.
-/// The global functions: the ClientHello walks and the name matcher of src/matching.rs and
-/// the messages of src/klog.rs.
+/// The global functions: the ClientHello walks and match and the name matcher of
+/// src/matching.rs, and the messages of src/klog.rs.
 const GLOBAL_FUNCTIONS: [&str; 10] = [
     "imfw_tls_sni",
     "imfw_hello_app",

@@ -2,10 +2,10 @@
 //!
 //! The kernel copies the first bytes of a payload into a per-CPU scratch buffer and runs these
 //! functions on it (the TLS parsers, the shape prefilter and the name hash read the packet in
-//! place, through [`Bytes`]); userspace compiles the policy with the same hashing and runs the same parsers
-//! in unit tests. Every index is masked with `SCRATCH_MASK` so the verifier sees a
-//! bounded access and the compiler drops the bounds checks: logical limits are enforced
-//! separately against the payload length.
+//! place, through [`Bytes`]); userspace compiles the policy with the same hashing and runs
+//! the same parsers in unit tests. Every index is masked with `SCRATCH_MASK` so the verifier
+//! sees a bounded access and the compiler drops the bounds checks: logical limits are
+//! enforced separately against the payload length.
 
 /// Bytes of a payload the kernel copies for inspection. A power of two.
 pub const SCRATCH_LEN: usize = 2048;
@@ -268,9 +268,10 @@ pub struct SigValue {
 
 const _: () = assert!(core::mem::size_of::<SigValue>() == 20);
 
-/// A domain as the name table (`IMFW_NAMES`) stores it: hash of a domain, see [`name_hash_step`], started from the seed of the
-/// policy generation (see `config` and [`name_seed`]): the two generations' keys differ with
-/// no cost per lookup, which the verifier's budget for the name loops cannot spare.
+/// A domain as the name table (`IMFW_NAMES`) stores it: its hash (see [`domain_hash_from`]),
+/// started from the seed of the policy generation (see `config` and [`name_seed`]): the two
+/// generations' keys differ with no cost per lookup, which the verifier's budget for the name
+/// loops cannot spare.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NameKey {
@@ -371,8 +372,8 @@ pub const fn name_hash_word(h: u64, w: u64) -> u64 {
     x ^ (x >> 29)
 }
 
-/// Hash of a domain as userspace stores it in the name table `IMFW_NAMES` (a trailing dot is ignored), in
-/// generation 0.
+/// Hash of a domain as userspace stores it in the name table `IMFW_NAMES` (a trailing dot is
+/// ignored), in generation 0.
 pub fn domain_hash(domain: &str) -> u64 {
     domain_hash_from(NAME_HASH_INIT, domain)
 }

@@ -225,7 +225,8 @@ const NAME_UNKNOWN: u32 = 0x1_0000;
 /// (`192.0.2.1`, `[2001:db8::1]`) or an empty name.
 ///
 /// A global function (exported by the linker, see build.rs): the verifier walks the hash loop
-/// once, on its own, for the names stage and for the main program's ClientHello path.
+/// once, on its own, for the names stage (the main program's ClientHello path does the same
+/// work within [`imfw_hello_app`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn imfw_name_app(ctx: *mut xdp_md, generation: u32, payload_off: u32, off: u32, len: u32) -> u32 {
@@ -278,8 +279,8 @@ impl Bytes for Opaque {
 /// (`payload_len` bytes long), read in the packet, as `offset << 16 | length` (the offset in the
 /// payload); 0 when the bytes present carry none.
 ///
-/// A global function (exported by the linker, see build.rs), called by the names stage and by
-/// the main program's ClientHello path: the verifier walks the extension loop once.
+/// A global function (exported by the linker, see build.rs), called by the names stage: the
+/// verifier walks the extension loop once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn imfw_tls_sni(ctx: *mut xdp_md, payload_off: u32, payload_len: u32) -> u32 {
@@ -305,13 +306,16 @@ const NAME_HIDDEN: u32 = 0x3_0000;
 ///
 /// A global function (exported by the linker, see build.rs) for the main program's
 /// ClientHello path: one BPF call and return there instead of two or three (about 10 ns each
-/// here).
+/// here). The names stage keeps the three calls: with this function in its place, the stage
+/// verified in 610,000 instructions instead of 306,000, for a path that only ClientHellos the
+/// main program leaves take.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn imfw_hello_app(ctx: *mut xdp_md, generation: u32, payload_off: u32, payload_len: u32) -> u32 {
     let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return NO_NAME };
     let payload = InPacket::new(&XdpContext::new(ctx), payload_off as usize);
-    let Some((off, len)) = tls_sni(&payload, loaded_len(payload_len as usize & 0xffff)) else { return NO_NAME };
+    let present = loaded_len(payload_len as usize & 0xffff);
+    let Some((off, len)) = tls_sni(&payload, present) else { return NO_NAME };
     // SAFETY: the per-CPU scratch value, ours for this program run; `name_app_at` uses the
     // third spill slot only.
     let spill = unsafe { &mut (*scratch).spill };
@@ -320,7 +324,7 @@ pub extern "C" fn imfw_hello_app(ctx: *mut xdp_md, generation: u32, payload_off:
     let off = launder(&mut spill[0], off as u64) as usize & SCRATCH_MASK;
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
     let app = name_app_at(ctx, generation, payload_off, off, len);
-    if app == NAME_UNKNOWN && tls_has_ech(&payload, loaded_len(payload_len as usize & 0xffff)) {
+    if app == NAME_UNKNOWN && tls_has_ech(&payload, present) {
         return NAME_HIDDEN;
     }
     app

@@ -69,9 +69,9 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
-/// A payload read where it lies in the packet, byte by byte (see [`Bytes`]): a parser that
-/// needs a few of its bytes (a ClientHello's lengths and extension headers, the prefilter's
-/// eight) costs no copy of them all.
+/// A payload read where it lies in the packet (see [`Bytes`]), each read bounds-checked: a
+/// parser that needs a few of its bytes (a ClientHello's lengths and extension headers, the
+/// prefilter's eight, a name's words) costs no copy of them all.
 #[derive(Clone, Copy)]
 pub struct InPacket {
     start: usize,
@@ -86,12 +86,7 @@ impl InPacket {
         // packet offsets); a frame without fragments is a page at most.
         InPacket { start: ctx.data() + (payload_off & PAYLOAD_OFF_MASK), end: ctx.data_end() }
     }
-}
 
-/// Payload offsets [`InPacket`] reads from: every offset in a frame.
-const PAYLOAD_OFF_MASK: usize = 0x7fff;
-
-impl InPacket {
     /// Where payload bytes `i .. i + n` lie, when the packet holds them all.
     #[inline(always)]
     fn bytes(&self, i: usize, n: usize) -> Option<*const u8> {
@@ -101,6 +96,9 @@ impl InPacket {
         if p.wrapping_add(n) > self.end as *const u8 { None } else { Some(p) }
     }
 }
+
+/// Payload offsets [`InPacket`] reads from: every offset in a frame.
+const PAYLOAD_OFF_MASK: usize = 0x7fff;
 
 impl Bytes for InPacket {
     #[inline(always)]

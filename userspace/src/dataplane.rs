@@ -200,14 +200,8 @@ impl Dataplane {
     /// Nothing is pinned, and the controller counts as always alive: the caller (`imfw
     /// classify`, tests, benches) reads the events itself between packets.
     pub fn load(flow_capacity: u32) -> Result<Self> {
-        let cpus = cpus()?;
-        let (log, positions) = ClassLog::entries(cpus)?;
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(m::FLOWS, flow_capacity)
-            .map_max_entries(m::CLASS_LOG, log)
-            .map_max_entries(m::CLASS_LOG_POS, positions)
-            .load(object()?)
-            .map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
+        let (mut loader, cpus) = sized_loader(flow_capacity)?;
+        let ebpf = loader.load(object()?).map_err(|e| privilege_hint(anyhow!(e)).context("loading the XDP object"))?;
         let mut dp = Self::with_programs(ebpf, cpus)?;
         dp.set_controller_deadline(u64::MAX)?;
         Ok(dp)
@@ -222,10 +216,7 @@ impl Dataplane {
         let object = object()?;
         let expected = adopted_specs(object, flow_capacity)?;
         let found = dir.inspect(&expected)?;
-        let cpus = cpus()?;
-        let (log, positions) = ClassLog::entries(cpus)?;
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(m::FLOWS, flow_capacity).map_max_entries(m::CLASS_LOG, log).map_max_entries(m::CLASS_LOG_POS, positions);
+        let (mut loader, cpus) = sized_loader(flow_capacity)?;
         if found == Found::Compatible {
             for name in m::ADOPTED {
                 loader.map_pin_path(name, dir.map_path(name));
@@ -1023,9 +1014,15 @@ impl Drop for Dataplane {
     }
 }
 
-/// The CPUs the kernel may run the program on (`bpf_get_smp_processor_id` is below it).
-fn cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
+/// A loader with the maps sized at load time: the flow table to `flow_capacity`, the
+/// classification log to the CPUs the kernel may run the program on (`bpf_get_smp_processor_id`
+/// is below their number), which it returns too.
+fn sized_loader(flow_capacity: u32) -> Result<(EbpfLoader<'static>, usize)> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
+    let (log, positions) = ClassLog::entries(cpus)?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(m::FLOWS, flow_capacity).map_max_entries(m::CLASS_LOG, log).map_max_entries(m::CLASS_LOG_POS, positions);
+    Ok((loader, cpus))
 }
 
 /// The XDP object, or why this build has none.

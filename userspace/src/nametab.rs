@@ -4,7 +4,7 @@
 //! hashing). The table has twice the room a policy's domains need at most, where four names
 //! a bucket and two buckets a name fill over 90% before a name finds no place.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Result, bail};
 use imfw_common::{
@@ -71,10 +71,7 @@ fn insert(table: &mut HashMap<u32, NameBucket>, generation: u32, hash: u64, app:
 
 /// Puts a name in a free slot of bucket `i`, if it has one.
 fn place(t: &mut HashMap<u32, NameBucket>, i: u32, hash: u64, app: u16) -> bool {
-    let k = match t.entry(i) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => e.insert(NameBucket::default()),
-    };
+    let k = t.entry(i).or_default();
     match (0..NAME_BUCKET_SLOTS).find(|&s| k.apps[s] == 0) {
         Some(s) => {
             k.hashes[s] = hash;
