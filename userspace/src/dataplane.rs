@@ -429,12 +429,14 @@ impl Dataplane {
         Ok(done)
     }
 
-    /// Writes words of the name filter (index in `IMFW_NAMEBITS`, value).
-    fn write_name_filter(&mut self, g: u32, words: BTreeMap<u32, u64>) -> Result<()> {
-        let mut a: Array<_, u64> = Array::try_from(self.map_mut(m::NAME_FILTER)?)?;
-        for (word, bits) in words {
-            debug_assert_eq!(word / NAME_FILTER_WORDS, g & 1);
-            a.set(word, bits, 0).map_err(map_err(m::NAME_FILTER))?;
+    /// Writes entries (index, value) of generation `g`'s half of the array `name`, whose
+    /// generations hold `per_gen` entries each: the name filter's words, the name table's
+    /// buckets.
+    fn write_gen_array<V: Pod>(&mut self, name: &'static str, g: u32, per_gen: u32, entries: BTreeMap<u32, V>) -> Result<()> {
+        let mut a: Array<_, V> = Array::try_from(self.map_mut(name)?)?;
+        for (i, v) in entries {
+            debug_assert_eq!(i / per_gen, g & 1);
+            a.set(i, v, 0).map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -459,10 +461,10 @@ impl Dataplane {
             let mut a: Array<_, SigPrefilter> = Array::try_from(self.map_mut(m::SIG_PRE)?)?;
             a.set(g, c.sig_pre, 0).map_err(map_err(m::SIG_PRE))?;
         }
-        self.write_name_filter(g, name_filter(g, c))?;
+        self.write_gen_array(m::NAME_FILTER, g, NAME_FILTER_WORDS, name_filter(g, c))?;
         let gen8 = g as u8;
         self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
-        self.write_name_table(g, name_table(g, c)?)?;
+        self.write_gen_array(m::NAMES, g, NAME_BUCKETS, name_table(g, c)?)?;
         self.fill_hash(m::STUN, c.stun.iter().map(|(t, v)| (stun_key(g, *t), *v)))?;
         self.fill_lpm(m::ADDR4, c.addr4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
         self.fill_lpm(m::ADDR6, c.addr6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
@@ -504,10 +506,10 @@ impl Dataplane {
             self.remove_hash::<SigKey, SigValue>(m::SIGS, c.sigs.iter().map(|(k, _)| SigKey { generation: gen8, ..*k }))?;
             // Empty the buckets the old policy filled (the rest are empty already).
             let buckets = name_table(g, &c)?.into_keys().map(|i| (i, NameBucket::default()));
-            self.write_name_table(g, buckets.collect())?;
+            self.write_gen_array(m::NAMES, g, NAME_BUCKETS, buckets.collect())?;
             // Zero words where the old policy set bits (the rest are zero already).
-            let words = name_filter(g, &c).into_keys().map(|w| (w, 0));
-            self.write_name_filter(g, words.collect())?;
+            let words = name_filter(g, &c).into_keys().map(|w| (w, 0u64));
+            self.write_gen_array(m::NAME_FILTER, g, NAME_FILTER_WORDS, words.collect())?;
             self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
             self.remove_lpm::<[u8; 5], AppMatch>(m::ADDR4, c.addr4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
             self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
@@ -639,16 +641,6 @@ impl Dataplane {
     pub fn remove_learned(&mut self, addr: IpAddr) -> Result<()> {
         self.remove_learned_in(self.gens.active & 1, addr)?;
         self.learned.remove(&addr);
-        Ok(())
-    }
-
-    /// Writes buckets of generation `g`'s half of the name table.
-    fn write_name_table(&mut self, g: u32, buckets: BTreeMap<u32, NameBucket>) -> Result<()> {
-        let mut a: Array<_, NameBucket> = Array::try_from(self.map_mut(m::NAMES)?)?;
-        for (i, k) in buckets {
-            debug_assert_eq!(i / NAME_BUCKETS, g & 1);
-            a.set(i, k, 0).map_err(map_err(m::NAMES))?;
-        }
         Ok(())
     }
 
