@@ -530,6 +530,9 @@ pub fn suffix_hashes_from<B: Bytes>(seed: u64, buf: &B, off: usize, len: usize, 
         // Dots among the name's bytes, none past the NAME_LOOKUPS_MAX shortest parents.
         let mut m = zero_bytes(w ^ DOTS) & name_bytes & !all_if_zero(count.wrapping_sub(NAME_LOOKUPS_MAX as u64) >> 63);
         let dots = byte_tops(m);
+        // Slots are filled shortest parent first: the lowest dot of a word (found first) is
+        // the longest parent among the word's, so its slot is the word's last.
+        let mut ord = count + dots;
         let mut k = 0;
         while k < 8 {
             m = buf.opaque(m);
@@ -537,9 +540,9 @@ pub fn suffix_hashes_from<B: Bytes>(seed: u64, buf: &B, off: usize, len: usize, 
                 break;
             }
             let dot = m & m.wrapping_neg();
-            // The bytes after the dot; the dots among them belong to shorter parents.
+            // The bytes after the dot.
             let after = !((dot << 1).wrapping_sub(1));
-            let ord = count + byte_tops(m & after);
+            ord = ord.wrapping_sub(1);
             slots[ord as usize & (NAME_SLOTS - 1)] = name_hash_word(h, w & after);
             m ^= dot;
             k += 1;
@@ -560,24 +563,26 @@ pub fn suffix_hashes_from<B: Bytes>(seed: u64, buf: &B, off: usize, len: usize, 
 /// Words of the longest name (see [`domain_hash_from`]).
 const NAME_WORDS: usize = NAME_MAX / 8 + 1;
 
-/// Second half of [`match_name`]: at most `NAME_LOOKUPS_MAX + 1` lookups; the longest match wins.
+/// Second half of [`match_name`]: the longest match wins, so the whole name is looked up
+/// first, then its parents from the longest (`slots` holds them shortest first), and the first
+/// match ends the search. At most `NAME_LOOKUPS_MAX + 1` lookups; a name of the policy's apps
+/// usually takes one or two.
 #[inline(always)]
 pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], count: usize, h: u64, mut lookup: F) -> u16 {
-    let mut best = 0u16;
+    if let Some(app) = lookup(h) {
+        return app;
+    }
     let mut k = 0usize;
     while k < NAME_LOOKUPS_MAX {
         if k >= count {
             break;
         }
-        if let Some(app) = lookup(slots[k & (NAME_SLOTS - 1)]) {
-            best = app;
+        if let Some(app) = lookup(slots[count.wrapping_sub(1 + k) & (NAME_SLOTS - 1)]) {
+            return app;
         }
         k += 1;
     }
-    if let Some(app) = lookup(h) {
-        best = app;
-    }
-    best
+    0
 }
 
 /// The extensions of a TLS ClientHello record (RFC 8446 §4.1.2) at `buf[0]` with `len`
@@ -630,10 +635,37 @@ pub const fn is_client_hello_head(b: [u8; 6]) -> bool {
 /// the server name extension lies in the part present.
 #[inline(always)]
 pub fn tls_sni<B: Bytes>(buf: &B, len: usize) -> Option<(usize, usize)> {
+    tls_sni_walk(buf, len).map(|s| s.name)
+}
+
+/// Where [`tls_sni_walk`] found the server name, and what a walk for Encrypted Client Hello
+/// needs to go on from there rather than from the first extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SniWalk {
+    /// The name's offset and length.
+    pub name: (usize, usize),
+    /// The extension after `server_name` (at most `ext_end`).
+    pub next: usize,
+    /// Where the extensions end (the declared end, or the bytes present if fewer): at most
+    /// `SCRATCH_LEN`.
+    pub ext_end: usize,
+    /// 1 when an `encrypted_client_hello` extension came before `server_name`, else 0.
+    pub ech_before: u64,
+    /// Extensions walked, `server_name` included.
+    pub walked: usize,
+}
+
+/// Extensions a walk reads at most.
+pub const EXT_WALK_MAX: usize = 64;
+
+/// [`tls_sni`]'s walk, with where it stopped (see [`SniWalk`]).
+#[inline(always)]
+pub fn tls_sni_walk<B: Bytes>(buf: &B, len: usize) -> Option<SniWalk> {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
     let (mut p, ext_end) = hello_extensions(buf, len)?;
+    let mut ech = 0u64;
     let mut n = 0;
-    while n < 64 {
+    while n < EXT_WALK_MAX {
         if p + 4 > ext_end {
             return None;
         }
@@ -650,8 +682,13 @@ pub fn tls_sni<B: Bytes>(buf: &B, len: usize) -> Option<(usize, usize)> {
             if nlen == 0 || nlen > NAME_MAX || start + nlen > len || nlen + 5 > elen {
                 return None;
             }
-            return Some(trim_dot(buf, start, nlen));
+            // The next extension, or the end where the name's claims to run past it.
+            let next = if p + 4 + elen < ext_end { p + 4 + elen } else { ext_end };
+            return Some(SniWalk { name: trim_dot(buf, start, nlen), next, ext_end, ech_before: ech, walked: n + 1 });
         }
+        // Without a branch (one verifier state whatever the types): 1 for the ECH type only,
+        // since `ty` is below 2^16.
+        ech |= ((ty ^ TLS_EXT_ECH) as u64).wrapping_sub(1) >> 63;
         p += 4 + elen;
         n += 1;
     }
@@ -666,13 +703,22 @@ pub const TLS_EXT_ECH: usize = 0xfe0d;
 #[inline(always)]
 pub fn tls_has_ech<B: Bytes>(buf: &B, len: usize) -> bool {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    let Some((mut p, ext_end)) = hello_extensions(buf, len) else { return false };
+    let Some((p, ext_end)) = hello_extensions(buf, len) else { return false };
+    ech_from(buf, p, ext_end, EXT_WALK_MAX)
+}
+
+/// Whether an `encrypted_client_hello` extension is among the extensions from offset `p` to
+/// `ext_end`, reading at most `most` of them. With a [`SniWalk`]'s `next` and `ext_end`, and
+/// its `ech_before`, this is [`tls_has_ech`] without walking the extensions before the server
+/// name a second time.
+#[inline(always)]
+pub fn ech_from<B: Bytes>(buf: &B, mut p: usize, ext_end: usize, most: usize) -> bool {
     let mut n = 0;
-    while n < 64 {
-        if p + 4 > ext_end {
+    while n < EXT_WALK_MAX {
+        if n >= most || p + 4 > ext_end {
             return false;
         }
-        // In the bytes present, as in `tls_sni`.
+        // In the bytes present, as in `tls_sni_walk`.
         let head = buf.be32(p) as usize;
         if head >> 16 == TLS_EXT_ECH {
             return true;
@@ -1026,6 +1072,46 @@ mod tests {
         let h = client_hello(&[sni_ext("public.example"), ech]);
         assert!(!tls_has_ech(&buf(&h), h.len() - 16));
         assert!(!tls_has_ech(&buf(b"\x16\x03\x01"), 3));
+    }
+
+    /// The walk that goes on from the server name finds what the whole walk finds: ECH before
+    /// the name, after it, nowhere, or cut off by the bytes present; the types around it
+    /// (0xfe0c, 0xfe0e, GREASE 0xfafa) are not ECH.
+    #[test]
+    fn the_ech_walk_goes_on_from_the_server_name() {
+        let ech = (0xfe0d_u16, vec![0, 0, 1, 0, 1, 9, 0, 2, 1, 2, 0, 3, 4, 5, 6]);
+        let near = [(0xfe0c_u16, vec![1]), (0xfe0e, vec![]), (0xfafa, vec![])];
+        let mut cases = vec![
+            (vec![sni_ext("public.example"), ech.clone()], true),
+            (vec![ech.clone(), sni_ext("public.example")], true),
+            (vec![near[0].clone(), ech.clone(), near[1].clone(), sni_ext("public.example"), near[2].clone()], true),
+            (vec![near[0].clone(), sni_ext("public.example"), near[1].clone(), near[2].clone(), ech.clone()], true),
+            (vec![near[0].clone(), near[1].clone(), sni_ext("public.example"), near[2].clone()], false),
+            (vec![sni_ext("public.example")], false),
+        ];
+        cases.push((vec![(23, vec![]); 70].into_iter().chain([sni_ext("late.example")]).collect(), false));
+        // A server_name extension that claims to run past the extensions' end: the walk goes
+        // on from their end, not from an offset past it.
+        let mut long = client_hello(&[sni_ext("public.example"), ech.clone()]);
+        let at_sni = long.len() - (4 + ech.1.len()) - (4 + sni_ext("public.example").1.len());
+        long[at_sni + 2..at_sni + 4].copy_from_slice(&0xfff0_u16.to_be_bytes());
+        let w = tls_sni_walk(&buf(&long), long.len()).expect("the name is whole");
+        assert_eq!((w.next, w.ext_end), (long.len(), long.len()));
+        assert!(!ech_from(&buf(&long), w.next, w.ext_end, 64));
+        for (exts, has) in cases {
+            let h = client_hello(&exts);
+            for cut in [0, 16] {
+                let (b, n) = (buf(&h), h.len() - cut);
+                let whole = tls_has_ech(&b, n);
+                let resumed = tls_sni_walk(&b, n).map(|w| w.ech_before != 0 || ech_from(&b, w.next, w.ext_end, 64 - w.walked));
+                if let Some(resumed) = resumed {
+                    assert_eq!(resumed, whole, "{exts:?} less {cut}");
+                }
+                if cut == 0 {
+                    assert_eq!(whole, has, "{exts:?}");
+                }
+            }
+        }
     }
 
     fn sni_ext(name: &str) -> (u16, Vec<u8>) {

@@ -97,8 +97,9 @@ pub struct Scratch {
     /// Suffix hashes of a server name.
     pub hashes: [u64; NAME_SLOTS],
     /// Loop results pass through here (volatile store and load) so that the verifier sees
-    /// them as unknown values and merges the states of a loop's many exits.
-    pub spill: [u64; 4],
+    /// them as unknown values and merges the states of a loop's many exits; or across a loop,
+    /// so that it does not carry them as verifier state.
+    pub spill: [u64; 5],
     /// A new flow's entry is built here, not on the stack: its byte fields get merged into
     /// unaligned wide stores, which the verifier allows in map memory but not on the stack.
     pub entry: FlowEntry,

@@ -1149,6 +1149,12 @@ fn the_main_program_decides_a_whole_client_hello_alone() {
     let c = Conn::v4(42002, 443);
     assert_eq!(open(&r, &c, &[ClientHello { ech: true, ..ClientHello::new("public.example") }.build()]), XDP_PASS);
     assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
+    // The ECH walk goes on from the extension after the name: an ECH extension before the
+    // name is found too (the name's own walk saw it).
+    let c = Conn::v4(42090, 443);
+    let ech_first = ClientHello { ech: true, order: ExtOrder::SniLast, ..ClientHello::new("public.example") };
+    assert_eq!(open(&r, &c, &[ech_first.build()]), XDP_PASS);
+    assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
     // A name no app claims leaves the flow undecided, its address no longer speaking for it.
     let c = Conn::v4(42003, 443);
     assert_eq!(open(&r, &c, &[ClientHello::new("docs.example.net").build()]), XDP_PASS);
