@@ -425,6 +425,13 @@ pub trait Bytes {
         w
     }
 
+    /// Bytes `i .. i + 2` as a big-endian number (`i` below `SCRATCH_LEN`); 0 where the
+    /// source does not hold them both.
+    #[inline(always)]
+    fn be16(&self, i: usize) -> u16 {
+        ((self.at(i) as u16) << 8) | self.at(i + 1) as u16
+    }
+
     /// Bytes `i .. i + 4` as a big-endian number (`i` below `SCRATCH_LEN`); 0 where the
     /// source does not hold them all. A TLS extension's header (type, length) in one read.
     #[inline(always)]
@@ -454,7 +461,7 @@ fn at<B: Bytes>(buf: &B, i: usize) -> u8 {
 
 #[inline(always)]
 fn be16<B: Bytes>(buf: &B, i: usize) -> usize {
-    ((at(buf, i) as usize) << 8) | at(buf, i + 1) as usize
+    buf.be16(i) as usize
 }
 
 /// The top bit of each zero byte of `x`, exactly (no carry reaches a byte above).
@@ -674,10 +681,12 @@ pub fn tls_sni_walk<B: Bytes>(buf: &B, len: usize) -> Option<SniWalk> {
         let (ty, elen) = (head >> 16, head & 0xffff);
         if ty == 0 {
             // server_name: list length, then (type host_name(0), length, name).
-            if elen < 5 || p + 9 > len || at(buf, p + 6) != 0 {
+            // One read for the list length's low byte, the name's type and its length.
+            let entry = buf.be32(p + 5) as usize;
+            if elen < 5 || p + 9 > len || (entry >> 16) & 0xff != 0 {
                 return None;
             }
-            let nlen = be16(buf, p + 7);
+            let nlen = entry & 0xffff;
             let start = p + 9;
             if nlen == 0 || nlen > NAME_MAX || start + nlen > len || nlen + 5 > elen {
                 return None;

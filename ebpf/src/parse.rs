@@ -115,6 +115,12 @@ impl Bytes for InPacket {
     }
 
     #[inline(always)]
+    fn be16(&self, i: usize) -> u16 {
+        // SAFETY: as for `word`, two bytes.
+        self.bytes(i, 2).map_or(0, |p| u16::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u16>()) }))
+    }
+
+    #[inline(always)]
     fn be32(&self, i: usize) -> u32 {
         // SAFETY: as for `word`, four bytes.
         self.bytes(i, 4).map_or(0, |p| u32::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }))
