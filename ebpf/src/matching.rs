@@ -7,7 +7,7 @@ use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
     maps::{name_buckets, name_filter_bit, stun_key},
-    matcher::{Bytes, CLIENT_HELLO_MIN, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk, ech_from, EXT_WALK_MAX},
+    matcher::{Bytes, CLIENT_HELLO_MIN, NAME_SLOTS, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk, ech_from, EXT_WALK_MAX},
     verdict::Method,
 };
 
@@ -230,20 +230,20 @@ const NAME_UNKNOWN: u32 = 0x1_0000;
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn imfw_name_app(ctx: *mut xdp_md, generation: u32, payload_off: u32, off: u32, len: u32) -> u32 {
-    name_app_at(ctx, generation, payload_off, off as usize & SCRATCH_MASK, len as usize & 0xff)
+    let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return 0 };
+    name_app_at(ctx, scratch, generation, payload_off, off as usize & SCRATCH_MASK, len as usize & 0xff)
 }
 
 /// [`imfw_name_app`]'s work, also done by [`imfw_hello_app`].
 #[inline(always)]
-fn name_app_at(ctx: *mut xdp_md, generation: u32, payload_off: u32, off: usize, len: usize) -> u32 {
-    let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return 0 };
+fn name_app_at(ctx: *mut xdp_md, scratch: *mut Scratch, generation: u32, payload_off: u32, off: usize, len: usize) -> u32 {
     // SAFETY: the per-CPU scratch value, ours for this program run.
     let slots = unsafe { &mut (*scratch).hashes };
     // SAFETY: as above; the spill slots follow the buffer in the same per-CPU value.
     let spill = unsafe { &raw mut (*scratch).spill[2] };
     let name = Opaque(InPacket::new(&XdpContext::new(ctx), payload_off as usize), spill);
     let (h, count) = suffix_hashes_from(name_seed(generation), &name, off, len, slots);
-    let app = name_lookups(generation, count as u32, h);
+    let app = name_lookups(slots, generation, count as u32, h);
     if app != 0 {
         return app;
     }
@@ -330,7 +330,7 @@ pub extern "C" fn imfw_hello_app(ctx: *mut xdp_md, generation: u32, payload_off:
     let rest = (walk.ech_before << 48) | ((walk.walked as u64 & 0xffff) << 32) | ((walk.next as u64 & 0xffff) << 16) | (walk.ext_end as u64 & 0xffff);
     // SAFETY: a valid, aligned slot of the per-CPU scratch value, which `name_app_at` leaves.
     unsafe { core::ptr::write_volatile(&mut spill[4], rest) };
-    let app = name_app_at(ctx, generation, payload_off, off, len);
+    let app = name_app_at(ctx, scratch, generation, payload_off, off, len);
     if app != NAME_UNKNOWN {
         return app;
     }
@@ -383,17 +383,14 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16)
 }
 
 /// The app of the longest domain of policy generation `generation` among a server name's
-/// suffixes: the `count` suffix hashes [`suffix_hashes_from`] left in the scratch buffer, then
-/// the whole name's hash `whole`; 0 for none.
+/// suffixes: the whole name's hash `whole`, then the `count` suffix hashes
+/// [`suffix_hashes_from`] left in `slots` (the scratch value's); 0 for none.
 ///
 /// Inlined into [`imfw_name_app`], a global function that the verifier checks once: a call
 /// of its own cost about 10 ns per name (a BPF call and return, with the kernel's return-stack
 /// mitigations).
 #[inline(always)]
-fn name_lookups(generation: u32, count: u32, whole: u64) -> u32 {
-    let Some(scratch) = IMFW_SCRATCH.get_ptr(0) else { return 0 };
-    // SAFETY: the per-CPU scratch buffer, ours for this program run.
-    let slots = unsafe { &(*scratch).hashes };
+fn name_lookups(slots: &[u64; NAME_SLOTS], generation: u32, count: u32, whole: u64) -> u32 {
     // Inlined: LLVM left the closure a function of its own, a BPF call per suffix looked up.
     let lookup = #[inline(always)]
     |h| name_app(generation, h);
