@@ -92,9 +92,24 @@ pub struct SigPrefilter {
     pub admit: [[u32; 256]; PRE_BYTES],
     pub admit_len: [u32; 256],
     pub admit_port: [u32; 256],
+    /// The shapes a payload that opens with a ClientHello's head (see [`is_client_hello_head`])
+    /// can match by the bytes that head fixes among `pos` ([`HELLO_FIXED`]):
+    /// [`SigPrefilter::candidates_hello`] starts from these instead of reading those bytes.
+    pub hello_admit: u32,
+    /// How many of `pos`, from the first, are bytes a ClientHello's head leaves open: `build`
+    /// puts the fixed ones last, and [`SigPrefilter::candidates_hello`] reads only these.
+    pub hello_probes: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 * 256 * (PRE_BYTES + 2));
+const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 * 256 * (PRE_BYTES + 2) + 8);
+
+/// The payload bytes (offset, value) that every payload [`is_client_hello_head`] accepts has.
+pub const HELLO_FIXED: [(usize, u8); 3] = [(0, 0x16), (1, 3), (5, 1)];
+
+/// The value [`HELLO_FIXED`] gives payload offset `p`, if any.
+fn hello_fixed(p: usize) -> Option<u8> {
+    HELLO_FIXED.iter().find(|&&(q, _)| q == p).map(|&(_, v)| v)
+}
 
 impl Default for SigPrefilter {
     fn default() -> Self {
@@ -103,6 +118,8 @@ impl Default for SigPrefilter {
             admit: [[u32::MAX; 256]; PRE_BYTES],
             admit_len: [u32::MAX; 256],
             admit_port: [u32::MAX; 256],
+            hello_admit: u32::MAX,
+            hello_probes: PRE_BYTES as u32,
         }
     }
 }
@@ -164,7 +181,15 @@ impl SigPrefilter {
             chosen += 1;
             covered |= s;
         }
-        let pos = &pos[..chosen];
+        // The bytes a ClientHello's head fixes go last (see `hello_probes`); the order of the
+        // others stays.
+        let mut ordered = [0usize; PRE_BYTES];
+        let open = pos[..chosen].iter().filter(|&&p| hello_fixed(p).is_none());
+        let fixed = pos[..chosen].iter().filter(|&&p| hello_fixed(p).is_some());
+        for (slot, &p) in ordered.iter_mut().zip(open.chain(fixed)) {
+            *slot = p;
+        }
+        let pos = &ordered[..chosen];
         let mut pre = SigPrefilter::default();
         let all: u32 = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
         for (k, &p) in pos.iter().enumerate() {
@@ -192,6 +217,12 @@ impl SigPrefilter {
             admit_range(&mut pre.admit_len, v.min_len, v.max_len, 1u32 << ci);
             admit_range(&mut pre.admit_port, v.port_lo, v.port_hi, 1u32 << ci);
         }
+        pre.hello_probes = pos.iter().filter(|&&p| hello_fixed(p).is_none()).count() as u32;
+        for (k, &p) in pos.iter().enumerate() {
+            if let Some(v) = hello_fixed(p) {
+                pre.hello_admit &= pre.admit[k][usize::from(v)];
+            }
+        }
         pre
     }
 
@@ -201,6 +232,23 @@ impl SigPrefilter {
         let mut c = self.admit_len[len & 0xff] & self.admit_port[usize::from(port & 0xff)];
         let mut k = 0;
         while k < PRE_BYTES {
+            c &= self.admit[k][at(buf, self.pos[k] as usize) as usize];
+            k += 1;
+        }
+        c
+    }
+
+    /// [`SigPrefilter::candidates`] for a payload that opens with a ClientHello's head (see
+    /// [`is_client_hello_head`]): the same shapes, from fewer bytes read, since the head fixes
+    /// some of them (`hello_admit`).
+    #[inline(always)]
+    pub fn candidates_hello<B: Bytes>(&self, buf: &B, len: usize, port: u16) -> u32 {
+        let mut c = self.admit_len[len & 0xff] & self.admit_port[usize::from(port & 0xff)] & self.hello_admit;
+        let mut k = 0;
+        while k < PRE_BYTES {
+            if k as u32 >= self.hello_probes {
+                break;
+            }
             c &= self.admit[k][at(buf, self.pos[k] as usize) as usize];
             k += 1;
         }
@@ -1320,8 +1368,10 @@ mod tests {
         ];
         let pre = SigPrefilter::build(&classes, sigs.iter().map(|(k, v)| (k, v)));
         // Offsets 0, 2, 4 and 10 cover the five shapes that look at bytes (0 covers two, and 2
-        // is looked at by two); the other three are the rest the shapes look at.
-        assert_eq!(&pre.pos[..7], &[0, 2, 4, 10, 1, 3, 5]);
+        // is looked at by two); the other three are the rest the shapes look at. Those a
+        // ClientHello's head fixes (0, 1, 5) go last.
+        assert_eq!(&pre.pos[..7], &[2, 4, 10, 3, 0, 1, 5]);
+        assert_eq!(pre.hello_probes, 4);
         let mut shapes = classes;
         for (k, _) in &sigs {
             shapes[k.class as usize].admit(&k.bytes);
@@ -1341,6 +1391,9 @@ mod tests {
                                 payload[..11].copy_from_slice(&[a, b'?', c, d, e, 0xbb, 0, 0, 0, 0, d]);
                                 let cand = pre.candidates(&buf(&payload), len, port);
                                 let bb = buf(&payload);
+                                if is_client_hello_head([a, b'?', c, d, e, 0xbb]) {
+                                    assert_eq!(pre.candidates_hello(&bb, len, port), cand);
+                                }
                                 for (ci, shape) in shapes.iter().enumerate() {
                                     let hit = sig_key(&bb, len.min(16), shape, ci as u16, 0)
                                         .and_then(|k| sigs.iter().find(|(s, _)| *s == k))
@@ -1367,6 +1420,19 @@ mod tests {
         let mut hello = [0u8; 64];
         hello[..6].copy_from_slice(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
         assert_eq!(pre.candidates(&buf(&hello), 517, 443), 0b10);
+        // From the bytes the head leaves open, the same shapes: every head, every byte the
+        // shapes look at from a small alphabet.
+        for minor in 0..=4u8 {
+            for &x in &[0x00u8, 0x02, 0x03, 0x01, 0xaa, 0xbb, 0x7f, 0x10] {
+                for &y in &[0x00u8, 0x01, 0xaa, 0xbb, 0x7f] {
+                    let mut h = [0u8; 64];
+                    h[..11].copy_from_slice(&[0x16, 0x03, minor, x, y, 0x01, 0, 0, 0, 0, y]);
+                    for (len, port) in [(517, 443), (12, 5222), (268, 358), (47, 443)] {
+                        assert_eq!(pre.candidates_hello(&buf(&h), len, port), pre.candidates(&buf(&h), len, port), "{h:02x?} {len} {port}");
+                    }
+                }
+            }
+        }
         assert_eq!(pre.candidates(&buf(b"<?xml ver"), 40, 5222) & 1, 1);
         // The size-only shape: its length and port, modulo 256 (its own check sees the rest).
         assert_eq!(pre.candidates(&buf(&hello), 12, 5222) & 0b1_0000, 0b1_0000);
@@ -1376,5 +1442,6 @@ mod tests {
         // Without signatures, no shape is left; the default admits all.
         assert_eq!(SigPrefilter::build(&classes, core::iter::empty()).candidates(&buf(&hello), 12, 5222), 0);
         assert_eq!(SigPrefilter::default().candidates(&buf(&hello), 12, 443), u32::MAX);
+        assert_eq!(SigPrefilter::default().candidates_hello(&buf(&hello), 12, 443), u32::MAX);
     }
 }

@@ -370,7 +370,9 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16)
     }
     let generation = gen_of(cfg);
     let payload_len = pkt.payload_len & 0xffff;
-    if sig_candidates(generation, &InPacket::new(ctx, pkt.payload_off), payload_len, server_port) != 0 {
+    // The head checked above fixes some of the bytes the prefilter reads.
+    let pre = IMFW_SIGPRE.get(generation);
+    if pre.map_or(u32::MAX, |p| p.candidates_hello(&InPacket::new(ctx, pkt.payload_off), payload_len, server_port)) != 0 {
         return None;
     }
     let (payload_off, payload_len) = (pkt.payload_off as u32, payload_len as u32);

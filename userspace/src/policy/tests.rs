@@ -465,6 +465,9 @@ fn the_prefilter_keeps_every_catalogue_signature() {
         buf[..hello.len()].copy_from_slice(&hello);
         assert_eq!(c.sig_pre.candidates(&buf, hello.len(), 443), 0, "a ClientHello of {} bytes", hello.len());
         let xmpp = c.sig_pre.candidates(&buf, hello.len(), 5222);
+        for port in [443, 5222, 80, 8443] {
+            assert_eq!(c.sig_pre.candidates_hello(&buf, hello.len(), port), c.sig_pre.candidates(&buf, hello.len(), port));
+        }
         assert_eq!(xmpp & !size_only, 0, "a ClientHello of {} bytes to port 5222", hello.len());
         left += usize::from(xmpp != 0);
     }
