@@ -317,16 +317,20 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
         return;
     }
     klog::classified(cfg, app, method as u8, action.verdict, key.server(e.client_is_a != 0).1, key.proto);
-    let event = FlowEvent {
-        kind: EVENT_CLASSIFIED,
-        ifindex: ctx.ingress_ifindex() as u32,
-        key: *key,
-        app,
-        method: method as u8,
-        verdict: action.verdict,
-        client_is_a: e.client_is_a,
-        redirect_slot: action.redirect_slot,
-        src_class: e.class(),
+    let (client_is_a, src_class) = (e.client_is_a, e.class());
+    // Written field by field where it goes, once there is room for it: a whole `FlowEvent`
+    // value is built on the stack first and copied.
+    let event = #[inline(always)]
+    |ev: &mut FlowEvent| {
+        ev.kind = EVENT_CLASSIFIED;
+        ev.ifindex = ctx.ingress_ifindex() as u32;
+        ev.key = *key;
+        ev.app = app;
+        ev.method = method as u8;
+        ev.verdict = action.verdict;
+        ev.client_is_a = client_is_a;
+        ev.redirect_slot = action.redirect_slot;
+        ev.src_class = src_class;
     };
     if !report(event) {
         count_stat(Stat::EventsLost);
@@ -337,12 +341,13 @@ pub fn decide(ctx: &XdpContext, cfg: &Config, key: &FlowKey, e: &mut FlowEntry, 
 /// Hands a classification to the controller: appended to this CPU's section of the
 /// classification log (see `imfw_common::event::ClassLogPos`), two array lookups and a few
 /// stores, where the ring buffer's reserve and submit take a lock, two helper calls and the
-/// calls within them. False when the section is full. The event comes by value, so that its
-/// fields are stored where it goes: a copy on the stack got byte fields merged into unaligned
-/// wide stores, which the verifier refuses on the stack.
+/// calls within them. False when the section is full. `fill` writes every field of the
+/// record in its slot: built before, a `FlowEvent` lived on the stack across the lookups and
+/// was copied (and a copy on the stack got byte fields merged into unaligned wide stores,
+/// which the verifier refuses on the stack).
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn report(event: FlowEvent) -> bool {
+fn report(fill: impl FnOnce(&mut FlowEvent)) -> bool {
     use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
     use imfw_common::maps::CLASS_LOG_SLOTS;
 
@@ -362,7 +367,7 @@ fn report(event: FlowEvent) -> bool {
         }
         let index = cpu.wrapping_mul(CLASS_LOG_SLOTS) | (written as u32 & (CLASS_LOG_SLOTS - 1));
         let Some(slot) = IMFW_CLASSLOG.get_ptr_mut(index) else { return false };
-        *slot = event;
+        fill(&mut *slot);
         // The record's stores stay before the count's: x86-64 keeps stores in order, so the
         // controller, which reads the count first, never sees a record before it is written.
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
@@ -375,14 +380,19 @@ fn report(event: FlowEvent) -> bool {
 /// `imfw_common::event::ClassLogPos`).
 #[cfg(not(bpf_target_arch = "x86_64"))]
 #[inline(always)]
-fn report(event: FlowEvent) -> bool {
+fn report(fill: impl FnOnce(&mut FlowEvent)) -> bool {
     use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
 
     use crate::maps::IMFW_EVENTS;
 
     match IMFW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
-            slot.write(event);
+            // SAFETY: the reserved record, zeroed first (every field is an integer), then filled.
+            unsafe {
+                let ev = slot.as_mut_ptr();
+                ev.write_bytes(0, 1);
+                fill(&mut *ev);
+            }
             // No wakeup: waking the reader costs an interrupt (a VM exit on a virtual
             // machine) whenever it had caught up, which on a quiet ring is every event. The
             // controller reads the ring every 50 ms anyway; copies it must act on soon (held
