@@ -5,7 +5,9 @@ use crate::flow::FlowKey;
 /// A flow was classified (an app and a verdict were set).
 pub const EVENT_CLASSIFIED: u32 = 1;
 
-#[repr(C)]
+/// Aligned on 8 bytes (its size, 56, and its fields' offsets are as without): the program
+/// writes the key into a record in five 8-byte moves instead of ten.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEvent {
     pub kind: u32,
