@@ -643,13 +643,18 @@ pub fn lookup_suffixes<F: FnMut(u64) -> Option<u16>>(slots: &[u64; NAME_SLOTS], 
 /// The extensions of a TLS ClientHello record (RFC 8446 §4.1.2) at `buf[0]` with `len`
 /// bytes present (`len <= SCRATCH_LEN`): the offset of the first extension and where the
 /// extensions end (the declared end, or the bytes present if fewer).
+///
+/// `head_known`: the caller has checked that `len` is at least `CLIENT_HELLO_MIN` and that
+/// the record opens with a ClientHello's head ([`is_client_hello_head`]); else this checks.
 #[inline(always)]
-fn hello_extensions<B: Bytes>(buf: &B, len: usize) -> Option<(usize, usize)> {
-    // One read where the source has words (`len` covers them: CLIENT_HELLO_MIN > 8).
-    let w = buf.word(0).to_le_bytes();
-    let head = [w[0], w[1], w[2], w[3], w[4], w[5]];
-    if len < CLIENT_HELLO_MIN || !is_client_hello_head(head) {
-        return None;
+fn hello_extensions<B: Bytes>(buf: &B, len: usize, head_known: bool) -> Option<(usize, usize)> {
+    if !head_known {
+        // One read where the source has words (`len` covers them: CLIENT_HELLO_MIN > 8).
+        let w = buf.word(0).to_le_bytes();
+        let head = [w[0], w[1], w[2], w[3], w[4], w[5]];
+        if len < CLIENT_HELLO_MIN || !is_client_hello_head(head) {
+            return None;
+        }
     }
     let sid_len = at(buf, 43) as usize;
     if sid_len > 32 {
@@ -716,8 +721,20 @@ pub const EXT_WALK_MAX: usize = 64;
 /// [`tls_sni`]'s walk, with where it stopped (see [`SniWalk`]).
 #[inline(always)]
 pub fn tls_sni_walk<B: Bytes>(buf: &B, len: usize) -> Option<SniWalk> {
+    sni_walk(buf, len, false)
+}
+
+/// [`tls_sni_walk`] for a caller that has checked what [`is_client_hello_head`] checks, and
+/// that `len` is at least `CLIENT_HELLO_MIN`: the walk does not read the head again.
+#[inline(always)]
+pub fn tls_sni_walk_after_head<B: Bytes>(buf: &B, len: usize) -> Option<SniWalk> {
+    sni_walk(buf, len, true)
+}
+
+#[inline(always)]
+fn sni_walk<B: Bytes>(buf: &B, len: usize, head_known: bool) -> Option<SniWalk> {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    let (mut p, ext_end) = hello_extensions(buf, len)?;
+    let (mut p, ext_end) = hello_extensions(buf, len, head_known)?;
     let mut ech = 0u64;
     let mut n = 0;
     while n < EXT_WALK_MAX {
@@ -760,7 +777,7 @@ pub const TLS_EXT_ECH: usize = 0xfe0d;
 #[inline(always)]
 pub fn tls_has_ech<B: Bytes>(buf: &B, len: usize) -> bool {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    let Some((p, ext_end)) = hello_extensions(buf, len) else { return false };
+    let Some((p, ext_end)) = hello_extensions(buf, len, false) else { return false };
     ech_from(buf, p, ext_end, EXT_WALK_MAX)
 }
 
@@ -1161,6 +1178,7 @@ mod tests {
                 let (b, n) = (buf(&h), h.len() - cut);
                 let whole = tls_has_ech(&b, n);
                 let resumed = tls_sni_walk(&b, n).map(|w| w.ech_before != 0 || ech_from(&b, w.next, w.ext_end, 64 - w.walked));
+                assert_eq!(tls_sni_walk_after_head(&b, n), tls_sni_walk(&b, n), "a head checked by the caller walks alike");
                 if let Some(resumed) = resumed {
                     assert_eq!(resumed, whole, "{exts:?} less {cut}");
                 }

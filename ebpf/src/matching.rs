@@ -7,7 +7,7 @@ use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
     maps::{name_buckets, name_filter_bit, stun_key},
-    matcher::{Bytes, CLIENT_HELLO_MIN, NAME_SLOTS, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk, ech_from, EXT_WALK_MAX},
+    matcher::{Bytes, CLIENT_HELLO_MIN, NAME_SLOTS, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk_after_head, ech_from, EXT_WALK_MAX},
     verdict::Method,
 };
 
@@ -302,7 +302,9 @@ const NAME_HIDDEN: u32 = 0x3_0000;
 /// The app of the server name of the ClientHello that starts the payload at `payload_off` of
 /// the packet (`payload_len` bytes long): [`imfw_tls_sni`]'s walk, then [`imfw_name_app`]'s
 /// match, with their results, or [`NO_NAME`]; and for a name no app claims, the walk of
-/// [`imfw_tls_has_ech`]: [`NAME_HIDDEN`] when it finds the extension.
+/// [`imfw_tls_has_ech`], from the extension after the name on: [`NAME_HIDDEN`] when it finds
+/// the extension. The caller has checked the payload's head and length (`client_hello`), which
+/// the walk does not read again.
 ///
 /// A global function (exported by the linker, see build.rs) for the main program's
 /// ClientHello path: one BPF call and return there instead of two or three (about 10 ns each
@@ -315,7 +317,8 @@ pub extern "C" fn imfw_hello_app(ctx: *mut xdp_md, generation: u32, payload_off:
     let Some(scratch) = IMFW_SCRATCH.get_ptr_mut(0) else { return NO_NAME };
     let payload = InPacket::new(&XdpContext::new(ctx), payload_off as usize);
     let present = loaded_len(payload_len as usize & 0xffff);
-    let Some(walk) = tls_sni_walk(&payload, present) else { return NO_NAME };
+    // The caller checked the head and the length (`client_hello`).
+    let Some(walk) = tls_sni_walk_after_head(&payload, present) else { return NO_NAME };
     let (off, len) = walk.name;
     // SAFETY: the per-CPU scratch value, ours for this program run; `name_app_at` uses the
     // third spill slot only.
