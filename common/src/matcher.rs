@@ -96,8 +96,9 @@ pub struct SigPrefilter {
     /// can match by the bytes that head fixes among `pos` ([`HELLO_FIXED`]):
     /// [`SigPrefilter::candidates_hello`] starts from these instead of reading those bytes.
     pub hello_admit: u32,
-    /// How many of `pos`, from the first, are bytes a ClientHello's head leaves open: `build`
-    /// puts the fixed ones last, and [`SigPrefilter::candidates_hello`] reads only these.
+    /// How many of `pos`, from the first, are bytes a ClientHello's head leaves open and that
+    /// lie in its first [`HELLO_WINDOW`] bytes: `build` puts them first, and
+    /// [`SigPrefilter::candidates_hello`] reads only these.
     pub hello_probes: u32,
 }
 
@@ -105,6 +106,13 @@ const _: () = assert!(core::mem::size_of::<SigPrefilter>() == 2 * PRE_BYTES + 4 
 
 /// The payload bytes (offset, value) that every payload [`is_client_hello_head`] accepts has.
 pub const HELLO_FIXED: [(usize, u8); 3] = [(0, 0x16), (1, 3), (5, 1)];
+
+/// The ClientHello path of the prefilter reads its bytes among a ClientHello's first
+/// `HELLO_WINDOW` (a power of two, at most `CLIENT_HELLO_MIN`): every ClientHello has them,
+/// so the kernel checks the packet holds them once, not once per byte read.
+pub const HELLO_WINDOW: usize = 32;
+
+const _: () = assert!(HELLO_WINDOW.is_power_of_two() && HELLO_WINDOW <= CLIENT_HELLO_MIN);
 
 /// The value [`HELLO_FIXED`] gives payload offset `p`, if any.
 fn hello_fixed(p: usize) -> Option<u8> {
@@ -184,9 +192,10 @@ impl SigPrefilter {
         // The bytes a ClientHello's head fixes go last (see `hello_probes`); the order of the
         // others stays.
         let mut ordered = [0usize; PRE_BYTES];
-        let open = pos[..chosen].iter().filter(|&&p| hello_fixed(p).is_none());
-        let fixed = pos[..chosen].iter().filter(|&&p| hello_fixed(p).is_some());
-        for (slot, &p) in ordered.iter_mut().zip(open.chain(fixed)) {
+        let near = |p: usize| hello_fixed(p).is_none() && p < HELLO_WINDOW;
+        let first = pos[..chosen].iter().filter(|&&p| near(p));
+        let rest = pos[..chosen].iter().filter(|&&p| !near(p));
+        for (slot, &p) in ordered.iter_mut().zip(first.chain(rest)) {
             *slot = p;
         }
         let pos = &ordered[..chosen];
@@ -217,7 +226,7 @@ impl SigPrefilter {
             admit_range(&mut pre.admit_len, v.min_len, v.max_len, 1u32 << ci);
             admit_range(&mut pre.admit_port, v.port_lo, v.port_hi, 1u32 << ci);
         }
-        pre.hello_probes = pos.iter().filter(|&&p| hello_fixed(p).is_none()).count() as u32;
+        pre.hello_probes = pos.iter().filter(|&&p| near(p)).count() as u32;
         for (k, &p) in pos.iter().enumerate() {
             if let Some(v) = hello_fixed(p) {
                 pre.hello_admit &= pre.admit[k][usize::from(v)];
@@ -239,17 +248,26 @@ impl SigPrefilter {
     }
 
     /// [`SigPrefilter::candidates`] for a payload that opens with a ClientHello's head (see
-    /// [`is_client_hello_head`]): the same shapes, from fewer bytes read, since the head fixes
-    /// some of them (`hello_admit`).
+    /// [`is_client_hello_head`]), from fewer bytes read: the head fixes some of them
+    /// (`hello_admit`), and only those among the first [`HELLO_WINDOW`] are read. The same
+    /// shapes when the policy's positions lie there (the catalogue's do); else maybe more,
+    /// never fewer (the shapes a byte further on would rule out), and the stages then run them.
     #[inline(always)]
     pub fn candidates_hello<B: Bytes>(&self, buf: &B, len: usize, port: u16) -> u32 {
+        self.candidates_hello_with(len, port, |p| at(buf, p))
+    }
+
+    /// [`SigPrefilter::candidates_hello`] with the payload's bytes read by `byte`, which is
+    /// only asked for offsets below [`HELLO_WINDOW`].
+    #[inline(always)]
+    pub fn candidates_hello_with(&self, len: usize, port: u16, byte: impl Fn(usize) -> u8) -> u32 {
         let mut c = self.admit_len[len & 0xff] & self.admit_port[usize::from(port & 0xff)] & self.hello_admit;
         let mut k = 0;
         while k < PRE_BYTES {
             if k as u32 >= self.hello_probes {
                 break;
             }
-            c &= self.admit[k][at(buf, self.pos[k] as usize) as usize];
+            c &= self.admit[k][byte(self.pos[k] as usize & (HELLO_WINDOW - 1)) as usize];
             k += 1;
         }
         c
@@ -1146,6 +1164,34 @@ mod tests {
         let h = client_hello(&[sni_ext("public.example"), ech]);
         assert!(!tls_has_ech(&buf(&h), h.len() - 16));
         assert!(!tls_has_ech(&buf(b"\x16\x03\x01"), 3));
+    }
+
+    /// A position past the ClientHello path's window is not read there: the path leaves the
+    /// shape that byte would rule out (for the stages to run), never fewer shapes than the
+    /// whole prefilter.
+    #[test]
+    fn the_client_hello_prefilter_reads_only_its_window() {
+        let mut mask = [0u8; SIG_LEN];
+        mask[..2].copy_from_slice(&[0xff, 0xff]);
+        let classes = [SigClass::new(40, 2, mask), SigClass::new(4, 2, mask)];
+        let key = |class: u16, b: [u8; 2]| {
+            let mut bytes = [0u8; SIG_LEN];
+            bytes[..2].copy_from_slice(&b);
+            SigKey { class, dir: 0, generation: 0, bytes }
+        };
+        let sigs = [(key(0, [0xaa, 0xbb]), SigValue::default()), (key(1, [0x02, 0x01]), SigValue::default())];
+        let pre = SigPrefilter::build(&classes, sigs.iter().map(|(k, v)| (k, v)));
+        assert_eq!(pre.hello_probes as usize, pre.pos.iter().take(3).filter(|&&p| p < HELLO_WINDOW as u16 && hello_fixed(p as usize).is_none()).count());
+        for (b4, b40) in [(0x02u8, 0xaau8), (0x02, 0x00), (0x07, 0xaa), (0x07, 0x00)] {
+            let mut h = [0u8; 64];
+            h[..6].copy_from_slice(&[0x16, 0x03, 0x01, 0x02, b4, 0x01]);
+            h[40] = b40;
+            let (whole, hello) = (pre.candidates(&buf(&h), 517, 443), pre.candidates_hello(&buf(&h), 517, 443));
+            assert_eq!(hello & whole, whole, "never fewer: {b4:02x} {b40:02x}");
+            assert_eq!(hello & 0b10, whole & 0b10, "the byte in the window rules out as before");
+            assert_eq!(whole & 0b10 != 0, b4 == 0x02);
+            assert_eq!(hello & 0b01, 0b01, "the byte past it is not read");
+        }
     }
 
     /// The walk that goes on from the server name finds what the whole walk finds: ECH before

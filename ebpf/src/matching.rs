@@ -11,7 +11,7 @@ use imfw_common::{
     verdict::Method,
 };
 
-use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, InPacket, Pkt, payload_head};
+use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, InPacket, Pkt};
 use crate::maps::{IMFW_NAMEBITS, IMFW_NAMES, IMFW_SCRATCH, IMFW_SIGCLASS, IMFW_SIGPRE, IMFW_SIGS, IMFW_STUN, Job, Scratch, gen_of};
 
 /// What the matchers made of a payload.
@@ -367,15 +367,17 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16)
     if pkt.key.proto != IPPROTO_TCP || pkt.payload_len < CLIENT_HELLO_MIN {
         return None;
     }
-    let head = payload_head(ctx, pkt.payload_off)?;
-    if !is_client_hello_head([head[0], head[1], head[2], head[3], head[4], head[5]]) {
+    // One bounds check for the head and the prefilter's bytes: a ClientHello has at least
+    // CLIENT_HELLO_MIN bytes, more than the window.
+    let win = InPacket::new(ctx, pkt.payload_off).window()?;
+    if !is_client_hello_head([win.at(0), win.at(1), win.at(2), win.at(3), win.at(4), win.at(5)]) {
         return None;
     }
     let generation = gen_of(cfg);
     let payload_len = pkt.payload_len & 0xffff;
     // The head checked above fixes some of the bytes the prefilter reads.
     let pre = IMFW_SIGPRE.get(generation);
-    if pre.map_or(u32::MAX, |p| p.candidates_hello(&InPacket::new(ctx, pkt.payload_off), payload_len, server_port)) != 0 {
+    if pre.map_or(u32::MAX, |p| p.candidates_hello_with(payload_len, server_port, |i| win.at(i))) != 0 {
         return None;
     }
     let (payload_off, payload_len) = (pkt.payload_off as u32, payload_len as u32);

@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use imfw_common::{
     flow::FlowKey,
-    matcher::{Bytes, SCRATCH_MASK},
+    matcher::{Bytes, HELLO_WINDOW, SCRATCH_MASK},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -97,6 +97,35 @@ impl InPacket {
     }
 }
 
+/// The first [`HELLO_WINDOW`] bytes of a payload (see [`InPacket::window`]), read from the
+/// packet in four words at constant offsets after one bounds check: the verifier keeps a
+/// checked range only for constant offsets from the checked pointer, so a byte at an offset
+/// from the data (a prefilter position) is taken from these words instead.
+pub struct Window([u64; HELLO_WINDOW / 8]);
+
+const _: () = assert!(HELLO_WINDOW == 32);
+
+impl InPacket {
+    /// The payload's first [`HELLO_WINDOW`] bytes, when the packet holds them all.
+    #[inline(always)]
+    pub fn window(&self) -> Option<Window> {
+        let p = self.bytes(0, HELLO_WINDOW)?;
+        // SAFETY: the packet holds HELLO_WINDOW bytes from `p`; the kernel reads unaligned
+        // packet memory (see build.rs).
+        let word = |k: usize| unsafe { core::ptr::read_unaligned(p.wrapping_add(8 * k).cast::<u64>()) };
+        Some(Window([word(0), word(1), word(2), word(3)]))
+    }
+}
+
+impl Window {
+    /// Byte `i % HELLO_WINDOW`.
+    #[inline(always)]
+    pub fn at(&self, i: usize) -> u8 {
+        let i = i & (HELLO_WINDOW - 1);
+        (self.0[i >> 3] >> ((i & 7) * 8)) as u8
+    }
+}
+
 /// Payload offsets [`InPacket`] reads from: every offset in a frame.
 const PAYLOAD_OFF_MASK: usize = 0x7fff;
 
@@ -125,17 +154,6 @@ impl Bytes for InPacket {
         // SAFETY: as for `word`, four bytes.
         self.bytes(i, 4).map_or(0, |p| u32::from_be(unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }))
     }
-}
-
-/// The first eight bytes of the payload at `payload_off`, when the frame holds them.
-#[inline(always)]
-pub fn payload_head(ctx: &XdpContext, payload_off: usize) -> Option<[u8; 8]> {
-    // Bound the offset for the verifier, as `l4` does; payloads start far below this.
-    if payload_off > 2048 {
-        return None;
-    }
-    // SAFETY: 8 bytes checked by ptr_at.
-    ptr_at::<[u8; 8]>(ctx, payload_off).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
 #[inline(always)]
