@@ -189,8 +189,8 @@ impl SigPrefilter {
             chosen += 1;
             covered |= s;
         }
-        // The bytes a ClientHello's head fixes go last (see `hello_probes`); the order of the
-        // others stays.
+        // The bytes the ClientHello path reads go first (see `hello_probes`): those its head
+        // leaves open within its window. The order within each part stays.
         let mut ordered = [0usize; PRE_BYTES];
         let near = |p: usize| hello_fixed(p).is_none() && p < HELLO_WINDOW;
         let first = pos[..chosen].iter().filter(|&&p| near(p));

@@ -95,17 +95,7 @@ impl InPacket {
         let p = (self.start as *const u8).wrapping_add(i & SCRATCH_MASK);
         if p.wrapping_add(n) > self.end as *const u8 { None } else { Some(p) }
     }
-}
 
-/// The first [`HELLO_WINDOW`] bytes of a payload (see [`InPacket::window`]), read from the
-/// packet in four words at constant offsets after one bounds check: the verifier keeps a
-/// checked range only for constant offsets from the checked pointer, so a byte at an offset
-/// from the data (a prefilter position) is taken from these words instead.
-pub struct Window([u64; HELLO_WINDOW / 8]);
-
-const _: () = assert!(HELLO_WINDOW == 32);
-
-impl InPacket {
     /// The payload's first [`HELLO_WINDOW`] bytes, when the packet holds them all.
     #[inline(always)]
     pub fn window(&self) -> Option<Window> {
@@ -116,6 +106,14 @@ impl InPacket {
         Some(Window([word(0), word(1), word(2), word(3)]))
     }
 }
+
+/// The first [`HELLO_WINDOW`] bytes of a payload (see [`InPacket::window`]), read from the
+/// packet in four words at constant offsets after one bounds check: the verifier keeps a
+/// checked range only for constant offsets from the checked pointer, so a byte at an offset
+/// from the data (a prefilter position) is taken from these words instead.
+pub struct Window([u64; HELLO_WINDOW / 8]);
+
+const _: () = assert!(HELLO_WINDOW == 32);
 
 impl Window {
     /// Byte `i % HELLO_WINDOW`.
