@@ -733,6 +733,29 @@ pub struct SniWalk {
     pub walked: usize,
 }
 
+impl SniWalk {
+    /// What [`ech_after_name`] needs, in one word: whether ECH came before the name, the
+    /// extensions walked, the next extension and the extensions' end (offsets below
+    /// `SCRATCH_LEN`, a count of at most `EXT_WALK_MAX`: 16 bits each). One word, so that the
+    /// kernel keeps it in map memory across the name's loops rather than as verifier state.
+    #[inline(always)]
+    pub fn ech_rest(&self) -> u64 {
+        let field = |v: usize| v as u64 & 0xffff;
+        ((self.ech_before & 1) << 48) | (field(self.walked) << 32) | (field(self.next) << 16) | field(self.ext_end)
+    }
+}
+
+/// Whether the ClientHello whose server name [`tls_sni_walk`] found (`rest` is its
+/// [`SniWalk::ech_rest`]) carries an `encrypted_client_hello` extension: one before the name,
+/// which the walk noted, or one after it, walked from the extension after the name. What
+/// [`tls_has_ech`] says, without walking the extensions before the name a second time.
+#[inline(always)]
+pub fn ech_after_name<B: Bytes>(buf: &B, rest: u64) -> bool {
+    let field = |shift: u32| (rest >> shift) as usize & 0xffff;
+    let (ech_before, walked, next, ext_end) = (rest >> 48 & 1, field(32), field(16), field(0));
+    ech_before != 0 || ech_from(buf, next, ext_end, EXT_WALK_MAX.wrapping_sub(walked))
+}
+
 /// Extensions a walk reads at most.
 pub const EXT_WALK_MAX: usize = 64;
 
@@ -800,11 +823,9 @@ pub fn tls_has_ech<B: Bytes>(buf: &B, len: usize) -> bool {
 }
 
 /// Whether an `encrypted_client_hello` extension is among the extensions from offset `p` to
-/// `ext_end`, reading at most `most` of them. With a [`SniWalk`]'s `next` and `ext_end`, and
-/// its `ech_before`, this is [`tls_has_ech`] without walking the extensions before the server
-/// name a second time.
+/// `ext_end`, reading at most `most` of them.
 #[inline(always)]
-pub fn ech_from<B: Bytes>(buf: &B, mut p: usize, ext_end: usize, most: usize) -> bool {
+fn ech_from<B: Bytes>(buf: &B, mut p: usize, ext_end: usize, most: usize) -> bool {
     let mut n = 0;
     while n < EXT_WALK_MAX {
         if n >= most || p + 4 > ext_end {
@@ -1223,7 +1244,7 @@ mod tests {
             for cut in [0, 16] {
                 let (b, n) = (buf(&h), h.len() - cut);
                 let whole = tls_has_ech(&b, n);
-                let resumed = tls_sni_walk(&b, n).map(|w| w.ech_before != 0 || ech_from(&b, w.next, w.ext_end, 64 - w.walked));
+                let resumed = tls_sni_walk(&b, n).map(|w| ech_after_name(&b, w.ech_rest()));
                 assert_eq!(tls_sni_walk_after_head(&b, n), tls_sni_walk(&b, n), "a head checked by the caller walks alike");
                 if let Some(resumed) = resumed {
                     assert_eq!(resumed, whole, "{exts:?} less {cut}");

@@ -7,7 +7,7 @@ use imfw_common::{
     config::Config,
     flow::DIR_CLIENT,
     maps::{name_buckets, name_filter_bit, stun_key},
-    matcher::{Bytes, CLIENT_HELLO_MIN, NAME_SLOTS, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk_after_head, ech_from, EXT_WALK_MAX},
+    matcher::{Bytes, CLIENT_HELLO_MIN, NAME_SLOTS, LAST_UNKNOWN, MAX_SIG_CLASSES, SCRATCH_LEN, SCRATCH_MASK, host_token, http_host_start, is_stun, lookup_suffixes, name_seed, skip_ows, stun_scan, sig_checks, is_quic_initial, is_client_hello_head, is_dns_response, sig_key, suffix_hashes_from, tls_has_ech, tls_sni, tls_sni_walk_after_head, ech_after_name},
     verdict::Method,
 };
 
@@ -329,21 +329,15 @@ pub extern "C" fn imfw_hello_app(ctx: *mut xdp_md, generation: u32, payload_off:
     let len = launder(&mut spill[1], len as u64) as usize & 0xff;
     // Where the ECH walk would go on, kept in map memory across the name's loops rather than
     // carried through them as the verifier's state (each of the walk's exits its own).
-    // Offsets below SCRATCH_LEN and a count below 64: 16 bits each.
-    let rest = (walk.ech_before << 48) | ((walk.walked as u64 & 0xffff) << 32) | ((walk.next as u64 & 0xffff) << 16) | (walk.ext_end as u64 & 0xffff);
     // SAFETY: a valid, aligned slot of the per-CPU scratch value, which `name_app_at` leaves.
-    unsafe { core::ptr::write_volatile(&mut spill[4], rest) };
+    unsafe { core::ptr::write_volatile(&mut spill[4], walk.ech_rest()) };
     let app = name_app_at(ctx, scratch, generation, payload_off, off, len);
     if app != NAME_UNKNOWN {
         return app;
     }
-    // A name no app claims: the ECH walk goes on from the extension after it, since the
-    // name's walk saw the ones before.
+    // A name no app claims: the ECH walk goes on from the extension after it.
     // SAFETY: as above.
-    let rest = unsafe { core::ptr::read_volatile(&spill[4]) };
-    let (ech_before, walked) = (rest >> 48, (rest >> 32) as usize & 0xffff);
-    let (next, ext_end) = ((rest >> 16) as usize & 0xffff, rest as usize & 0xffff);
-    if ech_before != 0 || ech_from(&payload, next, ext_end, EXT_WALK_MAX.wrapping_sub(walked)) {
+    if ech_after_name(&payload, unsafe { core::ptr::read_volatile(&spill[4]) }) {
         return NAME_HIDDEN;
     }
     app

@@ -103,7 +103,7 @@ impl InPacket {
         // SAFETY: the packet holds HELLO_WINDOW bytes from `p`; the kernel reads unaligned
         // packet memory (see build.rs).
         let word = |k: usize| unsafe { core::ptr::read_unaligned(p.wrapping_add(8 * k).cast::<u64>()) };
-        Some(Window([word(0), word(1), word(2), word(3)]))
+        Some(Window(core::array::from_fn(word)))
     }
 }
 
@@ -112,8 +112,6 @@ impl InPacket {
 /// checked range only for constant offsets from the checked pointer, so a byte at an offset
 /// from the data (a prefilter position) is taken from these words instead.
 pub struct Window([u64; HELLO_WINDOW / 8]);
-
-const _: () = assert!(HELLO_WINDOW == 32);
 
 impl Window {
     /// Byte `i % HELLO_WINDOW`.
