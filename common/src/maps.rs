@@ -148,12 +148,13 @@ pub const CLASS_LOG_SLOTS: u32 = 1 << 12;
 
 /// Version of the layout of the maps a restarted or upgraded `imfw run` adopts from its pins
 /// (`ADOPTED`). Bump it whenever a repr(C) type stored in them (`FlowKey`, `FlowEntry`,
-/// `Counter`) changes, or the meaning of their fields or indices does (verdict, drop reason,
+/// `Counter`, `CounterTable`) changes, or the meaning of their fields or indices does (verdict, drop reason,
 /// stat and flag numbers): a size check alone would miss a reordered field.
 ///
 /// 2: flows carry their policy version in `src_class`'s upper bits and their generation's
 /// redirect slot; `Stat::Packets` and the `policy` drop reason are summed by userspace.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the (app, verdict) counters are one `CounterTable` per CPU, not one element per cell.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The maps whose contents survive a restart: the flow table (every flow's verdict) and the
 /// counters. Every other map (policy, configuration, events, inspector jump table) belongs to

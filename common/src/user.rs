@@ -17,6 +17,7 @@ unsafe impl aya::Pod for ClassLogPos {}
 unsafe impl aya::Pod for PayloadEvent {}
 unsafe impl aya::Pod for FlowEntry {}
 unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for crate::verdict::CounterTable {}
 unsafe impl aya::Pod for AppMatch {}
 unsafe impl aya::Pod for NameKey {}
 unsafe impl aya::Pod for NameBucket {}

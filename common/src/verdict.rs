@@ -235,8 +235,30 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Index of an (app, verdict) cell in `IMFW_COUNTERS`.
+/// Cells of the (app, verdict) counters: `app * VERDICTS + verdict`.
+pub const COUNTER_CELLS: usize = crate::app::MAX_APPS as usize * VERDICTS as usize;
+
+/// The (app, verdict) counters, all in the one value of a per-CPU array (`IMFW_COUNTERS`).
+/// The program finds this CPU's table without knowing the flow, so only the last step, the
+/// cell's offset, waits for the flow entry's app and verdict: with one array element per cell
+/// the element's lookup itself waited for them, and a decided flow's packet paid for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterTable {
+    pub cells: [Counter; COUNTER_CELLS],
+}
+
+impl Default for CounterTable {
+    fn default() -> Self {
+        CounterTable { cells: [Counter { packets: 0, bytes: 0 }; COUNTER_CELLS] }
+    }
+}
+
+/// Index of an (app, verdict) cell in [`CounterTable`]. An app id is taken modulo
+/// `MAX_APPS` and a verdict number the kernel never writes counts as pending: the index stays
+/// in the table whatever the entry holds, as the verifier demands.
 #[inline(always)]
 pub const fn counter_index(app: u16, verdict: u8) -> u32 {
-    (app as u32 % crate::app::MAX_APPS as u32) * VERDICTS + (verdict as u32 % VERDICTS)
+    let v = if (verdict as u32) < VERDICTS { verdict as u32 } else { Verdict::Pending as u32 };
+    (app as u32 % crate::app::MAX_APPS as u32) * VERDICTS + v
 }

@@ -7,13 +7,12 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use imfw_common::{
-    app::MAX_APPS,
     config::{Config, Generations},
     event::{ClassLogPos, FlowEvent},
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameBucket, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
-    verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, counter_index},
+    verdict::{Counter, CounterTable, DROP_REASONS, DropReason, STATS, Stat, counter_index},
 };
 
 // Every policy map holds two generations (see `imfw_common::config`): twice one policy's room.
@@ -46,8 +45,7 @@ pub static IMFW_POLICY: Array<PolicyAction> = Array::with_max_entries(m::POLICY_
 #[map]
 pub static IMFW_REDIRECT: DevMap = DevMap::with_max_entries(m::REDIRECT_SLOTS * m::GENS, 0);
 #[map]
-pub static IMFW_COUNTERS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(MAX_APPS as u32 * VERDICTS, 0);
+pub static IMFW_COUNTERS: PerCpuArray<CounterTable> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static IMFW_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 #[map]
@@ -164,11 +162,11 @@ pub fn count_drop(r: DropReason, len: u64) {
 
 #[inline(always)]
 pub fn count_verdict(app: u16, verdict: u8, len: u64) {
-    if let Some(p) = IMFW_COUNTERS.get_ptr_mut(counter_index(app, verdict)) {
+    if let Some(t) = IMFW_COUNTERS.get_ptr_mut(0) {
         // SAFETY: as above.
-        unsafe {
-            (*p).packets += 1;
-            (*p).bytes += len;
+        if let Some(c) = unsafe { (*t).cells.get_mut(counter_index(app, verdict) as usize) } {
+            c.packets += 1;
+            c.bytes += len;
         }
     }
 }

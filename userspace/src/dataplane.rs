@@ -25,7 +25,7 @@ use imfw_common::{
     flow::{FLAG_CLASS_KNOWN, FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
     maps::{self as m, LPM_GEN_BITS, NAME_BUCKETS, NAME_FILTER_WORDS, lpm4, lpm6, name_filter_bit, policy_index, redirect_index, stun_key},
     matcher::{AppMatch, MAX_SIG_CLASSES, NameBucket, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
-    verdict::{Counter, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
+    verdict::{COUNTER_CELLS, Counter, CounterTable, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
 use crate::{
@@ -945,10 +945,13 @@ impl Dataplane {
     /// Sums the per-CPU counters.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut s = Snapshot::default();
-        let counters: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map(m::COUNTERS)?)?;
-        for (i, cell) in counters.iter().enumerate() {
-            let cell = cell.map_err(map_err(m::COUNTERS))?;
-            let sum = cell.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+        let counters: PerCpuArray<_, CounterTable> = PerCpuArray::try_from(self.map(m::COUNTERS)?)?;
+        let tables = counters.get(&0, 0).map_err(map_err(m::COUNTERS))?;
+        for i in 0..COUNTER_CELLS {
+            let sum = tables.iter().fold(Counter::default(), |a, t| Counter {
+                packets: a.packets + t.cells[i].packets,
+                bytes: a.bytes + t.cells[i].bytes,
+            });
             if sum.packets > 0 {
                 let i = i as u32;
                 s.counters.insert(((i / VERDICTS) as u16, (i % VERDICTS) as u8), sum);
