@@ -43,6 +43,20 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The `q` quantile (0 to 1) by the nearest rank (NaN for no samples): `quantile(v, 0.1)` is
+/// the sample that a tenth of them do not exceed.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    // The rank is within 1..=len for q in 0..=1; the casts are exact for any sample count here.
+    #[expect(clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "see above")]
+    let rank = ((q.clamp(0.0, 1.0) * s.len() as f64).ceil() as usize).max(1);
+    s[rank - 1]
+}
+
 /// The smallest and largest sample.
 pub fn range(v: &[f64]) -> (f64, f64) {
     v.iter()
@@ -58,6 +72,13 @@ mod tests {
     #[test]
     #[expect(clippy::float_cmp, reason = "the medians and ranges of these inputs are exact")]
     fn median_and_range() {
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(quantile(&ten, 0.1), 1.0);
+        assert_eq!(quantile(&ten, 0.25), 3.0);
+        assert_eq!(quantile(&ten, 0.5), 5.0);
+        assert_eq!(quantile(&ten, 1.0), 10.0);
+        assert_eq!(quantile(&ten, 0.0), 1.0);
+        assert!(quantile(&[], 0.1).is_nan());
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
