@@ -235,6 +235,15 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// Two counts summed (userspace sums the CPUs' cells, and cells of one kind).
+impl core::ops::Add for Counter {
+    type Output = Counter;
+
+    fn add(self, o: Counter) -> Counter {
+        Counter { packets: self.packets + o.packets, bytes: self.bytes + o.bytes }
+    }
+}
+
 /// Cells of the (app, verdict) counters: `app * VERDICTS + verdict`.
 pub const COUNTER_CELLS: usize = crate::app::MAX_APPS as usize * VERDICTS as usize;
 
@@ -246,12 +255,6 @@ pub const COUNTER_CELLS: usize = crate::app::MAX_APPS as usize * VERDICTS as usi
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CounterTable {
     pub cells: [Counter; COUNTER_CELLS],
-}
-
-impl Default for CounterTable {
-    fn default() -> Self {
-        CounterTable { cells: [Counter { packets: 0, bytes: 0 }; COUNTER_CELLS] }
-    }
 }
 
 /// Index of an (app, verdict) cell in [`CounterTable`]. An app id is taken modulo

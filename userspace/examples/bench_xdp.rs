@@ -411,7 +411,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
             );
         }
         eprintln!("bench_xdp: {} ...", s.name);
-        let m = repeat_batches(plan, &dp, &refs, &data, action, s.name)?;
+        let m = repeat_rounds(plan, &dp, &refs, &data, action, s.name)?;
         let (imfw, stateful, empty) = (
             quantile(&m.imfw, DECIDED_QUANTILE),
             quantile(&m.stateful, DECIDED_QUANTILE),
@@ -579,7 +579,7 @@ struct Batches {
 
 /// Rounds of `plan.repeat` runs per call, imfw, the stateful reference and the empty program
 /// in a rotating order.
-fn repeat_batches(
+fn repeat_rounds(
     plan: &Plan,
     dp: &Dataplane,
     refs: &BenchRefs,

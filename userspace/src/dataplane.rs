@@ -151,7 +151,7 @@ impl Snapshot {
             .counters
             .iter()
             .filter(|((_, verdict), _)| *verdict == Verdict::Drop as u8)
-            .fold(Counter::default(), |a, (_, c)| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+            .fold(Counter::default(), |a, (_, c)| a + *c);
         if let Some((_, c)) = self.drops.iter_mut().find(|(r, _)| *r == DropReason::Policy) {
             c.packets += dropped.packets;
             c.bytes += dropped.bytes;
@@ -948,10 +948,7 @@ impl Dataplane {
         let counters: PerCpuArray<_, CounterTable> = PerCpuArray::try_from(self.map(m::COUNTERS)?)?;
         let tables = counters.get(&0, 0).map_err(map_err(m::COUNTERS))?;
         for i in 0..COUNTER_CELLS {
-            let sum = tables.iter().fold(Counter::default(), |a, t| Counter {
-                packets: a.packets + t.cells[i].packets,
-                bytes: a.bytes + t.cells[i].bytes,
-            });
+            let sum = tables.iter().fold(Counter::default(), |a, t| a + t.cells[i]);
             if sum.packets > 0 {
                 let i = i as u32;
                 s.counters.insert(((i / VERDICTS) as u16, (i % VERDICTS) as u8), sum);
@@ -960,7 +957,7 @@ impl Dataplane {
         let drops: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.map(m::DROPS)?)?;
         for r in DropReason::ALL {
             let cell = drops.get(&(r as u32), 0).map_err(map_err(m::DROPS))?;
-            let sum = cell.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes });
+            let sum = cell.iter().fold(Counter::default(), |a, c| a + *c);
             s.drops.push((r, sum));
         }
         debug_assert_eq!(DROP_REASONS as usize, DropReason::ALL.len());
