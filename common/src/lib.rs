@@ -11,6 +11,7 @@ pub mod event;
 pub mod flow;
 pub mod maps;
 pub mod matcher;
+pub mod ranges;
 pub mod verdict;
 
 #[cfg(feature = "user")]

@@ -9,7 +9,15 @@ pub const SIG_PRE: &str = "IMFW_SIGPRE";
 pub const NAME_FILTER: &str = "IMFW_NAMEBITS";
 /// The name table: `NameBucket`s, `NAME_BUCKETS` per generation (see [`name_buckets`]).
 pub const NAMES: &str = "IMFW_NAMES";
+/// IPv4 addresses learned from DNS (the policy's IPv4 networks are in the range table).
 pub const ADDR4: &str = "IMFW_ADDR4";
+/// The IPv4 range table's buckets (`ranges::RangeBucket`), `RANGE_BUCKETS` per generation.
+pub const RANGE_INDEX4: &str = "IMFW_RANGEIDX4";
+/// The IPv4 range table's sub-indexes (`ranges::RangeBucket`), `RANGE_SUB_BLOCKS` blocks of
+/// `RANGE_SUBS` per generation.
+pub const RANGE_SUB4: &str = "IMFW_RANGESUB4";
+/// The IPv4 range table's steps (`ranges::RangeStep`), `RANGE_STEPS` per generation.
+pub const RANGES4: &str = "IMFW_RANGES4";
 pub const ADDR6: &str = "IMFW_ADDR6";
 pub const SRC4: &str = "IMFW_SRC4";
 pub const SRC6: &str = "IMFW_SRC6";

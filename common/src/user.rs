@@ -28,3 +28,5 @@ unsafe impl aya::Pod for SigPrefilter {}
 unsafe impl aya::Pod for SigValue {}
 unsafe impl aya::Pod for SrcClass {}
 unsafe impl aya::Pod for Counter {}
+unsafe impl aya::Pod for crate::ranges::RangeBucket {}
+unsafe impl aya::Pod for crate::ranges::RangeStep {}

@@ -5,6 +5,7 @@ use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config, SRC_NETS_V4, SRC_NETS_V6},
     maps::{LPM_GEN_BITS, lpm4, lpm6},
+    ranges::{range_bucket_index, range_search, range_step_index, range_sub_index},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{ADDR_UNRESOLVED, DIR_CLIENT, DIR_SERVER, FLAG_CLASS_KNOWN, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
@@ -18,7 +19,7 @@ use crate::{
     matching,
     pass_undecided,
     maps::{
-        IMFW_ADDR4, IMFW_ADDR6, IMFW_FLOWS, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
+        IMFW_ADDR4, IMFW_ADDR6, IMFW_FLOWS, IMFW_RANGEIDX4, IMFW_RANGES4, IMFW_RANGESUB4, IMFW_JUMP, IMFW_SCRATCH, IMFW_SRC4, IMFW_SRC6, Job,
         controller_alive, count_drop, count_stat, count_verdict, gen_of, policy,
     },
     parse::{IPPROTO_TCP, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -219,10 +220,25 @@ fn src_class(cfg: &Config, family: u8, addr: &[u32; 4]) -> u16 {
     class.unwrap_or(0) as u16
 }
 
+/// The app of the network holding the server's address: for IPv4, a learned address first,
+/// where the address's bucket may hold one, then the range table (see `imfw_common::ranges`):
+/// the bucket, its sub-bucket if it has a sub-index, and the search of their steps.
 #[inline(always)]
 fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     if family == 4 {
-        IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))).map(|m| m.app)
+        let a = u32::from_be_bytes(addr[0].to_ne_bytes());
+        let bucket = *IMFW_RANGEIDX4.get(range_bucket_index(generation, a))?;
+        if bucket.learned() {
+            if let Some(m) = IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))) {
+                return Some(m.app);
+            }
+        }
+        let range = match bucket.sub_block() {
+            Some(block) => *IMFW_RANGESUB4.get(range_sub_index(generation, block, a))?,
+            None => bucket,
+        };
+        let app = range_search(range, a as u16, |i| IMFW_RANGES4.get(range_step_index(generation, i)).copied());
+        if app == APP_NONE { None } else { Some(app) }
     } else {
         IMFW_ADDR6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|m| m.app)
     }

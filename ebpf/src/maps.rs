@@ -12,6 +12,7 @@ use imfw_common::{
     flow::{FlowEntry, FlowKey},
     maps as m,
     matcher::{AppMatch, MAX_SIG_CLASSES, NAME_SLOTS, NameBucket, PolicyAction, SCRATCH_LEN, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
+    ranges::{RANGE_BUCKETS, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBS, RangeBucket, RangeStep},
     verdict::{Counter, CounterTable, DROP_REASONS, DropReason, STATS, Stat, counter_index},
 };
 
@@ -32,8 +33,15 @@ pub static IMFW_SIGS: HashMap<SigKey, SigValue> = HashMap::with_max_entries(m::S
 pub static IMFW_NAMES: Array<NameBucket> = Array::with_max_entries(m::NAME_BUCKETS * m::GENS, 0);
 #[map]
 pub static IMFW_STUN: HashMap<u32, AppMatch> = HashMap::with_max_entries(m::STUN_MAX * m::GENS, 0);
+/// IPv4 addresses learned from DNS; the policy's IPv4 networks are in the range table.
 #[map]
 pub static IMFW_ADDR4: LpmTrie<[u8; 5], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
+#[map]
+pub static IMFW_RANGEIDX4: Array<RangeBucket> = Array::with_max_entries(RANGE_BUCKETS * m::GENS, 0);
+#[map]
+pub static IMFW_RANGESUB4: Array<RangeBucket> = Array::with_max_entries(RANGE_SUB_BLOCKS * RANGE_SUBS * m::GENS, 0);
+#[map]
+pub static IMFW_RANGES4: Array<RangeStep> = Array::with_max_entries(RANGE_STEPS * m::GENS, 0);
 #[map]
 pub static IMFW_ADDR6: LpmTrie<[u8; 17], AppMatch> = LpmTrie::with_max_entries(m::ADDR_MAX * m::GENS, 0);
 #[map]

@@ -25,6 +25,7 @@ use imfw_common::{
     flow::{FLAG_CLASS_KNOWN, FLAG_CONTENT_BLOCKED, FlowEntry, FlowKey, STATE_DECIDED},
     maps::{self as m, LPM_GEN_BITS, NAME_BUCKETS, NAME_FILTER_WORDS, lpm4, lpm6, name_filter_bit, policy_index, redirect_index, stun_key},
     matcher::{AppMatch, MAX_SIG_CLASSES, NameBucket, NameKey, domain_hash_from, name_seed, PolicyAction, SigClass, SigKey, SigPrefilter, SigValue, SrcClass},
+    ranges::{RANGE_BUCKETS, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBS, RangeBucket, range_bucket_index, range_step_index, range_sub_index},
     verdict::{COUNTER_CELLS, Counter, CounterTable, DROP_REASONS, DropReason, STATS, Stat, VERDICTS, Verdict},
 };
 
@@ -33,6 +34,7 @@ use crate::{
     packet,
     pins::{self, Found, MapSpec, PinDir},
     policy::Compiled,
+    rangetab::RangeTable,
 };
 
 /// How long a switch waits after the flip before it re-evaluates flows and removes the old
@@ -114,6 +116,8 @@ pub struct Dataplane {
     gens: Generations,
     /// The policy whose entries each generation holds, to remove them when it is retired.
     written: [Option<Box<Compiled>>; 2],
+    /// Each generation's IPv4 range table, as written (with its learned flags).
+    ranges4: [RangeTable; 2],
     /// Addresses learned from DNS and their apps: in the generation in force, carried over.
     learned: StdHashMap<IpAddr, u16>,
     /// A policy written beside the one in force, waiting for `commit`.
@@ -273,6 +277,7 @@ impl Dataplane {
             pins: None,
             gens: Generations::EMPTY,
             written: [None, None],
+            ranges4: [RangeTable::default(), RangeTable::default()],
             learned: StdHashMap::new(),
             staged: None,
         })
@@ -441,6 +446,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes generation `g`'s IPv4 range table: its steps and sub-indexes, then the buckets
+    /// that lead to them.
+    fn write_ranges4(&mut self, g: u32, t: RangeTable) -> Result<()> {
+        let steps = (0u32..).zip(&t.steps).map(|(i, s)| (range_step_index(g, i), *s));
+        self.write_gen_array(m::RANGES4, g, RANGE_STEPS, steps.collect())?;
+        let subs = (0u32..).zip(&t.subs).map(|(i, s)| (range_sub_index(g, 0, 0) + i, *s));
+        self.write_gen_array(m::RANGE_SUB4, g, RANGE_SUB_BLOCKS * RANGE_SUBS, subs.collect())?;
+        let buckets: BTreeMap<u32, RangeBucket> = t.buckets.iter().map(|(b, v)| (range_bucket_index(g, b << 16), *v)).collect();
+        // Recorded first, so that the buckets of a write that fails half-way are emptied too.
+        self.ranges4[g as usize] = t;
+        self.write_gen_array(m::RANGE_INDEX4, g, RANGE_BUCKETS, buckets)
+    }
+
+    /// The buckets of generation `g`'s IPv4 range table that are not empty, as the kernel
+    /// reads them, by bucket number (an address's upper 16 bits): for checks and diagnostics.
+    pub fn range_buckets(&self, g: u32) -> Result<BTreeMap<u32, RangeBucket>> {
+        let idx: Array<_, RangeBucket> = Array::try_from(self.map(m::RANGE_INDEX4)?)?;
+        let mut out = BTreeMap::new();
+        for b in 0..RANGE_BUCKETS {
+            let v = idx.get(&range_bucket_index(g, b << 16), 0).map_err(map_err(m::RANGE_INDEX4))?;
+            if v != RangeBucket::default() {
+                out.insert(b, v);
+            }
+        }
+        Ok(out)
+    }
+
     fn write_config(&mut self, v: Generations) -> Result<()> {
         let mut a: Array<_, Generations> = Array::try_from(self.map_mut(m::CONFIG)?)?;
         a.set(0, v, 0).map_err(map_err(m::CONFIG))?;
@@ -466,7 +498,7 @@ impl Dataplane {
         self.fill_hash(m::SIGS, c.sigs.iter().map(|(k, v)| (SigKey { generation: gen8, ..*k }, *v)))?;
         self.write_gen_array(m::NAMES, g, NAME_BUCKETS, name_table(g, c)?)?;
         self.fill_hash(m::STUN, c.stun.iter().map(|(t, v)| (stun_key(g, *t), *v)))?;
-        self.fill_lpm(m::ADDR4, c.addr4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
+        self.write_ranges4(g, RangeTable::build(&c.addr4)?)?;
         self.fill_lpm(m::ADDR6, c.addr6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
         self.fill_lpm(m::SRC4, c.src4.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm4(g, *a), *v)))?;
         self.fill_lpm(m::SRC6, c.src6.iter().map(|(l, a, v)| (l + LPM_GEN_BITS, lpm6(g, a), *v)))?;
@@ -511,7 +543,10 @@ impl Dataplane {
             let words = name_filter(g, &c).into_keys().map(|w| (w, 0u64));
             self.write_gen_array(m::NAME_FILTER, g, NAME_FILTER_WORDS, words.collect())?;
             self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
-            self.remove_lpm::<[u8; 5], AppMatch>(m::ADDR4, c.addr4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
+            // Empty the buckets in use (the steps are then out of reach).
+            let used = self.ranges4[g as usize].buckets.keys().map(|b| (range_bucket_index(g, b << 16), RangeBucket::default()));
+            self.write_gen_array(m::RANGE_INDEX4, g, RANGE_BUCKETS, used.collect())?;
+            self.ranges4[g as usize] = RangeTable::default();
             self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
             self.remove_lpm::<[u8; 5], SrcClass>(m::SRC4, c.src4.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm4(g, *a))))?;
             self.remove_lpm::<[u8; 17], SrcClass>(m::SRC6, c.src6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
@@ -577,7 +612,10 @@ impl Dataplane {
         Ok(match addr {
             IpAddr::V4(a) => {
                 let t: LpmTrie<_, [u8; 5], AppMatch> = LpmTrie::try_from(self.map(m::ADDR4)?)?;
-                t.get(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), 0).ok().map(|m| m.app)
+                match t.get(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), 0) {
+                    Ok(m) => Some(m.app),
+                    Err(_) => self.ranges4[g as usize].lookup(a),
+                }
             }
             IpAddr::V6(a) => {
                 let t: LpmTrie<_, [u8; 17], AppMatch> = LpmTrie::try_from(self.map(m::ADDR6)?)?;
@@ -606,8 +644,14 @@ impl Dataplane {
         let v = AppMatch { app, _pad: 0 };
         match addr {
             IpAddr::V4(a) => {
-                let mut t: LpmTrie<_, [u8; 5], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
-                t.insert(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), v, 0).map_err(map_err(m::ADDR4))
+                {
+                    let mut t: LpmTrie<_, [u8; 5], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR4)?)?;
+                    t.insert(&Key::new(32 + LPM_GEN_BITS, lpm4(g, a.octets())), v, 0).map_err(map_err(m::ADDR4))?;
+                }
+                // Then the bucket's flag, which sends its addresses to the trie first.
+                let (b, bucket) = self.ranges4[g as usize].flag_learned(a);
+                let mut idx: Array<_, RangeBucket> = Array::try_from(self.map_mut(m::RANGE_INDEX4)?)?;
+                idx.set(range_bucket_index(g, b << 16), bucket, 0).map_err(map_err(m::RANGE_INDEX4))
             }
             IpAddr::V6(a) => {
                 let mut t: LpmTrie<_, [u8; 17], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;

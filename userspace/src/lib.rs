@@ -21,5 +21,6 @@ pub mod packet;
 pub mod pins;
 pub mod policy;
 pub mod quic;
+pub mod rangetab;
 pub mod rst;
 pub mod status;

@@ -8,6 +8,7 @@ use imfw::{
     dataplane::Dataplane,
     packet,
     policy::{self, Compiled},
+    rangetab::RangeTable,
 };
 use imfw_common::{
     flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry, STATE_INSPECTING},
@@ -332,6 +333,125 @@ catalogue:
     let c = Conn { s: Ipv4Addr::new(203, 0, 113, 9).into(), ..Conn::v4(35006, 5000) };
     assert_eq!(open(&r, &c, &[vec![1, 2, 3, 4]]), XDP_DROP);
     assert_decided(&r, &c, "corpchat", Method::Address, Verdict::Drop);
+}
+
+/// The policy's IPv4 networks, nested and adjacent, give each address its longest network's app
+/// (the range table); a reload replaces them in the generation it writes, leaving nothing of
+/// the policy written there before; addresses learned from DNS win in their bucket, follow
+/// reloads and go when removed.
+#[test]
+fn ipv4_networks_nest_reload_and_learn() {
+    let policy = |chat: &str| {
+        format!(
+            "version: 1\ndefaults: {{action: allow, unclassified: allow}}\napps: {{corpchat: drop, corpvoice: monitor}}\n\
+             catalogue:\n  corpchat: {{addresses: [{chat}]}}\n  corpvoice: {{addresses: [198.51.100.128/26, 198.51.100.77/32]}}\n"
+        )
+    };
+    let mut r = rig(&policy("198.51.100.0/24, 203.0.113.0/25"));
+    let mut port = 43000;
+    // The app a new flow's opaque first payload to `server` is decided as (0: none).
+    let mut decide = |r: &Rig, server: [u8; 4]| {
+        port += 1;
+        let c = Conn { s: Ipv4Addr::from(server).into(), ..Conn::v4(port, 5000) };
+        open(r, &c, &[vec![0x5a; 32]]);
+        let e = r.entry(&c.syn()).expect("flow entry");
+        let addr = r.dp.addr_app(Ipv4Addr::from(server).into()).expect("userspace lookup").unwrap_or(0);
+        assert_eq!(e.app, addr, "{server:?}: the kernel and the controller's lookup agree");
+        e.app
+    };
+    let (chat, voice) = (r.id("corpchat"), r.id("corpvoice"));
+    let layout_a = [
+        ([198, 51, 99, 255], 0),
+        ([198, 51, 100, 0], chat),
+        ([198, 51, 100, 76], chat),
+        ([198, 51, 100, 77], voice),
+        ([198, 51, 100, 78], chat),
+        ([198, 51, 100, 127], chat),
+        ([198, 51, 100, 128], voice),
+        ([198, 51, 100, 191], voice),
+        ([198, 51, 100, 192], chat),
+        ([198, 51, 100, 255], chat),
+        ([198, 51, 101, 0], 0),
+        ([203, 0, 113, 127], chat),
+        ([203, 0, 113, 128], 0),
+    ];
+    for (server, app) in layout_a {
+        assert_eq!(decide(&r, server), app, "policy A, server {server:?}");
+    }
+    let c = Conn { s: Ipv4Addr::new(203, 0, 113, 5).into(), ..Conn::v4(42999, 5000) };
+    assert_eq!(open(&r, &c, &[vec![1; 8]]), XDP_DROP);
+    assert_decided(&r, &c, "corpchat", Method::Address, Verdict::Drop);
+
+    // Learned, in a bucket (the address's upper 16 bits) with networks, outside them.
+    r.dp.set_learned(Ipv4Addr::new(203, 0, 113, 200).into(), voice).expect("learn");
+    assert_eq!(decide(&r, [203, 0, 113, 200]), voice);
+    assert_eq!(decide(&r, [203, 0, 113, 201]), 0, "its neighbour was not learned");
+    assert_eq!(decide(&r, [203, 0, 113, 100]), chat, "the bucket's networks still count");
+
+    // B, in the other generation: corpchat shrinks to 198.51.100.0/25. The learned address
+    // comes along, now in a bucket without networks; another is learned in one.
+    let b = next_policy(&r, &policy("198.51.100.0/25"));
+    assert_eq!(r.dp.apply(&b).expect("switch to B").learned, 1);
+    r.dp.set_learned(Ipv4Addr::new(192, 0, 2, 99).into(), chat).expect("learn");
+    for (server, app) in [
+        ([198, 51, 100, 5], chat),
+        ([198, 51, 100, 77], voice),
+        ([198, 51, 100, 130], voice),
+        ([198, 51, 100, 192], 0),
+        ([203, 0, 113, 5], 0),
+        ([203, 0, 113, 200], voice),
+        ([192, 0, 2, 99], chat),
+        ([192, 0, 2, 98], 0),
+    ] {
+        assert_eq!(decide(&r, server), app, "policy B, server {server:?}");
+    }
+    r.dp.remove_learned(Ipv4Addr::new(203, 0, 113, 200).into()).expect("forget");
+    assert_eq!(decide(&r, [203, 0, 113, 200]), 0, "a removed address decides nothing");
+
+    // C, written where A was: nothing of A's networks, or its learned flags, may be left.
+    let c = next_policy(&r, &policy("192.0.2.128/25"));
+    assert_eq!(r.dp.apply(&c).expect("switch to C").learned, 1);
+    for (server, app) in [
+        ([198, 51, 100, 5], 0),
+        ([198, 51, 100, 192], 0),
+        ([203, 0, 113, 5], 0),
+        ([203, 0, 113, 200], 0),
+        ([198, 51, 100, 130], voice),
+        ([192, 0, 2, 99], chat),
+        ([192, 0, 2, 100], 0),
+        ([192, 0, 2, 129], chat),
+    ] {
+        assert_eq!(decide(&r, server), app, "policy C, server {server:?}");
+    }
+    // The kernel's buckets: C's own and its learned address's in its generation, none in B's.
+    let (g, _) = r.dp.active();
+    let mut want = RangeTable::build(&c.addr4).expect("C's range table");
+    want.flag_learned(Ipv4Addr::new(192, 0, 2, 99));
+    assert_eq!(r.dp.range_buckets(g).expect("read the buckets"), want.buckets);
+    assert_eq!(r.dp.range_buckets(g ^ 1).expect("read the buckets").len(), 0, "B's generation is emptied");
+}
+
+/// A bucket with many networks is searched through its sub-index in the kernel too.
+#[test]
+fn a_dense_ipv4_bucket_is_searched_through_its_sub_index() {
+    // Every other /29 of 198.51.100.0/24 is corpvoice's, the rest corpchat's: 32 steps.
+    let voice: Vec<String> = (0..16).map(|i| format!("198.51.100.{}/29", i * 16)).collect();
+    let r = rig(&format!(
+        "version: 1\ndefaults: {{action: allow, unclassified: allow}}\napps: {{corpchat: drop, corpvoice: monitor}}\n\
+         catalogue:\n  corpchat: {{addresses: [198.51.100.0/24]}}\n  corpvoice: {{addresses: [{}]}}\n",
+        voice.join(", ")
+    ));
+    let (g, _) = r.dp.active();
+    let bucket = r.dp.range_buckets(g).expect("read the buckets")[&0xc633];
+    assert!(bucket.sub_block().is_some(), "198.51.0.0/16 has a sub-index: {bucket:?}");
+    let (chat, voice) = (r.id("corpchat"), r.id("corpvoice"));
+    for (i, last) in (0u16..256).step_by(3).chain([7, 8, 15, 16, 255]).enumerate() {
+        let server = Ipv4Addr::new(198, 51, 100, last as u8);
+        let c = Conn { s: server.into(), ..Conn::v4(44000 + i as u16, 5000) };
+        open(&r, &c, &[vec![0x5a; 16]]);
+        let want = if last % 16 < 8 { voice } else { chat };
+        assert_eq!(r.entry(&c.syn()).expect("flow entry").app, want, "server {server}");
+    }
 }
 
 #[test]
