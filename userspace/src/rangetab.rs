@@ -235,13 +235,8 @@ mod tests {
 
     #[test]
     fn random_networks_match_the_longest_prefix() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = imfw_tests::util::Rng::new(1);
+        let mut next = move || rng.next_u64();
         for round in 0..20 {
             let n = 1 + (next() % 400) as usize;
             // Few distinct upper bits, so networks nest and share buckets.
@@ -262,13 +257,8 @@ mod tests {
 
     #[test]
     fn dense_buckets_get_sub_indexes() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = imfw_tests::util::Rng::new(2);
+        let mut next = move || rng.next_u64();
         // Hundreds of networks in 10.1.0.0/16 and 10.2.0.0/16, inside wider ones; a few in 10.3.
         let mut nets = vec![net("10.0.0.0/8", 1), net("10.1.0.0/17", 2), net("10.2.128.0/20", 3)];
         for _ in 0..600 {
