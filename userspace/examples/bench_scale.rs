@@ -19,7 +19,9 @@
 //!   count as they do in a stream of packets);
 //! - a packet of a decided flow is the same packet repeated, the kernel's mean over `repeat`.
 //!
-//! Figures are the median over batches, after a warm-up batch. Scaling configurations are
+//! Figures are the low quantile over batches (`imfw_tests::bench::LOW_QUANTILE`: another tenant
+//! of the machine slows whole batches, in bursts), after a warm-up batch; the notes give the
+//! batches' range. Scaling configurations are
 //! measured interleaved (a batch of each in turn) so that drift from other load on the machine
 //! falls on all of them alike. The thread is pinned to one CPU: the flow table's LRU keeps
 //! per-CPU free lists, and a migration would change what is measured.
@@ -37,7 +39,7 @@ use imfw_common::{
     maps as m,
     verdict::{Stat, Verdict},
 };
-use imfw_tests::bench::median;
+use imfw_tests::bench::{low, low_name, median};
 use imfw_tests::packets::{opaque, tcp4, tcp_flags, Ethernet, ETH_P_ARP};
 use imfw_tests::protocols::ClientHello;
 use serde_json::{json, Value};
@@ -336,14 +338,15 @@ fn new_flows(plan: &Plan) -> Result<()> {
         );
     }
     let floor = call_floors(&dp, plan, stream_flows)?;
-    let (syn_ns, first_ns, both_ns) = (median(&syns), median(&firsts), median(&both));
-    let wall_rate = 1.0 / median(&wall);
+    let (syn_ns, first_ns, both_ns) = (low(&syns), low(&firsts), low(&both));
+    let wall_rate = 1.0 / low(&wall);
     let per_call = format!(
-        "one BPF_PROG_TEST_RUN per packet instead (repeat 1; mean over {} distinct flows per batch, median of {} batches after a \
+        "one BPF_PROG_TEST_RUN per packet instead (repeat 1; mean over {} distinct flows per batch, {} of {} batches after a \
          warm-up batch): SYN {syn_ns:.1} ns, first payload {first_ns:.1} ns, both {both_ns:.1} ns, each with the method's own \
          part (per-call floor of a non-IP frame {:.1} ns against {:.1} ns over {} repeats; a packet of one known flow {:.1} ns \
          once against {:.1} ns repeated); through the syscalls from userspace, frames built on the way, {wall_rate:.0} flows/s",
         thousands(plan.setup_flows.into()),
+        low_name(),
         plan.batches,
         floor.arp_once,
         floor.arp_repeated,
@@ -373,16 +376,17 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
         "a stream of new flows: {} distinct flows per batch, their SYNs back to back in one BPF_PROG_TEST_RUN call of the \
          in-kernel player, then their first payloads in another (each frame written into the packet buffer and tail-called into \
          the program, as a driver's poll loop runs a ring); imfw's time = its run less the player's own part (the same frames \
-         played to the empty program); median of {} batches after a warm-up batch; default policy, flow table of {}, {} entries \
+         played to the empty program); {} of {} batches after a warm-up batch; default policy, flow table of {}, {} entries \
          in it after {} flows",
         thousands(plan.setup_flows.into()),
+        low_name(),
         stream.syn.0.len(),
         thousands(m::FLOWS_DEFAULT.into()),
         thousands(stream.entries as u64),
         thousands(stream_flows.into())
     );
     let (syn, first) = (stream.syn.net(), stream.first.net());
-    let (s_syn, s_first) = (median(&syn), median(&first));
+    let (s_syn, s_first) = (low(&syn), low(&first));
     emit(&json!({
         "scenario": "new-flows", "name": "new flow set-up: SYN (flow entry created)",
         "value": rate(s_syn), "unit": "flows/s", "target": {"value_min": 1_000_000},
@@ -390,8 +394,8 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
             "1e9 / {s_syn:.1} ns per SYN (batches {} ns; {:.1} ns with the player's part of {:.1} ns; the stateful reference's \
              insert of a new flow {:.1} ns by the same method); {method}; {per_call}",
             spread(&syn),
-            stream.syn.median(0),
-            stream.syn.median(1),
+            stream.syn.low(0),
+            stream.syn.low(1),
             stream.syn.stateful(),
         ),
     }));
@@ -402,8 +406,8 @@ fn report_new_flows(plan: &Plan, stream: &Stream, stream_flows: u32, per_call: &
             "1e9 / {s_first:.1} ns per first ClientHello ({OTHER_NAME}: signatures, 5 name suffixes, ECH check), after the flow's \
              SYN (batches {} ns; {:.1} ns with the player's part of {:.1} ns; the stateful reference's lookup {:.1} ns); {method}",
             spread(&first),
-            stream.first.median(0),
-            stream.first.median(1),
+            stream.first.low(0),
+            stream.first.low(1),
             stream.first.stateful(),
         ),
     }));
@@ -424,14 +428,14 @@ impl Runs {
         self.0.iter().map(|[imfw, empty, _]| imfw - empty).collect()
     }
 
-    /// The median over batches of target `i`'s run (0 imfw, 1 the empty program).
-    fn median(&self, i: usize) -> f64 {
-        median(&self.0.iter().map(|r| r[i]).collect::<Vec<_>>())
+    /// The low quantile over batches of target `i`'s run (0 imfw, 1 the empty program).
+    fn low(&self, i: usize) -> f64 {
+        low(&self.0.iter().map(|r| r[i]).collect::<Vec<_>>())
     }
 
-    /// The median over batches of the stateful reference's time less the player's part.
+    /// The low quantile over batches of the stateful reference's time less the player's part.
     fn stateful(&self) -> f64 {
-        median(&self.0.iter().map(|[_, empty, stateful]| stateful - empty).collect::<Vec<_>>())
+        low(&self.0.iter().map(|[_, empty, stateful]| stateful - empty).collect::<Vec<_>>())
     }
 }
 
@@ -493,10 +497,10 @@ fn stream_of_new_flows(plan: &Plan, dp: &mut Dataplane, clients: &mut Clients, h
     out.entries = dp.flows()?.len();
     eprintln!(
         "  stream of new flows (player): SYN {:.1} ns, first payload {:.1} ns (player's part {:.1} / {:.1} ns; stateful reference {:.1} / {:.1} ns)",
-        median(&out.syn.net()),
-        median(&out.first.net()),
-        out.syn.median(1),
-        out.first.median(1),
+        low(&out.syn.net()),
+        low(&out.first.net()),
+        out.syn.low(1),
+        out.first.low(1),
         out.syn.stateful(),
         out.first.stateful()
     );
@@ -510,7 +514,8 @@ fn spread(v: &[f64]) -> String {
 
 /// The per-call floor of the one-run method: a frame imfw passes at once (ARP), and a packet
 /// without payload of one known flow (the same entry every time, so its cache lines stay warm),
-/// each one run per call (mean per batch) and averaged over `repeat` runs; medians of batches.
+/// each one run per call (mean per batch) and averaged over `repeat` runs; low quantiles of
+/// batches.
 /// `known` is the index of a client whose flow is in the table.
 fn call_floors(dp: &Dataplane, plan: &Plan, known: u32) -> Result<Floors> {
     let arp = Ethernet::default().encode(ETH_P_ARP, &[0u8; 28]);
@@ -537,10 +542,10 @@ fn call_floors(dp: &Dataplane, plan: &Plan, known: u32) -> Result<Floors> {
         }
     }
     Ok(Floors {
-        arp_once: median(&a1),
-        arp_repeated: median(&ar),
-        known_once: median(&k1),
-        known_repeated: median(&kr),
+        arp_once: low(&a1),
+        arp_repeated: low(&ar),
+        known_once: low(&k1),
+        known_repeated: low(&kr),
     })
 }
 
@@ -829,8 +834,9 @@ fn measure_rules(plan: &Plan, s: &mut Setup, other: &[u8], keep: bool) -> Result
 
 fn emit_rule_curves(plan: &Plan, setups: &[Setup]) {
     let common = format!(
-        "mean over {} distinct new flows per batch, one run each (repeat 1), median of {} batches after a warm-up, the three policy sizes measured in turn; the policy blocks one custom app with N domains (dI.example-blocked.test) and N /28 ranges (spread over 10.0.0.0/8), besides the built-in catalogue's names and ranges",
+        "mean over {} distinct new flows per batch, one run each (repeat 1), {} of {} batches after a warm-up, the three policy sizes measured in turn; the policy blocks one custom app with N domains (dI.example-blocked.test) and N /28 ranges (spread over 10.0.0.0/8), besides the built-in catalogue's names and ranges",
         thousands(plan.scale_flows.into()),
+        low_name(),
         plan.batches
     );
     let curves = [
@@ -859,15 +865,15 @@ fn emit_rule_curves(plan: &Plan, setups: &[Setup]) {
         ),
     ];
     for (k, (id, what, title, x_label, note)) in curves.iter().enumerate() {
-        let base = median(&setups[0].series[k]);
+        let base = low(&setups[0].series[k]);
         for s in setups {
-            let v = median(&s.series[k]);
+            let v = low(&s.series[k]);
             let mut rec = json!({
                 "scenario": "scaling",
                 "name": format!("{what}, {} {x_label}", thousands(s.n.into())),
                 "value": r1(v), "unit": "ns/packet",
                 "chart": {"id": id, "title": title, "x_label": x_label, "x": s.n},
-                "note": note,
+                "note": format!("{note}; median of the batches {:.1} ns, batches {} ns", median(&s.series[k]), spread(&s.series[k])),
             });
             if s.n != SCALES[0] {
                 rec["ref"] = json!(format!("{} {x_label}", SCALES[0]));
@@ -963,9 +969,9 @@ fn flows_scaling(plan: &Plan) -> Result<()> {
             }
         }
     }
-    let (base, base_spread) = (median(&tables[0].repeated), median(&tables[0].spread));
+    let (base, base_spread) = (low(&tables[0].repeated), low(&tables[0].spread));
     for t in &tables {
-        let (v, vs) = (median(&t.repeated), median(&t.spread));
+        let (v, vs) = (low(&t.repeated), low(&t.spread));
         let count = t.present.map_or_else(
             || format!("{} inserted", t.inserted),
             |p| format!("{p} present"),
@@ -975,8 +981,9 @@ fn flows_scaling(plan: &Plan) -> Result<()> {
             "value": r1(v), "unit": "ns/packet",
             "chart": {"id": "flows", "title": "Cost of a decided flow's packet vs flows in the table", "x_label": "flows in the table", "x": t.n},
             "note": format!(
-                "a packet without payload of one decided (dropped) flow repeated {} times per batch, kernel mean, median of {} batches; table of {} entries filled through the program with one SYN per flow ({count}); a repeated packet finds its entry in the CPU cache: the next record takes random flows",
+                "a packet without payload of one decided (dropped) flow repeated {} times per batch, kernel mean, {} of {} batches; table of {} entries filled through the program with one SYN per flow ({count}); a repeated packet finds its entry in the CPU cache: the next record takes random flows",
                 thousands(plan.repeat.into()),
+                low_name(),
                 plan.batches,
                 thousands(BIG_CAPACITY.into())
             ),
@@ -986,8 +993,9 @@ fn flows_scaling(plan: &Plan) -> Result<()> {
             "value": r1(vs), "unit": "ns/packet",
             "chart": {"id": "flows-spread", "title": "Cost of a packet of a random known flow vs flows in the table", "x_label": "flows in the table", "x": t.n},
             "note": format!(
-                "a packet without payload (the path of a decided flow's packet) of a random flow of the table, one run each (repeat 1: the method's own overhead is included, see the per-call floor of the new-flows SYN record), mean of {} per batch, median of {} batches",
+                "a packet without payload (the path of a decided flow's packet) of a random flow of the table, one run each (repeat 1: the method's own overhead is included, see the per-call floor of the new-flows SYN record), mean of {} per batch, {} of {} batches",
                 thousands(plan.scale_flows.into()),
+                low_name(),
                 plan.batches
             ),
         });

@@ -11,8 +11,9 @@
 //! in the flow table, then one data packet of the flow runs `repeat` times per call: every run
 //! after the first hits the same warm entry, which is what a decided flow costs. The stateful
 //! reference runs the same packet (its entry warm after the first run) and the empty program
-//! too, interleaved batch by batch with imfw so that all three share the machine's state; each
-//! figure is the median of the batches' means.
+//! too, in short rounds (one call each, in a rotating order) so that all three share the
+//! machine's state; each figure is the low quantile (`imfw_tests::bench::LOW_QUANTILE`) of
+//! the rounds' means.
 //!
 //! # First payload packets
 //! A repeated identical packet is a first payload packet only once: the run after it finds the
@@ -30,7 +31,8 @@
 //! first-packet figure is measurement overhead. The three alternate in a rotating order per
 //! sample. Every sample's verdict is checked, and after each batch the flow table entry of the
 //! batch's last flow (app, method, state), so a figure never measures another path than it
-//! says. Each figure is the median over batches of the per-batch median. Each case starts from
+//! says. Each figure is the low quantile over batches of the per-batch median (another tenant
+//! of the machine slows whole batches, in bursts; see `LOW_QUANTILE`). Each case starts from
 //! fresh programs and empty flow tables that it never fills beyond a fraction (no eviction),
 //! and the event ring is drained every few hundred samples so that it never fills.
 //!
@@ -54,7 +56,7 @@ use imfw_common::{
     verdict::{Method, Stat},
 };
 use imfw_tests::{
-    bench::{median, quantile},
+    bench::{low, low_name, median},
     packets::{opaque, tcp4, tcp6, tcp_flags, udp4, udp6, with_vlan},
     protocols::{http_get, irc_registration, mqtt_connect, ClientHello},
 };
@@ -72,11 +74,6 @@ const TLS_FIRST_NS_MAX: f64 = 300.0;
 const DRAIN_EVERY: usize = 256;
 /// At least this many batches, whatever the time cap says (the medians need them).
 const MIN_BATCHES: usize = 5;
-/// Decided flows: the quantile of the rounds' means that makes a figure. Another tenant of
-/// the machine only ever adds time to a call, so the low tail is what the code costs; a
-/// quantile rather than the minimum, so that one lucky call does not make the figure. The
-/// same quantile for imfw and its references; the notes give the medians too.
-const DECIDED_QUANTILE: f64 = 0.1;
 /// At least this many rounds for a decided flow, whatever the time cap says.
 const MIN_ROUNDS: usize = 40;
 /// Sizes the stateful reference's and imfw's flow tables alike.
@@ -109,19 +106,19 @@ impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
             Plan {
-                batches: 7,
+                batches: 10,
                 rounds: 60,
                 repeat: 20_000,
-                samples: 1_500,
+                samples: 1_000,
                 warmup: 300,
                 case_cap: Duration::from_secs(4),
             }
         } else {
             Plan {
-                batches: 11,
+                batches: 20,
                 rounds: 300,
                 repeat: 20_000,
-                samples: 5_000,
+                samples: 2_750,
                 warmup: 1_000,
                 case_cap: Duration::from_secs(25),
             }
@@ -228,7 +225,7 @@ fn round1(v: f64) -> f64 {
 
 /// How the decided-flow figures are taken, for their notes.
 fn quantile_name() -> String {
-    format!("{:.0}th percentile of the means", DECIDED_QUANTILE * 100.0)
+    format!("{} of the means", low_name())
 }
 
 fn spread(v: &[f64]) -> String {
@@ -413,9 +410,9 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
         eprintln!("bench_xdp: {} ...", s.name);
         let m = repeat_rounds(plan, &dp, &refs, &data, action, s.name)?;
         let (imfw, stateful, empty) = (
-            quantile(&m.imfw, DECIDED_QUANTILE),
-            quantile(&m.stateful, DECIDED_QUANTILE),
-            quantile(&m.empty, DECIDED_QUANTILE),
+            low(&m.imfw),
+            low(&m.stateful),
+            low(&m.empty),
         );
         let note = format!(
             "{} of {} rounds, each one call of {} runs (BPF_PROG_TEST_RUN) of imfw, the stateful reference and the empty program, in \
@@ -671,20 +668,17 @@ fn calibrate(
         m.stateful.push(median(&bs));
         m.empty.push(median(&be));
     }
-    let (imfw, stateful, empty) = (
-        median(&m.imfw),
-        median(&m.stateful),
-        median(&m.empty),
-    );
+    let (imfw, stateful, empty) = (low(&m.imfw), low(&m.stateful), low(&m.empty));
     record(
         &format!("{name}, one run per call (calibration of the first-packet method)"),
         imfw,
         Some(("stateful reference, warm flow, one run per call", stateful)),
         None,
         &format!(
-            "the decided path measured as the first packets are: median of {} batch medians, each over {} calls with repeat 1 \
+            "the decided path measured as the first packets are: {} of {} batch medians, each over {} calls with repeat 1 \
              (per-call floor, empty program, {empty:.1} ns, included); compare with the repeated-run figure of the same packet \
              to see what the per-call method adds",
+            low_name(),
             m.imfw.len(),
             plan.samples
         ),
@@ -858,11 +852,7 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         };
         let m = first_case(plan, compiled, &case, dp, refs, used)?;
         used += per_case;
-        let (imfw, stateful, empty) = (
-            median(&m.imfw),
-            median(&m.stateful),
-            median(&m.empty),
-        );
+        let (imfw, stateful, empty) = (low(&m.imfw), low(&m.stateful), low(&m.empty));
         floors.extend_from_slice(&m.empty);
         let how = if case.handshake {
             "its SYN ran first, untimed, so the entry exists as after the handshake"
@@ -872,12 +862,16 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
             "no SYN seen: this packet creates the entry"
         };
         let mut note = format!(
-            "median of {} batch medians, each over {} new flows, one run per BPF_PROG_TEST_RUN call ({how}); reference: the stateful \
+            "{} of {} batch medians, each over {} new flows, one run per BPF_PROG_TEST_RUN call ({how}); reference: the stateful \
              program on the same packets of the same flows; per-call floor (empty program, same calls) {empty:.1} ns, included; \
-             imfw batch medians {} ns",
+             medians of the batch medians: imfw {:.1} ns, stateful reference {:.1} ns; imfw batch medians {} ns (in order: {})",
+            low_name(),
             m.imfw.len(),
             plan.samples,
-            spread(&m.imfw)
+            median(&m.imfw),
+            median(&m.stateful),
+            spread(&m.imfw),
+            m.imfw.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
         );
         if case.target.is_some() {
             let met = imfw <= TLS_FIRST_NS_MAX;
@@ -905,7 +899,7 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         )?;
         eprintln!("bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, per-call floor {empty:.1} ns");
     }
-    let floor = median(&floors);
+    let floor = low(&floors);
     record(
         "per-call floor: empty program, one run per call",
         floor,
@@ -913,7 +907,8 @@ fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
         None,
         &format!(
             "the empty program measured as the first packets are (repeat 1 per call, interleaved with them): what one timed run costs \
-             with nothing in it; median of all {} batch medians of the first-packet cases",
+             with nothing in it; {} of all {} batch medians of the first-packet cases",
+            low_name(),
             floors.len()
         ),
     )?;
