@@ -1,6 +1,6 @@
-//! The IPv4 range table of one policy (`IMFW_RANGEIDX4` and `IMFW_RANGES4`, see
-//! `imfw_common::ranges`): the policy's IPv4 networks flattened into steps, where each address
-//! gets the app of the longest network that holds it, as the LPM trie gave it.
+//! The IPv4 range table of one policy (`IMFW_RANGEIDX4`, `IMFW_RANGESUB4` and `IMFW_RANGES4`,
+//! see `imfw_common::ranges`): the policy's IPv4 networks flattened into steps, where each
+//! address gets the app of the longest network that holds it, as the LPM trie gave it.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -11,8 +11,8 @@ use imfw_common::{
     ranges::{RANGE_LEARNED, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBINDEXED, RANGE_SUBS, RangeBucket, RangeStep, range_search},
 };
 
-/// A bucket with more steps than this gets a sub-index while blocks are left: a search of up to
-/// 16 steps reads no more often than one through a sub-bucket does.
+/// A bucket with more steps than this gets a sub-index while blocks are left (a search of 16
+/// steps takes at most 5 reads).
 const SUB_MIN: usize = 16;
 
 /// One generation's table, by bucket number (an address's upper 16 bits) and step index
