@@ -668,9 +668,16 @@ impl Dataplane {
                 .remove(&Key::new(128 + LPM_GEN_BITS, lpm6(g, &a.octets()))),
         };
         match r {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(anyhow!("app networks: {e}")),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(anyhow!("app networks: {e}")),
         }
+        // The bucket's flag goes with its last learned address.
+        let IpAddr::V4(a) = addr else { return Ok(()) };
+        if let Some((b, bucket)) = self.ranges4[g as usize].unflag_learned(a) {
+            let mut idx: Array<_, RangeBucket> = Array::try_from(self.map_mut(m::RANGE_INDEX4)?)?;
+            idx.set(range_bucket_index(g, b << 16), bucket, 0).map_err(map_err(m::RANGE_INDEX4))?;
+        }
+        Ok(())
     }
 
     /// Adds (or replaces) a host entry learned from DNS to the app networks of the policy in

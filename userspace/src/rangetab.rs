@@ -2,7 +2,10 @@
 //! see `imfw_common::ranges`): the policy's IPv4 networks flattened into steps, where each
 //! address gets the app of the longest network that holds it, as the LPM trie gave it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Result, bail};
 use imfw_common::{
@@ -24,6 +27,9 @@ pub struct RangeTable {
     pub steps: Vec<RangeStep>,
     /// The sub-indexes' blocks, `RANGE_SUBS` sub-buckets each.
     pub subs: Vec<RangeBucket>,
+    /// The learned addresses of each flagged bucket, so that the last one's removal clears
+    /// the flag.
+    learned: BTreeMap<u32, BTreeSet<u32>>,
 }
 
 impl RangeTable {
@@ -93,9 +99,28 @@ impl RangeTable {
     /// new value, to write into the generation's index.
     pub fn flag_learned(&mut self, addr: Ipv4Addr) -> (u32, RangeBucket) {
         let b = u32::from(addr) >> 16;
+        self.learned.entry(b).or_default().insert(u32::from(addr));
         let v = self.buckets.entry(b).or_default();
         v.len |= RANGE_LEARNED;
         (b, *v)
+    }
+
+    /// Forgets the learned address `addr`; when it was its bucket's last, clears the flag and
+    /// returns the bucket's number and new value, to write into the generation's index.
+    pub fn unflag_learned(&mut self, addr: Ipv4Addr) -> Option<(u32, RangeBucket)> {
+        let b = u32::from(addr) >> 16;
+        let set = self.learned.get_mut(&b)?;
+        if !set.remove(&u32::from(addr)) || !set.is_empty() {
+            return None;
+        }
+        self.learned.remove(&b);
+        let v = self.buckets.get_mut(&b)?;
+        v.len &= !RANGE_LEARNED;
+        let v = *v;
+        if v == RangeBucket::default() {
+            self.buckets.remove(&b);
+        }
+        Some((b, v))
     }
 }
 
@@ -310,6 +335,16 @@ mod tests {
         let (b, v) = t.flag_learned(Ipv4Addr::new(203, 0, 113, 1));
         assert_eq!((b, v), (0xcb00, RangeBucket { start: 0, len: RANGE_LEARNED }));
         assert_eq!(t.lookup(Ipv4Addr::new(203, 0, 113, 1)), None);
+        // Flags go with their bucket's last learned address, and only then.
+        t.flag_learned(Ipv4Addr::new(203, 0, 113, 2));
+        t.flag_learned(Ipv4Addr::new(203, 0, 113, 2));
+        assert_eq!(t.unflag_learned(Ipv4Addr::new(203, 0, 113, 1)), None);
+        assert_eq!(t.unflag_learned(Ipv4Addr::new(203, 0, 113, 9)), None, "never learned");
+        assert_eq!(t.unflag_learned(Ipv4Addr::new(203, 0, 113, 2)), Some((0xcb00, RangeBucket::default())));
+        assert!(!t.buckets.contains_key(&0xcb00), "an empty bucket is not kept");
+        assert_eq!(t.unflag_learned(Ipv4Addr::new(198, 51, 100, 7)).map(|(_, v)| v.learned()), Some(false));
+        assert_eq!(t.buckets[&0xc633].steps(), 2, "the steps stay");
+        assert_eq!(t, RangeTable::build(&[net("198.51.100.0/24", 3)]).unwrap());
     }
 
     #[test]

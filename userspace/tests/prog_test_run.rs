@@ -405,8 +405,11 @@ fn ipv4_networks_nest_reload_and_learn() {
     ] {
         assert_eq!(decide(&r, server), app, "policy B, server {server:?}");
     }
+    let (g_b, _) = r.dp.active();
+    assert!(r.dp.range_buckets(g_b).expect("read the buckets")[&0xcb00].learned());
     r.dp.remove_learned(Ipv4Addr::new(203, 0, 113, 200).into()).expect("forget");
     assert_eq!(decide(&r, [203, 0, 113, 200]), 0, "a removed address decides nothing");
+    assert!(!r.dp.range_buckets(g_b).expect("read the buckets").contains_key(&0xcb00), "its bucket's flag went with it");
 
     // C, written where A was: nothing of A's networks, or its learned flags, may be left.
     let c = next_policy(&r, &policy("192.0.2.128/25"));
