@@ -564,6 +564,11 @@ fn check_points_at_the_error() {
         out.stdout,
         out.stderr
     );
+    assert!(
+        out.stdout.contains("IPv4 range table: ") && out.stdout.contains("with a sub-index"),
+        "a valid policy's summary gives its range table's shape:\n{}",
+        out.stdout
+    );
 
     // Line 4, column 16: an action that does not exist.
     let bad = dir.path().join("bad.yaml");

@@ -449,6 +449,14 @@ impl Dataplane {
     /// Writes generation `g`'s IPv4 range table: its steps and sub-indexes, then the buckets
     /// that lead to them.
     fn write_ranges4(&mut self, g: u32, t: RangeTable) -> Result<()> {
+        let dense = t.dense_without_sub_index();
+        if dense > 0 {
+            log::warn!(
+                "IPv4 range table: {dense} /16s hold over {} steps each but the {RANGE_SUB_BLOCKS} sub-index blocks are taken: \
+                 their lookups search all their steps",
+                crate::rangetab::SUB_MIN
+            );
+        }
         let steps = (0u32..).zip(&t.steps).map(|(i, s)| (range_step_index(g, i), *s));
         self.write_gen_array(m::RANGES4, g, RANGE_STEPS, steps.collect())?;
         let subs = (0u32..).zip(&t.subs).map(|(i, s)| (range_sub_index(g, 0, 0) + i, *s));

@@ -17,7 +17,9 @@ use imfw::{
     events,
     notify::{self, Message, Notifier},
     policy::{self, Compiled},
+    rangetab::{RangeTable, SUB_MIN},
 };
+use imfw_common::ranges::{RANGE_SUB_BLOCKS, RANGE_SUBS};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// Exit status for an invalid policy (or other bad input the user must fix).
@@ -452,6 +454,26 @@ fn check(path: &Path) -> ExitCode {
                 c.addr4.len() + c.addr6.len(),
                 c.src4.len() + c.src6.len()
             );
+            match RangeTable::build(&c.addr4) {
+                Ok(t) => {
+                    println!(
+                        "  IPv4 range table: {} steps in {} buckets, {} of them with a sub-index (room for {RANGE_SUB_BLOCKS})",
+                        t.steps.len(),
+                        t.buckets.len(),
+                        t.subs.len() / RANGE_SUBS as usize
+                    );
+                    let dense = t.dense_without_sub_index();
+                    if dense > 0 {
+                        println!(
+                            "  {dense} more /16s hold over {SUB_MIN} steps each but no sub-index is left: their lookups search all their steps"
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("{}: the IPv4 range table cannot be built: {e:#}", path.display());
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            }
             ExitCode::SUCCESS
         }
         None => ExitCode::from(EXIT_BAD_INPUT),

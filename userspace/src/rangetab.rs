@@ -16,7 +16,7 @@ use imfw_common::{
 
 /// A bucket with more steps than this gets a sub-index while blocks are left (a search of 16
 /// steps takes at most 5 reads).
-const SUB_MIN: usize = 16;
+pub const SUB_MIN: usize = 16;
 
 /// One generation's table, by bucket number (an address's upper 16 bits) and step index
 /// relative to the generation's half.
@@ -81,6 +81,12 @@ impl RangeTable {
             bail!("IPv4 range table: {} steps, the data plane holds {RANGE_STEPS}", t.steps.len());
         }
         Ok(t)
+    }
+
+    /// Buckets with more than [`SUB_MIN`] steps left without a sub-index: the blocks ran out,
+    /// and their lookups search all their steps by halving.
+    pub fn dense_without_sub_index(&self) -> usize {
+        self.buckets.values().filter(|b| b.sub_block().is_none() && b.steps() as usize > SUB_MIN).count()
     }
 
     /// The app of the longest network holding `addr` (learned addresses aside).
@@ -317,6 +323,7 @@ mod tests {
         let t = RangeTable::build(&nets).unwrap();
         let with = t.buckets.values().filter(|b| b.sub_block().is_some()).count();
         assert_eq!(with, blocks as usize);
+        assert_eq!(t.dense_without_sub_index(), 1);
         assert!(t.buckets[&(0x0a00 + blocks)].sub_block().is_some(), "the densest bucket has one");
         assert_eq!(t.subs.len(), (blocks * RANGE_SUBS) as usize);
         let addrs: Vec<u32> = [0, blocks / 2, blocks - 1, blocks].iter().flat_map(|b| {
