@@ -87,24 +87,47 @@ pub struct RangeStep {
 
 const _: () = assert!(core::mem::size_of::<RangeBucket>() == 8 && core::mem::size_of::<RangeStep>() == 4);
 
-/// Index in `IMFW_RANGEIDX4` of the bucket of address `addr` (host order) in generation
+// Each index below is a position relative to the generation's half (what the controller's
+// `RangeTable` numbers), turned into the map's index.
+
+/// Index in `IMFW_RANGEIDX4` of bucket `bucket` (an address's upper 16 bits) of generation
 /// `generation`.
 #[inline(always)]
-pub const fn range_bucket_index(generation: u32, addr: u32) -> u32 {
-    (generation & 1) * RANGE_BUCKETS + (addr >> 16)
+pub const fn range_bucket_index(generation: u32, bucket: u32) -> u32 {
+    (generation & 1) * RANGE_BUCKETS + (bucket & (RANGE_BUCKETS - 1))
 }
 
-/// Index in `IMFW_RANGESUB4` of the sub-bucket of address `addr` (host order) in block `block`
-/// of generation `generation`.
+/// Index in `IMFW_RANGESUB4` of sub-bucket `i` of generation `generation`.
 #[inline(always)]
-pub const fn range_sub_index(generation: u32, block: u32, addr: u32) -> u32 {
-    (generation & 1) * RANGE_SUB_BLOCKS * RANGE_SUBS + block.wrapping_mul(RANGE_SUBS) + ((addr >> 8) & 0xff)
+pub const fn range_sub_index(generation: u32, i: u32) -> u32 {
+    (generation & 1) * RANGE_SUB_BLOCKS * RANGE_SUBS + i
 }
 
 /// Index in `IMFW_RANGES4` of step `i` of generation `generation`.
 #[inline(always)]
 pub const fn range_step_index(generation: u32, i: u32) -> u32 {
     (generation & 1) * RANGE_STEPS + i
+}
+
+/// The app of address `addr` (host order) whose bucket is `bucket`: through the bucket's
+/// sub-index if it has one (`sub` reads sub-buckets), then [`range_search`] of the steps
+/// (`step` reads them); `APP_NONE` for none. Learned addresses are the caller's to look at
+/// first. The kernel and the controller both look addresses up here, so they cannot disagree.
+#[inline(always)]
+pub fn range_lookup(
+    bucket: RangeBucket,
+    addr: u32,
+    sub: impl Fn(u32) -> Option<RangeBucket>,
+    step: impl Fn(u32) -> Option<RangeStep>,
+) -> u16 {
+    let range = match bucket.sub_block() {
+        Some(block) => match sub(block.wrapping_mul(RANGE_SUBS).wrapping_add((addr >> 8) & 0xff)) {
+            Some(r) => r,
+            None => return APP_NONE,
+        },
+        None => bucket,
+    };
+    range_search(range, addr as u16, step)
 }
 
 /// The app of the address whose lower 16 bits are `low`, in `bucket` (or sub-bucket), whose

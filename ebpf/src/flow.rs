@@ -5,7 +5,7 @@ use imfw_common::{
     app::APP_NONE,
     config::{ACTION_DROP, Config, SRC_NETS_V4, SRC_NETS_V6},
     maps::{LPM_GEN_BITS, lpm4, lpm6},
-    ranges::{range_bucket_index, range_search, range_step_index, range_sub_index},
+    ranges::{range_bucket_index, range_lookup, range_step_index, range_sub_index},
     event::{EVENT_CLASSIFIED, EVENT_STREAM, FlowEvent},
     flow::{ADDR_UNRESOLVED, DIR_CLIENT, DIR_SERVER, FLAG_CLASS_KNOWN, FLAG_CLEARED_CLIENT, FLAG_CONTROLLER, FLAG_CLEARED_SERVER, FLAG_NO_COPY, FLAG_PAYLOAD_SEEN, FLAG_SERVER_SPOKE_FIRST, FlowEntry, FlowKey, STATE_DECIDED, STATE_INSPECTING},
     verdict::{DropReason, Method, Stat, Verdict},
@@ -221,23 +221,24 @@ fn src_class(cfg: &Config, family: u8, addr: &[u32; 4]) -> u16 {
 }
 
 /// The app of the network holding the server's address: for IPv4, a learned address first,
-/// where the address's bucket may hold one, then the range table (see `imfw_common::ranges`):
-/// the bucket, its sub-bucket if it has a sub-index, and the search of their steps.
+/// where the address's bucket may hold one, then the range table (see `imfw_common::ranges`).
 #[inline(always)]
 fn server_app(generation: u32, family: u8, addr: &[u32; 4]) -> Option<u16> {
     if family == 4 {
-        let a = u32::from_be_bytes(addr[0].to_ne_bytes());
-        let bucket = *IMFW_RANGEIDX4.get(range_bucket_index(generation, a))?;
+        let octets = addr[0].to_ne_bytes();
+        let a = u32::from_be_bytes(octets);
+        let bucket = *IMFW_RANGEIDX4.get(range_bucket_index(generation, a >> 16))?;
         if bucket.learned() {
-            if let Some(m) = IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, addr[0].to_ne_bytes()))) {
+            if let Some(m) = IMFW_ADDR4.get(Key::new(32 + LPM_GEN_BITS, lpm4(generation, octets))) {
                 return Some(m.app);
             }
         }
-        let range = match bucket.sub_block() {
-            Some(block) => *IMFW_RANGESUB4.get(range_sub_index(generation, block, a))?,
-            None => bucket,
-        };
-        let app = range_search(range, a as u16, |i| IMFW_RANGES4.get(range_step_index(generation, i)).copied());
+        let app = range_lookup(
+            bucket,
+            a,
+            |i| IMFW_RANGESUB4.get(range_sub_index(generation, i)).copied(),
+            |i| IMFW_RANGES4.get(range_step_index(generation, i)).copied(),
+        );
         if app == APP_NONE { None } else { Some(app) }
     } else {
         IMFW_ADDR6.get(Key::new(128 + LPM_GEN_BITS, lpm6(generation, &v6_bytes(addr)))).map(|m| m.app)

@@ -449,22 +449,23 @@ impl Dataplane {
     /// Writes generation `g`'s IPv4 range table: its steps and sub-indexes, then the buckets
     /// that lead to them.
     fn write_ranges4(&mut self, g: u32, t: RangeTable) -> Result<()> {
-        let dense = t.dense_without_sub_index();
-        if dense > 0 {
-            log::warn!(
-                "IPv4 range table: {dense} /16s hold over {} steps each but the {RANGE_SUB_BLOCKS} sub-index blocks are taken: \
-                 their lookups search all their steps",
-                crate::rangetab::SUB_MIN
-            );
+        if let Some(s) = t.shortfall() {
+            log::warn!("IPv4 range table: {s}");
         }
         let steps = (0u32..).zip(&t.steps).map(|(i, s)| (range_step_index(g, i), *s));
         self.write_gen_array(m::RANGES4, g, RANGE_STEPS, steps.collect())?;
-        let subs = (0u32..).zip(&t.subs).map(|(i, s)| (range_sub_index(g, 0, 0) + i, *s));
+        let subs = (0u32..).zip(&t.subs).map(|(i, s)| (range_sub_index(g, i), *s));
         self.write_gen_array(m::RANGE_SUB4, g, RANGE_SUB_BLOCKS * RANGE_SUBS, subs.collect())?;
-        let buckets: BTreeMap<u32, RangeBucket> = t.buckets.iter().map(|(b, v)| (range_bucket_index(g, b << 16), *v)).collect();
+        let buckets: BTreeMap<u32, RangeBucket> = t.buckets.iter().map(|(b, v)| (range_bucket_index(g, *b), *v)).collect();
         // Recorded first, so that the buckets of a write that fails half-way are emptied too.
         self.ranges4[g as usize] = t;
         self.write_gen_array(m::RANGE_INDEX4, g, RANGE_BUCKETS, buckets)
+    }
+
+    /// Writes one bucket of generation `g`'s IPv4 range table (a learned flag set or cleared).
+    fn write_range_bucket(&mut self, g: u32, b: u32, v: RangeBucket) -> Result<()> {
+        let mut idx: Array<_, RangeBucket> = Array::try_from(self.map_mut(m::RANGE_INDEX4)?)?;
+        idx.set(range_bucket_index(g, b), v, 0).map_err(map_err(m::RANGE_INDEX4))
     }
 
     /// The buckets of generation `g`'s IPv4 range table that are not empty, as the kernel
@@ -473,7 +474,7 @@ impl Dataplane {
         let idx: Array<_, RangeBucket> = Array::try_from(self.map(m::RANGE_INDEX4)?)?;
         let mut out = BTreeMap::new();
         for b in 0..RANGE_BUCKETS {
-            let v = idx.get(&range_bucket_index(g, b << 16), 0).map_err(map_err(m::RANGE_INDEX4))?;
+            let v = idx.get(&range_bucket_index(g, b), 0).map_err(map_err(m::RANGE_INDEX4))?;
             if v != RangeBucket::default() {
                 out.insert(b, v);
             }
@@ -552,7 +553,7 @@ impl Dataplane {
             self.write_gen_array(m::NAME_FILTER, g, NAME_FILTER_WORDS, words.collect())?;
             self.remove_hash::<u32, AppMatch>(m::STUN, c.stun.iter().map(|(t, _)| stun_key(g, *t)))?;
             // Empty the buckets in use (the steps are then out of reach).
-            let used = self.ranges4[g as usize].buckets.keys().map(|b| (range_bucket_index(g, b << 16), RangeBucket::default()));
+            let used = self.ranges4[g as usize].buckets.keys().map(|b| (range_bucket_index(g, *b), RangeBucket::default()));
             self.write_gen_array(m::RANGE_INDEX4, g, RANGE_BUCKETS, used.collect())?;
             self.ranges4[g as usize] = RangeTable::default();
             self.remove_lpm::<[u8; 17], AppMatch>(m::ADDR6, c.addr6.iter().map(|(l, a, _)| (l + LPM_GEN_BITS, lpm6(g, a))))?;
@@ -658,8 +659,7 @@ impl Dataplane {
                 }
                 // Then the bucket's flag, which sends its addresses to the trie first.
                 let (b, bucket) = self.ranges4[g as usize].flag_learned(a);
-                let mut idx: Array<_, RangeBucket> = Array::try_from(self.map_mut(m::RANGE_INDEX4)?)?;
-                idx.set(range_bucket_index(g, b << 16), bucket, 0).map_err(map_err(m::RANGE_INDEX4))
+                self.write_range_bucket(g, b, bucket)
             }
             IpAddr::V6(a) => {
                 let mut t: LpmTrie<_, [u8; 17], AppMatch> = LpmTrie::try_from(self.map_mut(m::ADDR6)?)?;
@@ -681,11 +681,10 @@ impl Dataplane {
         }
         // The bucket's flag goes with its last learned address.
         let IpAddr::V4(a) = addr else { return Ok(()) };
-        if let Some((b, bucket)) = self.ranges4[g as usize].unflag_learned(a) {
-            let mut idx: Array<_, RangeBucket> = Array::try_from(self.map_mut(m::RANGE_INDEX4)?)?;
-            idx.set(range_bucket_index(g, b << 16), bucket, 0).map_err(map_err(m::RANGE_INDEX4))?;
+        match self.ranges4[g as usize].unflag_learned(a) {
+            Some((b, bucket)) => self.write_range_bucket(g, b, bucket),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Adds (or replaces) a host entry learned from DNS to the app networks of the policy in

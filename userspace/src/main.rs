@@ -17,9 +17,9 @@ use imfw::{
     events,
     notify::{self, Message, Notifier},
     policy::{self, Compiled},
-    rangetab::{RangeTable, SUB_MIN},
+    rangetab::RangeTable,
 };
-use imfw_common::ranges::{RANGE_SUB_BLOCKS, RANGE_SUBS};
+use imfw_common::ranges::RANGE_SUB_BLOCKS;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 /// Exit status for an invalid policy (or other bad input the user must fix).
@@ -460,13 +460,10 @@ fn check(path: &Path) -> ExitCode {
                         "  IPv4 range table: {} steps in {} buckets, {} of them with a sub-index (room for {RANGE_SUB_BLOCKS})",
                         t.steps.len(),
                         t.buckets.len(),
-                        t.subs.len() / RANGE_SUBS as usize
+                        t.sub_indexed()
                     );
-                    let dense = t.dense_without_sub_index();
-                    if dense > 0 {
-                        println!(
-                            "  {dense} more /16s hold over {SUB_MIN} steps each but no sub-index is left: their lookups search all their steps"
-                        );
+                    if let Some(s) = t.shortfall() {
+                        println!("  {s}");
                     }
                 }
                 Err(e) => {

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use imfw_common::{
     app::APP_NONE,
     matcher::AppMatch,
-    ranges::{RANGE_LEARNED, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBINDEXED, RANGE_SUBS, RangeBucket, RangeStep, range_search},
+    ranges::{RANGE_LEARNED, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBINDEXED, RANGE_SUBS, RangeBucket, RangeStep, range_lookup},
 };
 
 /// A bucket with more steps than this gets a sub-index while blocks are left (a search of 16
@@ -44,8 +44,8 @@ impl RangeTable {
             if app == APP_NONE {
                 // Ends the value before it, where that began in the same bucket; at a bucket's
                 // start, or in a bucket with nothing before it, "none" is what a search gives.
-                if low != 0 && per_bucket.contains_key(&first) {
-                    per_bucket.entry(first).or_default().push(RangeStep { low, app });
+                if let Some(steps) = per_bucket.get_mut(&first).filter(|_| low != 0) {
+                    steps.push(RangeStep { low, app });
                 }
                 continue;
             }
@@ -89,15 +89,27 @@ impl RangeTable {
         self.buckets.values().filter(|b| b.sub_block().is_none() && b.steps() as usize > SUB_MIN).count()
     }
 
+    /// Buckets with a sub-index.
+    pub fn sub_indexed(&self) -> usize {
+        self.subs.len() / RANGE_SUBS as usize
+    }
+
+    /// What an operator should know about dense buckets left without a sub-index, if any.
+    pub fn shortfall(&self) -> Option<String> {
+        let dense = self.dense_without_sub_index();
+        (dense > 0).then(|| {
+            format!(
+                "{dense} /16s hold over {SUB_MIN} steps each but the {RANGE_SUB_BLOCKS} sub-index blocks are taken: their \
+                 lookups search all their steps"
+            )
+        })
+    }
+
     /// The app of the longest network holding `addr` (learned addresses aside).
     pub fn lookup(&self, addr: Ipv4Addr) -> Option<u16> {
         let a = u32::from(addr);
         let b = *self.buckets.get(&(a >> 16))?;
-        let range = match b.sub_block() {
-            Some(block) => *self.subs.get((block * RANGE_SUBS + ((a >> 8) & 0xff)) as usize)?,
-            None => b,
-        };
-        let app = range_search(range, a as u16, |i| self.steps.get(i as usize).copied());
+        let app = range_lookup(b, a, |i| self.subs.get(i as usize).copied(), |i| self.steps.get(i as usize).copied());
         (app != APP_NONE).then_some(app)
     }
 
