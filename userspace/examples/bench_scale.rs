@@ -21,9 +21,9 @@
 //!
 //! Figures are the low quantile over batches (`imfw_tests::bench::LOW_QUANTILE`: another tenant
 //! of the machine slows whole batches, in bursts), after a warm-up batch; the notes give the
-//! batches' range. Scaling configurations are
-//! measured interleaved (a batch of each in turn) so that drift from other load on the machine
-//! falls on all of them alike. The thread is pinned to one CPU: the flow table's LRU keeps
+//! batches' range. Scaling configurations take turns within each batch, a few hundred flows
+//! at a time, so that drift and bursts of other load on the machine fall on all of them alike;
+//! the notes give each batch's own ratio to the smallest configuration as well. The thread is pinned to one CPU: the flow table's LRU keeps
 //! per-CPU free lists, and a migration would change what is measured.
 
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
@@ -39,7 +39,7 @@ use imfw_common::{
     maps as m,
     verdict::{Stat, Verdict},
 };
-use imfw_tests::bench::{low, low_name, median};
+use imfw_tests::bench::{low, low_name, median, range};
 use imfw_tests::packets::{opaque, tcp4, tcp_flags, Ethernet, ETH_P_ARP};
 use imfw_tests::protocols::ClientHello;
 use serde_json::{json, Value};
@@ -739,14 +739,21 @@ struct Setup {
     n: u32,
     dp: Dataplane,
     clients: Clients,
+    /// Flows played on this size so far (for the event ring's drain).
+    played: u32,
     /// Batch means: first ClientHello with an unknown name, with a blocked name, an opaque
     /// first payload to an address in no range.
     series: [Vec<f64>; 3],
 }
 
+/// New flows of one size played in a row before the next size takes over: the three sizes
+/// of a batch take turns this finely, so that a burst of load from another tenant (which
+/// lasts milliseconds to seconds) falls on the three alike instead of on one size's batch.
+const TURN_FLOWS: u32 = 250;
+
 fn scaling_rules(plan: &Plan) -> Result<()> {
     eprintln!(
-        "domains and ranges: {SCALES:?} of each, {} batches of {} new flows per figure",
+        "domains and ranges: {SCALES:?} of each, {} batches of {} new flows per figure, the sizes taking turns every {TURN_FLOWS} flows",
         plan.batches, plan.scale_flows
     );
     let capacity = (plan.scale_flows * (plan.batches as u32 + 1) * 3)
@@ -772,69 +779,67 @@ fn scaling_rules(plan: &Plan) -> Result<()> {
             n,
             dp,
             clients: Clients::new(),
+            played: 0,
             series: [Vec::new(), Vec::new(), Vec::new()],
         });
     }
     let other = ClientHello::new(OTHER_NAME).build();
+    let opaque = opaque(64);
     for round in 0..=plan.batches {
-        for s in &mut setups {
-            measure_rules(plan, s, &other, round > 0)?;
+        for k in 0..3 {
+            let mut sums = vec![0.0; setups.len()];
+            let mut done = 0;
+            let mut turn = 0;
+            while done < plan.scale_flows {
+                let count = TURN_FLOWS.min(plan.scale_flows - done);
+                // The order of the sizes rotates from turn to turn: none always follows another.
+                for j in 0..setups.len() {
+                    let i = (j + turn) % setups.len();
+                    sums[i] += play_rules(&mut setups[i], k, count, &other, &opaque)?;
+                }
+                done += count;
+                turn += 1;
+            }
+            if round > 0 {
+                for (s, sum) in setups.iter_mut().zip(sums) {
+                    s.series[k].push(sum / f64::from(plan.scale_flows));
+                }
+            }
         }
     }
     emit_rule_curves(plan, &setups);
     Ok(())
 }
 
-/// One batch of each figure on one policy size; `keep`: not the warm-up.
-fn measure_rules(plan: &Plan, s: &mut Setup, other: &[u8], keep: bool) -> Result<()> {
+/// Plays `count` new flows of figure `k` (0: a ClientHello with a name in no app, 1: with a
+/// blocked name, 2: an opaque payload to an address in no range) on one policy size; returns
+/// the sum of the first payloads' kernel durations.
+fn play_rules(s: &mut Setup, k: usize, count: u32, other: &[u8], opaque: &[u8]) -> Result<f64> {
     let blocked = ClientHello::new(&blocked_domain(s.n / 2)).build();
-    for (k, (hello, want)) in [(other, XDP_PASS), (&blocked[..], XDP_DROP)]
-        .into_iter()
-        .enumerate()
-    {
-        let mut sum = 0.0;
-        for i in 0..plan.scale_flows {
-            let (ip, port) = s.clients.take();
-            s.dp.test_run(&syn(ip, port, SERVER))?;
-            let (act, ns) = once(&s.dp, &data(ip, port, SERVER, hello))?;
-            if act != want {
-                bail!(
-                    "{} blocked domains: a first ClientHello got XDP action {act}, expected {want}",
-                    s.n
-                );
-            }
-            sum += ns;
-            drain_now_and_then(&mut s.dp, i);
-        }
-        if keep {
-            s.series[k].push(sum / f64::from(plan.scale_flows));
-        }
-    }
     let miss = range_miss(s.n);
-    let opaque = opaque(64);
+    let (server, payload, want, what) = match k {
+        0 => (SERVER, other, XDP_PASS, "blocked domains: a first ClientHello with a name in no app"),
+        1 => (SERVER, &blocked[..], XDP_DROP, "blocked domains: a first ClientHello with a blocked name"),
+        _ => (miss, opaque, XDP_PASS, "blocked ranges: an opaque first payload to an address in no range"),
+    };
     let mut sum = 0.0;
-    for i in 0..plan.scale_flows {
+    for _ in 0..count {
         let (ip, port) = s.clients.take();
-        s.dp.test_run(&syn(ip, port, miss))?;
-        let (act, ns) = once(&s.dp, &data(ip, port, miss, &opaque))?;
-        if act != XDP_PASS {
-            bail!(
-                "{} blocked ranges: an opaque first payload to {miss} got XDP action {act}, expected XDP_PASS",
-                s.n
-            );
+        s.dp.test_run(&syn(ip, port, server))?;
+        let (act, ns) = once(&s.dp, &data(ip, port, server, payload))?;
+        if act != want {
+            bail!("{} {what} got XDP action {act}, expected {want}", s.n);
         }
         sum += ns;
-        drain_now_and_then(&mut s.dp, i);
+        drain_now_and_then(&mut s.dp, s.played);
+        s.played += 1;
     }
-    if keep {
-        s.series[2].push(sum / f64::from(plan.scale_flows));
-    }
-    Ok(())
+    Ok(sum)
 }
 
 fn emit_rule_curves(plan: &Plan, setups: &[Setup]) {
     let common = format!(
-        "mean over {} distinct new flows per batch, one run each (repeat 1), {} of {} batches after a warm-up, the three policy sizes measured in turn; the policy blocks one custom app with N domains (dI.example-blocked.test) and N /28 ranges (spread over 10.0.0.0/8), besides the built-in catalogue's names and ranges",
+        "mean over {} distinct new flows per batch, one run each (repeat 1), {} of {} batches after a warm-up, the three policy sizes taking turns every {TURN_FLOWS} flows within each batch; the policy blocks one custom app with N domains (dI.example-blocked.test) and N /28 ranges (spread over 10.0.0.0/8), besides the built-in catalogue's names and ranges",
         thousands(plan.scale_flows.into()),
         low_name(),
         plan.batches
@@ -878,6 +883,19 @@ fn emit_rule_curves(plan: &Plan, setups: &[Setup]) {
             if s.n != SCALES[0] {
                 rec["ref"] = json!(format!("{} {x_label}", SCALES[0]));
                 rec["ref_value"] = json!(r1(base));
+                let paired: Vec<f64> = s.series[k]
+                    .iter()
+                    .zip(&setups[0].series[k])
+                    .map(|(a, b)| a / b)
+                    .collect();
+                let (lo, hi) = range(&paired);
+                rec["note"] = json!(format!(
+                    "{}; each batch's own ratio to the same batch with {}: median {:.2}, range {lo:.2}-{hi:.2}",
+                    rec["note"].as_str().unwrap_or_default(),
+                    SCALES[0],
+                    median(&paired)
+                ));
+                eprintln!("  {id} {}: batches' own ratios to {}: median {:.2}, range {lo:.2}-{hi:.2}", s.n, SCALES[0], median(&paired));
             }
             if s.n == 100_000 {
                 rec["target"] = json!({"ratio_max": 1.2});

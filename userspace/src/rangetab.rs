@@ -14,9 +14,15 @@ use imfw_common::{
     ranges::{RANGE_LEARNED, RANGE_STEPS, RANGE_SUB_BLOCKS, RANGE_SUBINDEXED, RANGE_SUBS, RangeBucket, RangeStep, range_lookup},
 };
 
-/// A bucket with more steps than this gets a sub-index while blocks are left (a search of 16
-/// steps takes at most 5 reads).
-pub const SUB_MIN: usize = 16;
+/// A bucket with more steps than this gets a sub-index while blocks are left, densest first:
+/// a search of 8 steps takes 3 or 4 dependent reads, a sub-bucket read and the search of its
+/// slice (one or two steps in such a bucket) fewer. The blocks are preallocated, so a
+/// low threshold costs no memory.
+pub const SUB_MIN: usize = 4;
+
+/// A bucket with more steps than this and no sub-index is worth an operator's warning: its
+/// search takes 5 reads or more.
+pub const DENSE_STEPS: usize = 16;
 
 /// One generation's table, by bucket number (an address's upper 16 bits) and step index
 /// relative to the generation's half.
@@ -83,10 +89,10 @@ impl RangeTable {
         Ok(t)
     }
 
-    /// Buckets with more than [`SUB_MIN`] steps left without a sub-index: the blocks ran out,
-    /// and their lookups search all their steps by halving.
+    /// Buckets with more than [`DENSE_STEPS`] steps left without a sub-index: the blocks ran
+    /// out, and their lookups search all their steps by halving.
     pub fn dense_without_sub_index(&self) -> usize {
-        self.buckets.values().filter(|b| b.sub_block().is_none() && b.steps() as usize > SUB_MIN).count()
+        self.buckets.values().filter(|b| b.sub_block().is_none() && b.steps() as usize > DENSE_STEPS).count()
     }
 
     /// Buckets with a sub-index.
@@ -99,7 +105,7 @@ impl RangeTable {
         let dense = self.dense_without_sub_index();
         (dense > 0).then(|| {
             format!(
-                "{dense} /16s hold over {SUB_MIN} steps each but the {RANGE_SUB_BLOCKS} sub-index blocks are taken: their \
+                "{dense} /16s hold over {DENSE_STEPS} steps each but the {RANGE_SUB_BLOCKS} sub-index blocks are taken: their \
                  lookups search all their steps"
             )
         })
