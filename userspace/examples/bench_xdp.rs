@@ -32,9 +32,12 @@
 //! sample. Every sample's verdict is checked, and after each batch the flow table entry of the
 //! batch's last flow (app, method, state), so a figure never measures another path than it
 //! says. Each figure is the low quantile over batches of the per-batch median (another tenant
-//! of the machine slows whole batches, in bursts; see `LOW_QUANTILE`). Each case starts from
-//! fresh programs and empty flow tables that it never fills beyond a fraction (no eviction),
-//! and the event ring is drained every few hundred samples so that it never fills.
+//! of the machine slows whole batches, in bursts; see `LOW_QUANTILE`). The cases take turns,
+//! a batch of each per round in a rotating order, and the rounds are spread over the
+//! decided-flow measurement (a few after each shape), so that a burst of a few seconds falls
+//! on some batches of every case rather than on all batches of one. Two cases share loaded
+//! programs; their flow tables never fill beyond half (no eviction), and the event ring is
+//! drained every few hundred samples so that it never fills.
 //!
 //! No figure subtracts the floor: targets are checked on the figures as measured.
 
@@ -175,11 +178,28 @@ fn run() -> Result<()> {
         plan.repeat,
         plan.samples
     );
+    // The first-packet rounds are spread over the decided-flow measurement, a few between
+    // each shape and the next, so that each case's batches sample two minutes of the machine
+    // rather than a few seconds (a neighbour's burst of load can cover a few seconds whole).
+    let mut first = if run_first {
+        eprintln!(
+            "bench_xdp: first packets: {} cases, {} rounds of a batch each, spread over the run",
+            first_cases(compiled.config.monitor_hold != 0).len(),
+            plan.batches
+        );
+        Some(FirstPackets::start(&plan, &compiled)?)
+    } else {
+        None
+    };
     if run_decided {
-        decided(&plan, &compiled)?;
+        let per_gap = plan.batches / (DECIDED_SHAPES + 1);
+        decided(&plan, &compiled, &mut || match first.as_mut() {
+            Some(f) => f.rounds(&plan, per_gap),
+            None => Ok(()),
+        })?;
     }
-    if run_first {
-        first_packets(&plan, &compiled)?;
+    if let Some(f) = first {
+        f.finish(&plan)?;
     }
     eprintln!(
         "bench_xdp: done in {:.1} s",
@@ -330,12 +350,16 @@ enum Decided {
     AfterInspection,
 }
 
+/// Decided-flow shapes measured by [`decided`].
+const DECIDED_SHAPES: usize = 7;
+
+/// The decided-flow shapes, one after another; `between` runs after each.
 #[expect(clippy::too_many_lines, reason = "mostly the table of shapes")]
-fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
+fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let (mut dp, mut refs) = load(compiled)?;
     let v4 = (IpAddr::V4(CLIENT4), IpAddr::V4(SERVER4));
     let v6 = (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6));
-    let shapes = [
+    let shapes: [Shape; DECIDED_SHAPES] = [
         Shape {
             name: "decided flow, allowed, IPv4",
             ref_label: Some("IPv4"),
@@ -469,6 +493,7 @@ fn decided(plan: &Plan, compiled: &Compiled) -> Result<()> {
             calibrate(plan, &dp, &refs, &data, action, s.name)?;
         }
         refs.clear_flows()?;
+        between()?;
     }
     if let Some((empty, n)) = empty_ipv4 {
         record(
@@ -821,252 +846,314 @@ fn new_client(v6: bool, n: usize) -> (IpAddr, u16) {
     (client, port)
 }
 
-fn first_packets(plan: &Plan, compiled: &Compiled) -> Result<()> {
-    let mut floors = Vec::new();
-    let per_case = plan.warmup + plan.batches * plan.samples;
-    if per_case > FLOW_CAPACITY as usize / 2 {
-        bail!("{per_case} new flows per case would fill more than half of the flow table ({FLOW_CAPACITY})");
-    }
-    let mut loaded: Option<(Dataplane, BenchRefs)> = None;
-    // New flows created in the loaded tables so far (every case's flows are new ones).
-    let mut used = 0usize;
-    for case in first_cases(compiled.config.monitor_hold != 0) {
-        eprintln!("bench_xdp: {} ...", case.name);
-        // Loading takes seconds (imfw's verifier run), so cases share the programs; fresh ones
-        // (empty tables) come when a case would take the tables past half full, where an LRU
-        // table starts to evict.
-        if used + per_case > FLOW_CAPACITY as usize / 2 {
-            loaded = None;
+/// One first-packet case under measurement: where its flows live and its batches so far.
+struct FirstRun {
+    case: FirstCase,
+    /// The app its flows must end with (0: none).
+    app: u16,
+    /// Which loaded programs (index into the loads) its flows go to.
+    load: usize,
+    /// Its next new flow's number.
+    next: usize,
+    m: Batches,
+}
+
+/// The first-packet cases, loaded and warmed up, measured a few rounds at a time.
+struct FirstPackets {
+    loads: Vec<(Dataplane, BenchRefs)>,
+    runs: Vec<FirstRun>,
+    /// Rounds measured so far (a batch of every case each).
+    rounds: usize,
+    /// Time spent measuring them.
+    spent: Duration,
+}
+
+impl FirstPackets {
+    fn start(plan: &Plan, compiled: &Compiled) -> Result<FirstPackets> {
+        let per_case = plan.warmup + plan.batches * plan.samples;
+        if per_case > FLOW_CAPACITY as usize / 2 {
+            bail!("{per_case} new flows per case would fill more than half of the flow table ({FLOW_CAPACITY})");
         }
-        if loaded.is_none() {
-            used = 0;
-            let t = Instant::now();
-            loaded = Some(load(compiled)?);
-            eprintln!(
-                "bench_xdp:   programs loaded in {:.2} s",
-                t.elapsed().as_secs_f64()
-            );
+        // Loading takes about a second (imfw's verifier run), so cases share the programs; a
+        // case gets fresh ones (empty tables) where it would take the tables past half full,
+        // where an LRU table starts to evict.
+        let mut loads: Vec<(Dataplane, BenchRefs)> = Vec::new();
+        let mut runs = Vec::new();
+        let mut used = usize::MAX;
+        for case in first_cases(compiled.config.monitor_hold != 0) {
+            if used.saturating_add(per_case) > FLOW_CAPACITY as usize / 2 {
+                let t = Instant::now();
+                loads.push(load(compiled)?);
+                eprintln!(
+                    "bench_xdp: first packets: programs loaded in {:.2} s",
+                    t.elapsed().as_secs_f64()
+                );
+                used = 0;
+            }
+            let app = match case.app {
+                Some(a) => app_id(compiled, a)?,
+                None => 0,
+            };
+            runs.push(FirstRun {
+                case,
+                app,
+                load: loads.len() - 1,
+                next: used,
+                m: Batches {
+                    imfw: Vec::new(),
+                    stateful: Vec::new(),
+                    empty: Vec::new(),
+                },
+            });
+            used += per_case;
         }
-        let Some((dp, refs)) = loaded.as_mut() else {
-            bail!("the programs are not loaded");
-        };
-        let m = first_case(plan, compiled, &case, dp, refs, used)?;
-        used += per_case;
-        let (imfw, stateful, empty) = (low(&m.imfw), low(&m.stateful), low(&m.empty));
-        floors.extend_from_slice(&m.empty);
-        let how = if case.handshake {
-            "its SYN ran first, untimed, so the entry exists as after the handshake"
-        } else if case.l4 == L4::Udp {
-            "a UDP flow has no handshake: this packet creates the entry"
-        } else {
-            "no SYN seen: this packet creates the entry"
-        };
-        let mut note = format!(
-            "{} of {} batch medians, each over {} new flows, one run per BPF_PROG_TEST_RUN call ({how}); reference: the stateful \
-             program on the same packets of the same flows; per-call floor (empty program, same calls) {empty:.1} ns, included; \
-             medians of the batch medians: imfw {:.1} ns, stateful reference {:.1} ns; imfw batch medians {} ns (in order: {})",
-            low_name(),
-            m.imfw.len(),
-            plan.samples,
-            median(&m.imfw),
-            median(&m.stateful),
-            spread(&m.imfw),
-            m.imfw.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
-        );
-        if case.target.is_some() {
-            let met = imfw <= TLS_FIRST_NS_MAX;
-            let _ = write!(
-                note,
-                "; target {TLS_FIRST_NS_MAX} ns {}",
-                if met { "met" } else { "not met" }
-            );
-            if !met {
-                let net = imfw - empty;
-                let side = if net <= TLS_FIRST_NS_MAX {
-                    "within the target"
-                } else {
-                    "still above it"
-                };
-                let _ = write!(note, " ({net:.1} ns less the per-call floor: {side})");
+        for r in &mut runs {
+            let (dp, refs) = &mut loads[r.load];
+            for _ in 0..plan.warmup {
+                first_sample(&r.case, r.next, None, dp, refs)?;
+                r.next += 1;
             }
         }
-        record(
-            case.name,
-            imfw,
-            Some(("stateful reference, same first packets", stateful)),
-            case.target.clone(),
-            &note,
-        )?;
-        eprintln!("bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, per-call floor {empty:.1} ns");
+        Ok(FirstPackets {
+            loads,
+            runs,
+            rounds: 0,
+            spent: Duration::ZERO,
+        })
     }
-    let floor = low(&floors);
+
+    /// Up to `count` more rounds: a batch of every case, in an order that rotates from round
+    /// to round. Past the time cap, no round beyond `MIN_BATCHES`.
+    fn rounds(&mut self, plan: &Plan, count: usize) -> Result<()> {
+        let cap = plan.case_cap * u32::try_from(self.runs.len()).unwrap_or(u32::MAX);
+        let cases = self.runs.len();
+        for _ in 0..count {
+            if self.rounds == plan.batches || (self.rounds >= MIN_BATCHES && self.spent > cap) {
+                return Ok(());
+            }
+            let t = Instant::now();
+            for j in 0..cases {
+                let r = &mut self.runs[(j + self.rounds) % cases];
+                let (dp, refs) = &mut self.loads[r.load];
+                first_batch(plan, r, dp, refs)?;
+            }
+            self.spent += t.elapsed();
+            self.rounds += 1;
+        }
+        Ok(())
+    }
+
+    /// The rounds still to do, the tables' checks and the records.
+    fn finish(mut self, plan: &Plan) -> Result<()> {
+        self.rounds(plan, plan.batches)?;
+        if self.rounds < plan.batches {
+            eprintln!("bench_xdp: first packets: time cap reached after {} rounds", self.rounds);
+        }
+        for (i, (dp, _)) in self.loads.iter_mut().enumerate() {
+            dp.drain_events();
+            let snap = dp.snapshot()?;
+            for st in [Stat::FlowInsertFailed, Stat::EventsLost, Stat::StreamLost] {
+                if snap.stat(st) > 0 {
+                    bail!(
+                        "first packets, programs {i}: {} {} during the measurement: the tables or the ring were too small",
+                        snap.stat(st),
+                        st.name()
+                    );
+                }
+            }
+        }
+        let mut floors = Vec::new();
+        for FirstRun { case, m, .. } in &self.runs {
+            report_first(plan, case, m)?;
+            floors.extend_from_slice(&m.empty);
+        }
+        let floor = low(&floors);
+        record(
+            "per-call floor: empty program, one run per call",
+            floor,
+            None,
+            None,
+            &format!(
+                "the empty program measured as the first packets are (repeat 1 per call, interleaved with them): what one timed run \
+                 costs with nothing in it; {} of all {} batch medians of the first-packet cases",
+                low_name(),
+                floors.len()
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+/// The record of one first-packet case.
+fn report_first(plan: &Plan, case: &FirstCase, m: &Batches) -> Result<()> {
+    let (imfw, stateful, empty) = (low(&m.imfw), low(&m.stateful), low(&m.empty));
+    let how = if case.handshake {
+        "its SYN ran first, untimed, so the entry exists as after the handshake"
+    } else if case.l4 == L4::Udp {
+        "a UDP flow has no handshake: this packet creates the entry"
+    } else {
+        "no SYN seen: this packet creates the entry"
+    };
+    let mut note = format!(
+        "{} of {} batch medians, each over {} new flows, one run per BPF_PROG_TEST_RUN call ({how}); the cases take turns, a \
+         batch each; reference: the stateful program on the same packets of the same flows; per-call floor (empty program, same \
+         calls) {empty:.1} ns, included; medians of the batch medians: imfw {:.1} ns, stateful reference {:.1} ns; imfw batch \
+         medians {} ns (in order: {})",
+        low_name(),
+        m.imfw.len(),
+        plan.samples,
+        median(&m.imfw),
+        median(&m.stateful),
+        spread(&m.imfw),
+        m.imfw.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
+    );
+    if case.target.is_some() {
+        let met = imfw <= TLS_FIRST_NS_MAX;
+        let _ = write!(
+            note,
+            "; target {TLS_FIRST_NS_MAX} ns {}",
+            if met { "met" } else { "not met" }
+        );
+        if !met {
+            let net = imfw - empty;
+            let side = if net <= TLS_FIRST_NS_MAX {
+                "within the target"
+            } else {
+                "still above it"
+            };
+            let _ = write!(note, " ({net:.1} ns less the per-call floor: {side})");
+        }
+    }
     record(
-        "per-call floor: empty program, one run per call",
-        floor,
-        None,
-        None,
-        &format!(
-            "the empty program measured as the first packets are (repeat 1 per call, interleaved with them): what one timed run costs \
-             with nothing in it; {} of all {} batch medians of the first-packet cases",
-            low_name(),
-            floors.len()
-        ),
+        case.name,
+        imfw,
+        Some(("stateful reference, same first packets", stateful)),
+        case.target.clone(),
+        &note,
     )?;
+    eprintln!(
+        "bench_xdp: {}: imfw {imfw:.1} ns, stateful reference {stateful:.1} ns, per-call floor {empty:.1} ns",
+        case.name
+    );
     Ok(())
 }
 
-/// Measures one first-packet case on new flows numbered from `first_flow` on.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one sample, its checks and the batch loop read best together"
-)]
-fn first_case(
-    plan: &Plan,
-    compiled: &Compiled,
+/// New flow `n` of `case`: imfw, the stateful reference and the empty program in a rotating
+/// order, each checked; with `keep`, the three durations are pushed there.
+fn first_sample(
     case: &FirstCase,
+    n: usize,
+    keep: Option<(&mut Vec<f64>, &mut Vec<f64>, &mut Vec<f64>)>,
     dp: &mut Dataplane,
     refs: &BenchRefs,
-    first_flow: usize,
-) -> Result<Batches> {
-    let app = match case.app {
-        Some(a) => app_id(compiled, a)?,
-        None => 0,
-    };
-    let mut m = Batches {
-        imfw: Vec::new(),
-        stateful: Vec::new(),
-        empty: Vec::new(),
-    };
-    let mut n = first_flow;
-    let sample = |n: usize,
-                  keep: Option<(&mut Vec<f64>, &mut Vec<f64>, &mut Vec<f64>)>,
-                  dp: &mut Dataplane|
-     -> Result<()> {
-        let (client, cport) = new_client(case.v6, n);
-        let payload = frame(
-            case.l4,
+) -> Result<()> {
+    let (client, cport) = new_client(case.v6, n);
+    let payload = frame(
+        case.l4,
+        client,
+        cport,
+        case.server,
+        case.port,
+        true,
+        tcp_flags::PSH | tcp_flags::ACK,
+        &case.payload,
+    )?;
+    let syn = if case.handshake {
+        Some(frame(
+            L4::Tcp,
             client,
             cport,
             case.server,
             case.port,
             true,
-            tcp_flags::PSH | tcp_flags::ACK,
-            &case.payload,
-        )?;
-        let syn = if case.handshake {
-            Some(frame(
-                L4::Tcp,
-                client,
-                cport,
-                case.server,
-                case.port,
-                true,
-                tcp_flags::SYN,
-                &[],
-            )?)
-        } else {
-            None
-        };
-        let (mut ti, mut ts, mut te) = (0.0, 0.0, 0.0);
-        for k in 0..3 {
-            match (n + k) % 3 {
-                0 => {
-                    if let Some(syn) = &syn {
-                        dp.test_run(syn)?;
-                    }
-                    let (a, ns) = dp.test_run_timed(&payload, 1)?;
-                    if a != case.action {
-                        bail!(
-                            "{}: imfw returned XDP action {a}, expected {}",
-                            case.name,
-                            case.action
-                        );
-                    }
-                    ti = ns;
-                }
-                1 => {
-                    if let Some(syn) = &syn {
-                        refs.run(Reference::Stateful, syn)?;
-                    }
-                    let (a, ns) = refs.run_timed(Reference::Stateful, &payload, 1)?;
-                    if a != XDP_PASS {
-                        bail!(
-                            "{}: the stateful reference returned XDP action {a}",
-                            case.name
-                        );
-                    }
-                    ts = ns;
-                }
-                _ => te = refs.run_timed(Reference::Empty, &payload, 1)?.1,
-            }
-        }
-        if let Some((i, s, e)) = keep {
-            i.push(ti);
-            s.push(ts);
-            e.push(te);
-        }
-        if n.is_multiple_of(DRAIN_EVERY) {
-            dp.drain_events();
-        }
-        Ok(())
+            tcp_flags::SYN,
+            &[],
+        )?)
+    } else {
+        None
     };
-    for _ in 0..plan.warmup {
-        sample(n, None, dp)?;
-        n += 1;
-    }
-    let start = Instant::now();
-    for b in 0..plan.batches {
-        if b >= MIN_BATCHES && start.elapsed() > plan.case_cap {
-            eprintln!("bench_xdp:   time cap reached after {b} batches");
-            break;
+    let (mut ti, mut ts, mut te) = (0.0, 0.0, 0.0);
+    for k in 0..3 {
+        match (n + k) % 3 {
+            0 => {
+                if let Some(syn) = &syn {
+                    dp.test_run(syn)?;
+                }
+                let (a, ns) = dp.test_run_timed(&payload, 1)?;
+                if a != case.action {
+                    bail!(
+                        "{}: imfw returned XDP action {a}, expected {}",
+                        case.name,
+                        case.action
+                    );
+                }
+                ti = ns;
+            }
+            1 => {
+                if let Some(syn) = &syn {
+                    refs.run(Reference::Stateful, syn)?;
+                }
+                let (a, ns) = refs.run_timed(Reference::Stateful, &payload, 1)?;
+                if a != XDP_PASS {
+                    bail!(
+                        "{}: the stateful reference returned XDP action {a}",
+                        case.name
+                    );
+                }
+                ts = ns;
+            }
+            _ => te = refs.run_timed(Reference::Empty, &payload, 1)?.1,
         }
-        let (mut bi, mut bs, mut be) = (
-            Vec::with_capacity(plan.samples),
-            Vec::with_capacity(plan.samples),
-            Vec::with_capacity(plan.samples),
+    }
+    if let Some((i, s, e)) = keep {
+        i.push(ti);
+        s.push(ts);
+        e.push(te);
+    }
+    if n.is_multiple_of(DRAIN_EVERY) {
+        dp.drain_events();
+    }
+    Ok(())
+}
+
+/// One batch of a first-packet case: `plan.samples` new flows, then a check that the last
+/// one took the path the case names.
+fn first_batch(plan: &Plan, r: &mut FirstRun, dp: &mut Dataplane, refs: &BenchRefs) -> Result<()> {
+    let case = &r.case;
+    let (mut bi, mut bs, mut be) = (
+        Vec::with_capacity(plan.samples),
+        Vec::with_capacity(plan.samples),
+        Vec::with_capacity(plan.samples),
+    );
+    for _ in 0..plan.samples {
+        first_sample(case, r.next, Some((&mut bi, &mut bs, &mut be)), dp, refs)?;
+        r.next += 1;
+    }
+    let (client, cport) = new_client(case.v6, r.next - 1);
+    let key = flow_key(client, cport, case.server, case.port, case.l4.proto());
+    let entry = dp
+        .flow(&key)?
+        .ok_or_else(|| anyhow!("{}: imfw kept no entry for a measured flow", case.name))?;
+    if entry.app != r.app || entry.method != case.method as u8 || entry.state != case.state {
+        bail!(
+            "{}: the flow was not classified as the case says (app {}, method {}, state {}; expected app {}, method {}, state {})",
+            case.name,
+            entry.app,
+            entry.method,
+            entry.state,
+            r.app,
+            case.method as u8,
+            case.state
         );
-        for _ in 0..plan.samples {
-            sample(n, Some((&mut bi, &mut bs, &mut be)), dp)?;
-            n += 1;
-        }
-        // The batch's last flow must have taken the path the case names.
-        let (client, cport) = new_client(case.v6, n - 1);
-        let key = flow_key(client, cport, case.server, case.port, case.l4.proto());
-        let entry = dp
-            .flow(&key)?
-            .ok_or_else(|| anyhow!("{}: imfw kept no entry for a measured flow", case.name))?;
-        if entry.app != app || entry.method != case.method as u8 || entry.state != case.state {
-            bail!(
-                "{}: the flow was not classified as the case says (app {}, method {}, state {}; expected app {app}, method {}, state {})",
-                case.name,
-                entry.app,
-                entry.method,
-                entry.state,
-                case.method as u8,
-                case.state
-            );
-        }
-        if refs.flow(&key)?.is_none() {
-            bail!(
-                "{}: the stateful reference kept no entry for a measured flow",
-                case.name
-            );
-        }
-        m.imfw.push(median(&bi));
-        m.stateful.push(median(&bs));
-        m.empty.push(median(&be));
     }
-    dp.drain_events();
-    let snap = dp.snapshot()?;
-    for st in [Stat::FlowInsertFailed, Stat::EventsLost, Stat::StreamLost] {
-        if snap.stat(st) > 0 {
-            bail!(
-                "{}: {} {} during the measurement: the tables or the ring were too small",
-                case.name,
-                snap.stat(st),
-                st.name()
-            );
-        }
+    if refs.flow(&key)?.is_none() {
+        bail!(
+            "{}: the stateful reference kept no entry for a measured flow",
+            case.name
+        );
     }
-    Ok(m)
+    r.m.imfw.push(median(&bi));
+    r.m.stateful.push(median(&bs));
+    r.m.empty.push(median(&be));
+    Ok(())
 }
