@@ -117,6 +117,13 @@ pub(crate) fn settle(cfg: &Config, key: &FlowKey, e: &mut FlowEntry, outcome: Ou
             e.addr_app = APP_NONE;
             None
         }
+        // A TLS name no app claims: nothing after it can name the flow, so it is decided now
+        // as the spent budget would decide it, without inspecting the rest of the handshake.
+        Outcome::NamedTls => {
+            e.addr_app = APP_NONE;
+            count_stat(Stat::Unclassified);
+            Some((APP_NONE, Method::None))
+        }
         // The real name is encrypted: the address still speaks for the flow; without one, the
         // policy's choice for hidden names (app `ech`) applies.
         Outcome::Hidden => {

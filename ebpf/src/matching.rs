@@ -22,9 +22,12 @@ pub enum Outcome {
     Controller,
     /// A copy for the controller; the flow goes on as if nothing matched.
     Copy,
-    /// A server name that no app claims (for a TLS name, one that hides no Encrypted Client
-    /// Hello).
+    /// An HTTP Host or CONNECT target that no app claims: the connection's next requests
+    /// may name other hosts (a proxy's keep-alive connection does), so inspection goes on.
     Named,
+    /// A TLS server name that no app claims, in a ClientHello that hides no Encrypted Client
+    /// Hello: what follows is encrypted and names nothing, so inspection ends here.
+    NamedTls,
     /// A ClientHello whose name no app claims and that hides its real name with Encrypted
     /// Client Hello: the outer name says nothing of the server.
     Hidden,
@@ -377,7 +380,7 @@ pub fn client_hello(ctx: &XdpContext, cfg: &Config, pkt: &Pkt, server_port: u16)
     let (payload_off, payload_len) = (pkt.payload_off as u32, payload_len as u32);
     Some(match imfw_hello_app(ctx.ctx, generation, payload_off, payload_len) {
         0 | NO_NAME => return None,
-        NAME_UNKNOWN => Outcome::Named,
+        NAME_UNKNOWN => Outcome::NamedTls,
         NAME_HIDDEN => Outcome::Hidden,
         app => Outcome::Found(app as u16, Method::TlsSni),
     })
@@ -419,7 +422,7 @@ fn name_app(generation: u32, hash: u64) -> Option<u16> {
 /// Client Hello (the extension walk of [`imfw_tls_has_ech`]).
 #[inline(always)]
 fn hidden(ctx: &XdpContext, payload_off: u32, payload_len: u32) -> Outcome {
-    if imfw_tls_has_ech(ctx.ctx, payload_off, payload_len) != 0 { Outcome::Hidden } else { Outcome::Named }
+    if imfw_tls_has_ech(ctx.ctx, payload_off, payload_len) != 0 { Outcome::Hidden } else { Outcome::NamedTls }
 }
 
 /// 1 when the ClientHello that starts the payload at `payload_off` of the packet

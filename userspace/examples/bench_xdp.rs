@@ -12,7 +12,8 @@
 //! after the first hits the same warm entry, which is what a decided flow costs. The stateful
 //! reference runs the same packet (its entry warm after the first run) and the empty program
 //! too, in short rounds (one call each, in a rotating order) so that all three share the
-//! machine's state; each figure is the low quantile (`imfw_tests::bench::LOW_QUANTILE`) of
+//! machine's state, and the shapes take turns, a round of each in a rotating order, so that
+//! each shape's rounds spread over the whole measurement; each figure is the low quantile (`imfw_tests::bench::LOW_QUANTILE`) of
 //! the rounds' means.
 //!
 //! # First payload packets
@@ -54,7 +55,7 @@ use imfw::{
     policy::{self, Compiled},
 };
 use imfw_common::{
-    flow::{FlowKey, STATE_DECIDED, STATE_INSPECTING},
+    flow::{FlowKey, STATE_DECIDED},
     maps::FLOWS_DEFAULT,
     verdict::{Method, Stat},
 };
@@ -178,9 +179,9 @@ fn run() -> Result<()> {
         plan.repeat,
         plan.samples
     );
-    // The first-packet rounds are spread over the decided-flow measurement, a few between
-    // each shape and the next, so that each case's batches sample two minutes of the machine
-    // rather than a few seconds (a neighbour's burst of load can cover a few seconds whole).
+    // The first-packet rounds are spread evenly over the decided-flow measurement, so that
+    // each case's batches sample two minutes of the machine rather than a few seconds (a
+    // neighbour's burst of load can cover a few seconds whole).
     let mut first = if run_first {
         eprintln!(
             "bench_xdp: first packets: {} cases, {} rounds of a batch each, spread over the run",
@@ -192,9 +193,8 @@ fn run() -> Result<()> {
         None
     };
     if run_decided {
-        let per_gap = plan.batches / (DECIDED_SHAPES + 1);
         decided(&plan, &compiled, &mut || match first.as_mut() {
-            Some(f) => f.rounds(&plan, per_gap),
+            Some(f) => f.rounds(&plan, 1),
             None => Ok(()),
         })?;
     }
@@ -353,10 +353,10 @@ enum Decided {
 /// Decided-flow shapes measured by [`decided`].
 const DECIDED_SHAPES: usize = 7;
 
-/// The decided-flow shapes, one after another; `between` runs after each.
+/// The decided-flow shapes, measured in turn; `between` runs every few rounds.
 #[expect(clippy::too_many_lines, reason = "mostly the table of shapes")]
 fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-    let (mut dp, mut refs) = load(compiled)?;
+    let (mut dp, refs) = load(compiled)?;
     let v4 = (IpAddr::V4(CLIENT4), IpAddr::V4(SERVER4));
     let v6 = (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6));
     let shapes: [Shape; DECIDED_SHAPES] = [
@@ -417,7 +417,10 @@ fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result
             kind: Decided::AfterInspection,
         },
     ];
-    let mut empty_ipv4 = None;
+    // Every shape's flow is decided first; then the shapes take turns, a round of each in a
+    // rotating order, so that each shape's rounds sample the whole measurement (about two
+    // minutes) and a stretch of load from another tenant falls on all shapes alike.
+    let mut flows = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
         // A flow of its own per shape: ports differ.
         let cport = 40_000 + i as u16;
@@ -431,8 +434,17 @@ fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result
                 s.name
             );
         }
-        eprintln!("bench_xdp: {} ...", s.name);
-        let m = repeat_rounds(plan, &dp, &refs, &data, action, s.name)?;
+        flows.push((data, action, s.name));
+    }
+    eprintln!(
+        "bench_xdp: decided flows: {} shapes, {} rounds, a call of each program per shape and round, the shapes in turn",
+        shapes.len(),
+        plan.rounds
+    );
+    let all = repeat_rounds(plan, &dp, &refs, &flows, between)?;
+    let mut empty_ipv4 = None;
+    for (i, (s, m)) in shapes.iter().zip(&all).enumerate() {
+        let (data, action, _) = &flows[i];
         let (imfw, stateful, empty) = (
             low(&m.imfw),
             low(&m.stateful),
@@ -467,7 +479,8 @@ fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result
             &note,
         )?;
         eprintln!(
-            "bench_xdp:   imfw {imfw:.1} ns, stateful reference {stateful:.1} ns (ratio {:.2}{}), empty {empty:.1} ns",
+            "bench_xdp: {}: imfw {imfw:.1} ns, stateful reference {stateful:.1} ns (ratio {:.2}{}), empty {empty:.1} ns",
+            s.name,
             imfw / stateful,
             if target.is_some() { format!(", target {DECIDED_RATIO_MAX}: {verdict}") } else { String::new() }
         );
@@ -490,10 +503,8 @@ fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result
             }
         }
         if i == 0 {
-            calibrate(plan, &dp, &refs, &data, action, s.name)?;
+            calibrate(plan, &dp, &refs, data, *action, s.name)?;
         }
-        refs.clear_flows()?;
-        between()?;
     }
     if let Some((empty, n)) = empty_ipv4 {
         record(
@@ -599,54 +610,71 @@ struct Batches {
     empty: Vec<f64>,
 }
 
-/// Rounds of `plan.repeat` runs per call, imfw, the stateful reference and the empty program
-/// in a rotating order.
+/// Rounds of `plan.repeat` runs per call: per round, for every flow (data packet, action,
+/// name) in a rotating order, one call each of imfw, the stateful reference and the empty
+/// program, in a rotating order too. `between` runs every few rounds, spread evenly (the
+/// first-packet rounds). Returns each flow's batches.
 fn repeat_rounds(
     plan: &Plan,
     dp: &Dataplane,
     refs: &BenchRefs,
-    data: &[u8],
-    action: u32,
-    name: &str,
-) -> Result<Batches> {
-    let mut m = Batches {
-        imfw: Vec::new(),
-        stateful: Vec::new(),
-        empty: Vec::new(),
-    };
+    flows: &[(Vec<u8>, u32, &str)],
+    between: &mut dyn FnMut() -> Result<()>,
+) -> Result<Vec<Batches>> {
+    let mut all: Vec<Batches> = flows
+        .iter()
+        .map(|_| Batches {
+            imfw: Vec::new(),
+            stateful: Vec::new(),
+            empty: Vec::new(),
+        })
+        .collect();
     // Warm-up: one short call each.
-    dp.test_run_timed(data, plan.repeat / 10)?;
-    refs.run_timed(Reference::Stateful, data, plan.repeat / 10)?;
-    refs.run_timed(Reference::Empty, data, plan.repeat / 10)?;
-    let start = Instant::now();
+    for (data, _, _) in flows {
+        dp.test_run_timed(data, plan.repeat / 10)?;
+        refs.run_timed(Reference::Stateful, data, plan.repeat / 10)?;
+        refs.run_timed(Reference::Empty, data, plan.repeat / 10)?;
+    }
+    let cap = plan.case_cap * u32::try_from(flows.len()).unwrap_or(u32::MAX);
+    let every = (plan.rounds / plan.batches.max(1)).max(1);
+    let mut spent = Duration::ZERO;
     for b in 0..plan.rounds {
-        if b >= MIN_ROUNDS && start.elapsed() > plan.case_cap {
+        if b >= MIN_ROUNDS && spent > cap {
             eprintln!("bench_xdp:   time cap reached after {b} rounds");
             break;
         }
-        for k in 0..3 {
-            match (b + k) % 3 {
-                0 => {
-                    let (a, ns) = dp.test_run_timed(data, plan.repeat)?;
-                    if a != action {
-                        bail!("{name}: imfw returned XDP action {a}, expected {action}");
+        let t = Instant::now();
+        for j in 0..flows.len() {
+            let f = (j + b) % flows.len();
+            let ((data, action, name), m) = (&flows[f], &mut all[f]);
+            for k in 0..3 {
+                match (b + k) % 3 {
+                    0 => {
+                        let (a, ns) = dp.test_run_timed(data, plan.repeat)?;
+                        if a != *action {
+                            bail!("{name}: imfw returned XDP action {a}, expected {action}");
+                        }
+                        m.imfw.push(ns);
                     }
-                    m.imfw.push(ns);
-                }
-                1 => {
-                    let (a, ns) = refs.run_timed(Reference::Stateful, data, plan.repeat)?;
-                    if a != XDP_PASS {
-                        bail!("{name}: the stateful reference returned XDP action {a}");
+                    1 => {
+                        let (a, ns) = refs.run_timed(Reference::Stateful, data, plan.repeat)?;
+                        if a != XDP_PASS {
+                            bail!("{name}: the stateful reference returned XDP action {a}");
+                        }
+                        m.stateful.push(ns);
                     }
-                    m.stateful.push(ns);
+                    _ => m
+                        .empty
+                        .push(refs.run_timed(Reference::Empty, data, plan.repeat)?.1),
                 }
-                _ => m
-                    .empty
-                    .push(refs.run_timed(Reference::Empty, data, plan.repeat)?.1),
             }
         }
+        spent += t.elapsed();
+        if b % every == every / 2 {
+            between()?;
+        }
     }
-    Ok(m)
+    Ok(all)
 }
 
 /// The decided path measured as first packets are (one run per call): set against the same
@@ -756,7 +784,6 @@ fn first_cases(monitor_hold: bool) -> Vec<FirstCase> {
             ..case("first payload packet, TLS server name, IM (web.whatsapp.com, dropped), IPv4", L4::Tcp, s4, 443, tls_im.clone(), Some("whatsapp"), Method::TlsSni, XDP_DROP)
         },
         FirstCase {
-            state: STATE_INSPECTING,
             target: tls_target,
             ..case("first payload packet, TLS server name, not IM (www.example.com), IPv4", L4::Tcp, s4, 443, ClientHello::new("www.example.com").build(), None, Method::None, XDP_PASS)
         },

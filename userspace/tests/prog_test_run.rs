@@ -11,13 +11,13 @@ use imfw::{
     rangetab::RangeTable,
 };
 use imfw_common::{
-    flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry, STATE_INSPECTING},
+    flow::{ADDR_UNRESOLVED, FLAG_CLASS_KNOWN, FlowEntry, STATE_DECIDED, STATE_INSPECTING},
     maps::JUMP_INSPECT,
     matcher::SCRATCH_LEN,
     verdict::{DropReason, Method, Stat, Verdict},
 };
 use imfw_tests::{
-    packets::{self, Ethernet, Ext6, Ipv4, Ipv6, Tcp, Udp, tcp_flags},
+    packets::{self, Ethernet, Ext6, Ipv4, Ipv6, Tcp, Udp, opaque, tcp_flags},
     protocols::{self, ClientHello, ExtOrder, MtprotoTransport, WaPrologue, WaStart},
     util::Rng,
 };
@@ -655,6 +655,52 @@ fn irc_user_after_a_server_greeting_is_not_irc() {
     assert_eq!(open(&r, &irc, &[b"USER alice 0 * :Alice\r\n".to_vec()]), XDP_DROP);
 }
 
+/// A TLS server name no app claims ends the inspection at once, in the main program and in
+/// the names stage alike: what follows it is encrypted. An unclaimed HTTP Host does not: the
+/// next request on the connection (a proxy's keep-alive connection) may name an IM host.
+#[test]
+fn an_unclaimed_tls_name_ends_inspection_and_an_unclaimed_http_host_does_not() {
+    let r = rig("
+version: 1
+defaults: {action: allow, unclassified: drop, inspect_packets: 4}
+apps: {irc: drop, telegram: drop}
+");
+    let inspected = |r: &Rig| r.stat(Stat::Inspected);
+    // Main program: a whole ClientHello. With `unclassified: drop`, the ClientHello itself is
+    // dropped, and the rest of the flow with it, without further inspection: an IRC opener
+    // later in the flow is not looked at.
+    let c = Conn::v4(44001, 443);
+    assert_eq!(open(&r, &c, &[ClientHello::new("docs.example.net").build()]), XDP_DROP);
+    let e = r.entry(&c.syn()).expect("flow");
+    assert_eq!((e.app, e.state, Verdict::from_u8(e.verdict)), (0, STATE_DECIDED, Verdict::Drop));
+    let before = inspected(&r);
+    assert_eq!(r.run(&c.server(&opaque(200))), XDP_DROP);
+    assert_eq!(r.run(&c.client(b"NICK late\r\n")), XDP_DROP);
+    assert_eq!((inspected(&r), r.entry(&c.syn()).expect("flow").app), (before, 0), "nothing inspected after the name");
+    // Names stage: a ClientHello to XMPP's port whose length a signature shape may match
+    // (see the test below), so the stages see it rather than the main program.
+    let hello = (1..=200usize)
+        .map(|n| ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build())
+        .find(|h| {
+            let mut buf = [0u8; SCRATCH_LEN];
+            buf[..h.len()].copy_from_slice(h);
+            r.c.sig_pre.candidates(&buf, h.len(), 5222) != 0
+        })
+        .expect("a ClientHello length the signature stage must see");
+    let c = Conn::v4(44002, 5222);
+    assert_eq!(open(&r, &c, &[hello]), XDP_DROP);
+    let e = r.entry(&c.syn()).expect("flow");
+    assert_eq!((e.app, e.state, Verdict::from_u8(e.verdict)), (0, STATE_DECIDED, Verdict::Drop));
+    assert_eq!(r.stat(Stat::Unclassified), 2);
+    // HTTP: the first request names a host no app claims, the second a Telegram one.
+    let c = Conn::v4(44003, 8080);
+    assert_eq!(open(&r, &c, &[protocols::http_get("www.example.com", "/")]), XDP_PASS, "still inspecting");
+    assert_eq!(r.entry(&c.syn()).expect("flow").state, STATE_INSPECTING);
+    assert_eq!(r.run(&c.server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")), XDP_PASS);
+    assert_eq!(r.run(&c.client(&protocols::http_get("web.telegram.org", "/k/"))), XDP_DROP);
+    assert_decided(&r, &c, "telegram", Method::HttpHost, Verdict::Drop);
+}
+
 #[test]
 fn inspection_budget_ends_and_unclassified_policy_applies() {
     let r = rig("
@@ -1242,10 +1288,11 @@ fn encrypted_client_hello_is_an_explicit_policy_choice() {
     let c = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(41003, 443) };
     assert_eq!(open(&r, &c, &[hello("public.example")]), XDP_DROP, "the address of a Telegram server still speaks");
     assert_decided(&r, &c, "telegram", Method::Address, Verdict::Drop);
-    // Without ECH, an unclaimed name overrides the address and the flow stays undecided.
+    // Without ECH, an unclaimed name overrides the address: the flow is unclassified.
     let c = Conn { s: Ipv4Addr::new(149, 154, 167, 51).into(), ..Conn::v4(41004, 443) };
     assert_eq!(open(&r, &c, &[ClientHello::new("public.example").build()]), XDP_PASS);
-    assert_eq!(r.entry(&c.syn()).expect("flow").app, 0);
+    let e = r.entry(&c.syn()).expect("flow");
+    assert_eq!((e.app, e.state, e.addr_app), (0, STATE_DECIDED, 0));
 
     let r = rig("version: 1\ndefaults: {action: allow}\napps: {ech: drop}\nrules:\n  - {name: lan, from: [192.0.2.0/24], apps: all, action: drop}\n");
     let c = Conn::v4(41005, 443);
@@ -1278,11 +1325,12 @@ fn the_main_program_decides_a_whole_client_hello_alone() {
     let ech_first = ClientHello { ech: true, order: ExtOrder::SniLast, ..ClientHello::new("public.example") };
     assert_eq!(open(&r, &c, &[ech_first.build()]), XDP_PASS);
     assert_decided(&r, &c, "ech", Method::Ech, Verdict::Allow);
-    // A name no app claims leaves the flow undecided, its address no longer speaking for it.
+    // A name no app claims decides the flow as unclassified, its address no longer speaking
+    // for it.
     let c = Conn::v4(42003, 443);
     assert_eq!(open(&r, &c, &[ClientHello::new("docs.example.net").build()]), XDP_PASS);
     let e = r.entry(&c.syn()).expect("flow");
-    assert_eq!((e.app, e.state, e.addr_app), (0, STATE_INSPECTING, 0));
+    assert_eq!((e.app, e.state, e.addr_app, Method::from_u8(e.method)), (0, STATE_DECIDED, 0, Method::None));
     assert_eq!(missing(&r), 0, "no ClientHello so far needed a stage");
     // Names of 13 to 212 bytes, to XMPP's port: the catalogue's size-only XMPP signature (48
     // bytes, port 5222) makes the ClientHello whose length is 48 modulo 256 one the signature
