@@ -69,6 +69,19 @@ pub struct Mix {
     pub im_flows: usize,
     /// Sum of the frames' lengths.
     pub bytes: u64,
+    /// Every flow's endpoints and whether it is IM: the truth a classifier is scored on.
+    pub truth: Vec<FlowTruth>,
+}
+
+/// One flow of a mix: its endpoints and whether it is IM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTruth {
+    pub client: IpAddr,
+    pub cport: u16,
+    pub server: IpAddr,
+    pub sport: u16,
+    pub tcp: bool,
+    pub im: bool,
 }
 
 /// Server MAC (the far side of the gateway; locally administered).
@@ -713,6 +726,7 @@ pub fn build(cfg: &MixConfig) -> Mix {
     }
 
     let mut flows = Vec::with_capacity(cfg.flows);
+    let mut truth = Vec::with_capacity(cfg.flows);
     for (i, im) in is_im.iter().enumerate() {
         let kind = pick_weighted(&mut rng, if *im { IM_KINDS } else { WEB_KINDS });
         debug_assert_eq!(kind.is_im(), *im);
@@ -725,6 +739,14 @@ pub fn build(cfg: &MixConfig) -> Mix {
         } else {
             udp_flow(kind, &mut rng, v6)
         };
+        truth.push(FlowTruth {
+            client,
+            cport,
+            server,
+            sport,
+            tcp,
+            im: *im,
+        });
         flows.push(Flow {
             client,
             cport,
@@ -766,6 +788,7 @@ pub fn build(cfg: &MixConfig) -> Mix {
         flows: cfg.flows,
         im_flows,
         bytes,
+        truth,
     }
 }
 
@@ -846,6 +869,29 @@ mod tests {
         );
         let tuples: HashSet<_> = m.frames.iter().map(|f| tuple(f)).collect();
         assert_eq!(tuples.len(), 400, "one 5-tuple per flow");
+        // The truth names every flow once, with the frames' endpoints, and as many IM flows.
+        assert_eq!(m.truth.len(), 400);
+        assert_eq!(m.truth.iter().filter(|t| t.im).count(), 80);
+        let ends: HashSet<_> = m.truth.iter().map(|t| (t.client, t.cport, t.server, t.sport, t.tcp)).collect();
+        assert_eq!(ends.len(), 400);
+        for f in &m.frames {
+            let o = offsets(f).unwrap();
+            let (src, dst) = if f[o.l3] >> 4 == 4 {
+                let a: [u8; 4] = f[o.l3 + 12..o.l3 + 16].try_into().unwrap();
+                let b: [u8; 4] = f[o.l3 + 16..o.l3 + 20].try_into().unwrap();
+                (IpAddr::from(a), IpAddr::from(b))
+            } else {
+                let a: [u8; 16] = f[o.l3 + 8..o.l3 + 24].try_into().unwrap();
+                let b: [u8; 16] = f[o.l3 + 24..o.l3 + 40].try_into().unwrap();
+                (IpAddr::from(a), IpAddr::from(b))
+            };
+            let (sp, dp) = (u16::from_be_bytes([f[o.l4], f[o.l4 + 1]]), u16::from_be_bytes([f[o.l4 + 2], f[o.l4 + 3]]));
+            let tcp = o.protocol == IPPROTO_TCP;
+            assert!(
+                ends.contains(&(src, sp, dst, dp, tcp)) || ends.contains(&(dst, dp, src, sp, tcp)),
+                "a frame of no flow in the truth: {src}:{sp} -> {dst}:{dp}"
+            );
+        }
         assert!(m.frames.len() > 400 * 5, "{} frames", m.frames.len());
         assert_eq!(
             build(&MixConfig {

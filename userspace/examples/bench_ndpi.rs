@@ -51,7 +51,9 @@
 //!
 //! # Did both do real work?
 //! How many of the mix's IM flows each classified as an IM app: imfw's flow table entries with an
-//! app, ndpiReader's "Detected protocols" flows of IM protocols.
+//! app that are IM flows of the mix (scored on the mix's truth, `Mix::truth`, with the non-IM
+//! flows it gave an app as a record of their own), ndpiReader's "Detected protocols" flows of
+//! IM protocols.
 
 #![expect(
     clippy::cast_precision_loss,
@@ -59,7 +61,7 @@
 )]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
@@ -70,6 +72,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use imfw::{
     bench_refs::{BenchRefs, Reference, Replay},
     dataplane::Dataplane,
+    packet,
     policy::{self, Compiled},
 };
 use imfw_common::{maps::FLOWS_DEFAULT, verdict::Stat};
@@ -254,9 +257,22 @@ struct Imfw {
     passed: u64,
     dropped: u64,
     other: u64,
-    flows_in_table: usize,
-    /// Flows in the table with an app, by app name (last pass).
+    /// The flow table the last pass left.
+    table: Table,
+}
+
+/// What imfw's flow table holds after a pass, scored on the mix's truth.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Table {
+    flows: usize,
+    /// Flows with an app, by app name.
     apps: BTreeMap<String, usize>,
+    /// IM flows of the mix with an app.
+    im_found: usize,
+    /// Non-IM flows of the mix with an app, by app name: false positives.
+    false_apps: BTreeMap<String, usize>,
+    /// Entries that are no flow of the mix (there should be none).
+    unknown: usize,
 }
 
 /// imfw's passes and ndpiReader's runs, alternating so that both meet the same load on the
@@ -280,8 +296,7 @@ fn measure(
         passed: 0,
         dropped: 0,
         other: 0,
-        flows_in_table: 0,
-        apps: BTreeMap::new(),
+        table: Table::default(),
     };
     let mut ndpi = Ndpi {
         version: String::new(),
@@ -304,14 +319,14 @@ fn measure(
     for pass in 0..plan.passes {
         let from_player = player_pass(pass, compiled, m, &mut refs, &mut player, &mut out)?;
         imfw_pass(pass, compiled, m, &mut refs, &mut out, &mut per_pass)?;
-        if from_player != (out.flows_in_table, out.apps.clone()) {
+        if from_player != out.table {
             bail!(
-                "the player's pass and the per-call pass left different flow tables: {} flows, by app {:?}, against {} flows, by app {:?}",
-                from_player.0,
-                from_player.1,
-                out.flows_in_table,
-                out.apps
+                "the player's pass and the per-call pass left different flow tables: {from_player:?} against {:?}",
+                out.table
             );
+        }
+        if out.table.unknown > 0 {
+            bail!("imfw's flow table holds {} entries of no flow of the mix", out.table.unknown);
         }
         if let Some(bin) = bin {
             ndpi_run(pass, bin, &pcap, m, &mut ndpi)?;
@@ -371,7 +386,7 @@ fn imfw_pass(
     ns_of.sort_by(f32::total_cmp);
     per_pass.push((pps, ns_of));
     (out.passed, out.dropped, out.other) = (passed, dropped, other);
-    (out.flows_in_table, out.apps) = table(&dp, compiled)?;
+    out.table = table(&dp, compiled, m)?;
     drop(dp);
     // The references on the same frames, same method: the empty program (what one
     // BPF_PROG_TEST_RUN call costs with nothing to do) and the minimal stateful firewall
@@ -398,24 +413,52 @@ fn imfw_pass(
     Ok(())
 }
 
-/// The flows in imfw's table, and those with an app by app name.
-fn table(dp: &Dataplane, compiled: &Compiled) -> Result<(usize, BTreeMap<String, usize>)> {
+/// imfw's flow table: its flows, those with an app by app name, and how they score on the
+/// mix's truth.
+fn table(dp: &Dataplane, compiled: &Compiled, m: &Mix) -> Result<Table> {
+    let truth: HashMap<_, bool> = m
+        .truth
+        .iter()
+        .map(|t| ((t.client, t.cport, t.server, t.sport, t.tcp), t.im))
+        .collect();
     let flows = dp.flows()?;
-    let mut apps = BTreeMap::new();
-    for (_, e) in &flows {
-        if e.app != 0 {
-            let name = compiled
-                .app_name(e.app)
-                .map_or_else(|| format!("app {}", e.app), str::to_owned);
-            *apps.entry(name).or_default() += 1;
+    let mut t = Table {
+        flows: flows.len(),
+        ..Table::default()
+    };
+    for (k, e) in &flows {
+        let client_is_a = e.client_is_a != 0;
+        let ((c, cport), (sv, sport)) = (k.client(client_is_a), k.server(client_is_a));
+        let ends = (
+            packet::addr(c, k.family),
+            cport,
+            packet::addr(sv, k.family),
+            sport,
+            k.proto == 6,
+        );
+        let Some(&im) = truth.get(&ends) else {
+            t.unknown += 1;
+            continue;
+        };
+        if e.app == 0 {
+            continue;
+        }
+        let name = compiled
+            .app_name(e.app)
+            .map_or_else(|| format!("app {}", e.app), str::to_owned);
+        *t.apps.entry(name.clone()).or_default() += 1;
+        if im {
+            t.im_found += 1;
+        } else {
+            *t.false_apps.entry(name).or_default() += 1;
         }
     }
-    Ok((flows.len(), apps))
+    Ok(t)
 }
 
 /// One pass of every frame, in order, through the in-kernel player: to fresh imfw programs, to
 /// the empty program and to the stateful reference (from an empty table), chunk by chunk, the
-/// three taking turns first. Returns imfw's flow table (flows, and by app).
+/// three taking turns first. Returns imfw's flow table, scored.
 fn player_pass(
     pass: usize,
     compiled: &Compiled,
@@ -423,7 +466,7 @@ fn player_pass(
     refs: &mut BenchRefs,
     player: &mut Replay,
     out: &mut Imfw,
-) -> Result<(usize, BTreeMap<String, usize>)> {
+) -> Result<Table> {
     let mut dp = Dataplane::load(FLOWS_DEFAULT)?;
     dp.apply_offline(compiled)?;
     refs.clear_flows()?;
@@ -466,7 +509,7 @@ fn player_pass(
     out.player_gross_ns.push(gross);
     out.player_floor_ns.push(floor);
     out.player_stateful_ns.push(stateful - floor);
-    table(&dp, compiled)
+    table(&dp, compiled, m)
 }
 
 /// The quantile of sorted values at `permille` / 1000.
@@ -654,8 +697,9 @@ fn emit(r: &Value) -> Result<()> {
 /// The note of imfw's figure, its apps as text, and how many flows have an IM app.
 fn imfw_note(mix_desc: &str, on: &str, imfw: &Imfw) -> (String, String, usize) {
     let imfw_pps = median(&imfw.pps);
-    let imfw_im: usize = imfw.apps.values().sum();
+    let imfw_im: usize = imfw.table.apps.values().sum();
     let app_counts = imfw
+        .table
         .apps
         .iter()
         .map(|(a, n)| format!("{a} {n}"))
@@ -699,7 +743,7 @@ fn imfw_note(mix_desc: &str, on: &str, imfw: &Imfw) -> (String, String, usize) {
         imfw.passed,
         imfw.dropped,
         imfw.other,
-        imfw.flows_in_table,
+        imfw.table.flows,
     );
     (note, app_counts, imfw_im)
 }
@@ -770,15 +814,37 @@ fn report(
         ),
     }))?;
 
+    let false_counts = if imfw.table.false_apps.is_empty() {
+        "none".to_owned()
+    } else {
+        imfw.table
+            .false_apps
+            .iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let false_total: usize = imfw.table.false_apps.values().sum();
     emit(&json!({
         "scenario": SCENARIO,
         "name": format!("IM flows classified as an IM app, of the mix's {} IM flows", m.im_flows),
-        "value": imfw_im, "unit": "flows",
+        "value": imfw.table.im_found, "unit": "flows",
         "ref": ndpi_label, "ref_value": ndpi_im,
         "note": format!(
-            "a check that both did real work, not a target: imfw counts its flow table entries with an app ({app_counts}); \
-             ndpiReader its flows detected as an IM protocol (or MQTT, an app in imfw's catalogue; plain STUN not counted); \
-             the mix's IM flows: TLS with IM server names, WhatsApp Noise, MTProto, XMPP, IRC, MQTT, HTTP CONNECT to web.whatsapp.com, STUN with WhatsApp or Teams attributes"
+            "a check that both did real work, not a target: imfw counts its flow table entries with an app that are IM flows of \
+             the mix (all entries with an app: {imfw_im}, {app_counts}; non-IM flows among them: {false_counts}); ndpiReader its \
+             flows detected as an IM protocol (or MQTT, an app in imfw's catalogue; plain STUN not counted), which its summary \
+             does not tell from false ones; the mix's IM flows: TLS with IM server names, WhatsApp Noise, MTProto, XMPP, IRC, \
+             MQTT, HTTP CONNECT to web.whatsapp.com, STUN with WhatsApp or Teams attributes"
+        ),
+    }))?;
+    emit(&json!({
+        "scenario": SCENARIO,
+        "name": format!("non-IM flows classified as an IM app, of the mix's {} non-IM flows", m.flows - m.im_flows),
+        "value": false_total, "unit": "flows",
+        "note": format!(
+            "imfw's false positives on the mix: its flow table entries with an app that are web, DNS, QUIC or opaque flows of the \
+             mix ({false_counts})"
         ),
     }))
 }
