@@ -163,7 +163,8 @@ pub enum Stat {
     FlowInsertFailed = 6,
     /// Payload packets that went through the matchers.
     Inspected = 7,
-    /// Flows whose inspection budget ran out without an app.
+    /// Flows decided without an app: their inspection budget ran out, or their TLS server
+    /// name is one no app claims.
     Unclassified = 8,
     /// Classification events lost because the ring buffer was full.
     EventsLost = 9,

@@ -301,7 +301,7 @@ fn stat_help(s: Stat) -> &'static str {
         Stat::FlowsCreated => "Flow-table entries created.",
         Stat::FlowInsertFailed => "Flow-table inserts the kernel refused.",
         Stat::Inspected => "Payload packets that went through the matchers.",
-        Stat::Unclassified => "Flows whose inspection budget ran out without an app.",
+        Stat::Unclassified => "Flows decided without an app: inspection budget spent, or a TLS server name no app claims.",
         Stat::EventsLost => "Classification events lost because the classification log (or on CPUs other than x86-64, the event ring) was full.",
         Stat::Classified => "Flows classified as an app.",
         Stat::InspectorMissing => {
