@@ -121,8 +121,7 @@ pub(crate) fn settle(cfg: &Config, key: &FlowKey, e: &mut FlowEntry, outcome: Ou
         // as the spent budget would decide it, without inspecting the rest of the handshake.
         Outcome::NamedTls => {
             e.addr_app = APP_NONE;
-            count_stat(Stat::Unclassified);
-            Some((APP_NONE, Method::None))
+            Some(given_up(cfg, key, e))
         }
         // The real name is encrypted: the address still speaks for the flow; without one, the
         // policy's choice for hidden names (app `ech`) applies.

@@ -79,6 +79,7 @@ use imfw_common::{maps::FLOWS_DEFAULT, verdict::Stat};
 use imfw_tests::{
     bench::median,
     mix::{self, Mix, MixConfig},
+    packets::IPPROTO_TCP,
     util::{output_within, TempDir},
 };
 use serde_json::{json, Value};
@@ -434,7 +435,7 @@ fn table(dp: &Dataplane, compiled: &Compiled, m: &Mix) -> Result<Table> {
             cport,
             packet::addr(sv, k.family),
             sport,
-            k.proto == 6,
+            k.proto == IPPROTO_TCP,
         );
         let Some(&im) = truth.get(&ends) else {
             t.unknown += 1;

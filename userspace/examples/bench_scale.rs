@@ -769,6 +769,8 @@ struct Setup {
     clients: Clients,
     /// Flows played on this size so far (for the event ring's drain).
     played: u32,
+    /// A first ClientHello naming one of this size's blocked domains.
+    blocked: Vec<u8>,
     /// Batch means: first ClientHello with an unknown name, with a blocked name, an opaque
     /// first payload to an IPv4 address in no range, and to an IPv6 one.
     series: [Vec<f64>; 4],
@@ -792,16 +794,14 @@ fn scaling_rules(plan: &Plan) -> Result<()> {
         let t = Instant::now();
         let c = compile(&rules_policy(n), "blocked domains and ranges")?;
         let dp = load(capacity, &c)?;
-        let (miss, hit) = (
-            range_miss(n),
-            Ipv4Addr::from(u32::from(range_start(n, n / 2)) + 1),
-        );
-        if dp.addr_app(miss.into())?.is_some() || dp.addr_app(hit.into())?.is_none() {
-            bail!("{n} blocked ranges: {hit} should be in a blocked range and {miss} in none");
-        }
-        let (miss6, hit6) = (range6_miss(n), Ipv6Addr::from(u128::from(range6_start(n, n / 2)) + 1));
-        if dp.addr_app(miss6.into())?.is_some() || dp.addr_app(hit6.into())?.is_none() {
-            bail!("{n} blocked IPv6 networks: {hit6} should be in a blocked network and {miss6} in none");
+        let pairs: [(IpAddr, IpAddr); 2] = [
+            (range_miss(n).into(), Ipv4Addr::from(u32::from(range_start(n, n / 2)) + 1).into()),
+            (range6_miss(n).into(), Ipv6Addr::from(u128::from(range6_start(n, n / 2)) + 1).into()),
+        ];
+        for (miss, hit) in pairs {
+            if dp.addr_app(miss)?.is_some() || dp.addr_app(hit)?.is_none() {
+                bail!("{n} blocked networks: {hit} should be in a blocked network and {miss} in none");
+            }
         }
         eprintln!(
             "  {n}: compiled and loaded in {:.1} s",
@@ -812,6 +812,7 @@ fn scaling_rules(plan: &Plan) -> Result<()> {
             dp,
             clients: Clients::new(),
             played: 0,
+            blocked: ClientHello::new(&blocked_domain(n / 2)).build(),
             series: [Vec::new(), Vec::new(), Vec::new(), Vec::new()],
         });
     }
@@ -847,10 +848,9 @@ fn scaling_rules(plan: &Plan) -> Result<()> {
 /// blocked name, 2: an opaque payload to an IPv4 address in no range, 3: to an IPv6 one) on
 /// one policy size; returns the sum of the first payloads' kernel durations.
 fn play_rules(s: &mut Setup, k: usize, count: u32, other: &[u8], opaque: &[u8]) -> Result<f64> {
-    let blocked = ClientHello::new(&blocked_domain(s.n / 2)).build();
     let (server, payload, want, what) = match k {
         0 => (IpAddr::V4(SERVER), other, XDP_PASS, "blocked domains: a first ClientHello with a name in no app"),
-        1 => (IpAddr::V4(SERVER), &blocked[..], XDP_DROP, "blocked domains: a first ClientHello with a blocked name"),
+        1 => (IpAddr::V4(SERVER), &s.blocked[..], XDP_DROP, "blocked domains: a first ClientHello with a blocked name"),
         2 => (IpAddr::V4(range_miss(s.n)), opaque, XDP_PASS, "blocked ranges: an opaque first payload to an address in no range"),
         _ => (IpAddr::V6(range6_miss(s.n)), opaque, XDP_PASS, "blocked IPv6 networks: an opaque first payload to an address in none"),
     };

@@ -183,11 +183,6 @@ fn run() -> Result<()> {
     // each case's batches sample two minutes of the machine rather than a few seconds (a
     // neighbour's burst of load can cover a few seconds whole).
     let mut first = if run_first {
-        eprintln!(
-            "bench_xdp: first packets: {} cases, {} rounds of a batch each, spread over the run",
-            first_cases(compiled.config.monitor_hold != 0).len(),
-            plan.batches
-        );
         Some(FirstPackets::start(&plan, &compiled)?)
     } else {
         None
@@ -350,16 +345,13 @@ enum Decided {
     AfterInspection,
 }
 
-/// Decided-flow shapes measured by [`decided`].
-const DECIDED_SHAPES: usize = 7;
-
 /// The decided-flow shapes, measured in turn; `between` runs every few rounds.
 #[expect(clippy::too_many_lines, reason = "mostly the table of shapes")]
 fn decided(plan: &Plan, compiled: &Compiled, between: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let (mut dp, refs) = load(compiled)?;
     let v4 = (IpAddr::V4(CLIENT4), IpAddr::V4(SERVER4));
     let v6 = (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6));
-    let shapes: [Shape; DECIDED_SHAPES] = [
+    let shapes = [
         Shape {
             name: "decided flow, allowed, IPv4",
             ref_label: Some("IPv4"),
@@ -604,6 +596,7 @@ fn setup_decided(
     Ok((data, action))
 }
 
+#[derive(Default)]
 struct Batches {
     imfw: Vec<f64>,
     stateful: Vec<f64>,
@@ -621,14 +614,7 @@ fn repeat_rounds(
     flows: &[(Vec<u8>, u32, &str)],
     between: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Vec<Batches>> {
-    let mut all: Vec<Batches> = flows
-        .iter()
-        .map(|_| Batches {
-            imfw: Vec::new(),
-            stateful: Vec::new(),
-            empty: Vec::new(),
-        })
-        .collect();
+    let mut all: Vec<Batches> = flows.iter().map(|_| Batches::default()).collect();
     // Warm-up: one short call each.
     for (data, _, _) in flows {
         dp.test_run_timed(data, plan.repeat / 10)?;
@@ -687,11 +673,7 @@ fn calibrate(
     action: u32,
     name: &str,
 ) -> Result<()> {
-    let mut m = Batches {
-        imfw: Vec::new(),
-        stateful: Vec::new(),
-        empty: Vec::new(),
-    };
+    let mut m = Batches::default();
     let start = Instant::now();
     for b in 0..plan.batches {
         if b >= MIN_BATCHES && start.elapsed() > plan.case_cap {
@@ -926,14 +908,15 @@ impl FirstPackets {
                 app,
                 load: loads.len() - 1,
                 next: used,
-                m: Batches {
-                    imfw: Vec::new(),
-                    stateful: Vec::new(),
-                    empty: Vec::new(),
-                },
+                m: Batches::default(),
             });
             used += per_case;
         }
+        eprintln!(
+            "bench_xdp: first packets: {} cases, {} rounds of a batch each, spread over the run",
+            runs.len(),
+            plan.batches
+        );
         for r in &mut runs {
             let (dp, refs) = &mut loads[r.load];
             for _ in 0..plan.warmup {

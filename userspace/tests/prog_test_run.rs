@@ -141,6 +141,19 @@ fn open(r: &Rig, conn: &Conn, segments: &[Vec<u8>]) -> u32 {
     last
 }
 
+/// A ClientHello whose name has `n` + 12 bytes (`aaa….example.org`): its length moves with `n`.
+fn padded_hello(n: usize) -> Vec<u8> {
+    ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build()
+}
+
+/// Whether the policy's signature prefilter leaves a shape `payload` to `port` may match: the
+/// main program then leaves it to the stages.
+fn shape_may_match(r: &Rig, payload: &[u8], port: u16) -> bool {
+    let mut buf = [0u8; SCRATCH_LEN];
+    buf[..payload.len()].copy_from_slice(payload);
+    r.c.sig_pre.candidates(&buf, payload.len(), port) != 0
+}
+
 fn assert_decided(r: &Rig, conn: &Conn, app: &str, method: Method, verdict: Verdict) {
     let e = r.entry(&conn.syn()).expect("flow entry");
     assert_eq!(e.app, r.id(app), "app of {app} flow");
@@ -680,12 +693,8 @@ apps: {irc: drop, telegram: drop}
     // Names stage: a ClientHello to XMPP's port whose length a signature shape may match
     // (see the test below), so the stages see it rather than the main program.
     let hello = (1..=200usize)
-        .map(|n| ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build())
-        .find(|h| {
-            let mut buf = [0u8; SCRATCH_LEN];
-            buf[..h.len()].copy_from_slice(h);
-            r.c.sig_pre.candidates(&buf, h.len(), 5222) != 0
-        })
+        .map(padded_hello)
+        .find(|h| shape_may_match(&r, h, 5222))
         .expect("a ClientHello length the signature stage must see");
     let c = Conn::v4(44002, 5222);
     assert_eq!(open(&r, &c, &[hello]), XDP_DROP);
@@ -1337,10 +1346,8 @@ fn the_main_program_decides_a_whole_client_hello_alone() {
     // stage must see.
     let mut shaped = 0;
     for n in 1..=200usize {
-        let hello = ClientHello::new(&format!("{}.example.org", "a".repeat(n))).build();
-        let mut buf = [0u8; SCRATCH_LEN];
-        buf[..hello.len()].copy_from_slice(&hello);
-        shaped += u64::from(r.c.sig_pre.candidates(&buf, hello.len(), 5222) != 0);
+        let hello = padded_hello(n);
+        shaped += u64::from(shape_may_match(&r, &hello, 5222));
         let c = Conn::v4(43000 + n as u16, 5222);
         assert_eq!(open(&r, &c, &[hello]), XDP_PASS);
     }
